@@ -1,0 +1,1 @@
+"""Wire protocols, one versioned package each (`tunesmith.training.v1`), with generated code."""
