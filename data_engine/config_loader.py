@@ -1,0 +1,124 @@
+"""Builds config dataclasses from plain YAML data, collecting every problem at once.
+
+Unknown keys are errors (a typo must not silently fall back to a default), and each
+problem names the dotted field it concerns.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from typing import Any, TypeVar
+
+from data_engine.errors import ConfigError
+
+T = TypeVar("T")
+
+
+def from_dict(cls: type[T], data: Any, origin: str = "config") -> T:
+    """Returns ``cls`` built from ``data`` or raises ConfigError listing every problem."""
+    problems: list[str] = []
+    value = _build(cls, data, "", problems)
+    if not problems:
+        problems.extend(validate(value))
+    if problems:
+        raise ConfigError(problems, origin)
+    return value
+
+
+def validate(obj: Any, prefix: str = "") -> list[str]:
+    """Runs ``check()`` of every nested config dataclass; returns the problems found."""
+    problems: list[str] = []
+    if not dataclasses.is_dataclass(obj):
+        return problems
+    check = getattr(obj, "check", None)
+    if check is not None:
+        problems.extend(f"{prefix}{p}" for p in check())
+    for f in dataclasses.fields(obj):
+        child = getattr(obj, f.name)
+        items = child if isinstance(child, list) else [child]
+        for i, item in enumerate(items):
+            where = f"{prefix}{f.name}[{i}]." if isinstance(child, list) else f"{prefix}{f.name}."
+            problems.extend(validate(item, where))
+    return problems
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _build(tp: Any, data: Any, where: str, problems: list[str]) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    label = where or "<root>"
+    if origin in (typing.Union, types.UnionType):
+        if data is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _build(inner[0], data, where, problems)
+    if dataclasses.is_dataclass(tp):
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            problems.append(f"{label}: expected a mapping, got {type(data).__name__}")
+            return tp()
+        hints = typing.get_type_hints(tp)
+        names = {f.name for f in dataclasses.fields(tp) if f.init}
+        for key in data:
+            if key not in names:
+                problems.append(f"{where}{'.' if where else ''}{key}: unknown key "
+                                f"(known: {', '.join(sorted(names))})")
+        kwargs = {}
+        for name in names:
+            if name in data:
+                sub = f"{where}.{name}" if where else name
+                kwargs[name] = _build(hints[name], data[name], sub, problems)
+        try:
+            return tp(**kwargs)
+        except TypeError as exc:  # a required field is missing
+            problems.append(f"{label}: {exc}")
+            return None
+    if origin is list:
+        if not isinstance(data, list):
+            problems.append(f"{label}: expected a list, got {type(data).__name__}")
+            return []
+        return [_build(args[0], item, f"{where}[{i}]", problems) for i, item in enumerate(data)]
+    if origin is dict:
+        if not isinstance(data, dict):
+            problems.append(f"{label}: expected a mapping, got {type(data).__name__}")
+            return {}
+        return {str(k): _build(args[1], v, f"{where}.{k}", problems) for k, v in data.items()}
+    if tp is float and isinstance(data, int) and not isinstance(data, bool):
+        return float(data)
+    if tp in (int, float, str, bool):
+        if not isinstance(data, tp) or (tp is int and isinstance(data, bool)):
+            problems.append(f"{label}: expected {_type_name(tp)}, got {data!r}")
+        return data
+    if tp is Any:
+        return data
+    problems.append(f"{label}: unsupported type {_type_name(tp)}")
+    return data
+
+
+def to_yaml_comments(obj: Any, indent: int = 0) -> str:
+    """Renders a config dataclass as YAML with each field's help as a comment."""
+    pad = "  " * indent
+    out: list[str] = []
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        help_text = f.metadata.get("help")
+        if help_text:
+            out.append(f"{pad}# {help_text}")
+        if dataclasses.is_dataclass(value):
+            out.append(f"{pad}{f.name}:")
+            out.append(to_yaml_comments(value, indent + 1))
+        else:
+            import yaml
+
+            rendered = yaml.safe_dump({f.name: value}, default_flow_style=True,
+                                      allow_unicode=True, width=10_000).strip()
+            if rendered.startswith("{") and rendered.endswith("}"):
+                rendered = rendered[1:-1]
+            out.append(f"{pad}{rendered}")
+    return "\n".join(out)

@@ -1,0 +1,32 @@
+"""Errors the data engine raises; the CLI maps them to exit codes and messages."""
+
+from __future__ import annotations
+
+
+class DataEngineError(Exception):
+    """Base class for every error the data engine raises on purpose."""
+
+    exit_code = 1
+
+
+class ConfigError(DataEngineError):
+    """One or more config values are invalid; all problems are reported together."""
+
+    exit_code = 2
+
+    def __init__(self, problems: list[str], origin: str = "config"):
+        self.problems = list(problems)
+        self.origin = origin
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(f"invalid {origin} ({len(self.problems)} problem(s)):\n{lines}")
+
+
+class InputError(DataEngineError):
+    """An input path cannot be read as any supported dataset layout."""
+
+    exit_code = 2
+
+    def __init__(self, path: str, message: str, field: str = "inputs"):
+        self.path = path
+        self.field = field
+        super().__init__(f"{field}: {path}: {message}")

@@ -1,0 +1,89 @@
+"""Where stages run: an embedded local Ray on loopback by default, or a cluster.
+
+Stages are plain functions over Arrow batches; this module only starts or joins Ray, so the
+same pipeline code runs on a laptop and on a cluster (`--ray-address` / `RAY_ADDRESS`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from data_engine.config import RayConfig
+
+# Unix socket paths are limited to 107 bytes and Ray nests ~70 bytes of session and socket
+# names under its temp dir, so a deeper run folder falls back to a short dir in /tmp.
+_MAX_TEMP_DIR = 36
+
+
+@dataclass
+class RaySession:
+    """How this run reached Ray, for the manifest."""
+
+    address: str  # "local" for the embedded Ray
+    temp_dir: str | None
+    owned: bool  # we started it, so we shut it down
+
+
+@contextmanager
+def ray_session(config: RayConfig, run_dir: Path) -> Iterator[RaySession]:
+    """Joins the configured cluster or starts a local Ray with its temp dir in ``run_dir``."""
+    import ray
+
+    _quiet_logs()
+    if ray.is_initialized():
+        yield RaySession(address="existing", temp_dir=None, owned=False)
+        return
+    address = config.address or os.environ.get("RAY_ADDRESS")
+    temp_dir: str | None = None
+    cleanup = False
+    if address:
+        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+    else:
+        # Keep the embedded head on loopback and never look for a remote cluster.
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        os.environ.pop("RAY_ADDRESS", None)
+        wanted = (run_dir / ".ray").resolve()
+        if len(str(wanted)) <= _MAX_TEMP_DIR:
+            wanted.mkdir(parents=True, exist_ok=True)
+            temp_dir = str(wanted)
+        else:
+            temp_dir = tempfile.mkdtemp(prefix="ts-ray-", dir="/tmp")
+            cleanup = True
+        ray.init(num_cpus=config.num_cpus, _temp_dir=temp_dir, include_dashboard=False,
+                 _node_ip_address="127.0.0.1", logging_level=logging.WARNING,
+                 log_to_driver=False, configure_logging=True)
+    _quiet_data_context()
+    try:
+        yield RaySession(address=address or "local", temp_dir=temp_dir, owned=True)
+    finally:
+        ray.shutdown()
+        if cleanup:
+            shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _quiet_logs() -> None:
+    """Ray's per-run chatter (auth notice, execution banners) would bury our own display."""
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(
+        logging.ERROR)
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
+
+
+def _quiet_data_context() -> None:
+    """Ordered, deterministic output; our own progress display replaces Ray's bars."""
+    from ray.data import DataContext
+
+    # Ray Data configures its loggers on import; quieten them after that.
+    for name in ("ray.data", "ray.data._internal.execution.streaming_executor"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    ctx = DataContext.get_current()
+    ctx.execution_options.preserve_order = True
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False

@@ -1,0 +1,47 @@
+"""`tag_list`: an assistant reply that is a list of keywords or hashtags instead of text.
+
+28% of a real title-generation dataset were rows like `自己紹介｜子育て｜ワーママ｜30代`;
+the model learned to emit separators and never a title. A reply is a tag list when it is
+one short line and either
+- two or more hashtags make up most of it (`#旅行 #京都 #紅葉`), or
+- strong separators (`｜`, `|`) cut it into `min_strong_segments`+ short segments, or
+- weak separators (`、 ・ / , ，`) cut it into `min_weak_segments`+ short segments,
+where every segment is a keyword: at most `max_segment_chars` long and without sentence
+punctuation. `京都・大阪・神戸を巡る旅` has three segments and stays a title.
+"""
+
+from __future__ import annotations
+
+import re
+
+from data_engine.config import CleanConfig, TagListConfig
+from data_engine.filters.base import MessageView, Reasons, per_reply
+
+_HASHTAG = re.compile(r"[#＃][^\s#＃]+")
+_STRONG = re.compile(r"\s*[｜|]\s*")
+_WEAK = re.compile(r"\s*[、・/／,，]\s*")
+_SENTENCE = re.compile(r"[。．！？!?]|[.:;]\s|[.]$")
+
+
+def is_tag_list(text: str, config: TagListConfig) -> bool:
+    """True when ``text`` reads as a keyword list (see the module docstring)."""
+    text = text.strip()
+    if not text or "\n" in text or len(text) > config.max_chars:
+        return False
+    tags = _HASHTAG.findall(text)
+    if len(tags) >= 2 and sum(map(len, tags)) >= 0.6 * len(text.replace(" ", "")):
+        return True
+    for pattern, needed in ((_STRONG, config.min_strong_segments),
+                            (_WEAK, config.min_weak_segments)):
+        segments = [s for s in pattern.split(text) if s]
+        if len(segments) >= needed and all(_is_keyword(s, config) for s in segments):
+            return True
+    return False
+
+
+def _is_keyword(segment: str, config: TagListConfig) -> bool:
+    return len(segment) <= config.max_segment_chars and not _SENTENCE.search(segment)
+
+
+def tag_list(view: MessageView, config: CleanConfig) -> Reasons:
+    return per_reply(view, "tag_list", lambda text: is_tag_list(text, config.tag_list))

@@ -1,0 +1,1 @@
+"""Text normalisers that run before the filters."""

@@ -1,0 +1,1 @@
+"""The batch stages Ray Data runs: clean and split."""

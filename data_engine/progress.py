@@ -1,0 +1,93 @@
+"""A per-stage progress display (rows done, rows/s) fed by the batches reaching the driver.
+
+Stages stream into each other, so every output batch says how far each stage has got: all
+its rows passed ingest, those not rejected at ingest passed clean, the kept ones were split.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from rich.console import Console
+from rich.progress import BarColumn, Progress, ProgressColumn, Task, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from rich.text import Text
+
+
+@dataclass
+class StageStat:
+    """Rows through one stage and how fast."""
+
+    name: str
+    rows: int = 0
+    rejected: int = 0
+    seconds: float = 0.0
+
+    @property
+    def rows_per_s(self) -> float:
+        return self.rows / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, float | int | str]:
+        return {"name": self.name, "rows": self.rows, "rejected": self.rejected,
+                "seconds": round(self.seconds, 3), "rows_per_s": round(self.rows_per_s, 1)}
+
+
+class _RateColumn(ProgressColumn):
+    def render(self, task: Task) -> Text:
+        elapsed = task.elapsed or 0.0
+        rate = task.completed / elapsed if elapsed > 0 else 0.0
+        return Text(f"{task.completed:>9,.0f} rows {rate:>9,.0f} rows/s "
+                    f"{task.fields.get('rejected', 0):>7,} rejected")
+
+
+@dataclass
+class StageProgress:
+    """Counts rows per stage from output batches and shows them live on a terminal."""
+
+    stages: tuple[str, ...]
+    expected_rows: int
+    console: Console = field(default_factory=lambda: Console(stderr=True))
+    enabled: bool = True
+
+    def __post_init__(self) -> None:
+        self.stats = {name: StageStat(name) for name in self.stages}
+        self._start = time.perf_counter()
+        self._progress = Progress(TextColumn("{task.description:<8}"), BarColumn(),
+                                  _RateColumn(), TimeElapsedColumn(), console=self.console,
+                                  disable=not (self.enabled and self.console.is_terminal))
+        self._tasks = {name: self._progress.add_task(name, total=self.expected_rows or None,
+                                                     rejected=0) for name in self.stages}
+
+    def __enter__(self) -> "StageProgress":
+        self._start = time.perf_counter()
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.stop()
+
+    def update(self, batch: pa.Table) -> None:
+        """Accounts one output batch to every stage it passed through."""
+        now = time.perf_counter() - self._start
+        stage_of = batch.column("_stage")
+        remaining = batch.num_rows
+        for name in self.stages:
+            stat = self.stats[name]
+            dropped = pc.sum(pc.equal(stage_of, name)).as_py() or 0
+            stat.rows += remaining
+            stat.rejected += dropped
+            stat.seconds = now
+            remaining -= dropped
+            self._progress.update(self._tasks[name], completed=stat.rows, rejected=stat.rejected)
+
+    def summary(self) -> Table:
+        table = Table(title="stages", title_justify="left")
+        for column in ("stage", "rows", "rejected", "seconds", "rows/s"):
+            table.add_column(column, justify="left" if column == "stage" else "right")
+        for stat in self.stats.values():
+            table.add_row(stat.name, f"{stat.rows:,}", f"{stat.rejected:,}",
+                          f"{stat.seconds:.1f}", f"{stat.rows_per_s:,.0f}")
+        return table

@@ -1,0 +1,1 @@
+"""Reading inputs: file layouts into shards, shards into row-schema Arrow tables."""

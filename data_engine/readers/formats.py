@@ -1,0 +1,193 @@
+"""Maps one input row of a known shape onto the row schema's `messages` list.
+
+Pure functions over plain Python values (one parsed JSON object or Parquet row); the ingest
+stage calls them per row and turns `UnknownFormat` into a rejected row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+Message = dict[str, str | None]
+
+SHAREGPT_ROLES = {
+    "human": "user", "user": "user",
+    "gpt": "assistant", "assistant": "assistant", "chatgpt": "assistant", "bard": "assistant",
+    "model": "assistant",
+    "system": "system",
+    "tool": "tool", "function": "tool", "observation": "tool",
+}
+
+
+_REQUIRED = {"messages": ("messages",), "sharegpt": ("conversations",),
+             "alpaca": ("instruction", "output"), "prompt_completion": ("prompt", "completion")}
+
+
+class UnknownFormat(ValueError):
+    """The row matches no known shape (or a shape with values of the wrong type)."""
+
+
+def detect_format(row: dict[str, Any], columns: dict[str, str] | None = None) -> str:
+    """Names the shape of ``row``: messages, sharegpt, alpaca, prompt_completion or columns."""
+    if isinstance(row.get("messages"), list):
+        return "messages"
+    if isinstance(row.get("conversations"), list):
+        return "sharegpt"
+    if "instruction" in row and "output" in row:
+        return "alpaca"
+    if "prompt" in row and "completion" in row:
+        return "prompt_completion"
+    if columns and all(columns[k] in row for k in ("user", "assistant")):
+        return "columns"
+    raise UnknownFormat(f"no known shape; keys: {', '.join(sorted(map(str, row))[:8])}")
+
+
+def to_messages(row: dict[str, Any], fmt: str, columns: dict[str, str] | None = None
+                ) -> list[Message]:
+    """Returns the conversation in ``row`` as role/content messages for format ``fmt``."""
+    if fmt == "auto":
+        fmt = detect_format(row, columns)
+    missing = [key for key in _REQUIRED.get(fmt, ()) if key not in row]
+    if missing:
+        raise UnknownFormat(f"format {fmt!r} needs {', '.join(missing)}")
+    if fmt == "messages":
+        return [_openai_message(m) for m in _as_list(row.get("messages"), "messages")]
+    if fmt == "sharegpt":
+        return _sharegpt(row)
+    if fmt == "alpaca":
+        return _alpaca(row)
+    if fmt == "prompt_completion":
+        return _side(row.get("prompt"), "user") + _side(row.get("completion"), "assistant")
+    if fmt == "columns":
+        if not columns:
+            raise UnknownFormat("format 'columns' needs a column mapping")
+        return _columns(row, columns)
+    raise UnknownFormat(f"unsupported format {fmt!r}")
+
+
+def row_id(row: dict[str, Any], messages: list[Message], columns: dict[str, str] | None) -> str:
+    """Keeps the row's own id; otherwise a stable id hashed from the conversation.
+
+    Identical conversations get the same id wherever they come from, so the split (which
+    hashes ids) puts them on the same side.
+    """
+    key = (columns or {}).get("id", "id")
+    value = row.get(key)
+    if value is not None and not isinstance(value, (dict, list)) and str(value) != "":
+        return str(value)
+    canonical = json.dumps(messages, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+    return "h" + hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
+
+
+def row_tags(row: dict[str, Any]) -> list[str]:
+    tags = row.get("tags")
+    if tags is None:
+        return []
+    if isinstance(tags, str):
+        return [tags]
+    if isinstance(tags, list):
+        return [str(t) for t in tags if t is not None]
+    raise UnknownFormat("tags: expected a list of strings")
+
+
+def _as_list(value: Any, name: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise UnknownFormat(f"{name}: expected a list")
+    return value
+
+
+def _text(value: Any, where: str) -> str:
+    """Content as text: strings as they are, OpenAI content parts joined, null as empty."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, list):
+        parts = []
+        for part in value:
+            if isinstance(part, str):
+                parts.append(part)
+            elif isinstance(part, dict) and part.get("type") == "text":
+                parts.append(str(part.get("text", "")))
+            else:
+                raise UnknownFormat(f"{where}: only text content parts are supported")
+        return "".join(parts)
+    raise UnknownFormat(f"{where}: expected text, got {type(value).__name__}")
+
+
+def _openai_message(m: Any) -> Message:
+    if not isinstance(m, dict) or "role" not in m:
+        raise UnknownFormat("messages: each turn needs a role")
+    tool_calls = m.get("tool_calls")
+    if tool_calls is not None and not isinstance(tool_calls, str):
+        tool_calls = json.dumps(tool_calls, ensure_ascii=False)
+    reasoning = m.get("reasoning_content", m.get("reasoning"))
+    return {
+        "role": str(m["role"]).strip().lower(),
+        "content": _text(m.get("content"), "content"),
+        "reasoning_content": None if reasoning is None else _text(reasoning, "reasoning_content"),
+        "tool_calls": tool_calls or None,
+    }
+
+
+def _message(role: str, content: Any, where: str) -> Message:
+    return {"role": role, "content": _text(content, where), "reasoning_content": None,
+            "tool_calls": None}
+
+
+def _system(row: dict[str, Any], key: str = "system") -> list[Message]:
+    value = row.get(key)
+    return [_message("system", value, key)] if value not in (None, "") else []
+
+
+def _sharegpt(row: dict[str, Any]) -> list[Message]:
+    messages = _system(row)
+    for turn in _as_list(row.get("conversations"), "conversations"):
+        if not isinstance(turn, dict):
+            raise UnknownFormat("conversations: each turn must be an object")
+        if "from" in turn:
+            who = str(turn["from"]).strip().lower()
+            if who == "function_call":
+                messages.append({"role": "assistant", "content": "", "reasoning_content": None,
+                                 "tool_calls": _text(turn.get("value"), "value")})
+                continue
+            messages.append(_message(SHAREGPT_ROLES.get(who, who), turn.get("value"), "value"))
+        elif "role" in turn:
+            messages.append(_openai_message(turn))
+        else:
+            raise UnknownFormat("conversations: each turn needs `from` or `role`")
+    return messages
+
+
+def _alpaca(row: dict[str, Any]) -> list[Message]:
+    messages = _system(row)
+    for pair in row.get("history") or []:
+        if not (isinstance(pair, list) and len(pair) == 2):
+            raise UnknownFormat("history: expected [instruction, response] pairs")
+        messages += [_message("user", pair[0], "history"), _message("assistant", pair[1], "history")]
+    prompt = _text(row.get("instruction"), "instruction")
+    extra = _text(row.get("input"), "input")
+    if extra.strip():
+        prompt = f"{prompt}\n\n{extra}" if prompt.strip() else extra
+    return messages + [_message("user", prompt, "instruction"),
+                       _message("assistant", row.get("output"), "output")]
+
+
+def _side(value: Any, role: str) -> list[Message]:
+    """A prompt or completion: a string, or a list of messages (TRL conversational style)."""
+    if isinstance(value, list) and all(isinstance(m, dict) for m in value):
+        return [_openai_message(m) for m in value]
+    return [_message(role, value, "prompt" if role == "user" else "completion")]
+
+
+def _columns(row: dict[str, Any], columns: dict[str, str]) -> list[Message]:
+    messages = _system(row, columns["system"]) if "system" in columns else []
+    for role in ("user", "assistant"):
+        if columns[role] not in row:
+            raise UnknownFormat(f"columns.{role}: the row has no column {columns[role]!r}")
+        messages.append(_message(role, row[columns[role]], columns[role]))
+    return messages

@@ -1,0 +1,173 @@
+"""Splits inputs into shards (byte ranges, row groups, Arrow files) that ingest tasks read.
+
+The driver only scans for line boundaries and file metadata; rows are parsed inside the
+Ray tasks, so a large file is read in parallel and no row passes through the driver.
+On a cluster, input paths must be readable from every node (shared storage).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from data_engine.config import InputConfig
+from data_engine.errors import InputError
+
+_SCAN_BLOCK = 16 << 20
+
+
+@dataclass
+class Shard:
+    """A slice of one input file that one ingest task reads."""
+
+    input_index: int
+    path: str  # the file itself (for a save_to_disk folder: one of its Arrow files)
+    kind: str  # jsonl | parquet | arrow
+    start: int  # jsonl: byte offset; parquet: first row group; arrow: first row
+    stop: int  # exclusive, same unit as start
+    first_line: int  # 1-based line / row number of the shard's first row
+    rows: int  # lines (JSONL, blank ones included) or rows in the shard
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class InputFile:
+    """What the manifest records about one file read."""
+
+    input_index: int
+    path: str
+    kind: str
+    sha256: str
+
+
+def plan_shards(inputs: list[InputConfig], shard_rows: int) -> tuple[list[Shard], list[InputFile]]:
+    """Returns the shards to read and a record of every file, in input order."""
+    shards: list[Shard] = []
+    files: list[InputFile] = []
+    for index, item in enumerate(inputs):
+        for path, kind in _files_of(item.path):
+            planner = {"jsonl": _plan_jsonl, "parquet": _plan_parquet, "arrow": _plan_arrow}[kind]
+            file_shards, digest = planner(index, path, shard_rows)
+            shards += file_shards
+            files.append(InputFile(index, path, kind, digest))
+    return shards, files
+
+
+def default_source(path: str) -> str:
+    """The `source` of rows from ``path``: the file's stem, or the folder's name."""
+    p = Path(path)
+    return p.name if p.is_dir() else p.name.split(".")[0]
+
+
+def _files_of(path: str) -> list[tuple[str, str]]:
+    p = Path(path)
+    if not p.exists():
+        raise InputError(path, "no such file or folder")
+    if p.is_file():
+        name = p.name.lower()
+        if name.endswith((".jsonl", ".json", ".ndjson")):
+            return [(str(p), "jsonl")]
+        if name.endswith(".parquet"):
+            return [(str(p), "parquet")]
+        if name.endswith(".arrow"):
+            return [(str(p), "arrow")]
+        raise InputError(path, "unsupported file type (expected .jsonl, .parquet or .arrow)")
+    if (p / "dataset_dict.json").exists():
+        splits = json.loads((p / "dataset_dict.json").read_text())["splits"]
+        return [f for split in splits for f in _save_to_disk_files(p / split)]
+    if (p / "state.json").exists():
+        return _save_to_disk_files(p)
+    parquet = sorted(p.glob("*.parquet"))
+    if parquet:
+        return [(str(f), "parquet") for f in parquet]
+    raise InputError(path, "folder is neither a datasets save_to_disk folder nor holds *.parquet")
+
+
+def _save_to_disk_files(folder: Path) -> list[tuple[str, str]]:
+    state = json.loads((folder / "state.json").read_text())
+    return [(str(folder / f["filename"]), "arrow") for f in state["_data_files"]]
+
+
+def _plan_jsonl(index: int, path: str, shard_rows: int) -> tuple[list[Shard], str]:
+    """Finds the byte offset of every line start and cuts every ``shard_rows`` lines."""
+    digest = hashlib.sha256()
+    ends: list[np.ndarray] = []
+    size = 0
+    with open(path, "rb") as fh:
+        while block := fh.read(_SCAN_BLOCK):
+            digest.update(block)
+            ends.append(np.flatnonzero(np.frombuffer(block, dtype=np.uint8) == 10) + size + 1)
+            size += len(block)
+    line_ends = np.concatenate(ends) if ends else np.zeros(0, dtype=np.int64)
+    if size and (line_ends.size == 0 or line_ends[-1] != size):
+        line_ends = np.append(line_ends, size)  # last line without a trailing newline
+    starts = np.concatenate([[0], line_ends[:-1]]) if line_ends.size else line_ends
+    shards = []
+    for first in range(0, len(starts), shard_rows):
+        last = min(first + shard_rows, len(starts)) - 1
+        shards.append(Shard(index, path, "jsonl", int(starts[first]), int(line_ends[last]),
+                            first + 1, last - first + 1))
+    return shards, digest.hexdigest()
+
+
+def _plan_parquet(index: int, path: str, shard_rows: int) -> tuple[list[Shard], str]:
+    meta = pq.ParquetFile(path).metadata
+    shards, group_start, first_line, rows = [], 0, 1, 0
+    for g in range(meta.num_row_groups):
+        rows += meta.row_group(g).num_rows
+        if rows - (first_line - 1) >= shard_rows or g == meta.num_row_groups - 1:
+            shards.append(Shard(index, path, "parquet", group_start, g + 1, first_line,
+                                rows - first_line + 1))
+            group_start, first_line = g + 1, rows + 1
+    return shards, _sha256(path)
+
+
+def _plan_arrow(index: int, path: str, shard_rows: int) -> tuple[list[Shard], str]:
+    with pa.memory_map(path) as source:
+        rows = pa.ipc.open_stream(source).read_all().num_rows
+    shards = [Shard(index, path, "arrow", s, min(s + shard_rows, rows), s + 1,
+                    min(s + shard_rows, rows) - s) for s in range(0, rows, shard_rows)]
+    return shards, _sha256(path)
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(_SCAN_BLOCK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def iter_shard(shard: Shard) -> Iterator[tuple[int, dict[str, Any] | None, str]]:
+    """Yields (line number, parsed row or None when malformed, raw text) for each row."""
+    if shard.kind == "jsonl":
+        with open(shard.path, "rb") as fh:
+            fh.seek(shard.start)
+            data = fh.read(shard.stop - shard.start)
+        for offset, raw in enumerate(data.split(b"\n")):
+            if not raw.strip():
+                continue  # blank lines (and the final newline) are not rows
+            text = raw.decode("utf-8", errors="replace").rstrip("\r")
+            try:
+                row = json.loads(text)
+            except ValueError:
+                row = None
+            yield shard.first_line + offset, row if isinstance(row, dict) else None, text
+        return
+    if shard.kind == "parquet":
+        table = pq.ParquetFile(shard.path).read_row_groups(list(range(shard.start, shard.stop)))
+    else:
+        with pa.memory_map(shard.path) as source:
+            table = pa.ipc.open_stream(source).read_all().slice(shard.start,
+                                                                  shard.stop - shard.start)
+    for offset, row in enumerate(table.to_pylist()):
+        yield shard.first_line + offset, row, json.dumps(row, ensure_ascii=False, default=str)

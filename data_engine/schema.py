@@ -1,0 +1,37 @@
+"""Arrow schemas of the rows that flow between stages (see DESIGN.md: row schema)."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+MESSAGE_TYPE = pa.struct([
+    pa.field("role", pa.string()),
+    pa.field("content", pa.string()),
+    pa.field("reasoning_content", pa.string()),  # null when the turn has none
+    pa.field("tool_calls", pa.string()),  # JSON text of the OpenAI tool_calls list, or null
+])
+
+ROW_FIELDS = [
+    pa.field("id", pa.string()),
+    pa.field("messages", pa.list_(MESSAGE_TYPE)),
+    pa.field("source", pa.string()),
+    pa.field("tags", pa.list_(pa.string())),
+]
+
+# Columns that travel with each row until the writers split kept from rejected rows.
+WORK_FIELDS = [
+    pa.field("_file", pa.string()),  # the input file the row came from
+    pa.field("_line", pa.int64()),  # 1-based line (JSONL) or row number (Parquet/Arrow)
+    pa.field("_raw", pa.string()),  # the original row as JSON, or the raw line if unparseable
+    pa.field("_reason", pa.string()),  # null while kept; else the reason code
+    pa.field("_stage", pa.string()),  # the stage that set _reason
+]
+
+ROW_SCHEMA = pa.schema(ROW_FIELDS)
+WORK_SCHEMA = pa.schema(ROW_FIELDS + WORK_FIELDS)
+
+# Added by the clean stage: token count of the whole conversation (estimate or tokenizer).
+NUM_TOKENS = pa.field("num_tokens", pa.int64())
+SPLIT = pa.field("split", pa.string())
+
+SPLITS = ("train", "validation", "test")

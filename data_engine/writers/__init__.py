@@ -1,0 +1,1 @@
+"""The output contract: split files, hf/, rejected rows, manifest and report."""

@@ -1,0 +1,113 @@
+"""`report.html`: counts, rejection reasons and token-length histograms, one self-contained page.
+
+Plots are matplotlib PNGs embedded as base64, so the file can be mailed or attached to a run.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+_STYLE = """
+body{font-family:system-ui,sans-serif;margin:2em;max-width:1100px;color:#222}
+table{border-collapse:collapse;margin:0.5em 0 1.5em}
+td,th{border:1px solid #ccc;padding:4px 10px;text-align:right}
+td:first-child,th:first-child{text-align:left}
+pre{background:#f6f6f6;padding:6px;white-space:pre-wrap;font-size:12px;max-height:8em;overflow:auto}
+.bad{color:#b00020;font-weight:bold}
+"""
+
+
+def _png(fig: Any) -> str:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return f'<img alt="plot" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
+
+
+def _reasons_plot(rejected: dict[str, int]) -> str:
+    import matplotlib.pyplot as plt
+
+    items = sorted(((r, n) for r, n in rejected.items() if n), key=lambda x: x[1])
+    if not items:
+        return "<p>No rows were rejected.</p>"
+    fig, ax = plt.subplots(figsize=(7, 0.35 * len(items) + 1))
+    ax.barh([r for r, _ in items], [n for _, n in items], color="#c0504d")
+    for y, (_, n) in enumerate(items):
+        ax.text(n, y, f" {n}", va="center")
+    ax.set_xlabel("rows rejected")
+    return _png(fig)
+
+
+def _length_plot(tokens: dict[str, list[int]], max_tokens: int) -> str:
+    import matplotlib.pyplot as plt
+
+    present = {s: v for s, v in tokens.items() if v}
+    if not present:
+        return "<p>No kept rows.</p>"
+    longest = max(max(v) for v in present.values())
+    fig, axes = plt.subplots(1, len(present), figsize=(4 * len(present), 3), squeeze=False,
+                             sharex=True)
+    for ax, (split, values) in zip(axes[0], present.items()):
+        ax.hist(values, bins=min(40, max(5, len(set(values)))), color="#4f81bd")
+        if longest >= max_tokens / 2:  # the limit only helps where rows come near it
+            ax.axvline(max_tokens, color="#c0504d", linestyle="--", label=f"max_tokens {max_tokens}")
+            ax.legend(fontsize=8)
+        ax.set_title(f"{split}: {len(values)} rows, median {sorted(values)[len(values) // 2]}")
+        ax.set_xlabel("tokens per conversation")
+    return _png(fig)
+
+
+def _table(rows: list[tuple[Any, ...]], header: tuple[str, ...]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>"
+                   for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def write_report(path: Path, manifest: dict[str, Any], tokens: dict[str, list[int]],
+                 examples: dict[str, list[dict[str, Any]]]) -> None:
+    """Writes the HTML report for one run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    counts = manifest["counts"]
+    rejected_total = sum(counts["rejected"].values())
+    share = rejected_total / counts["input"] if counts["input"] else 0.0
+    conserved = counts["input"] == counts["kept"] + rejected_total
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>tunesmith data run</title>"
+        f"<style>{_STYLE}</style></head><body>",
+        "<h1>tunesmith data run</h1>",
+        f"<p>{html.escape(manifest['created'])} &middot; seed {manifest['seed']} &middot; "
+        f"tunesmith {html.escape(manifest['versions']['tunesmith'])}</p>",
+        "<h2>Counts</h2>",
+        _table([("input rows", counts["input"]), ("kept", counts["kept"]),
+                ("rejected", f"{rejected_total} ({share:.1%})")]
+               + [(f"split: {s}", n) for s, n in counts["splits"].items()], ("", "rows")),
+        "" if conserved else "<p class='bad'>Counts are not conserved: input != kept + rejected.</p>",
+        "<h2>Rejection reasons</h2>", _reasons_plot(counts["rejected"]),
+        "<h2>Sources</h2>",
+        _table([(s, c.get("input", 0), c.get("kept", 0)) for s, c in manifest["sources"].items()],
+               ("source", "input", "kept")),
+        "<h2>Token lengths per split</h2>",
+        _length_plot(tokens, manifest["config"]["clean"]["length"]["max_tokens"]),
+        "<h2>Stages</h2>",
+        _table([(s["name"], s["rows"], s["rejected"], s["rows_per_s"]) for s in manifest["stages"]],
+               ("stage", "rows", "rejected", "rows/s")),
+        "<h2>Examples of rejected rows</h2>",
+    ]
+    for reason, records in sorted(examples.items()):
+        parts.append(f"<h3>{html.escape(reason)} ({counts['rejected'].get(reason, 0)})</h3>")
+        for record in records:
+            where = f"{record['source']['file']}:{record['source']['line']}"
+            text = record.get("raw") or json.dumps(record.get("row"), ensure_ascii=False)
+            parts.append(f"<p>{html.escape(where)}</p><pre>{html.escape(text[:1500])}</pre>")
+    parts.append("</body></html>")
+    path.write_text("\n".join(parts), encoding="utf-8")
