@@ -25,7 +25,7 @@ from data_engine.pipeline.split import split_batch
 from data_engine.progress import StageProgress
 from data_engine.readers.ingest import ingest_shards
 from data_engine.readers.shards import plan_shards
-from data_engine.writers.outputs import DatasetWriter
+from data_engine.writers.outputs import DatasetWriter, render_batch
 from data_engine.writers.report import write_report
 
 STAGES = ("ingest", "clean", "split")
@@ -71,6 +71,7 @@ def run(config: DataConfig, out_dir: Path, console: Console | None = None,
                                 fn_kwargs={"config": config.clean})
             ds = ds.map_batches(split_batch, batch_size=None, batch_format="pyarrow",
                                 fn_kwargs={"config": config.split, "seed": config.seed})
+            ds = ds.map_batches(render_batch, batch_size=None, batch_format="pyarrow")
             with tracker:
                 for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
                     writer.write(batch)

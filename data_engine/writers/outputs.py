@@ -50,6 +50,14 @@ def rejected_row(row: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def render_batch(batch: pa.Table) -> pa.Table:
+    """Ray Data batch UDF: adds `_json`, each row's output line, so workers do the encoding
+    and the driver only appends bytes."""
+    lines = [json.dumps(rejected_row(row) if row["_reason"] else chat_row(row), ensure_ascii=False)
+             for row in batch.to_pylist()]
+    return batch.append_column("_json", pa.array(lines, pa.string()))
+
+
 class DatasetWriter:
     """Streams batches into the output folder and keeps the counts the manifest needs."""
 
@@ -69,30 +77,36 @@ class DatasetWriter:
                        for s in SPLITS}
 
     def write(self, batch: pa.Table) -> None:
+        if "_json" not in batch.column_names:
+            batch = render_batch(batch)
         self.input += batch.num_rows
         for source, n in Counter(batch.column("source").to_pylist()).items():
             self.sources[source]["input"] += n
         kept_mask = pc.is_null(batch.column("_reason"))
         kept = batch.filter(kept_mask)
-        for row in batch.filter(pc.invert(kept_mask)).to_pylist():
-            record = rejected_row(row)
-            self.rejected[row["_reason"]] += 1
-            self._rejected.write(json.dumps(record, ensure_ascii=False) + "\n")
-            if len(self.examples[row["_reason"]]) < EXAMPLES_PER_REASON:
-                self.examples[row["_reason"]].append(record)
+        dropped = batch.filter(pc.invert(kept_mask))
+        reasons = dropped.column("_reason").to_pylist()
+        lines = dropped.column("_json").to_pylist()
+        self.rejected.update(reasons)
+        for reason, line in zip(reasons, lines):
+            if len(self.examples[reason]) < EXAMPLES_PER_REASON:
+                self.examples[reason].append(json.loads(line))
+        self._write_lines(self._rejected, lines)
         for source, n in Counter(kept.column("source").to_pylist()).items():
             self.sources[source]["kept"] += n
         for split in SPLITS:
             part = kept.filter(pc.equal(kept.column("split"), split))
             if not part.num_rows:
                 continue
-            part = part.select(OUTPUT_SCHEMA.names).cast(OUTPUT_SCHEMA)
-            self._arrow[split].write_table(part)
+            self._arrow[split].write_table(part.select(OUTPUT_SCHEMA.names).cast(OUTPUT_SCHEMA))
             self.splits[split] += part.num_rows
             self.tokens[split] += part.column("num_tokens").to_pylist()
-            fh = self._jsonl[split]
-            for row in part.to_pylist():
-                fh.write(json.dumps(chat_row(row), ensure_ascii=False) + "\n")
+            self._write_lines(self._jsonl[split], part.column("_json").to_pylist())
+
+    @staticmethod
+    def _write_lines(fh, lines: list[str]) -> None:
+        if lines:
+            fh.write("\n".join(lines) + "\n")
 
     @property
     def kept(self) -> int:
