@@ -1,0 +1,1 @@
+"""The bundled sample dataset: `make_sample.py` writes `data/`, `demo.yaml` cleans it."""
