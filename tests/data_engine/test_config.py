@@ -1,0 +1,60 @@
+"""Config: YAML onto dataclasses, unknown keys and bad values reported together."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from data_engine.config import DataConfig, load_config
+from data_engine.config_loader import from_dict, to_yaml_comments
+from data_engine.errors import ConfigError
+
+
+def test_defaults_are_valid_and_round_trip_through_commented_yaml():
+    rendered = to_yaml_comments(DataConfig())
+    assert "# Whole conversation limit." in rendered
+    assert from_dict(DataConfig, yaml.safe_load(rendered)) == DataConfig()
+
+
+def test_all_problems_reported_at_once():
+    data = {"clean": {"lenght": {}, "disable": ["nope"], "languages": ["japanese"],
+                      "repetition": {"max_char_run": "5"}},
+            "split": {"train": 0.9, "validation": 0.2, "test": 0.1},
+            "inputs": [{"path": "a.jsonl", "format": "csv"}]}
+    with pytest.raises(ConfigError) as info:
+        from_dict(DataConfig, data)
+    text = str(info.value)
+    assert "clean.lenght: unknown key" in text
+    assert "clean.repetition.max_char_run: expected int" in text
+    assert len(info.value.problems) == 2  # type errors stop before value checks
+    data["clean"].pop("lenght")
+    data["clean"]["repetition"]["max_char_run"] = 5
+    with pytest.raises(ConfigError) as info:
+        from_dict(DataConfig, data)
+    problems = "\n".join(info.value.problems)
+    for expected in ("clean.disable: unknown filter 'nope'", "clean.languages: 'japanese'",
+                     "split.train + validation + test: must sum to 1",
+                     "inputs[0].format: 'csv' is not one of"):
+        assert expected in problems
+
+
+def test_load_config_resolves_paths_and_merges_cli_inputs(tmp_path, monkeypatch):
+    (tmp_path / "cfg").mkdir()
+    (tmp_path / "cfg" / "run.yaml").write_text(
+        "inputs:\n  - path: ../data/a.jsonl\n    source: alpha\nseed: 3\n")
+    monkeypatch.chdir(tmp_path)
+    config = load_config(tmp_path / "cfg" / "run.yaml", ["data/a.jsonl", "b.jsonl"], {"seed": 9})
+    assert [(Path(i.path), i.source) for i in config.inputs] == [
+        (tmp_path / "data" / "a.jsonl", "alpha"), (tmp_path / "b.jsonl", None)]
+    assert config.seed == 9
+
+
+def test_load_config_errors_name_the_file(tmp_path):
+    with pytest.raises(ConfigError, match="no such file"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("clean: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)

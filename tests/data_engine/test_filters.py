@@ -1,0 +1,234 @@
+"""Each cleaning filter with cases that must drop and cases that must stay, in ja/zh/en."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from data_engine.config import CleanConfig, LengthConfig, RepetitionConfig, TagListConfig
+from data_engine.filters import FILTERS, REASONS
+from data_engine.filters.language import detect_language, wrong_language
+from data_engine.filters.length import estimate_tokens, length_bounds
+from data_engine.filters.repetition import is_degenerate, longest_char_run
+from data_engine.filters.special_tokens import special_token_literal
+from data_engine.filters.structure import bad_role_order, empty_turn, no_assistant_reply
+from data_engine.filters.tag_list import is_tag_list
+
+from .helpers import chat, msg, view_of
+
+CALL = json.dumps([{"type": "function", "function": {"name": "get_weather",
+                                                     "arguments": "{\"city\": \"Tokyo\"}"}}])
+
+
+def reasons(check, conversations, config=None):
+    return check(view_of(conversations), config or CleanConfig())
+
+
+def test_reason_codes_are_unique_and_documented_in_order():
+    assert len(REASONS) == len(set(REASONS))
+    assert REASONS[:2] == ("malformed_json", "unknown_format")
+    assert {r for f in FILTERS for r in f.reasons} == set(REASONS[2:])
+
+
+# empty_turn --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("conversation", [
+    chat("記事のタイトルを考えてください。", "   "),
+    chat("", "这是答案。"),
+    [msg("system", " \n"), msg("user", "Hello?"), msg("assistant", "Hi there, how can I help?")],
+    [],
+])
+def test_empty_turn_drops(conversation):
+    assert reasons(empty_turn, [conversation]) == ["empty_turn"]
+
+
+def test_empty_turn_keeps_text_and_tool_call_turns():
+    with_tools = [msg("user", "東京の天気は？"), msg("assistant", "", tool_calls=CALL),
+                  msg("tool", "晴れ、18度"), msg("assistant", "東京は晴れで18度です。")]
+    assert reasons(empty_turn, [chat("Hi", "Hello there!"), with_tools]) == [None, None]
+
+
+# bad_role_order ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("roles", [
+    ["assistant", "user", "assistant"],
+    ["user", "user", "assistant"],
+    ["user", "assistant", "system", "user", "assistant"],
+    ["user", "bot"],
+    ["user", "tool", "assistant"],
+    ["user", "assistant", "assistant"],
+])
+def test_bad_role_order_drops(roles):
+    conversation = [msg(r, "テキスト") for r in roles]
+    assert reasons(bad_role_order, [conversation]) == ["bad_role_order"]
+
+
+def test_bad_role_order_tool_turns_need_a_call_and_a_reply():
+    call_without_tool = [msg("user", "天气？"), msg("assistant", "", CALL), msg("assistant", "晴。")]
+    assert reasons(bad_role_order, [call_without_tool]) == ["bad_role_order"]
+    valid = [msg("system", "你是助手。"), msg("user", "北京天气？"), msg("assistant", "", CALL),
+             msg("tool", "晴"), msg("tool", "18度"), msg("assistant", "北京今天晴，18度。"),
+             msg("user", "谢谢"), msg("assistant", "不客气！")]
+    assert reasons(bad_role_order, [valid, chat("Hi", "Hello!", system="Be kind.")]) == [None, None]
+
+
+# no_assistant_reply ------------------------------------------------------------------------
+
+def test_no_assistant_reply():
+    ends_with_user = chat("Q1", "A1 is the answer.") + [msg("user", "そして？")]
+    ends_with_call = [msg("user", "天気は？"), msg("assistant", "", CALL)]
+    got = reasons(no_assistant_reply, [ends_with_user, ends_with_call, [msg("user", "只有问题")],
+                                       chat("问题", "回答在这里。")])
+    assert got == ["no_assistant_reply"] * 3 + [None]
+
+
+# special_token_literal ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("text", [
+    "子育てと仕事の両立<|im_end|>", "答案是 8。<|endoftext|>", "The answer is 4.</s>",
+    "<|im_start|>assistant\nHello", "[INST] do it [/INST]", "<|eot_id|>",
+])
+def test_special_token_literal_drops(text):
+    assert reasons(special_token_literal, [chat("質問", text)]) == ["special_token_literal"]
+
+
+def test_special_token_literal_checks_reasoning_and_keeps_plain_markup():
+    with_reasoning = [msg("user", "Q?"), msg("assistant", "A.", reasoning="think <|im_end|>")]
+    plain = chat("Use a pipe: a | b", "Write `x || y` or <b>bold</b>; 1 < 2 > 0 and |x|.")
+    assert reasons(special_token_literal, [with_reasoning, plain]) == ["special_token_literal", None]
+
+
+# tag_list ----------------------------------------------------------------------------------
+
+TAGS = TagListConfig()
+
+
+@pytest.mark.parametrize("text", [
+    "自己紹介｜子育て｜ワーママ｜30代",
+    "#旅行 #京都 #紅葉 #カフェ",
+    "節約・投資・副業・貯金・家計簿",
+    "キャンプ | アウトドア | 初心者 | 道具",
+    "python, pandas, numpy, matplotlib",
+    "数学、加法、减法、应用题",
+    "#AI #machinelearning",
+])
+def test_tag_list_drops(text):
+    assert is_tag_list(text, TAGS)
+
+
+@pytest.mark.parametrize("text", [
+    "京都・大阪・神戸を巡る旅",
+    "ワーママ3年目に気づいた、仕事と子育てを両立する5つのコツ",
+    "子育て｜私が学んだ10のこと",
+    "I bought apples, oranges, and bananas at the market.",
+    "小明有 3 个苹果，又买了 5 个，一共有 8 个苹果。",
+    "Use #include <stdio.h> to print.",
+    "1. 京都\n2. 大阪\n3. 神戸\n4. 奈良",
+])
+def test_tag_list_keeps_text(text):
+    assert not is_tag_list(text, TAGS)
+
+
+# degenerate_repetition ---------------------------------------------------------------------
+
+REP = RepetitionConfig()
+
+
+@pytest.mark.parametrize("text", [
+    "」」」」」」",
+    "子育てと仕事の両立」」」」」」」」」」」」",
+    "the the the",
+    "ですですですです",
+    "ありがとうございますありがとうございますありがとうございます",
+    "好的好的好的好的",
+    "I think so. " * 30,
+    "答案是" + "八" * 9,
+])
+def test_degenerate_repetition_drops(text):
+    assert is_degenerate(text, REP)
+
+
+@pytest.mark.parametrize("text", [
+    "ワーママ3年目に気づいた両立のコツ",
+    "Wait…… what happened？！！！",
+    "| a | b | c |\n|---|---|---|\n| 1 | 2 | 3 |\n| 4 | 5 | 6 |",
+    "The answer is 1000000, that is one million.",
+    "3 加 5 等于 8，所以小明一共有 8 个苹果。",
+    "He said that that was fine.",
+    "def f(x):\n    return g(h(x))\n# ------------------------------------",
+])
+def test_degenerate_repetition_keeps_text(text):
+    assert not is_degenerate(text, REP)
+
+
+def test_longest_char_run_skips_exempt_characters():
+    assert longest_char_run("a----------b") == 1
+    assert longest_char_run("ああああ") == 4
+
+
+# too_short / too_long ----------------------------------------------------------------------
+
+def test_estimate_tokens_counts_cjk_per_character():
+    assert estimate_tokens("") == 0
+    assert estimate_tokens("abcd") == 1
+    assert estimate_tokens("abcde") == 2
+    assert estimate_tokens("子育て") == 3
+    assert estimate_tokens("３加５") == 3  # full-width forms are CJK-width characters
+    assert estimate_tokens("AI时代") == 3
+
+
+def test_length_bounds_short_long_and_fine():
+    config = CleanConfig(length=LengthConfig(max_tokens=100, min_reply_tokens=2))
+    rows = [chat("Yes or no?", "OK"), chat("记事", "八"), chat("長" * 120, "はい、そうです。"),
+            chat("Title please", "A fine title here")]
+    assert reasons(length_bounds, rows, config) == ["too_short", "too_short", "too_long", None]
+
+
+def test_length_bounds_with_a_real_tokenizer(tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"[UNK]": 0, **{w: i + 1 for i, w in enumerate(["a", "b", "c", "d", "e"])}}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]").save_pretrained(tmp_path)
+    config = CleanConfig(length=LengthConfig(tokenizer=str(tmp_path), max_tokens=20,
+                                             min_reply_tokens=2, turn_overhead_tokens=0))
+    # "abcde" is 2 estimated tokens but 1 token for this word-level tokenizer.
+    rows = [chat("a b", "abcde"), chat("a b", "a b c"), chat("a " * 15, "a b c d e f")]
+    assert reasons(length_bounds, rows, config) == ["too_short", None, "too_long"]
+
+
+# wrong_language ----------------------------------------------------------------------------
+
+def test_wrong_language_off_without_languages():
+    assert reasons(wrong_language, [chat("Q", "Das ist eine Antwort auf Deutsch.")]) == [None]
+
+
+def test_wrong_language_with_expected_languages():
+    config = CleanConfig(languages=["ja", "en", "zh"])
+    rows = [
+        chat("Q", "Das ist eine längere Antwort auf Deutsch, und sie ist ganz falsch hier."),
+        chat("Q", "이것은 한국어로 된 답변입니다. 여기서는 맞지 않습니다."),
+        chat("Q", "ワーママ3年目に気づいた両立のコツ"),
+        chat("Q", "京都観光完全攻略"),
+        chat("Q", "3 加 5 等于 8，所以小明一共有 8 个苹果。"),
+        chat("Q", "Ray is a framework for distributed Python programs."),
+        chat("Q", "42"),
+    ]
+    assert reasons(wrong_language, rows, config) == ["wrong_language"] * 2 + [None] * 5
+
+
+def test_wrong_language_only_japanese():
+    config = CleanConfig(languages=["ja"])
+    rows = [chat("Q", "这是一个很长的中文回答，用来说明语言过滤器会把它过滤掉。"),
+            chat("Q", "京都観光完全攻略"), chat("Q", "Plain English sentences do not belong here.")]
+    assert reasons(wrong_language, rows, config) == ["wrong_language", None, "wrong_language"]
+    assert detect_language("ひらがな") == "ja"
+
+
+def test_chinese_varieties_count_as_chinese():
+    config = CleanConfig(languages=["zh"])
+    rows = [chat("Q", "侬好，阿拉今朝去白相，侬要一道去伐？"), chat("Q", "你食咗飯未呀？我哋一齊去飲茶啦。")]
+    assert reasons(wrong_language, rows, config) == [None, None]

@@ -1,0 +1,151 @@
+"""Ingest: every row format, every file layout, malformed lines and line numbers."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from data_engine.config import InputConfig
+from data_engine.errors import InputError
+from data_engine.readers.formats import UnknownFormat, detect_format, row_id, to_messages
+from data_engine.readers.ingest import ingest_shards
+from data_engine.readers.shards import default_source, plan_shards
+
+
+def turns(messages):
+    return [(m["role"], m["content"]) for m in messages]
+
+
+def test_openai_messages_with_tools_and_parts():
+    row = {"messages": [
+        {"role": "System", "content": "Be brief."},
+        {"role": "user", "content": [{"type": "text", "text": "Weather "}, {"type": "text", "text": "in Tokyo?"}]},
+        {"role": "assistant", "content": None, "tool_calls": [{"type": "function", "function": {"name": "w"}}]},
+        {"role": "tool", "content": "sunny"},
+        {"role": "assistant", "content": "Sunny.", "reasoning_content": "The tool said sunny."},
+    ]}
+    messages = to_messages(row, "auto")
+    assert turns(messages) == [("system", "Be brief."), ("user", "Weather in Tokyo?"),
+                               ("assistant", ""), ("tool", "sunny"), ("assistant", "Sunny.")]
+    assert json.loads(messages[2]["tool_calls"])[0]["function"]["name"] == "w"
+    assert messages[4]["reasoning_content"] == "The tool said sunny."
+
+
+def test_sharegpt_roles_and_system():
+    row = {"system": "你是老师。", "conversations": [
+        {"from": "human", "value": "1+1?"}, {"from": "gpt", "value": "等于 2。"},
+        {"from": "human", "value": "2+2?"}, {"from": "gpt", "value": "等于 4。"}]}
+    assert detect_format(row) == "sharegpt"
+    assert turns(to_messages(row, "auto")) == [("system", "你是老师。"), ("user", "1+1?"),
+                                              ("assistant", "等于 2。"), ("user", "2+2?"),
+                                              ("assistant", "等于 4。")]
+
+
+def test_alpaca_joins_input_and_history():
+    row = {"instruction": "記事のタイトルを付けて", "input": "子育ての話。", "output": "子育ての話",
+           "history": [["前の質問", "前の答え"]]}
+    assert turns(to_messages(row, "auto")) == [("user", "前の質問"), ("assistant", "前の答え"),
+                                              ("user", "記事のタイトルを付けて\n\n子育ての話。"),
+                                              ("assistant", "子育ての話")]
+
+
+def test_prompt_completion_strings_and_conversational():
+    assert turns(to_messages({"prompt": "Hi", "completion": "Hello!"}, "auto")) == [
+        ("user", "Hi"), ("assistant", "Hello!")]
+    row = {"prompt": [{"role": "user", "content": "Hi"}],
+           "completion": [{"role": "assistant", "content": "Hello!"}]}
+    assert turns(to_messages(row, "auto")) == [("user", "Hi"), ("assistant", "Hello!")]
+
+
+def test_column_mapping():
+    columns = {"user": "question", "assistant": "answer", "id": "qid"}
+    row = {"qid": 7, "question": "Capital of Japan?", "answer": "Tokyo is the capital."}
+    assert detect_format(row, columns) == "columns"
+    messages = to_messages(row, "auto", columns)
+    assert turns(messages) == [("user", "Capital of Japan?"), ("assistant", "Tokyo is the capital.")]
+    assert row_id(row, messages, columns) == "7"
+
+
+@pytest.mark.parametrize("row", [{"text": "x"}, {"question": "q", "answer": "a"},
+                                 {"messages": "not a list"},
+                                 {"messages": [{"content": "no role"}]},
+                                 {"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}])
+def test_unknown_shapes(row):
+    with pytest.raises(UnknownFormat):
+        to_messages(row, "auto")
+
+
+def test_derived_ids_are_stable_and_content_based():
+    a = to_messages({"prompt": "Hi", "completion": "Hello!"}, "auto")
+    b = to_messages({"prompt": "Hi", "completion": "Hello!"}, "auto")
+    c = to_messages({"prompt": "Hi", "completion": "Hello."}, "auto")
+    assert row_id({}, a, None) == row_id({"id": None}, b, None) != row_id({}, c, None)
+
+
+def _ingest(tmp_path, inputs, shard_rows=2):
+    shards, files = plan_shards(inputs, shard_rows)
+    table = ingest_shards(pa.Table.from_pylist([s.to_dict() for s in shards]), inputs)
+    return table, files
+
+
+def test_jsonl_malformed_unknown_blank_and_line_numbers(tmp_path):
+    path = tmp_path / "mixed.jsonl"
+    lines = [json.dumps({"id": "a", "prompt": "p", "completion": "c"}), "{broken", "",
+             json.dumps({"text": "no shape"}), '"a bare string"',
+             json.dumps({"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]})]
+    path.write_text("\n".join(lines), encoding="utf-8")  # no trailing newline
+    table, files = _ingest(tmp_path, [InputConfig(path=str(path))])
+    rows = table.to_pylist()
+    assert [(r["_line"], r["_reason"]) for r in rows] == [
+        (1, None), (2, "malformed_json"), (4, "unknown_format"), (5, "malformed_json"), (6, None)]
+    assert rows[0]["id"] == "a" and rows[0]["source"] == "mixed"
+    assert rows[1]["_raw"] == "{broken" and rows[1]["id"] is None
+    assert files[0].kind == "jsonl" and len(files[0].sha256) == 64
+
+
+def test_parquet_file_and_folder(tmp_path):
+    rows = [{"instruction": f"{i}+1?", "input": "", "output": f"等于 {i + 1}。"} for i in range(5)]
+    folder = tmp_path / "pq"
+    folder.mkdir()
+    pq.write_table(pa.Table.from_pylist(rows), folder / "part-0.parquet", row_group_size=2)
+    table, _ = _ingest(tmp_path, [InputConfig(path=str(folder / "part-0.parquet"), source="math")])
+    assert table.column("_line").to_pylist() == [1, 2, 3, 4, 5]
+    assert set(table.column("source").to_pylist()) == {"math"}
+    assert table.column("_reason").null_count == 5
+    table, _ = _ingest(tmp_path, [InputConfig(path=str(folder))])
+    assert table.num_rows == 5 and set(table.column("source").to_pylist()) == {"pq"}
+
+
+def test_save_to_disk_dataset_and_dataset_dict(tmp_path):
+    from datasets import Dataset, DatasetDict
+
+    ds = Dataset.from_list([{"messages": [{"role": "user", "content": "Hi"},
+                                          {"role": "assistant", "content": f"Hello {i}!"}]}
+                            for i in range(3)])
+    ds.save_to_disk(str(tmp_path / "one"))
+    DatasetDict({"train": ds, "test": ds.select([0])}).save_to_disk(str(tmp_path / "dict"))
+    table, files = _ingest(tmp_path, [InputConfig(path=str(tmp_path / "one"))])
+    assert table.num_rows == 3 and files[0].kind == "arrow"
+    assert table.column("source").to_pylist() == ["one"] * 3
+    table, files = _ingest(tmp_path, [InputConfig(path=str(tmp_path / "dict"))])
+    assert table.num_rows == 4 and len(files) == 2
+
+
+def test_format_override_rejects_other_shapes(tmp_path):
+    path = tmp_path / "x.jsonl"
+    path.write_text(json.dumps({"prompt": "p", "completion": "c"}) + "\n" +
+                    json.dumps({"messages": [{"role": "user", "content": "u"}]}) + "\n")
+    table, _ = _ingest(tmp_path, [InputConfig(path=str(path), format="prompt_completion")])
+    assert table.column("_reason").to_pylist() == [None, "unknown_format"]
+
+
+def test_bad_inputs_raise_naming_the_path(tmp_path):
+    with pytest.raises(InputError, match="no such file"):
+        plan_shards([InputConfig(path=str(tmp_path / "missing.jsonl"))], 10)
+    (tmp_path / "data.csv").write_text("a,b\n")
+    with pytest.raises(InputError, match="unsupported file type"):
+        plan_shards([InputConfig(path=str(tmp_path / "data.csv"))], 10)
+    assert default_source(str(tmp_path / "titles_ja.jsonl")) == "titles_ja"

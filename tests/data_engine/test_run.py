@@ -1,0 +1,136 @@
+"""End to end on a real local Ray: the output contract, and the CLI from a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from data_engine.config import DataConfig, InputConfig, load_config
+from data_engine.filters import REASONS
+from data_engine.run import run
+
+SAMPLE = Path(__file__).resolve().parents[2] / "data_engine" / "sample"
+SPLITS = ("train", "validation", "test")
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def check_contract(out: Path) -> dict:
+    """Asserts the output contract every run must meet; returns the manifest."""
+    from datasets import load_from_disk
+
+    manifest = json.loads((out / "manifest.json").read_text())
+    counts = manifest["counts"]
+    assert counts["input"] == counts["kept"] + sum(counts["rejected"].values())
+    assert set(counts["rejected"]) == set(REASONS)
+    hf = load_from_disk(str(out / "hf"))
+    for split in SPLITS:
+        rows = read_jsonl(out / f"{split}.jsonl")
+        assert len(rows) == counts["splits"][split] == hf[split].num_rows
+        assert all(r["messages"][-1]["role"] == "assistant" for r in rows)
+    assert sum(counts["splits"].values()) == counts["kept"]
+    rejected = read_jsonl(out / "rejected.jsonl")
+    assert len(rejected) == sum(counts["rejected"].values())
+    for record in rejected:
+        assert record["reason"] in REASONS and record["stage"] in ("ingest", "clean")
+        assert record["source"]["line"] >= 1 and ("raw" in record or "row" in record)
+    assert manifest["seed"] == manifest["config"]["seed"]
+    assert all(len(i["sha256"]) == 64 for i in manifest["inputs"])
+    assert {"ray", "pyarrow", "tunesmith"} <= set(manifest["versions"])
+    report = (out / "report.html").read_text(encoding="utf-8")
+    assert report.count("data:image/png;base64,") >= 2
+    return manifest
+
+
+@pytest.mark.slow
+def test_run_on_local_ray_mixed_layouts(ray_local, tmp_path):
+    from datasets import Dataset
+
+    jsonl = tmp_path / "chat.jsonl"
+    jsonl.write_text("\n".join([
+        json.dumps({"id": "j1", "messages": [{"role": "user", "content": "タイトルを"},
+                                             {"role": "assistant", "content": "ワーママの朝時間術"}]},
+                   ensure_ascii=False),
+        "{oops",
+        json.dumps({"messages": [{"role": "user", "content": "Tags?"},
+                                 {"role": "assistant", "content": "#a #b #c"}]}),
+    ]) + "\n", encoding="utf-8")
+    pq.write_table(pa.Table.from_pylist([{"instruction": f"{i} 加 1 等于几？", "input": "",
+                                          "output": f"{i} 加 1 等于 {i + 1}。"} for i in range(30)]),
+                   tmp_path / "math.parquet", row_group_size=7)
+    Dataset.from_list([{"question": f"What is item {i}?", "answer": f"Item {i} is a test row."}
+                       for i in range(20)]).save_to_disk(str(tmp_path / "qa"))
+    config = DataConfig(inputs=[InputConfig(path=str(jsonl)),
+                                InputConfig(path=str(tmp_path / "math.parquet")),
+                                InputConfig(path=str(tmp_path / "qa"),
+                                            columns={"user": "question", "assistant": "answer"})])
+    config.ray.shard_rows = 8
+    result = run(config, tmp_path / "out", progress=False)
+    manifest = check_contract(tmp_path / "out")
+    assert manifest["counts"]["input"] == 53 and manifest["counts"]["kept"] == 51
+    assert manifest["counts"]["rejected"]["malformed_json"] == 1
+    assert manifest["counts"]["rejected"]["tag_list"] == 1
+    assert manifest["sources"] == {"chat": {"input": 3, "kept": 1}, "math": {"input": 30, "kept": 30},
+                                   "qa": {"input": 20, "kept": 20}}
+    assert [s["name"] for s in manifest["stages"]] == ["ingest", "clean", "split"]
+    assert result.report_path.exists()
+    # Same config, same seed: byte-identical split files.
+    again = run(config, tmp_path / "again", progress=False)
+    for split in SPLITS:
+        assert (again.out_dir / f"{split}.jsonl").read_bytes() == \
+            (tmp_path / "out" / f"{split}.jsonl").read_bytes()
+
+
+@pytest.mark.slow
+def test_sample_run_matches_planted_defects(ray_local, tmp_path):
+    expected = json.loads((SAMPLE / "data" / "expected.json").read_text(encoding="utf-8"))
+    result = run(load_config(SAMPLE / "demo.yaml"), tmp_path / "out", progress=False)
+    check_contract(result.out_dir)
+    got = sorted((Path(r["source"]["file"]).name, r["source"]["line"], r["reason"])
+                 for r in read_jsonl(result.out_dir / "rejected.jsonl"))
+    want = sorted((r["file"], r["line"], r["reason"]) for r in expected["rejected"])
+    assert got == want
+    total_rows = sum(f["rows"] for f in expected["files"].values())
+    assert result.manifest["counts"]["input"] == total_rows
+    kept_text = "\n".join((result.out_dir / f"{s}.jsonl").read_text(encoding="utf-8")
+                          for s in SPLITS)
+    for repaired in expected["repaired"]:
+        assert json.dumps(repaired["expected"], ensure_ascii=False)[1:-1] in kept_text
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("RAY_ADDRESS", None)
+    return subprocess.run([sys.executable, "-m", "tunesmith", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_cli_version_and_errors(tmp_path):
+    assert _cli("--version", cwd=tmp_path).stdout.startswith("tunesmith ")
+    missing = _cli("data", "run", "--input", "nope.jsonl", "--out", "o", cwd=tmp_path)
+    assert missing.returncode == 2 and "nope.jsonl: no such file" in missing.stderr
+    (tmp_path / "bad.yaml").write_text("clean:\n  lenght: {}\nsplit: {train: 2}\n")
+    bad = _cli("data", "run", "--config", "bad.yaml", "--out", "o", cwd=tmp_path)
+    assert bad.returncode == 2
+    assert "clean.lenght: unknown key" in bad.stderr
+    none = _cli("data", "run", "--out", "o", cwd=tmp_path)
+    assert none.returncode == 2 and "inputs:" in none.stderr
+
+
+@pytest.mark.slow
+def test_cli_demo_subprocess(tmp_path):
+    proc = _cli("demo", "--out", str(tmp_path / "demo"), "--no-progress", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "report:" in proc.stdout and "manifest:" in proc.stdout
+    manifest = check_contract(tmp_path / "demo" / "data")
+    assert manifest["counts"]["rejected"]["tag_list"] > 0
+    assert (tmp_path / "demo" / "data" / ".ray").is_dir() or manifest["ray"]["address"] == "local"
