@@ -30,3 +30,14 @@ class InputError(DataEngineError):
         self.path = path
         self.field = field
         super().__init__(f"{field}: {path}: {message}")
+
+
+class ClusterError(DataEngineError):
+    """The configured Ray cluster cannot be reached."""
+
+    exit_code = 3
+
+    def __init__(self, address: str, message: str, field: str = "ray.address"):
+        self.address = address
+        self.field = field
+        super().__init__(f"{field}: cannot connect to Ray at {address}: {message}")

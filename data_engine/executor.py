@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Iterator
 
 from data_engine.config import RayConfig
+from data_engine.errors import ClusterError
 
 # Unix socket paths are limited to 107 bytes and Ray nests ~70 bytes of session and socket
 # names under its temp dir, so a deeper run folder falls back to a short dir in /tmp.
@@ -34,21 +35,26 @@ class RaySession:
 @contextmanager
 def ray_session(config: RayConfig, run_dir: Path) -> Iterator[RaySession]:
     """Joins the configured cluster or starts a local Ray with its temp dir in ``run_dir``."""
+    address = config.address or os.environ.get("RAY_ADDRESS")
+    if not address or _is_loopback(address):
+        # Ray rewrites a loopback address to the machine's routable IP unless this is off;
+        # it is read when ray is first imported, so set it before that.
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     import ray
 
     _quiet_logs()
     if ray.is_initialized():
         yield RaySession(address="existing", temp_dir=None, owned=False)
         return
-    address = config.address or os.environ.get("RAY_ADDRESS")
     temp_dir: str | None = None
     cleanup = False
     if address:
-        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+        try:
+            ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+        except ConnectionError as exc:
+            raise ClusterError(address, str(exc)) from None
     else:
-        # Keep the embedded head on loopback and never look for a remote cluster.
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-        os.environ.pop("RAY_ADDRESS", None)
+        os.environ.pop("RAY_ADDRESS", None)  # an embedded head, never a remote cluster
         wanted = (run_dir / ".ray").resolve()
         if len(str(wanted)) <= _MAX_TEMP_DIR:
             wanted.mkdir(parents=True, exist_ok=True)
@@ -66,6 +72,11 @@ def ray_session(config: RayConfig, run_dir: Path) -> Iterator[RaySession]:
         ray.shutdown()
         if cleanup:
             shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _is_loopback(address: str) -> bool:
+    host = address.split("://")[-1].rsplit(":", 1)[0].strip("[]")
+    return host in ("localhost", "::1") or host.startswith("127.")
 
 
 def _quiet_logs() -> None:

@@ -51,6 +51,7 @@ class StageProgress:
     expected_rows: int
     console: Console = field(default_factory=lambda: Console(stderr=True))
     enabled: bool = True
+    log_every_s: float = 10.0  # without a terminal (CI, cluster job logs): one line this often
 
     def __post_init__(self) -> None:
         self.stats = {name: StageStat(name) for name in self.stages}
@@ -60,6 +61,8 @@ class StageProgress:
                                   disable=not (self.enabled and self.console.is_terminal))
         self._tasks = {name: self._progress.add_task(name, total=self.expected_rows or None,
                                                      rejected=0) for name in self.stages}
+        self._log_lines = self.enabled and not self.console.is_terminal
+        self._last_log = 0.0
 
     def __enter__(self) -> "StageProgress":
         self._start = time.perf_counter()
@@ -82,6 +85,15 @@ class StageProgress:
             stat.seconds = now
             remaining -= dropped
             self._progress.update(self._tasks[name], completed=stat.rows, rejected=stat.rejected)
+        if self._log_lines and now - self._last_log >= self.log_every_s:
+            self._last_log = now
+            self.console.print(self.line(), highlight=False, soft_wrap=True)
+
+    def line(self) -> str:
+        """One log line: rows and rows/s of every stage so far."""
+        return "progress: " + "; ".join(
+            f"{s.name} {s.rows:,} rows {s.rows_per_s:,.0f} rows/s {s.rejected:,} rejected"
+            for s in self.stats.values())
 
     def summary(self) -> Table:
         table = Table(title="stages", title_justify="left")

@@ -4,8 +4,9 @@ The failed fine-tune answered `」」」」」」…` forever; rows like that in
 it. Checked on each assistant reply, on tokens that work without word boundaries: a Latin
 word or number is one token, any other non-space character (kana, kanji, punctuation) is one.
 A reply is degenerate when
-- one character repeats more than `max_char_run` times in a row (digits, spaces and rule
-  characters such as `-=_*~#.…・─` are exempt: tables and numbers legitimately repeat them),
+- one character repeats more than `max_char_run` times in a row (digits, spaces, rule and
+  table characters `-=_*~#.…・─|:+` and closing `)]}>` are exempt: numbers, tables and code
+  legitimately repeat them),
 - a phrase of up to `max_phrase_tokens` tokens repeats more than `max_word_repeats` times
   back to back (`the the the`, `ですですです`), or
 - a reply of 200+ bytes compresses (zlib) more than `max_compression_ratio` times: long

@@ -22,12 +22,6 @@ def _pattern(literals: tuple[str, ...]) -> re.Pattern[str]:
     return re.compile("|".join(alternatives))
 
 
-def find_special_token(text: str, literals: tuple[str, ...]) -> str | None:
-    """The first special-token literal in ``text``, or None."""
-    match = _pattern(literals).search(text)
-    return match.group() if match else None
-
-
 def special_token_literal(view: MessageView, config: CleanConfig) -> Reasons:
     pattern = _pattern(tuple(config.special_tokens))
     out: Reasons = []

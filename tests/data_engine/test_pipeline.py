@@ -16,7 +16,7 @@ from data_engine.readers.ingest import ingest_shards
 from data_engine.readers.shards import plan_shards
 from data_engine.writers.outputs import DatasetWriter
 
-from .helpers import chat, msg, work_table
+from .helpers import chat, work_table
 
 
 def test_clean_batch_first_reason_wins_and_ingest_rejects_pass_through():

@@ -134,3 +134,54 @@ def test_cli_demo_subprocess(tmp_path):
     manifest = check_contract(tmp_path / "demo" / "data")
     assert manifest["counts"]["rejected"]["tag_list"] > 0
     assert (tmp_path / "demo" / "data" / ".ray").is_dir() or manifest["ray"]["address"] == "local"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_cli_against_a_ray_cluster(tmp_path):
+    """`--ray-address` joins a separately started head (`ray start`), same code path."""
+    import shutil
+    import socket
+    import tempfile
+    import time
+
+    port = _free_port()
+    temp_dir = tempfile.mkdtemp(prefix="ts-rc-", dir="/tmp")
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    env.pop("RAY_ADDRESS", None)
+    ray_bin = str(Path(sys.executable).parent / "ray")
+    head = subprocess.Popen([ray_bin, "start", "--head", "--block", f"--port={port}",
+                             "--node-ip-address=127.0.0.1", "--num-cpus=1",
+                             f"--temp-dir={temp_dir}", "--include-dashboard=false",
+                             "--disable-usage-stats"], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.5)
+        (tmp_path / "in.jsonl").write_text("\n".join(
+            json.dumps({"prompt": f"Question {i}?", "completion": f"Answer number {i}."})
+            for i in range(40)) + "\n{bad\n")
+        proc = subprocess.run(
+            [sys.executable, "-m", "tunesmith", "data", "run", "--input", "in.jsonl", "--out", "out",
+             "--ray-address", f"127.0.0.1:{port}", "--no-progress"],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        manifest = check_contract(tmp_path / "out")
+        assert manifest["ray"]["address"] == f"127.0.0.1:{port}"
+        assert manifest["counts"]["kept"] == 40 and manifest["counts"]["rejected"]["malformed_json"] == 1
+        assert not (tmp_path / "out" / ".ray").exists()  # the cluster's temp dir, not ours
+    finally:
+        head.terminate()
+        head.wait(timeout=60)
+        shutil.rmtree(temp_dir, ignore_errors=True)
