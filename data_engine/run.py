@@ -58,9 +58,10 @@ def run(config: DataConfig, out_dir: Path, console: Console | None = None,
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     shards, files = plan_shards(config.inputs, config.ray.shard_rows)
-    writer = DatasetWriter(out_dir)
-    tracker = StageProgress(STAGES, expected_rows=sum(s.rows for s in shards), console=console, enabled=progress)
+    tracker = StageProgress(STAGES, expected_rows=sum(s.rows for s in shards), console=console,
+                            enabled=progress)
     with ray_session(config.ray, out_dir) as session:
+        writer = DatasetWriter(out_dir)  # only once Ray is up: a failed connect writes nothing
         if shards:
             import ray.data
 
