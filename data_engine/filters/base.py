@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 
 from data_engine.config import CleanConfig
 
-Reasons = list["str | None"]
+Reasons = list[str | None]
 
 
 class MessageView:
