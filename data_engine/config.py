@@ -153,10 +153,101 @@ class CleanConfig:
 
 
 @dataclass
+class ReferenceConfig:
+    inputs: list[InputConfig] = _help(
+        "Reference sets (an eval or test set) no training row may be near; same input forms as "
+        "`inputs`.", factory=list)
+    match: str = _help(
+        "Compare by `prompt` (the user turns: an eval question with any answer is a leak) or "
+        "`conversation` (every turn).", "prompt")
+    threshold: float = _help("Jaccard similarity at or above which a row contaminates.", 0.8)
+
+    def check(self) -> list[str]:
+        problems = []
+        if self.match not in ("prompt", "conversation"):
+            problems.append(f"match: {self.match!r} is not one of prompt, conversation")
+        if not 0.0 < self.threshold <= 1.0:
+            problems.append("threshold: must be within (0, 1]")
+        return problems
+
+
+@dataclass
+class DedupConfig:
+    exact: bool = _help(
+        "Drop exact duplicates (same roles and contents after NFKC and whitespace collapsing). "
+        "When false they are kept, on one side of the split.", True)
+    near: bool = _help(
+        "Drop near duplicates (character n-gram Jaccard >= threshold, confirmed exactly after "
+        "MinHash-LSH). When false they are kept, each cluster on one side of the split.", True)
+    threshold: float = _help(
+        "Jaccard similarity of character n-gram sets at or above which two conversations are "
+        "near duplicates. 0.8: one or two edited words in a 300-character row score 0.85-0.95.",
+        0.8)
+    ngram: int = _help(
+        "Characters per n-gram. 5 works for Japanese and Chinese (no word boundaries) and for "
+        "English; shorter n-grams make unrelated texts look alike.", 5)
+    bands: int = _help(
+        "LSH bands. With rows_per_band 6, a pair at Jaccard 0.8 becomes a candidate with "
+        "probability 0.998, at 0.5 with 0.27; candidates are then confirmed exactly.", 20)
+    rows_per_band: int = _help("MinHash values per band (bands x rows = permutations).", 6)
+    seed: int = _help("MinHash seed.", 1)
+    reference: ReferenceConfig = _help("Decontamination against reference sets.",
+                                       factory=ReferenceConfig)
+
+    @property
+    def num_perm(self) -> int:
+        return self.bands * self.rows_per_band
+
+    def check(self) -> list[str]:
+        problems = []
+        if not 0.0 < self.threshold <= 1.0:
+            problems.append("threshold: must be within (0, 1]")
+        for name in ("ngram", "bands", "rows_per_band"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name}: must be >= 1")
+        return problems
+
+
+MIX_STRATEGIES = ("none", "interleave", "resample")
+
+
+@dataclass
+class MixConfig:
+    strategy: str = _help(
+        "none: keep every row in input order. interleave: draw a source by weight, take its next "
+        "row (seeded order), stop when a source with weight runs out or at `total`; no row "
+        "repeats. resample: every source gets exactly its share of `total`, repeating rows "
+        "(whole copies, then a seeded sample) when it is short.", "none")
+    weights: dict[str, float] = _help(
+        "Source -> weight, normalised to sum 1; all zero means equal. Sources not listed get "
+        "weight 0 (their rows are dropped with reason mix_surplus).", factory=dict)
+    total: int | None = _help("Rows after mixing; default: as many as the strategy yields "
+                              "(resample: the rows available).")
+
+    def check(self) -> list[str]:
+        problems = []
+        if self.strategy not in MIX_STRATEGIES:
+            problems.append(f"strategy: {self.strategy!r} is not one of "
+                            f"{', '.join(MIX_STRATEGIES)}")
+        problems += [f"weights.{name}: must be >= 0" for name, w in self.weights.items() if w < 0]
+        if self.total is not None and self.total < 1:
+            problems.append("total: must be >= 1")
+        return problems
+
+
+@dataclass
 class SplitConfig:
     train: float = _help("Share of kept rows in train.", 0.8)
     validation: float = _help("Share in validation: without one, overfitting goes unseen.", 0.1)
     test: float = _help("Share in test, held out for the evaluator.", 0.1)
+    validation_floor: int = _help(
+        "Validation gets at least this many rows when the data has `floor_min_rows` or more; "
+        "eval loss on a few dozen rows is noise.", 100)
+    floor_min_rows: int = _help("Rows needed before the validation floor applies; below it the "
+                                "ratio is used and the manifest carries a warning.", 1000)
+    group_column: str = _help(
+        "Rows sharing a value in this input column (e.g. turns of one conversation, one "
+        "document's questions) land in the same split.", "group")
 
     def check(self) -> list[str]:
         problems = [f"{name}: must be within [0, 1]" for name in ("train", "validation", "test")
@@ -164,6 +255,8 @@ class SplitConfig:
         total = self.train + self.validation + self.test
         if abs(total - 1.0) > 1e-6:
             problems.append(f"train + validation + test: must sum to 1, got {total:g}")
+        if self.validation_floor < 0:
+            problems.append("validation_floor: must be >= 0")
         return problems
 
 
@@ -173,6 +266,10 @@ class RayConfig:
         "Ray cluster address (or RAY_ADDRESS); default: an embedded local Ray on 127.0.0.1.")
     num_cpus: int | None = _help("CPUs for the embedded local Ray; default: all.")
     shard_rows: int = _help("Input rows per ingest task; one block each.", 5000)
+    shared_storage: bool = _help(
+        "The output folder is on storage every node sees (NFS, a mounted bucket), so tasks "
+        "reading stage outputs may run anywhere; otherwise they run on the driver's node.",
+        False)
 
     def check(self) -> list[str]:
         problems = []
@@ -187,7 +284,10 @@ class RayConfig:
 class DataConfig:
     inputs: list[InputConfig] = _help("Input datasets; --input adds more.", factory=list)
     clean: CleanConfig = _help("Normalisers and filters.", factory=CleanConfig)
-    split: SplitConfig = _help("Train/validation/test ratios.", factory=SplitConfig)
+    dedup: DedupConfig = _help("Exact and near-duplicate removal, and decontamination.",
+                               factory=DedupConfig)
+    mix: MixConfig = _help("Weighted mixing of sources.", factory=MixConfig)
+    split: SplitConfig = _help("Train/validation/test assignment.", factory=SplitConfig)
     seed: int = _help("Seed for every random choice; same seed, same outputs.", 0)
     ray: RayConfig = _help("Where and how the stages run.", factory=RayConfig)
 
@@ -219,7 +319,7 @@ def load_config(path: str | Path | None, extra_inputs: list[str] = (),
     if overrides:
         data = {**data, **overrides}
     config = from_dict(DataConfig, data, origin)
-    for item in config.inputs:
+    for item in config.inputs + config.dedup.reference.inputs:
         item.path = str((base / item.path).resolve())
     known = {item.path for item in config.inputs}
     for raw in extra_inputs:

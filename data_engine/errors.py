@@ -41,3 +41,19 @@ class ClusterError(DataEngineError):
         self.address = address
         self.field = field
         super().__init__(f"{field}: cannot connect to Ray at {address}: {message}")
+
+
+class LeakError(DataEngineError):
+    """Near duplicates remain across splits after splitting: the evaluation would be inflated."""
+
+    exit_code = 4
+
+    def __init__(self, leaks: int, examples: list[dict], field: str = "split"):
+        self.leaks = leaks
+        self.examples = examples
+        self.field = field
+        shown = "\n".join(f"  - {e['a']} ({e['split_a']}) ~ {e['b']} ({e['split_b']}): "
+                          f"Jaccard {e['jaccard']:.3f}" for e in examples)
+        super().__init__(f"{field}: leak check failed: {leaks} near-duplicate pair(s) straddle "
+                         f"splits:\n{shown}\nThis is a bug in tunesmith; please report it with "
+                         "the config.")

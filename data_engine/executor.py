@@ -31,6 +31,31 @@ class RaySession:
     temp_dir: str | None
     owned: bool  # we started it, so we shut it down
 
+    shared_storage: bool = False
+
+    @property
+    def read_args(self) -> dict:
+        """Ray remote args for tasks that read stage outputs: pinned to the driver's node,
+        whose disk holds them, unless the output folder is shared storage."""
+        if self.shared_storage:
+            return {}
+        import ray
+
+        return {"label_selector": {"ray.io/node-id": ray.get_runtime_context().get_node_id()}}
+
+    @property
+    def cpus(self) -> int:
+        """CPUs available to those tasks: the driver's node, or the cluster with shared storage."""
+        import ray
+
+        if self.shared_storage:
+            return max(1, int(ray.cluster_resources().get("CPU", 1)))
+        node = ray.get_runtime_context().get_node_id()
+        for info in ray.nodes():
+            if info.get("NodeID") == node:
+                return max(1, int(info.get("Resources", {}).get("CPU", 1)))
+        return 1
+
 
 @contextmanager
 def ray_session(config: RayConfig, run_dir: Path) -> Iterator[RaySession]:
@@ -44,7 +69,8 @@ def ray_session(config: RayConfig, run_dir: Path) -> Iterator[RaySession]:
 
     _quiet_logs()
     if ray.is_initialized():
-        yield RaySession(address="existing", temp_dir=None, owned=False)
+        yield RaySession(address="existing", temp_dir=None, owned=False,
+                         shared_storage=config.shared_storage)
         return
     temp_dir: str | None = None
     cleanup = False
@@ -67,7 +93,8 @@ def ray_session(config: RayConfig, run_dir: Path) -> Iterator[RaySession]:
                  log_to_driver=False, configure_logging=True)
     _quiet_data_context()
     try:
-        yield RaySession(address=address or "local", temp_dir=temp_dir, owned=True)
+        yield RaySession(address=address or "local", temp_dir=temp_dir, owned=True,
+                         shared_storage=config.shared_storage)
     finally:
         ray.shutdown()
         if cleanup:

@@ -1,7 +1,9 @@
-"""A per-stage progress display (rows done, rows/s) fed by the batches reaching the driver.
+"""A per-stage progress display (rows done, rows/s) and the per-stage figures of the manifest.
 
-Stages stream into each other, so every output batch says how far each stage has got: all
-its rows passed ingest, those not rejected at ingest passed clean, the kept ones were split.
+Ingest and clean stream into each other, so every batch reaching the driver says how far
+both have got: all its rows passed ingest, those not rejected at ingest passed clean. The
+later stages report their totals when they finish (`record`), and a stage whose stored
+output is reused reports the figures it recorded then (`reuse`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ class StageStat:
     rows: int = 0
     rejected: int = 0
     seconds: float = 0.0
+    reused: bool = False  # read from a completed earlier run instead of computed
 
     @property
     def rows_per_s(self) -> float:
@@ -32,7 +35,8 @@ class StageStat:
 
     def to_dict(self) -> dict[str, float | int | str]:
         return {"name": self.name, "rows": self.rows, "rejected": self.rejected,
-                "seconds": round(self.seconds, 3), "rows_per_s": round(self.rows_per_s, 1)}
+                "seconds": round(self.seconds, 3), "rows_per_s": round(self.rows_per_s, 1),
+                "reused": self.reused}
 
 
 class _RateColumn(ProgressColumn):
@@ -72,12 +76,12 @@ class StageProgress:
     def __exit__(self, *exc: object) -> None:
         self._progress.stop()
 
-    def update(self, batch: pa.Table) -> None:
-        """Accounts one output batch to every stage it passed through."""
+    def update(self, batch: pa.Table, stages: tuple[str, ...] = ("ingest", "clean")) -> None:
+        """Accounts one batch to each of the streaming ``stages`` it passed through."""
         now = time.perf_counter() - self._start
         stage_of = batch.column("_stage")
         remaining = batch.num_rows
-        for name in self.stages:
+        for name in stages:
             stat = self.stats[name]
             dropped = pc.sum(pc.equal(stage_of, name)).as_py() or 0
             stat.rows += remaining
@@ -89,17 +93,48 @@ class StageProgress:
             self._last_log = now
             self.console.print(self.line(), highlight=False, soft_wrap=True)
 
+    def record(self, name: str, rows: int, rejected: int, seconds: float,
+               quiet: bool = False) -> None:
+        """A finished non-streaming stage: rows in, rows it dropped, time taken."""
+        stat = self.stats[name]
+        stat.rows, stat.rejected, stat.seconds = rows, rejected, seconds
+        self._progress.update(self._tasks[name], total=max(rows, 1), completed=rows,
+                              rejected=rejected)
+        if not quiet:
+            self.note(f"{name}: {rows:,} rows, {rejected:,} dropped, {seconds:.1f} s")
+
+    def reuse(self, name: str, snapshot: dict[str, dict]) -> None:
+        """A stage whose stored output is reused: shows the figures it recorded."""
+        for stage, figures in snapshot.items():
+            self.record(stage, figures["rows"], figures["rejected"], figures["seconds"], quiet=True)
+            self.stats[stage].reused = True
+        self.note(f"{name}: up to date, reusing its stored output")
+
+    def snapshot(self, names: tuple[str, ...]) -> dict[str, dict]:
+        """The figures of ``names`` (stored with a stage, for `reuse`)."""
+        return {n: {"rows": self.stats[n].rows, "rejected": self.stats[n].rejected,
+                    "seconds": round(self.stats[n].seconds, 3)} for n in names}
+
+    def rows_after(self, name: str) -> int:
+        stat = self.stats[name]
+        return stat.rows - stat.rejected
+
+    def note(self, line: str) -> None:
+        """A line above the live display (or in the log off a terminal)."""
+        if self.enabled:
+            self.console.print(line, highlight=False, soft_wrap=True)
+
     def line(self) -> str:
         """One log line: rows and rows/s of every stage so far."""
         return "progress: " + "; ".join(
             f"{s.name} {s.rows:,} rows {s.rows_per_s:,.0f} rows/s {s.rejected:,} rejected"
-            for s in self.stats.values())
+            for s in self.stats.values() if s.rows)
 
     def summary(self) -> Table:
         table = Table(title="stages", title_justify="left")
-        for column in ("stage", "rows", "rejected", "seconds", "rows/s"):
+        for column in ("stage", "rows", "dropped", "seconds", "rows/s"):
             table.add_column(column, justify="left" if column == "stage" else "right")
         for stat in self.stats.values():
-            table.add_row(stat.name, f"{stat.rows:,}", f"{stat.rejected:,}",
-                          f"{stat.seconds:.1f}", f"{stat.rows_per_s:,.0f}")
+            table.add_row(stat.name + (" (reused)" if stat.reused else ""), f"{stat.rows:,}",
+                          f"{stat.rejected:,}", f"{stat.seconds:.1f}", f"{stat.rows_per_s:,.0f}")
         return table

@@ -1,7 +1,9 @@
-"""`tunesmith data run`: ingest -> clean -> split on Ray Data, then the output contract.
+"""`tunesmith data run`: ingest -> clean -> dedup -> mix -> split -> export, resumable.
 
-Reads like a recipe: plan shards, build the lazy Ray Data pipeline, stream its batches into
-the writers, then write the manifest and the report.
+Reads like a recipe: plan shards, then run each stage unless its output is already on disk
+with the same key (see `stages.py`), then export the output contract, the manifest and the
+report. Row data flows through Ray Data; the stages after dedup decide on small columns
+(`_idx`, `id`, `source`, `group`) and the export pass applies every decision at once.
 """
 
 from __future__ import annotations
@@ -15,21 +17,31 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 from rich.console import Console
 
 from data_engine.config import DataConfig
-from data_engine.errors import ConfigError
+from data_engine.dedup.stage import REF_BASE, DedupInputs, run_dedup
+from data_engine.errors import ConfigError, LeakError
 from data_engine.executor import ray_session
 from data_engine.pipeline.clean import clean_batch
-from data_engine.pipeline.split import split_batch
+from data_engine.pipeline.mix import REASON as MIX_REASON
+from data_engine.pipeline.mix import mix
+from data_engine.pipeline.split import assign_splits, leak_check
 from data_engine.progress import StageProgress
 from data_engine.readers.ingest import ingest_shards
 from data_engine.readers.shards import plan_shards
-from data_engine.writers.outputs import DatasetWriter, render_batch
+from data_engine.schema import IDX, SPLITS
+from data_engine.stages import (PartWriter, StageOutput, StageStore, stage_dataset, stage_key,
+                                write_table)
+from data_engine.writers.outputs import DatasetWriter, finalize_batch, render_batch
 from data_engine.writers.report import write_report
 
-STAGES = ("ingest", "clean", "split")
-_VERSIONED = ("tunesmith", "ray", "pyarrow", "datasets", "ftfy", "py3langid", "transformers")
+STAGES = ("ingest", "clean", "dedup", "mix", "split", "export")
+_VERSIONED = ("tunesmith", "ray", "pyarrow", "datasets", "ftfy", "py3langid", "transformers",
+              "rensa")
 
 
 @dataclass
@@ -50,7 +62,7 @@ class RunResult:
 
 def run(config: DataConfig, out_dir: Path, console: Console | None = None,
         progress: bool = True) -> RunResult:
-    """Runs the data engine over ``config.inputs`` into ``out_dir``."""
+    """Runs the data engine over ``config.inputs`` into ``out_dir``, resuming where it can."""
     if not config.inputs:
         raise ConfigError(["inputs: give at least one --input or an `inputs:` entry"])
     console = console or Console(stderr=True)
@@ -58,27 +70,22 @@ def run(config: DataConfig, out_dir: Path, console: Console | None = None,
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     shards, files = plan_shards(config.inputs, config.ray.shard_rows)
+    ref_shards, ref_files = plan_shards(config.dedup.reference.inputs, config.ray.shard_rows)
+    keys = _stage_keys(config, files, ref_files)
+    store = StageStore(out_dir)
     tracker = StageProgress(STAGES, expected_rows=sum(s.rows for s in shards), console=console,
                             enabled=progress)
-    with ray_session(config.ray, out_dir) as session:
+    with ray_session(config.ray, out_dir) as session, tracker:
+        context = _Context(config, store, keys, tracker, session.read_args, session.cpus)
+        clean = context.stage("clean", lambda folder: _clean(context, shards, folder))
+        dedup = context.stage("dedup", lambda folder: _dedup(context, clean, ref_shards, folder))
+        mixed = context.stage("mix", lambda folder: _mix(context, clean, dedup, folder))
+        split = context.stage("split", lambda folder: _split(context, clean, dedup, mixed,
+                                                               folder))
         writer = DatasetWriter(out_dir)  # only once Ray is up: a failed connect writes nothing
-        if shards:
-            import ray.data
-
-            ds = ray.data.from_items([s.to_dict() for s in shards], override_num_blocks=len(shards))
-            ds = ds.map_batches(ingest_shards, batch_size=1, batch_format="pyarrow",
-                                fn_kwargs={"inputs": config.inputs})
-            ds = ds.map_batches(clean_batch, batch_size=None, batch_format="pyarrow",
-                                fn_kwargs={"config": config.clean})
-            ds = ds.map_batches(split_batch, batch_size=None, batch_format="pyarrow",
-                                fn_kwargs={"config": config.split, "seed": config.seed})
-            ds = ds.map_batches(render_batch, batch_size=None, batch_format="pyarrow")
-            with tracker:
-                for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
-                    writer.write(batch)
-                    tracker.update(batch)
+        _export(context, clean, dedup, mixed, split, writer)
     writer.close()
-    manifest = _manifest(config, writer, files, tracker, session.address,
+    manifest = _manifest(config, writer, files, tracker, session.address, dedup, mixed, split,
                          time.perf_counter() - started)
     (out_dir / "manifest.json").write_text(json.dumps(manifest, ensure_ascii=False, indent=2),
                                            encoding="utf-8")
@@ -88,27 +95,231 @@ def run(config: DataConfig, out_dir: Path, console: Console | None = None,
     return RunResult(out_dir, manifest)
 
 
+def _stage_keys(config: DataConfig, files: list, ref_files: list) -> dict[str, str]:
+    """Each stage's key: its own config and its input's key (the clean stage: the files)."""
+    c = config.to_dict()
+    keys = {"clean": stage_key("clean", {
+        "inputs": c["inputs"], "files": [(f.path, f.sha256) for f in files],
+        "clean": c["clean"], "shard_rows": config.ray.shard_rows,
+        "group_column": config.split.group_column}, None)}
+    keys["dedup"] = stage_key("dedup", {"dedup": c["dedup"], "reference_files": [
+        (f.path, f.sha256) for f in ref_files]}, keys["clean"])
+    keys["mix"] = stage_key("mix", {"mix": c["mix"], "seed": config.seed}, keys["dedup"])
+    keys["split"] = stage_key("split", {"split": c["split"], "seed": config.seed}, keys["mix"])
+    return keys
+
+
+@dataclass
+class _Context:
+    config: DataConfig
+    store: StageStore
+    keys: dict[str, str]
+    tracker: StageProgress
+    read_args: dict[str, Any]
+    cpus: int
+
+    def stage(self, name: str, body: Any) -> StageOutput:
+        """The stage's stored output when its key matches, else runs ``body`` and stores it."""
+        done = self.store.completed(name, self.keys[name])
+        if done is not None:
+            self.tracker.reuse(name, done.meta.get("progress", {}))
+            return done
+        folder = self.store.begin(name)
+        meta = body(folder)
+        return self.store.commit(name, self.keys[name], meta)
+
+    def log(self, line: str) -> None:
+        self.tracker.note(line)
+
+
+def _clean(ctx: _Context, shards: list, folder: Path) -> dict[str, Any]:
+    """Ingest + clean on Ray Data; every row (kept or not) is stored with its `_idx`."""
+    import ray.data
+
+    parts = PartWriter(folder, "rows")
+    next_idx = 0
+    if shards:
+        ds = ray.data.from_items([s.to_dict() for s in shards], override_num_blocks=len(shards))
+        ds = ds.map_batches(ingest_shards, batch_size=1, batch_format="pyarrow",
+                            fn_kwargs={"inputs": ctx.config.inputs,
+                                       "group_column": ctx.config.split.group_column})
+        ds = ds.map_batches(clean_batch, batch_size=None, batch_format="pyarrow",
+                            fn_kwargs={"config": ctx.config.clean})
+        for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+            idx = pa.array(np.arange(next_idx, next_idx + batch.num_rows), pa.int64())
+            parts.write(batch.append_column(IDX, idx))
+            next_idx += batch.num_rows
+            ctx.tracker.update(batch)
+    return {"rows": next_idx, "progress": ctx.tracker.snapshot(("ingest", "clean"))}
+
+
+def _dedup(ctx: _Context, clean: StageOutput, ref_shards: list, folder: Path) -> dict[str, Any]:
+    reference = _reference_rows(ctx, ref_shards) if ref_shards else None
+    started = time.perf_counter()
+    kept = ctx.tracker.rows_after("clean")
+    facts = run_dedup(DedupInputs(clean.files("rows"), reference, ctx.read_args),
+                      ctx.config.dedup, ctx.config.clean, folder, ctx.cpus, ctx.log)
+    removed = sum(facts["removed"].values())
+    ctx.tracker.record("dedup", kept, removed, time.perf_counter() - started)
+    return {**facts, "progress": ctx.tracker.snapshot(("dedup",))}
+
+
+def _reference_rows(ctx: _Context, ref_shards: list) -> Any:
+    """Reference sets are small (eval sets): read on the driver, numbered from REF_BASE."""
+    import ray.data
+
+    tables, count = [], 0
+    inputs = ctx.config.dedup.reference.inputs
+    for shard in ref_shards:
+        table = ingest_shards(pa.Table.from_pylist([shard.to_dict()]), inputs)
+        tables.append(table.append_column(IDX, pa.array(
+            np.arange(REF_BASE + count, REF_BASE + count + table.num_rows), pa.int64())))
+        count += table.num_rows
+    return ray.data.from_arrow(tables)
+
+
+def _kept_rows(clean: StageOutput, dedup: StageOutput) -> pa.Table:
+    """`_idx`, `id`, `source`, `group` of the rows that passed clean and dedup, by `_idx`."""
+    rows = clean.read("rows", ["_idx", "id", "source", "group", "_reason"])
+    rows = rows.filter(pc.is_null(rows.column("_reason")))
+    decisions = dedup.read("decisions", ["_idx", "_reason"])
+    dropped = decisions.filter(pc.is_valid(decisions.column("_reason"))).column("_idx")
+    return rows.filter(pc.invert(pc.is_in(rows.column("_idx"), dropped))).drop(["_reason"])
+
+
+def _mix(ctx: _Context, clean: StageOutput, dedup: StageOutput, folder: Path) -> dict[str, Any]:
+    started = time.perf_counter()
+    rows = _kept_rows(clean, dedup)
+    result = mix(rows.column("source").to_pylist(), ctx.config.mix, ctx.config.seed)
+    idx = rows.column("_idx").to_numpy()
+    write_table(folder, "emissions", pa.table({
+        "_idx": idx[result.rows], "copy": result.copy,
+        "_order": np.arange(len(result.rows), dtype=np.int64)}))
+    write_table(folder, "surplus", pa.table({"_idx": idx[result.surplus]}))
+    ctx.tracker.record("mix", rows.num_rows, len(result.surplus), time.perf_counter() - started)
+    return {**result.facts, "progress": ctx.tracker.snapshot(("mix",))}
+
+
+def _split(ctx: _Context, clean: StageOutput, dedup: StageOutput, mixed: StageOutput,
+           folder: Path) -> dict[str, Any]:
+    started = time.perf_counter()
+    emissions = mixed.read("emissions", ["_idx"]).column("_idx").to_numpy()
+    idx, weight = np.unique(emissions, return_counts=True)
+    rows = _kept_rows(clean, dedup)
+    rows = rows.take(np.searchsorted(rows.column("_idx").to_numpy(), idx))
+    links = [_same_value_links(rows.column("group").to_numpy(zero_copy_only=False))]
+    decisions = dedup.read("decisions", ["_idx", "dup_cluster", "_reason"])
+    members = decisions.filter(pc.and_(pc.is_null(decisions.column("_reason")),
+                                       pc.greater_equal(decisions.column("dup_cluster"), 0)))
+    cluster = np.full(len(idx), -1, dtype=np.int64)
+    where, found = _positions(idx, members.column("_idx").to_numpy())
+    cluster[where[found]] = members.column("dup_cluster").to_numpy()[found]
+    links.append(_same_value_links(np.where(cluster >= 0, cluster, None)))
+    ids = rows.column("id").to_pylist()
+    result = assign_splits(ids, rows.column("source").to_pylist(), weight.astype(np.int64),
+                           np.concatenate(links), ctx.config.split, ctx.config.seed)
+    pairs = dedup.read("pairs")
+    leaks = leak_check(pairs.column("a").to_numpy(), pairs.column("b").to_numpy(),
+                       pairs.column("jaccard").to_numpy(), ctx.config.dedup.threshold, idx,
+                       result.split, ids)
+    if leaks["leaks"]:
+        raise LeakError(leaks["leaks"], leaks["examples"])
+    write_table(folder, "splits", pa.table({
+        "_idx": idx, "split": pa.array([SPLITS[k] for k in result.split.tolist()], pa.string())}))
+    ctx.tracker.record("split", int(weight.sum()), 0, time.perf_counter() - started)
+    ctx.log(f"split: {result.facts['sizes']}; leak check: {leaks['pairs_in_output']:,} pairs "
+            f"in the output, {leaks['leaks']} across splits")
+    return {**result.facts, "warnings": result.warnings, "leak_check": leaks,
+            "progress": ctx.tracker.snapshot(("split",))}
+
+
+def _positions(sorted_keys: np.ndarray, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where each of ``query`` sits in ``sorted_keys``, and whether it is there at all."""
+    where = np.minimum(np.searchsorted(sorted_keys, query), max(len(sorted_keys) - 1, 0))
+    found = sorted_keys[where] == query if len(sorted_keys) else np.zeros(len(query), bool)
+    return where, found
+
+
+def _same_value_links(values: np.ndarray) -> np.ndarray:
+    """Pairs of positions holding the same non-null value (consecutive, so O(n))."""
+    present = np.flatnonzero(np.array([v is not None for v in values], dtype=bool))
+    if len(present) < 2:
+        return np.zeros((0, 2), dtype=np.int64)
+    keys = np.array([str(values[i]) for i in present.tolist()], dtype=object)
+    order = np.argsort(keys, kind="stable")
+    k, pos = keys[order], present[order]
+    same = k[1:] == k[:-1]
+    return np.stack([pos[:-1][same], pos[1:][same]], axis=1).astype(np.int64)
+
+
+def _export(ctx: _Context, clean: StageOutput, dedup: StageOutput, mixed: StageOutput,
+            split: StageOutput, writer: DatasetWriter) -> None:
+    """One pass over the stored rows applying every decision, streamed into the writers."""
+    import ray
+
+    started = time.perf_counter()
+    decisions = dedup.read("decisions", ["_idx", "_reason", "duplicate_of"])
+    decisions = decisions.filter(pc.is_valid(decisions.column("_reason")))
+    surplus = mixed.read("surplus").column("_idx").to_numpy()
+    emissions = mixed.read("emissions")
+    splits = split.read("splits")
+    by_idx = np.argsort(emissions.column("_idx").to_numpy(), kind="stable")
+    emit_idx = emissions.column("_idx").to_numpy()[by_idx]
+    split_code = np.searchsorted(splits.column("_idx").to_numpy(), emit_idx)
+    names = np.array(splits.column("split").to_pylist(), dtype=object)
+    removed_idx = np.concatenate([decisions.column("_idx").to_numpy(), surplus])
+    order = np.argsort(removed_idx, kind="stable")
+    plan = {
+        "removed_idx": removed_idx[order],
+        "removed_reason": np.array(decisions.column("_reason").to_pylist()
+                                   + [MIX_REASON] * len(surplus), dtype=object)[order],
+        "removed_stage": np.array(["dedup"] * decisions.num_rows + ["mix"] * len(surplus),
+                                  dtype=object)[order],
+        "duplicate_of": np.array(decisions.column("duplicate_of").to_pylist()
+                                 + [None] * len(surplus), dtype=object)[order],
+        "emit_idx": emit_idx,
+        "emit_copy": emissions.column("copy").to_numpy()[by_idx],
+        "emit_order": emissions.column("_order").to_numpy()[by_idx],
+        "emit_split": names[split_code] if len(names) else np.array([], dtype=object),
+    }
+    ds = stage_dataset(clean.files("rows"), ctx.read_args)
+    ds = ds.map_batches(finalize_batch, batch_size=None, batch_format="pyarrow",
+                        fn_kwargs={"plan": ray.put(plan)})
+    if ctx.config.mix.strategy != "none":
+        ds = ds.sort("_order")
+    ds = ds.map_batches(render_batch, batch_size=None, batch_format="pyarrow")
+    for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+        writer.write(batch)
+    ctx.tracker.record("export", writer.input, 0, time.perf_counter() - started)
+
+
 def _manifest(config: DataConfig, writer: DatasetWriter, files: list, tracker: StageProgress,
-              ray_address: str, seconds: float) -> dict[str, Any]:
-    counts = {"input": writer.input, "kept": writer.kept, "rejected": dict(writer.rejected),
-              "splits": dict(writer.splits)}
-    if counts["input"] != counts["kept"] + sum(counts["rejected"].values()):
+              ray_address: str, dedup: StageOutput, mixed: StageOutput, split: StageOutput,
+              seconds: float) -> dict[str, Any]:
+    counts = {"input": writer.input, "kept": writer.kept, "repeats": writer.repeats,
+              "rejected": dict(writer.rejected), "splits": dict(writer.splits)}
+    if counts["input"] != counts["kept"] - counts["repeats"] + sum(counts["rejected"].values()):
         raise AssertionError(f"row counts not conserved: {counts}")  # a bug, never user error
+    strip = ("progress",)
     return {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "counts": counts,
-        "sources": {name: {"input": c["input"], "kept": c["kept"]}
-                    for name, c in sorted(writer.sources.items())},
+        "sources": writer.source_flow(),
         "inputs": [{"path": f.path, "kind": f.kind, "sha256": f.sha256,
                     "format": config.inputs[f.input_index].format} for f in files],
         "seed": config.seed,
         "config": config.to_dict(),
         "stages": [s.to_dict() for s in tracker.stats.values()],
+        "dedup": {k: v for k, v in dedup.meta.items() if k not in strip},
+        "mix": {k: v for k, v in mixed.meta.items() if k not in strip},
+        "split": {k: v for k, v in split.meta.items() if k not in strip and k != "leak_check"},
+        "leak_check": split.meta["leak_check"],
+        "warnings": list(split.meta.get("warnings", [])),
         "seconds": round(seconds, 3),
         "ray": {"address": ray_address},
         "outputs": {"train": "train.jsonl", "validation": "validation.jsonl",
                     "test": "test.jsonl", "hf": "hf", "rejected": "rejected.jsonl",
-                    "report": "report.html"},
+                    "report": "report.html", "stages": ".stages"},
         "versions": {"python": platform.python_version(),
                      **{name: _version(name) for name in _VERSIONED}},
     }
@@ -119,3 +330,4 @@ def _version(name: str) -> str:
         return metadata.version(name)
     except metadata.PackageNotFoundError:
         return "not installed"
+

@@ -16,6 +16,7 @@ ROW_FIELDS = [
     pa.field("messages", pa.list_(MESSAGE_TYPE)),
     pa.field("source", pa.string()),
     pa.field("tags", pa.list_(pa.string())),
+    pa.field("group", pa.string()),  # rows sharing a group land in one split; null when none
 ]
 
 # Columns that travel with each row until the writers split kept from rejected rows.
@@ -33,5 +34,8 @@ WORK_SCHEMA = pa.schema(ROW_FIELDS + WORK_FIELDS)
 # Added by the clean stage: token count of the whole conversation (estimate or tokenizer).
 NUM_TOKENS = pa.field("num_tokens", pa.int64())
 SPLIT = pa.field("split", pa.string())
+# Global position of a row in the input (shard order, then line order): the key later stages
+# use to refer to a row, and the order "first" means.
+IDX = pa.field("_idx", pa.int64())
 
 SPLITS = ("train", "validation", "test")

@@ -15,8 +15,10 @@ A reply is degenerate when
 
 from __future__ import annotations
 
+import operator
 import re
 import zlib
+from functools import lru_cache
 
 from data_engine.config import CleanConfig, RepetitionConfig
 from data_engine.filters.base import MessageView, Reasons, per_reply
@@ -27,15 +29,15 @@ _EXEMPT_RUN = set("0123456789-=_*~#.…・─━|:+)]}> \t\n\u3000")
 _MIN_BYTES_FOR_RATIO = 200
 
 
-def longest_char_run(text: str) -> int:
-    """Length of the longest run of one non-exempt character."""
-    best, run, prev = 0, 0, ""
-    for ch in text:
-        run = run + 1 if ch == prev else 1
-        prev = ch
-        if run > best and ch not in _EXEMPT_RUN:
-            best = run
-    return best
+@lru_cache(maxsize=8)
+def _run_longer_than(limit: int) -> re.Pattern:
+    exempt = re.escape("".join(sorted(_EXEMPT_RUN)))
+    return re.compile(f"([^{exempt}])\\1{{{limit},}}")
+
+
+def has_char_run(text: str, limit: int) -> bool:
+    """True when one non-exempt character repeats more than ``limit`` times in a row."""
+    return _run_longer_than(limit).search(text) is not None
 
 
 def repeated_phrase(tokens: list[str], max_len: int, max_repeats: int) -> bool:
@@ -46,19 +48,17 @@ def repeated_phrase(tokens: list[str], max_len: int, max_repeats: int) -> bool:
     """
     n = len(tokens)
     for size in range(1, max_len + 1):
-        needed = size * (max_repeats + 1)
-        if needed > n:
+        if size * (max_repeats + 1) > n:
             break
-        run = 0
-        for i in range(size, n):
-            if tokens[i] == tokens[i - size]:
-                run += 1
-                if run >= size * max_repeats:
-                    phrase = tokens[i - size + 1:i + 1]
-                    if _counts_as_phrase(phrase):
-                        return True
-            else:
-                run = 0
+        # same[i] is 1 where tokens[i + size] == tokens[i]; a phrase of `size` tokens repeated
+        # max_repeats more times is a run of size * max_repeats ones.
+        same = bytes(map(operator.eq, tokens[size:], tokens))
+        run = b"\x01" * (size * max_repeats)
+        start = same.find(run)
+        while start >= 0:
+            if _counts_as_phrase(tokens[start:start + size]):
+                return True
+            start = same.find(run, start + 1)
     return False
 
 
@@ -70,7 +70,7 @@ def _counts_as_phrase(phrase: list[str]) -> bool:
 
 def is_degenerate(text: str, config: RepetitionConfig) -> bool:
     """True when ``text`` loops by any of the module's three rules."""
-    if longest_char_run(text) > config.max_char_run:
+    if has_char_run(text, config.max_char_run):
         return True
     tokens = _TOKEN.findall(text.lower())
     if repeated_phrase(tokens, config.max_phrase_tokens, config.max_word_repeats):

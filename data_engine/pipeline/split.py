@@ -1,31 +1,147 @@
-"""Seeded train/validation/test assignment by hashing each row's id.
+"""Train/validation/test assignment with exact counts, stratified by source, leak-free.
 
-Hashing (not shuffling) makes the assignment independent of row order and of how rows are
-batched across workers, and puts rows with equal ids (identical conversations) on one side.
+Units, not rows, are assigned: rows sharing a `group` value, rows of one duplicate cluster
+(when duplicates are kept) and the repeats of a resampled row form one unit, so they land
+on one side. Each source gets its share of every split (stratified), the totals match the
+ratios exactly (largest remainder), and validation gets a floor. Units are visited largest
+first, then in the order of a seeded hash of their first row's id, each going to the split
+its source is furthest from filling: the result depends on the seed and the rows, not on
+their order or on how they were batched.
 """
 
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass, field
+from typing import Any
 
-import pyarrow as pa
+import numpy as np
 
 from data_engine.config import SplitConfig
-from data_engine.schema import SPLIT
+from data_engine.dedup.graph import components
+from data_engine.pipeline.mix import apportion
+from data_engine.schema import SPLITS
 
-def split_of(row_id: str, seed: int, config: SplitConfig) -> str:
-    """The split of ``row_id``: a uniform draw from the id's hash against the ratios."""
-    digest = hashlib.blake2b(f"{seed}\x00{row_id}".encode("utf-8"), digest_size=8).digest()
-    u = int.from_bytes(digest, "big") / 2**64
-    if u < config.train:
-        return "train"
-    if u < config.train + config.validation:
-        return "validation"
-    return "test"
+# Ties between equally short splits go to the smaller held-out splits first.
+_PRIORITY = {"validation": 0, "test": 1, "train": 2}
 
-def split_batch(batch: pa.Table, config: SplitConfig, seed: int) -> pa.Table:
-    """Ray Data batch UDF: adds `split` to kept rows (null on rejected ones)."""
-    ids = batch.column("id").to_pylist()
-    reasons = batch.column("_reason").to_pylist()
-    splits = [split_of(i, seed, config) if r is None else None for i, r in zip(ids, reasons)]
-    return batch.append_column(SPLIT, pa.array(splits, pa.string()))
+
+@dataclass
+class SplitResult:
+    split: np.ndarray  # index into SPLITS, per row
+    targets: dict[str, int]
+    facts: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+
+def split_targets(total: int, config: SplitConfig) -> tuple[np.ndarray, list[str]]:
+    """Rows per split (train, validation, test) for ``total`` rows, and any warning."""
+    ratios = np.array([config.train, config.validation, config.test])
+    targets = apportion(total, ratios)
+    warnings = []
+    if total >= config.floor_min_rows:
+        floor = min(config.validation_floor, total)
+        if targets[1] < floor:
+            moved = floor - targets[1]
+            targets[1] = floor
+            targets[0] -= min(moved, targets[0])
+            if targets.sum() > total:
+                targets[2] -= targets.sum() - total
+    elif config.validation > 0 and targets[1] < config.validation_floor:
+        warnings.append(
+            f"validation has {targets[1]} rows: the data has {total} rows, fewer than the "
+            f"{config.floor_min_rows} the floor of {config.validation_floor} applies from; "
+            "eval loss on so few rows is noisy")
+    return targets, warnings
+
+
+def _cell_targets(per_source: np.ndarray, totals: np.ndarray) -> np.ndarray:
+    """Source x split targets whose rows sum to each source's size and columns to totals."""
+    grand = per_source.sum()
+    quota = per_source[:, None] * totals[None, :] / max(grand, 1)
+    cells = np.floor(quota).astype(np.int64)
+    row_left = per_source - cells.sum(axis=1)
+    col_left = totals - cells.sum(axis=0)
+    frac = quota - cells
+    for flat in np.argsort(-frac, axis=None, kind="stable"):
+        s, k = divmod(int(flat), len(totals))
+        if row_left[s] > 0 and col_left[k] > 0:
+            cells[s, k] += 1
+            row_left[s] -= 1
+            col_left[k] -= 1
+    for s in np.flatnonzero(row_left):  # only when rounding left a gap: fill any open column
+        for k in np.flatnonzero(col_left):
+            take = min(row_left[s], col_left[k])
+            cells[s, k] += take
+            row_left[s] -= take
+            col_left[k] -= take
+    return cells
+
+
+def assign_splits(ids: list[str], sources: list[str], weights: np.ndarray,
+                  links: np.ndarray, config: SplitConfig, seed: int) -> SplitResult:
+    """Splits rows (``weights``: how many output rows each stands for, its repeats).
+
+    ``links`` holds pairs of row positions that must share a split.
+    """
+    n = len(ids)
+    nodes, roots = components(links)
+    unit = np.arange(n)
+    unit[nodes] = roots
+    names, source_code = np.unique(np.asarray(sources, dtype=object).astype(str),
+                                   return_inverse=True)
+    total = int(weights.sum())
+    targets, warnings = split_targets(total, config)
+    # A unit belongs to its first row's source; the cell targets follow the units' weights.
+    unit_ids, first, inverse = np.unique(unit, return_index=True, return_inverse=True)
+    unit_weight = np.bincount(inverse, weights=weights).astype(np.int64)
+    unit_source = source_code[first]
+    cells = _cell_targets(np.bincount(unit_source, weights=unit_weight,
+                                      minlength=len(names)).astype(np.int64), targets)
+    salt = str(seed).encode()
+    rank = np.array([int.from_bytes(hashlib.blake2b(ids[i].encode("utf-8"), digest_size=8,
+                                                    key=salt).digest(), "big")
+                     for i in first.tolist()], dtype=np.uint64)
+    visit = np.lexsort((rank, -unit_weight))
+    left = cells.astype(np.float64)
+    order = sorted(range(len(SPLITS)), key=lambda k: _PRIORITY[SPLITS[k]])
+    unit_split = np.zeros(len(unit_ids), dtype=np.int64)
+    for u in visit.tolist():
+        row = left[unit_source[u]]
+        k = max(order, key=lambda j: (row[j], -order.index(j)))
+        unit_split[u] = k
+        row[k] -= unit_weight[u]
+    split = unit_split[inverse]
+    counts = np.bincount(split, weights=weights, minlength=len(SPLITS)).astype(np.int64)
+    by_source = {name: {SPLITS[k]: int(np.sum(weights[(source_code == s) & (split == k)]))
+                        for k in range(len(SPLITS))} for s, name in enumerate(names.tolist())}
+    facts = {"targets": dict(zip(SPLITS, targets.tolist())),
+             "sizes": dict(zip(SPLITS, counts.tolist())),
+             "by_source": by_source,
+             "units": int(len(unit_ids)),
+             "largest_unit": int(unit_weight.max()) if len(unit_weight) else 0}
+    return SplitResult(split, dict(zip(SPLITS, targets.tolist())), facts, warnings)
+
+
+def leak_check(a: np.ndarray, b: np.ndarray, similarity: np.ndarray, threshold: float,
+               rows: np.ndarray, split: np.ndarray, ids: list[str],
+               examples: int = 5) -> dict[str, Any]:
+    """Near-duplicate pairs among the output rows that sit in different splits.
+
+    ``a``/``b``/``similarity``: every pair the dedup stage examined (LSH candidates and
+    exact-hash pairs) with its exact Jaccard; ``rows``: the output rows' `_idx`, sorted, and
+    ``split`` their split codes.
+    """
+    pa_, pb_ = np.searchsorted(rows, a), np.searchsorted(rows, b)
+    pa_, pb_ = np.minimum(pa_, len(rows) - 1), np.minimum(pb_, len(rows) - 1)
+    present = (len(rows) > 0) & (rows[pa_] == a) & (rows[pb_] == b) if len(rows) else \
+        np.zeros(len(a), bool)
+    near = present & (similarity >= threshold)
+    leaking = near & (split[pa_] != split[pb_])
+    found = [{"a": ids[i], "b": ids[j], "split_a": SPLITS[split[i]],
+              "split_b": SPLITS[split[j]], "jaccard": float(s)}
+             for i, j, s in zip(pa_[leaking][:examples].tolist(), pb_[leaking][:examples].tolist(),
+                                similarity[leaking][:examples].tolist())]
+    return {"pairs_examined": int(len(a)), "pairs_in_output": int(present.sum()),
+            "near_pairs_in_output": int(near.sum()), "leaks": int(leaking.sum()),
+            "examples": found}

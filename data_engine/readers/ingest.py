@@ -19,20 +19,24 @@ from data_engine.schema import WORK_SCHEMA
 STAGE = "ingest"
 
 
-def ingest_shards(shards: pa.Table, inputs: list[InputConfig]) -> pa.Table:
-    """Ray Data batch UDF: a table of shard descriptors in, the rows they hold out."""
+def ingest_shards(shards: pa.Table, inputs: list[InputConfig], group_column: str = "group"
+                  ) -> pa.Table:
+    """Ray Data batch UDF: a table of shard descriptors in, the rows they hold out.
+
+    ``group_column`` names the input column whose value becomes the row's `group`.
+    """
     columns: dict[str, list[Any]] = {f.name: [] for f in WORK_SCHEMA}
     for desc in shards.to_pylist():
         shard = Shard(**desc)
         item = inputs[shard.input_index]
         source = item.source or default_source(item.path)
         for line, row, raw in iter_shard(shard):
-            _append(columns, row, raw, line, shard.path, source, item)
+            _append(columns, row, raw, line, shard.path, source, item, group_column)
     return pa.table(columns, schema=WORK_SCHEMA)
 
 
 def _append(columns: dict[str, list[Any]], row: dict[str, Any] | None, raw: str, line: int,
-            path: str, source: str, item: InputConfig) -> None:
+            path: str, source: str, item: InputConfig, group_column: str) -> None:
     reason = None
     messages, tags, rid = [], [], None
     if row is None:
@@ -50,6 +54,9 @@ def _append(columns: dict[str, list[Any]], row: dict[str, Any] | None, raw: str,
     columns["messages"].append(messages)
     columns["source"].append(row_source if isinstance(row_source, str) and row_source else source)
     columns["tags"].append(tags)
+    group = row.get(group_column) if row is not None else None
+    columns["group"].append(None if group is None or isinstance(group, (dict, list))
+                            else str(group))
     columns["_file"].append(path)
     columns["_line"].append(line)
     columns["_raw"].append(raw)

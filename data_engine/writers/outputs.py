@@ -1,7 +1,10 @@
 """Writes the output contract: split JSONL files, `hf/`, `rejected.jsonl`, and the counts.
 
-Batches arrive on the driver in input order; kept rows go to their split's JSONL file and an
-Arrow stream that `hf/` is saved from (memory-mapped, so no split is held in memory), rejected rows to `rejected.jsonl` with their file, line, reason and original text.
+`finalize_batch` applies the decisions of dedup, mix and split to stored rows on the
+workers. Batches then arrive on the driver in output order; kept rows go to their split's
+JSONL file and an Arrow stream that `hf/` is saved from (memory-mapped, so no split is held
+in memory), rejected rows to `rejected.jsonl` with their file, line, reason and original
+text.
 """
 
 from __future__ import annotations
@@ -12,14 +15,21 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from data_engine.filters import REASONS
+from data_engine.dedup.stage import REASONS as DEDUP_REASONS
+from data_engine.filters import REASONS as CLEAN_REASONS
+from data_engine.pipeline.mix import REASON as MIX_REASON
 from data_engine.schema import NUM_TOKENS, ROW_SCHEMA, SPLITS
 
+# Every reason a row can be dropped for, in pipeline order.
+REASONS = CLEAN_REASONS + DEDUP_REASONS + (MIX_REASON,)
 EXAMPLES_PER_REASON = 3
 OUTPUT_SCHEMA = pa.schema(list(ROW_SCHEMA) + [NUM_TOKENS])
+# Rejected rows sort after every kept row when the output follows the mix order.
+_REJECTED_ORDER = 1 << 62
 
 
 def chat_row(row: dict[str, Any]) -> dict[str, Any]:
@@ -35,19 +45,73 @@ def chat_row(row: dict[str, Any]) -> dict[str, Any]:
             except ValueError:
                 out["tool_calls"] = m["tool_calls"]
         messages.append(out)
-    return {"id": row["id"], "messages": messages, "source": row["source"], "tags": row["tags"],
-            "num_tokens": row["num_tokens"]}
+    out = {"id": row["id"], "messages": messages, "source": row["source"], "tags": row["tags"],
+           "num_tokens": row["num_tokens"]}
+    if row.get("group") is not None:
+        out["group"] = row["group"]
+    return out
 
 
 def rejected_row(row: dict[str, Any]) -> dict[str, Any]:
     """A rejected row: why, where from, and the original row (or the raw line)."""
     out = {"id": row["id"], "reason": row["_reason"], "stage": row["_stage"],
            "source": {"file": row["_file"], "line": row["_line"]}}
+    if row.get("_dup_of"):
+        out["duplicate_of"] = row["_dup_of"]
     if row["_reason"] == "malformed_json":
         out["raw"] = row["_raw"]
     else:
         out["row"] = json.loads(row["_raw"])
     return out
+
+
+def finalize_batch(batch: pa.Table, plan: Any) -> pa.Table:
+    """Ray Data batch UDF: stored rows -> output rows, every later stage's decision applied.
+
+    ``plan`` (an object ref to a dict of arrays, see `run._export`): rows removed by dedup
+    or mix with their reason, and the emissions of the kept rows (split, position in the
+    output order, repeat number). A repeated row is emitted once per repeat, its id
+    suffixed `#2`, `#3`, ...
+    """
+    import ray
+
+    if isinstance(plan, ray.ObjectRef):
+        plan = ray.get(plan)
+    idx = batch.column("_idx").to_numpy()
+    reasons = batch.column("_reason").to_pylist()
+    stages = batch.column("_stage").to_pylist()
+    dup_of: list[str | None] = [None] * batch.num_rows
+    where = np.searchsorted(plan["removed_idx"], idx)
+    for i in np.flatnonzero(where < len(plan["removed_idx"])).tolist():
+        j = where[i]
+        if plan["removed_idx"][j] == idx[i] and reasons[i] is None:
+            reasons[i], stages[i] = plan["removed_reason"][j], plan["removed_stage"][j]
+            dup_of[i] = plan["duplicate_of"][j]
+    batch = batch.set_column(batch.schema.get_field_index("_reason"), "_reason",
+                             pa.array(reasons, pa.string()))
+    batch = batch.set_column(batch.schema.get_field_index("_stage"), "_stage",
+                             pa.array(stages, pa.string()))
+    batch = batch.append_column("_dup_of", pa.array(dup_of, pa.string()))
+    kept = np.array([r is None for r in reasons], dtype=bool)
+    first = np.searchsorted(plan["emit_idx"], idx, side="left")
+    count = np.where(kept, np.searchsorted(plan["emit_idx"], idx, side="right") - first, 0)
+    rows = np.repeat(np.arange(batch.num_rows), count)
+    emits = np.repeat(first, count) + (np.arange(len(rows)) - np.repeat(np.cumsum(count) - count,
+                                                                        count))
+    out = batch.take(pa.array(rows, pa.int64()))
+    copies = plan["emit_copy"][emits]
+    ids = [i if c == 0 else f"{i}#{c + 1}" for i, c in zip(out.column("id").to_pylist(),
+                                                          copies.tolist())]
+    out = out.set_column(out.schema.get_field_index("id"), "id", pa.array(ids, pa.string()))
+    out = out.append_column("split", pa.array(plan["emit_split"][emits].tolist(), pa.string()))
+    out = out.append_column("_order", pa.array(plan["emit_order"][emits], pa.int64()))
+    out = out.append_column("_copy", pa.array(copies, pa.int64()))
+    dropped = batch.filter(pa.array(~kept))
+    dropped = dropped.append_column("split", pa.nulls(dropped.num_rows, pa.string()))
+    dropped = dropped.append_column("_order", pa.array(_REJECTED_ORDER + dropped.column(
+        "_idx").to_numpy(), pa.int64()))
+    dropped = dropped.append_column("_copy", pa.array(np.zeros(dropped.num_rows, np.int64)))
+    return pa.concat_tables([out, dropped])
 
 
 def render_batch(batch: pa.Table) -> pa.Table:
@@ -66,6 +130,7 @@ class DatasetWriter:
         self.work_dir = out_dir / ".work"
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.input = 0
+        self.repeats = 0
         self.rejected: Counter[str] = Counter({r: 0 for r in REASONS})
         self.splits: Counter[str] = Counter({s: 0 for s in SPLITS})
         self.sources: dict[str, Counter[str]] = defaultdict(Counter)
@@ -79,8 +144,15 @@ class DatasetWriter:
     def write(self, batch: pa.Table) -> None:
         if "_json" not in batch.column_names:
             batch = render_batch(batch)
-        self.input += batch.num_rows
-        for source, n in Counter(batch.column("source").to_pylist()).items():
+        originals = batch
+        if "_copy" in batch.column_names:  # resampled repeats are output rows, not input rows
+            repeat = pc.greater(batch.column("_copy"), 0)
+            self.repeats += pc.sum(repeat).as_py() or 0
+            originals = batch.filter(pc.invert(repeat))
+            for source, n in Counter(batch.filter(repeat).column("source").to_pylist()).items():
+                self.sources[source]["repeats"] += n
+        self.input += originals.num_rows
+        for source, n in Counter(originals.column("source").to_pylist()).items():
             self.sources[source]["input"] += n
         kept_mask = pc.is_null(batch.column("_reason"))
         kept = batch.filter(kept_mask)
@@ -88,6 +160,9 @@ class DatasetWriter:
         reasons = dropped.column("_reason").to_pylist()
         lines = dropped.column("_json").to_pylist()
         self.rejected.update(reasons)
+        for source, stage in zip(dropped.column("source").to_pylist(),
+                                 dropped.column("_stage").to_pylist()):
+            self.sources[source][f"dropped_{stage}"] += 1
         for reason, line in zip(reasons, lines):
             if len(self.examples[reason]) < EXAMPLES_PER_REASON:
                 self.examples[reason].append(json.loads(line))
@@ -107,6 +182,17 @@ class DatasetWriter:
     def _write_lines(fh, lines: list[str]) -> None:
         if lines:
             fh.write("\n".join(lines) + "\n")
+
+    def source_flow(self) -> dict[str, dict[str, int]]:
+        """Rows of each source through the stages: input, after clean, after dedup, kept
+        (after mixing, repeats included)."""
+        flow = {}
+        for name, c in sorted(self.sources.items()):
+            after_clean = c["input"] - c["dropped_ingest"] - c["dropped_clean"]
+            flow[name] = {"input": c["input"], "after_clean": after_clean,
+                          "after_dedup": after_clean - c["dropped_dedup"],
+                          "repeats": c["repeats"], "kept": c["kept"]}
+        return flow
 
     @property
     def kept(self) -> int:

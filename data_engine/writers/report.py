@@ -1,4 +1,5 @@
-"""`report.html`: counts, rejection reasons and token-length histograms, one self-contained page.
+"""`report.html`: counts, reasons, sources through the stages, duplicates, mixing, splits with
+token-length histograms and the leak check, on one self-contained page.
 
 Plots are matplotlib PNGs embedded as base64, so the file can be mailed or attached to a run.
 """
@@ -64,6 +65,59 @@ def _length_plot(tokens: dict[str, list[int]], max_tokens: int) -> str:
     return _png(fig)
 
 
+def _cluster_plot(sizes: dict[str, int]) -> str:
+    import matplotlib.pyplot as plt
+
+    if not sizes:
+        return "<p>No duplicate clusters.</p>"
+    items = sorted((int(k), v) for k, v in sizes.items())
+    fig, ax = plt.subplots(figsize=(6, 2.5))
+    ax.bar([str(k) for k, _ in items], [v for _, v in items], color="#9bbb59")
+    ax.set_xlabel("rows per cluster")
+    ax.set_ylabel("clusters")
+    return _png(fig)
+
+
+def _dedup_section(dedup: dict[str, Any]) -> list[str]:
+    removed = dedup.get("removed", {})
+    return [
+        "<h2>Duplicates</h2>",
+        _table([("rows compared", dedup.get("rows", 0)),
+                ("LSH candidate pairs", dedup.get("candidate_pairs", 0)),
+                ("confirmed near pairs (exact Jaccard)", dedup.get("confirmed_near_pairs", 0)),
+                ("exact pairs", dedup.get("exact_pairs", 0)),
+                ("clusters", dedup.get("clusters", 0))]
+               + [(f"dropped: {r}", n) for r, n in removed.items()]
+               + ([("reference rows", dedup["reference_rows"])] if dedup.get("reference_rows")
+                  else []), ("", "")),
+        _cluster_plot(dedup.get("cluster_sizes", {})),
+    ]
+
+
+def _mix_section(mix: dict[str, Any]) -> list[str]:
+    rows = [(name, c["before"], c["after"], c["repeats"], f"{c['share']:.1%}")
+            for name, c in mix.get("sources", {}).items()]
+    return [f"<h2>Mixing: {html.escape(mix.get('strategy', 'none'))}</h2>",
+            _table(rows, ("source", "before", "after", "repeats", "share"))]
+
+
+def _split_section(split: dict[str, Any], leak: dict[str, Any], warnings: list[str]) -> list[str]:
+    sizes = split.get("sizes", {})
+    by_source = split.get("by_source", {})
+    rows = [(name, *(c.get(s, 0) for s in sizes)) for name, c in by_source.items()]
+    rows.append(("all", *sizes.values()))
+    verdict = ("<p>Leak check: passed. Of the {examined} candidate and exact pairs the dedup "
+               "stage examined, {present} have both rows in the output ({near} of them at or "
+               "above the Jaccard threshold, kept together by dedup settings); none spans two "
+               "splits.</p>".format(examined=leak.get("pairs_examined", 0),
+                                    present=leak.get("pairs_in_output", 0),
+                                    near=leak.get("near_pairs_in_output", 0))
+               if not leak.get("leaks") else
+               f"<p class='bad'>Leak check: {leak['leaks']} pairs span splits.</p>")
+    return (["<h2>Splits</h2>", _table(rows, ("source", *sizes)), verdict]
+            + [f"<p class='bad'>{html.escape(w)}</p>" for w in warnings])
+
+
 def _table(rows: list[tuple[Any, ...]], header: tuple[str, ...]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>"
@@ -80,7 +134,7 @@ def write_report(path: Path, manifest: dict[str, Any], tokens: dict[str, list[in
     counts = manifest["counts"]
     rejected_total = sum(counts["rejected"].values())
     share = rejected_total / counts["input"] if counts["input"] else 0.0
-    conserved = counts["input"] == counts["kept"] + rejected_total
+    conserved = counts["input"] == counts["kept"] - counts.get("repeats", 0) + rejected_total
     parts = [
         f"<!doctype html><html><head><meta charset='utf-8'><title>tunesmith data run</title>"
         f"<style>{_STYLE}</style></head><body>",
@@ -89,18 +143,25 @@ def write_report(path: Path, manifest: dict[str, Any], tokens: dict[str, list[in
         f"tunesmith {html.escape(manifest['versions']['tunesmith'])}</p>",
         "<h2>Counts</h2>",
         _table([("input rows", counts["input"]), ("kept", counts["kept"]),
+                ("of which resampled repeats", counts.get("repeats", 0)),
                 ("rejected", f"{rejected_total} ({share:.1%})")]
                + [(f"split: {s}", n) for s, n in counts["splits"].items()], ("", "rows")),
-        "" if conserved else "<p class='bad'>Counts are not conserved: input != kept + rejected.</p>",
+        "" if conserved else "<p class='bad'>Counts are not conserved: input != kept - repeats + rejected.</p>",
         "<h2>Rejection reasons</h2>", _reasons_plot(counts["rejected"]),
-        "<h2>Sources</h2>",
-        _table([(s, c.get("input", 0), c.get("kept", 0)) for s, c in manifest["sources"].items()],
-               ("source", "input", "kept")),
+        "<h2>Sources through the stages</h2>",
+        _table([(s, c["input"], c["after_clean"], c["after_dedup"], c["repeats"], c["kept"])
+                for s, c in manifest["sources"].items()],
+               ("source", "input", "after clean", "after dedup", "repeats", "kept")),
+        *_dedup_section(manifest.get("dedup", {})),
+        *_mix_section(manifest.get("mix", {})),
+        *_split_section(manifest.get("split", {}), manifest.get("leak_check", {}),
+                        manifest.get("warnings", [])),
         "<h2>Token lengths per split</h2>",
         _length_plot(tokens, manifest["config"]["clean"]["length"]["max_tokens"]),
         "<h2>Stages</h2>",
-        _table([(s["name"], s["rows"], s["rejected"], s["rows_per_s"]) for s in manifest["stages"]],
-               ("stage", "rows", "rejected", "rows/s")),
+        _table([(s["name"] + (" (reused)" if s.get("reused") else ""), s["rows"], s["rejected"],
+                 s["seconds"], s["rows_per_s"]) for s in manifest["stages"]],
+               ("stage", "rows", "dropped", "seconds", "rows/s")),
         "<h2>Examples of rejected rows</h2>",
     ]
     for reason, records in sorted(examples.items()):

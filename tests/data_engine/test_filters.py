@@ -10,7 +10,7 @@ from data_engine.config import CleanConfig, LengthConfig, RepetitionConfig, TagL
 from data_engine.filters import FILTERS, REASONS
 from data_engine.filters.language import detect_language, wrong_language
 from data_engine.filters.length import estimate_tokens, length_bounds
-from data_engine.filters.repetition import is_degenerate, longest_char_run
+from data_engine.filters.repetition import has_char_run, is_degenerate
 from data_engine.filters.special_tokens import special_token_literal
 from data_engine.filters.structure import bad_role_order, empty_turn, no_assistant_reply
 from data_engine.filters.tag_list import is_tag_list
@@ -162,9 +162,10 @@ def test_degenerate_repetition_keeps_text(text):
     assert not is_degenerate(text, REP)
 
 
-def test_longest_char_run_skips_exempt_characters():
-    assert longest_char_run("a----------b") == 1
-    assert longest_char_run("ああああ") == 4
+def test_char_runs_skip_exempt_characters():
+    assert not has_char_run("a----------b", 4)
+    assert not has_char_run("ああああ", 4) and has_char_run("あああああ", 4)
+    assert has_char_run("」」」」」", 4) and not has_char_run("12222222", 4)
 
 
 # too_short / too_long ----------------------------------------------------------------------

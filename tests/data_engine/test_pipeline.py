@@ -1,20 +1,22 @@
-"""Stage functions without Ray: reason precedence, split determinism, count conservation."""
+"""Stage functions without Ray: reason precedence, disabled filters, count conservation."""
 
 from __future__ import annotations
 
 import json
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from data_engine.config import CleanConfig, DataConfig, InputConfig, SplitConfig
-from data_engine.filters import REASONS
 from data_engine.pipeline.clean import clean_batch
-from data_engine.pipeline.split import split_batch, split_of
+from data_engine.pipeline.split import assign_splits
+from data_engine.schema import SPLITS
 from data_engine.readers.ingest import ingest_shards
 from data_engine.readers.shards import plan_shards
-from data_engine.writers.outputs import DatasetWriter
+from data_engine.writers.outputs import REASONS, DatasetWriter
 
 from .helpers import chat, work_table
 
@@ -25,8 +27,10 @@ def test_clean_batch_first_reason_wins_and_ingest_rejects_pass_through():
     reasons = table.column("_reason").to_pylist()
     reasons[3] = "malformed_json"
     stages = [None, None, None, "ingest"]
-    table = table.set_column(7, "_reason", pa.array(reasons, pa.string()))
-    table = table.set_column(8, "_stage", pa.array(stages, pa.string()))
+    table = table.set_column(table.schema.get_field_index("_reason"), "_reason",
+                             pa.array(reasons, pa.string()))
+    table = table.set_column(table.schema.get_field_index("_stage"), "_stage",
+                             pa.array(stages, pa.string()))
     out = clean_batch(table, CleanConfig())
     assert out.column("_reason").to_pylist() == ["empty_turn", "special_token_literal", None,
                                                  "malformed_json"]
@@ -39,19 +43,6 @@ def test_disabled_filters_do_not_run():
     assert clean_batch(table, CleanConfig()).column("_reason").to_pylist() == ["tag_list"]
     out = clean_batch(table, CleanConfig(disable=["tag_list"]))
     assert out.column("_reason").to_pylist() == [None]
-
-
-def test_split_is_seeded_order_free_and_near_ratio():
-    config = SplitConfig()
-    ids = [f"row-{i}" for i in range(5000)]
-    first = [split_of(i, 0, config) for i in ids]
-    assert first == [split_of(i, 0, config) for i in ids]
-    assert [split_of(i, 0, config) for i in reversed(ids)] == first[::-1]
-    assert first != [split_of(i, 1, config) for i in ids]
-    shares = {s: first.count(s) / len(ids) for s in ("train", "validation", "test")}
-    assert abs(shares["train"] - 0.8) < 0.03 and abs(shares["validation"] - 0.1) < 0.02
-    table = split_batch(work_table([chat("q", "an answer")] * 2), config, seed=0)
-    assert table.column("split").to_pylist()[0] in ("train", "validation", "test")
 
 
 def _row_strategy():
@@ -86,8 +77,14 @@ def test_counts_are_conserved_over_random_mixtures(tmp_path_factory, files, shar
     writer = DatasetWriter(tmp / "out")
     if shards:
         batch = ingest_shards(pa.Table.from_pylist([s.to_dict() for s in shards]), inputs)
-        batch = split_batch(clean_batch(batch, config.clean), config.split, config.seed)
-        writer.write(batch)
+        batch = clean_batch(batch, config.clean)
+        kept = batch.filter(pc.is_null(batch.column("_reason")))
+        codes = iter(assign_splits(kept.column("id").to_pylist(), kept.column("source").to_pylist(),
+                                   np.ones(kept.num_rows, np.int64), np.zeros((0, 2), np.int64),
+                                   config.split, config.seed).split.tolist())
+        writer.write(batch.append_column("split", pa.array(
+            [None if r else SPLITS[next(codes)] for r in batch.column("_reason").to_pylist()],
+            pa.string())))
     writer.close()
     non_blank = sum(1 for lines in files for line in lines if line.strip())
     assert writer.input == non_blank

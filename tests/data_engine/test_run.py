@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from data_engine.config import DataConfig, InputConfig, load_config
-from data_engine.filters import REASONS
+from data_engine.writers.outputs import REASONS
 from data_engine.run import run
 
 SAMPLE = Path(__file__).resolve().parents[2] / "data_engine" / "sample"
@@ -30,7 +30,7 @@ def check_contract(out: Path) -> dict:
 
     manifest = json.loads((out / "manifest.json").read_text())
     counts = manifest["counts"]
-    assert counts["input"] == counts["kept"] + sum(counts["rejected"].values())
+    assert counts["input"] == counts["kept"] - counts["repeats"] + sum(counts["rejected"].values())
     assert set(counts["rejected"]) == set(REASONS)
     hf = load_from_disk(str(out / "hf"))
     for split in SPLITS:
@@ -41,13 +41,16 @@ def check_contract(out: Path) -> dict:
     rejected = read_jsonl(out / "rejected.jsonl")
     assert len(rejected) == sum(counts["rejected"].values())
     for record in rejected:
-        assert record["reason"] in REASONS and record["stage"] in ("ingest", "clean")
+        assert record["reason"] in REASONS
+        assert record["stage"] in ("ingest", "clean", "dedup", "mix")
+        assert ("duplicate_of" in record) == (record["stage"] == "dedup")
         assert record["source"]["line"] >= 1 and ("raw" in record or "row" in record)
     assert manifest["seed"] == manifest["config"]["seed"]
     assert all(len(i["sha256"]) == 64 for i in manifest["inputs"])
     assert {"ray", "pyarrow", "tunesmith"} <= set(manifest["versions"])
     report = (out / "report.html").read_text(encoding="utf-8")
     assert report.count("data:image/png;base64,") >= 2
+    assert manifest["leak_check"]["leaks"] == 0
     return manifest
 
 
@@ -79,9 +82,10 @@ def test_run_on_local_ray_mixed_layouts(ray_local, tmp_path):
     assert manifest["counts"]["input"] == 53 and manifest["counts"]["kept"] == 51
     assert manifest["counts"]["rejected"]["malformed_json"] == 1
     assert manifest["counts"]["rejected"]["tag_list"] == 1
-    assert manifest["sources"] == {"chat": {"input": 3, "kept": 1}, "math": {"input": 30, "kept": 30},
-                                   "qa": {"input": 20, "kept": 20}}
-    assert [s["name"] for s in manifest["stages"]] == ["ingest", "clean", "split"]
+    flow = {name: (c["input"], c["after_clean"], c["kept"]) for name, c in manifest["sources"].items()}
+    assert flow == {"chat": (3, 1, 1), "math": (30, 30, 30), "qa": (20, 20, 20)}
+    assert [s["name"] for s in manifest["stages"]] == ["ingest", "clean", "dedup", "mix", "split",
+                                                       "export"]
     assert result.report_path.exists()
     # Same config, same seed: byte-identical split files.
     again = run(config, tmp_path / "again", progress=False)
@@ -95,10 +99,26 @@ def test_sample_run_matches_planted_defects(ray_local, tmp_path):
     expected = json.loads((SAMPLE / "data" / "expected.json").read_text(encoding="utf-8"))
     result = run(load_config(SAMPLE / "demo.yaml"), tmp_path / "out", progress=False)
     check_contract(result.out_dir)
+    rejected = read_jsonl(result.out_dir / "rejected.jsonl")
     got = sorted((Path(r["source"]["file"]).name, r["source"]["line"], r["reason"])
-                 for r in read_jsonl(result.out_dir / "rejected.jsonl"))
-    want = sorted((r["file"], r["line"], r["reason"]) for r in expected["rejected"])
+                 for r in rejected)
+    want = sorted([(r["file"], r["line"], r["reason"]) for r in expected["rejected"]]
+                  + [(r["file"], r["line"], "exact_duplicate") for r in expected["exact_duplicates"]]
+                  + [(r["file"], r["line"], "near_duplicate") for r in expected["near_duplicates"]])
     assert got == want
+    # Each duplicate names the row it duplicates (checked where that row carries its own id).
+    by_line = {(Path(r["source"]["file"]).name, r["source"]["line"]): r for r in rejected}
+    checked = 0
+    for planted in expected["exact_duplicates"] + expected["near_duplicates"]:
+        original = planted["duplicate_of"]
+        if not original["file"].endswith(".jsonl"):
+            continue
+        line = (SAMPLE / "data" / original["file"]).read_bytes().split(b"\n")[original["line"] - 1]
+        own_id = json.loads(line.decode("utf-8")).get("id")
+        if own_id is not None:
+            assert by_line[(planted["file"], planted["line"])]["duplicate_of"] == own_id
+            checked += 1
+    assert checked >= 5
     total_rows = sum(f["rows"] for f in expected["files"].values())
     assert result.manifest["counts"]["input"] == total_rows
     kept_text = "\n".join((result.out_dir / f"{s}.jsonl").read_text(encoding="utf-8")

@@ -1,0 +1,1 @@
+"""Exact and near-duplicate detection: normalised text, MinHash-LSH candidates, confirmation."""

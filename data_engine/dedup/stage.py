@@ -1,0 +1,341 @@
+"""The dedup stage, shaped like NeMo Curator's and datatrove's: no index of all rows anywhere.
+
+1. signatures: Ray Data batches of clean rows -> exact-text hash, MinHash signature (rensa)
+   and one key per LSH band; written as Parquet parts.
+2. buckets: one Ray task per group of bands reads only its band columns and pairs rows with
+   equal keys (rows sorted by key, so a bucket is a run); the exact hash is one more "band".
+3. confirm: Ray tasks compute the exact Jaccard of each candidate pair's n-gram sets (pairs
+   whose full-signature estimate is far below the threshold skip it); pairs below the
+   threshold are LSH false positives and dropped.
+4. clusters: connected components over the confirmed pairs (an edge list, O(duplicates)).
+   Within a cluster the first row in input order is kept; the others are dropped as
+   `exact_duplicate` (same normalised conversation as the kept row) or `near_duplicate`.
+   Dedup runs on rows that passed the cleaning filters only, so a clean row is never
+   dropped in favour of a defective twin.
+5. reference (optional): reference rows get signatures of the same text; a row whose
+   confirmed Jaccard to any reference row reaches the reference threshold is dropped as
+   `contaminates_reference`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from data_engine.config import CleanConfig, DedupConfig
+from data_engine.dedup.graph import bucket_pairs, components, unique_pairs
+from data_engine.dedup.minhash import band_keys, jaccard, ngram_sets, signatures
+from data_engine.dedup.text import batch_texts
+from data_engine.stages import PartWriter, stage_dataset, write_table
+
+STAGE = "dedup"
+REASONS = ("exact_duplicate", "near_duplicate", "contaminates_reference")
+# Reference rows are numbered from here, so one pair array can hold both kinds of rows.
+REF_BASE = 1 << 40
+CONFIRM_CHUNK = 20_000  # candidate pairs per confirmation task
+# Candidates whose MinHash estimate is this far below the threshold skip the exact Jaccard:
+# with 120 permutations a pair at Jaccard 0.8 is estimated below 0.65 with probability 3e-5.
+ESTIMATE_MARGIN = 0.15
+
+
+def key_columns(prefix: str, bands: int) -> list[str]:
+    return [f"{prefix}{b}" for b in range(bands)]
+
+
+def signature_batch(batch: pa.Table, config: DedupConfig, with_prompt: bool,
+                    normalize: CleanConfig | None = None, reference: bool = False) -> pa.Table:
+    """Ray Data batch UDF: kept rows -> `_idx`, `id`, `exact`, `text`, `sig`, band keys `k0..`.
+
+    `sig` is the whole MinHash signature (uint32 x permutations, as bytes), used to skip the
+    exact Jaccard of candidates that are clearly below the threshold. With ``with_prompt``
+    also `ptext`, `psig` and keys `p0..` of the user turns (for matching a reference set by
+    prompt). Reference rows (``reference``) are normalised like the clean stage does
+    (``normalize``) and signed on the text the reference is matched by.
+    """
+    if normalize is not None:
+        from data_engine.pipeline.clean import normalize_messages
+
+        batch = batch.set_column(batch.schema.get_field_index("messages"), "messages",
+                                 normalize_messages(batch.column("messages"), normalize))
+    batch = batch.filter(pc.is_null(batch.column("_reason")))
+    texts = batch_texts(batch.column("messages"))
+    signed = texts.prompt if reference and config.reference.match == "prompt" else texts.near
+    columns: dict[str, Any] = {"_idx": batch.column("_idx"), "id": batch.column("id"),
+                               "exact": pa.array(texts.exact_keys, pa.int64())}
+    columns.update(_signed(signed, config, "text", "sig", "k"))
+    if with_prompt:
+        columns.update(_signed(texts.prompt, config, "ptext", "psig", "p"))
+    return pa.table(columns)
+
+
+def _signed(texts: list[str], config: DedupConfig, text: str, sig: str, prefix: str
+            ) -> dict[str, Any]:
+    sigs = signatures(texts, config.ngram, config.num_perm, config.seed)
+    keys = band_keys(sigs, config.bands, config.rows_per_band)
+    width = 4 * config.num_perm
+    columns: dict[str, Any] = {
+        text: pa.array(texts, pa.string()),
+        sig: pa.FixedSizeBinaryArray.from_buffers(
+            pa.binary(width), len(texts), [None, pa.py_buffer(np.ascontiguousarray(sigs))])}
+    for b, name in enumerate(key_columns(prefix, config.bands)):
+        columns[name] = keys[:, b]
+    return columns
+
+
+def _read_keys(files: list[str], column: str) -> tuple[np.ndarray, np.ndarray]:
+    tables = [pq.read_table(f, columns=["_idx", column]) for f in files]
+    if not tables:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    table = pa.concat_tables(tables)
+    return (table.column(column).to_numpy(), table.column("_idx").to_numpy())
+
+
+def band_task(files: list[str], columns: list[str], window: int,
+              ref_files: list[str] | None = None) -> np.ndarray:
+    """Candidate pairs from the given band columns (one task holds one band at a time).
+
+    With ``ref_files``, the reference rows' `k*` keys join each band and only pairs of one
+    row and one reference row are returned.
+    """
+    found = []
+    for column in columns:
+        keys, idx = _read_keys(files, column)
+        if ref_files is not None:
+            ref_keys, ref_idx = _read_keys(ref_files, "k" + column[1:])
+            keys, idx = np.concatenate([keys, ref_keys]), np.concatenate([idx, ref_idx])
+        pairs = bucket_pairs(keys, idx, window)
+        if ref_files is not None:
+            pairs = pairs[(pairs[:, 0] < REF_BASE) & (pairs[:, 1] >= REF_BASE)]
+        found.append(pairs)
+    return unique_pairs(np.concatenate(found)) if found else np.zeros((0, 2), np.int64)
+
+
+def _read_rows(files: list[str], columns: list[str], wanted: np.ndarray) -> dict[int, tuple]:
+    """``columns`` of the rows whose `_idx` is in ``wanted`` (skipping files without any)."""
+    found: dict[int, tuple] = {}
+    for f in files:
+        idx = pq.read_table(f, columns=["_idx"]).column("_idx").to_numpy()
+        if not len(idx) or not np.isin(wanted, idx, assume_unique=True).any():
+            continue
+        table = pq.read_table(f, columns=["_idx", *columns])
+        table = table.filter(pc.is_in(table.column("_idx"), pa.array(wanted)))
+        found.update(zip(table.column("_idx").to_pylist(),
+                         zip(*(table.column(c).to_pylist() for c in columns))))
+    return found
+
+
+def confirm_task(pairs: np.ndarray, files: list[str], text: str, sig: str, ngram: int,
+                 threshold: float, ref_files: list[str] | None = None) -> np.ndarray:
+    """Each pair's Jaccard: exact for pairs whose MinHash estimate is within
+    ESTIMATE_MARGIN of ``threshold`` or above, the estimate for the rest (which are clearly
+    below). Reference rows are read from ``ref_files`` (their `text` and `sig`)."""
+    if not len(pairs):
+        return np.zeros(0, dtype=np.float64)
+    rows = _read_rows(files, [text, sig], np.unique(pairs[pairs < REF_BASE]))
+    if ref_files is not None:
+        rows.update(_read_rows(ref_files, ["text", "sig"], np.unique(pairs[pairs >= REF_BASE])))
+    sig_a = np.stack([np.frombuffer(rows[a][1], np.uint32) for a in pairs[:, 0].tolist()])
+    sig_b = np.stack([np.frombuffer(rows[b][1], np.uint32) for b in pairs[:, 1].tolist()])
+    similarity = (sig_a == sig_b).mean(axis=1)
+    close = np.flatnonzero(similarity >= threshold - ESTIMATE_MARGIN)
+    needed = sorted(set(pairs[close].ravel().tolist()))
+    sets = dict(zip(needed, ngram_sets([rows[i][0] for i in needed], ngram)))
+    for k in close.tolist():
+        similarity[k] = jaccard(sets[pairs[k, 0]], sets[pairs[k, 1]])
+    return similarity
+
+
+@dataclass
+class Cluster:
+    """The decisions of one stage run, keyed by `_idx` (sorted)."""
+
+    idx: np.ndarray  # every row in a cluster or matching a reference
+    cluster: np.ndarray  # the cluster's first row's _idx (-1 when only a reference matched)
+    reason: list[str | None]  # None: kept
+    duplicate_of: list[str | None]  # the kept row's id, or the reference row's id
+    similarity: np.ndarray  # best confirmed Jaccard to a neighbour
+
+
+def decide(config: DedupConfig, exact_pairs: np.ndarray, near_pairs: np.ndarray,
+           near_sim: np.ndarray, ref_pairs: np.ndarray, ids: dict[int, str],
+           exact: dict[int, int]) -> Cluster:
+    """Clusters rows and picks the kept row of each; the rest get their reason."""
+    edges = np.concatenate([exact_pairs, near_pairs]) if len(near_pairs) else exact_pairs
+    nodes, roots = components(edges)
+    contaminated = {int(a): int(b) for a, b in ref_pairs.tolist()}
+    everything = np.union1d(nodes, np.fromiter(contaminated, np.int64, len(contaminated)))
+    root_of = dict(zip(nodes.tolist(), roots.tolist()))
+    kept_of: dict[int, int] = {}
+    for node in nodes.tolist():  # ascending, so the first clean member of a cluster wins
+        root = root_of[node]
+        if root not in kept_of and node not in contaminated:
+            kept_of[root] = node
+    sim = dict.fromkeys(everything.tolist(), 0.0)
+    for (a, b), s in zip(np.concatenate([near_pairs, exact_pairs]).tolist(),
+                         np.concatenate([near_sim, np.ones(len(exact_pairs))]).tolist()):
+        sim[a], sim[b] = max(sim[a], s), max(sim[b], s)
+    reasons, dup_of, cluster = [], [], []
+    for node in everything.tolist():
+        root = root_of.get(node, -1)
+        keeper = kept_of.get(root)
+        cluster.append(root)
+        if node in contaminated:
+            reasons.append("contaminates_reference")
+            dup_of.append(ids[contaminated[node]])
+        elif keeper is None or node == keeper:
+            reasons.append(None)
+            dup_of.append(None)
+        elif exact[node] == exact[keeper]:
+            reasons.append("exact_duplicate" if config.exact else None)
+            dup_of.append(ids[keeper])
+        else:
+            reasons.append("near_duplicate" if config.near else None)
+            dup_of.append(ids[keeper])
+    return Cluster(everything, np.array(cluster, np.int64), reasons, dup_of,
+                   np.array([sim[n] for n in everything.tolist()], np.float64))
+
+
+@dataclass
+class DedupInputs:
+    """What the stage reads: the clean stage's parts, and reference rows (a Ray Dataset)."""
+
+    clean_files: list[str]
+    reference: Any | None  # ray.data.Dataset of ingested reference rows with `_idx`
+    read_args: dict[str, Any]  # ray_remote_args pinning reads to the node holding the files
+
+
+def run_dedup(inputs: DedupInputs, config: DedupConfig, clean: CleanConfig, folder: Path,
+              num_tasks: int, log: Callable[[str], None]) -> dict[str, Any]:
+    """Runs the dedup stage into ``folder``; returns its facts for the manifest."""
+    import ray
+
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    with_prompt = bool(inputs.reference is not None and config.reference.match == "prompt")
+    ds = stage_dataset(inputs.clean_files, inputs.read_args, ["_idx", "id", "messages", "_reason"])
+    ds = ds.map_batches(signature_batch, batch_format="pyarrow", batch_size=None,
+                        fn_kwargs={"config": config, "with_prompt": with_prompt})
+    sig_writer = PartWriter(folder, "signatures")
+    signed = 0
+    for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+        sig_writer.write(batch)
+        signed += batch.num_rows
+    sig_files = sorted(str(p) for p in folder.glob("signatures-*.parquet"))
+    ref_files: list[str] = []
+    ref_rows = 0
+    if inputs.reference is not None:
+        ref = inputs.reference.map_batches(
+            signature_batch, batch_format="pyarrow", batch_size=None,
+            fn_kwargs={"config": config, "with_prompt": False, "normalize": clean,
+                       "reference": True})
+        ref_writer = PartWriter(folder, "reference")
+        for batch in ref.iter_batches(batch_format="pyarrow", batch_size=None):
+            ref_writer.write(batch)
+            ref_rows += batch.num_rows
+        ref_files = sorted(str(p) for p in folder.glob("reference-*.parquet"))
+    timings["signatures"] = time.perf_counter() - start
+    log(f"dedup: {signed:,} rows signed ({config.bands} bands x {config.rows_per_band} rows)")
+
+    remote = ray.remote(num_cpus=1, **inputs.read_args)
+    band = remote(band_task)
+    confirm = remote(confirm_task)
+    start = time.perf_counter()
+    columns = key_columns("k", config.bands)
+    groups = [columns[g::num_tasks] for g in range(min(num_tasks, len(columns)))]
+    futures = [band.remote(sig_files, g, 8) for g in groups]
+    exact_future = band.remote(sig_files, ["exact"], 1)  # equality is transitive: runs suffice
+    ref_futures = []
+    if ref_files:
+        prefix = "p" if with_prompt else "k"
+        ref_futures = [band.remote(sig_files, [prefix + c[1:] for c in g], 8, ref_files)
+                       for g in groups]
+    candidates = unique_pairs(np.concatenate(ray.get(futures)))
+    exact_pairs = ray.get(exact_future)
+    ref_candidates = unique_pairs(np.concatenate(ray.get(ref_futures))) if ref_futures else \
+        np.zeros((0, 2), np.int64)
+    timings["buckets"] = time.perf_counter() - start
+    log(f"dedup: {len(candidates):,} candidate pairs, {len(exact_pairs):,} exact pairs")
+
+    start = time.perf_counter()
+    sim = _confirm_all(confirm, candidates, sig_files, ("text", "sig"), config.ngram,
+                       config.threshold)
+    ref_sim = _confirm_all(confirm, ref_candidates, sig_files,
+                           ("ptext", "psig") if with_prompt else ("text", "sig"), config.ngram,
+                           config.reference.threshold, ref_files)
+    near = sim >= config.threshold
+    ref_hits = ref_candidates[ref_sim >= config.reference.threshold]
+    timings["confirm"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    wanted = np.unique(np.concatenate([candidates.ravel(), exact_pairs.ravel(),
+                                       ref_hits.ravel()]))
+    ids, exact = _lookup(sig_files + ref_files, wanted)
+    result = decide(config, exact_pairs, candidates[near], sim[near], ref_hits, ids, exact)
+    write_table(folder, "decisions", pa.table({
+        "_idx": result.idx, "dup_cluster": result.cluster,
+        "_reason": pa.array(result.reason, pa.string()),
+        "duplicate_of": pa.array(result.duplicate_of, pa.string()),
+        "similarity": result.similarity}))
+    # Every pair that was looked at, with its Jaccard (exact near the threshold, else the
+    # MinHash estimate): the split's leak check re-reads them.
+    write_table(folder, "pairs", pa.table({
+        "a": np.concatenate([candidates[:, 0], exact_pairs[:, 0]]),
+        "b": np.concatenate([candidates[:, 1], exact_pairs[:, 1]]),
+        "jaccard": np.concatenate([sim, np.ones(len(exact_pairs))])}))
+    timings["clusters"] = time.perf_counter() - start
+    return _facts(result, signed, len(candidates), int(near.sum()), len(exact_pairs), ref_rows,
+                  len(ref_candidates), timings)
+
+
+def _confirm_all(confirm: Any, pairs: np.ndarray, files: list[str], columns: tuple[str, str],
+                 ngram: int, threshold: float, ref_files: list[str] | None = None) -> np.ndarray:
+    import ray
+
+    if not len(pairs):
+        return np.zeros(0, dtype=np.float64)
+    chunks = [pairs[i:i + CONFIRM_CHUNK] for i in range(0, len(pairs), CONFIRM_CHUNK)]
+    return np.concatenate(ray.get([confirm.remote(c, files, *columns, ngram, threshold,
+                                                  ref_files) for c in chunks]))
+
+
+def _lookup(files: list[str], wanted: np.ndarray) -> tuple[dict[int, str], dict[int, int]]:
+    ids: dict[int, str] = {}
+    exact: dict[int, int] = {}
+    for f in files:
+        table = pq.read_table(f, columns=["_idx", "id", "exact"])
+        table = table.filter(pc.is_in(table.column("_idx"), pa.array(wanted)))
+        keys = table.column("_idx").to_pylist()
+        ids.update(zip(keys, table.column("id").to_pylist()))
+        exact.update(zip(keys, table.column("exact").to_pylist()))
+    return ids, exact
+
+
+def _facts(result: Cluster, signed: int, candidates: int, confirmed: int, exact_pairs: int,
+           reference_rows: int, reference_candidates: int, timings: dict[str, float]
+           ) -> dict[str, Any]:
+    in_cluster = result.cluster[result.cluster >= 0]
+    _, sizes = np.unique(in_cluster, return_counts=True)
+    size_counts = np.unique(sizes, return_counts=True)
+    removed: dict[str, int] = dict.fromkeys(REASONS, 0)
+    for reason in result.reason:
+        if reason:
+            removed[reason] += 1
+    return {
+        "rows": signed,
+        "candidate_pairs": candidates,
+        "confirmed_near_pairs": confirmed,
+        "exact_pairs": exact_pairs,
+        "clusters": int(len(sizes)),
+        "cluster_sizes": {int(s): int(n) for s, n in zip(*size_counts)},
+        "removed": removed,
+        "reference_rows": int(reference_rows),
+        "reference_candidates": int(reference_candidates),
+        "seconds": {k: round(v, 3) for k, v in timings.items()},
+    }
