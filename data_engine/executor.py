@@ -69,6 +69,7 @@ def ray_session(config: RayConfig, run_dir: Path) -> Iterator[RaySession]:
 
     _quiet_logs()
     if ray.is_initialized():
+        _quiet_data_context()  # row order (and so `_idx`) must not depend on who started Ray
         yield RaySession(address="existing", temp_dir=None, owned=False,
                          shared_storage=config.shared_storage)
         return

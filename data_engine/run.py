@@ -72,6 +72,12 @@ def run(config: DataConfig, out_dir: Path, console: Console | None = None,
     shards, files = plan_shards(config.inputs, config.ray.shard_rows)
     ref_shards, ref_files = plan_shards(config.dedup.reference.inputs, config.ray.shard_rows)
     keys = _stage_keys(config, files, ref_files)
+    finished = _finished_manifest(out_dir, keys)
+    if finished is not None:
+        if progress:
+            console.print(f"up to date: {out_dir} was written by this config from these inputs")
+        return RunResult(out_dir, finished)
+    (out_dir / "manifest.json").unlink(missing_ok=True)  # written last: marks a finished run
     store = StageStore(out_dir)
     tracker = StageProgress(STAGES, expected_rows=sum(s.rows for s in shards), console=console,
                             enabled=progress)
@@ -87,9 +93,11 @@ def run(config: DataConfig, out_dir: Path, console: Console | None = None,
     writer.close()
     manifest = _manifest(config, writer, files, tracker, session.address, dedup, mixed, split,
                          time.perf_counter() - started)
-    (out_dir / "manifest.json").write_text(json.dumps(manifest, ensure_ascii=False, indent=2),
-                                           encoding="utf-8")
+    manifest["stage_keys"] = keys
     write_report(out_dir / "report.html", manifest, writer.tokens, writer.examples)
+    partial = out_dir / "manifest.json.partial"
+    partial.write_text(json.dumps(manifest, ensure_ascii=False, indent=2), encoding="utf-8")
+    partial.replace(out_dir / "manifest.json")
     if progress:
         console.print(tracker.summary())
     return RunResult(out_dir, manifest)
@@ -107,6 +115,18 @@ def _stage_keys(config: DataConfig, files: list, ref_files: list) -> dict[str, s
     keys["mix"] = stage_key("mix", {"mix": c["mix"], "seed": config.seed}, keys["dedup"])
     keys["split"] = stage_key("split", {"split": c["split"], "seed": config.seed}, keys["mix"])
     return keys
+
+
+def _finished_manifest(out_dir: Path, keys: dict[str, str]) -> dict[str, Any] | None:
+    """The manifest of a finished run of the same stages over the same inputs, if any."""
+    try:
+        manifest = json.loads((out_dir / "manifest.json").read_text(encoding="utf-8"))
+    except (FileNotFoundError, ValueError):
+        return None
+    if manifest.get("stage_keys") != keys:
+        return None
+    outputs = [out_dir / name for name in manifest.get("outputs", {}).values()]
+    return manifest if all(p.exists() for p in outputs) else None
 
 
 @dataclass

@@ -37,6 +37,21 @@ def bucket_pairs(keys: np.ndarray, idx: np.ndarray, window: int = WINDOW) -> np.
     return unique_pairs(np.concatenate(parts)) if parts else np.zeros((0, 2), dtype=np.int64)
 
 
+def cross_pairs(keys: np.ndarray, idx: np.ndarray, ref_keys: np.ndarray, ref_idx: np.ndarray
+                ) -> np.ndarray:
+    """Every (row, reference row) pair with equal keys: each reference row against its whole
+    bucket, since matching a reference does not carry from one row to another."""
+    if not len(keys) or not len(ref_keys):
+        return np.zeros((0, 2), dtype=np.int64)
+    order = np.argsort(keys, kind="stable")
+    k, i = keys[order], idx[order]
+    lo, hi = np.searchsorted(k, ref_keys, "left"), np.searchsorted(k, ref_keys, "right")
+    sizes = hi - lo
+    starts = np.repeat(lo, sizes) + np.arange(sizes.sum()) - np.repeat(np.cumsum(sizes) - sizes,
+                                                                      sizes)
+    return np.stack([i[starts], np.repeat(ref_idx, sizes)], axis=1).astype(np.int64)
+
+
 def unique_pairs(pairs: np.ndarray) -> np.ndarray:
     """Pairs ordered (min, max), duplicates and self-pairs removed, sorted."""
     if not len(pairs):

@@ -30,7 +30,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from data_engine.config import CleanConfig, DedupConfig
-from data_engine.dedup.graph import bucket_pairs, components, unique_pairs
+from data_engine.dedup.graph import (WINDOW, bucket_pairs, components, cross_pairs,
+                                     unique_pairs)
 from data_engine.dedup.minhash import band_keys, jaccard, ngram_sets, signatures
 from data_engine.dedup.text import batch_texts
 from data_engine.stages import PartWriter, stage_dataset, write_table
@@ -101,19 +102,16 @@ def band_task(files: list[str], columns: list[str], window: int,
               ref_files: list[str] | None = None) -> np.ndarray:
     """Candidate pairs from the given band columns (one task holds one band at a time).
 
-    With ``ref_files``, the reference rows' `k*` keys join each band and only pairs of one
-    row and one reference row are returned.
+    With ``ref_files``: (row, reference row) pairs, each reference row against every row
+    sharing its key in a band (the reference rows' band keys are their `k*` columns).
     """
     found = []
     for column in columns:
         keys, idx = _read_keys(files, column)
-        if ref_files is not None:
-            ref_keys, ref_idx = _read_keys(ref_files, "k" + column[1:])
-            keys, idx = np.concatenate([keys, ref_keys]), np.concatenate([idx, ref_idx])
-        pairs = bucket_pairs(keys, idx, window)
-        if ref_files is not None:
-            pairs = pairs[(pairs[:, 0] < REF_BASE) & (pairs[:, 1] >= REF_BASE)]
-        found.append(pairs)
+        if ref_files is None:
+            found.append(bucket_pairs(keys, idx, window))
+        else:
+            found.append(cross_pairs(keys, idx, *_read_keys(ref_files, "k" + column[1:])))
     return unique_pairs(np.concatenate(found)) if found else np.zeros((0, 2), np.int64)
 
 
@@ -249,12 +247,12 @@ def run_dedup(inputs: DedupInputs, config: DedupConfig, clean: CleanConfig, fold
     start = time.perf_counter()
     columns = key_columns("k", config.bands)
     groups = [columns[g::num_tasks] for g in range(min(num_tasks, len(columns)))]
-    futures = [band.remote(sig_files, g, 8) for g in groups]
+    futures = [band.remote(sig_files, g, WINDOW) for g in groups]
     exact_future = band.remote(sig_files, ["exact"], 1)  # equality is transitive: runs suffice
     ref_futures = []
     if ref_files:
         prefix = "p" if with_prompt else "k"
-        ref_futures = [band.remote(sig_files, [prefix + c[1:] for c in g], 8, ref_files)
+        ref_futures = [band.remote(sig_files, [prefix + c[1:] for c in g], WINDOW, ref_files)
                        for g in groups]
     candidates = unique_pairs(np.concatenate(ray.get(futures)))
     exact_pairs = ray.get(exact_future)

@@ -4,9 +4,10 @@ Units, not rows, are assigned: rows sharing a `group` value, rows of one duplica
 (when duplicates are kept) and the repeats of a resampled row form one unit, so they land
 on one side. Each source gets its share of every split (stratified), the totals match the
 ratios exactly (largest remainder), and validation gets a floor. Units are visited largest
-first, then in the order of a seeded hash of their first row's id, each going to the split
-its source is furthest from filling: the result depends on the seed and the rows, not on
-their order or on how they were batched.
+first, then in the order of a seeded hash of their members' ids (the smallest, whose row
+also names the unit's source), each going to the split its source is furthest from
+filling: the result depends on the seed and the rows, not on their order or on how they
+were batched.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def split_targets(total: int, config: SplitConfig) -> tuple[np.ndarray, list[str
     ratios = np.array([config.train, config.validation, config.test])
     targets = apportion(total, ratios)
     warnings = []
-    if total >= config.floor_min_rows:
+    if total >= config.floor_min_rows and config.validation > 0:
         floor = min(config.validation_floor, total)
         if targets[1] < floor:
             moved = floor - targets[1]
@@ -92,16 +93,20 @@ def assign_splits(ids: list[str], sources: list[str], weights: np.ndarray,
                                    return_inverse=True)
     total = int(weights.sum())
     targets, warnings = split_targets(total, config)
-    # A unit belongs to its first row's source; the cell targets follow the units' weights.
-    unit_ids, first, inverse = np.unique(unit, return_index=True, return_inverse=True)
+    # Each row's seeded hash; a unit is ranked by, and belongs to the source of, its member
+    # with the smallest hash, so neither depends on the order rows came in.
+    salt = str(seed).encode()
+    row_rank = np.array([int.from_bytes(hashlib.blake2b(i.encode("utf-8"), digest_size=8,
+                                                        key=salt).digest(), "big") >> 1
+                         for i in ids], dtype=np.int64)
+    unit_ids, inverse = np.unique(unit, return_inverse=True)
+    by_rank = np.lexsort((row_rank, inverse))
+    first = by_rank[np.r_[True, inverse[by_rank][1:] != inverse[by_rank][:-1]][:n]]
+    rank = row_rank[first]
     unit_weight = np.bincount(inverse, weights=weights).astype(np.int64)
     unit_source = source_code[first]
     cells = _cell_targets(np.bincount(unit_source, weights=unit_weight,
                                       minlength=len(names)).astype(np.int64), targets)
-    salt = str(seed).encode()
-    rank = np.array([int.from_bytes(hashlib.blake2b(ids[i].encode("utf-8"), digest_size=8,
-                                                    key=salt).digest(), "big")
-                     for i in first.tolist()], dtype=np.uint64)
     visit = np.lexsort((rank, -unit_weight))
     left = cells.astype(np.float64)
     order = sorted(range(len(SPLITS)), key=lambda k: _PRIORITY[SPLITS[k]])
@@ -132,10 +137,12 @@ def leak_check(a: np.ndarray, b: np.ndarray, similarity: np.ndarray, threshold: 
     exact-hash pairs) with its exact Jaccard; ``rows``: the output rows' `_idx`, sorted, and
     ``split`` their split codes.
     """
+    if not len(rows) or not len(a):
+        return {"pairs_examined": int(len(a)), "pairs_in_output": 0, "near_pairs_in_output": 0,
+                "leaks": 0, "examples": []}
     pa_, pb_ = np.searchsorted(rows, a), np.searchsorted(rows, b)
     pa_, pb_ = np.minimum(pa_, len(rows) - 1), np.minimum(pb_, len(rows) - 1)
-    present = (len(rows) > 0) & (rows[pa_] == a) & (rows[pb_] == b) if len(rows) else \
-        np.zeros(len(a), bool)
+    present = (rows[pa_] == a) & (rows[pb_] == b)
     near = present & (similarity >= threshold)
     leaking = near & (split[pa_] != split[pb_])
     found = [{"a": ids[i], "b": ids[j], "split_a": SPLITS[split[i]],
