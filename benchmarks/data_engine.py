@@ -10,7 +10,7 @@ replies (benchmarks/planted.py), then runs on the same file, each as its own pro
 - tunesmith: `tunesmith data run` on an embedded Ray (`--num-cpus`), outputs included;
 - reference: `datasets.Dataset.from_json` -> `map(batched=True)` through the project's clean
   filters -> `filter` -> exact dedup with a dict of the project's exact keys -> near dedup
-  with datasketch MinHash (120 permutations over the same padded character 5-grams of the
+  with datasketch MinHash (128 permutations over the same padded character 5-grams of the
   project's near text) and MinHashLSH at 0.8, keeping the first row of each match, with no
   exact-Jaccard confirmation. The exact keys and near texts come from the project's batch
   form (`batch_texts`, 1000 rows a call): its one-row helpers cost ~0.4 ms a call.
@@ -47,7 +47,7 @@ from benchmarks.planted import NGRAM, generate  # noqa: E402
 
 DEDUP_REASONS = {"exact_duplicate": "exact", "near_duplicate": "near"}
 KINDS = ("exact", "near")
-NUM_PERM = 120
+NUM_PERM = 128
 THRESHOLD = 0.8
 SAMPLE_SECONDS = 0.2
 GIB = 1 << 30

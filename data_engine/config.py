@@ -187,9 +187,11 @@ class DedupConfig:
         "Characters per n-gram. 5 works for Japanese and Chinese (no word boundaries) and for "
         "English; shorter n-grams make unrelated texts look alike.", 5)
     bands: int = _help(
-        "LSH bands. With rows_per_band 6, a pair at Jaccard 0.8 becomes a candidate with "
-        "probability 0.998, at 0.5 with 0.27; candidates are then confirmed exactly.", 20)
-    rows_per_band: int = _help("MinHash values per band (bands x rows = permutations).", 6)
+        "LSH bands. With rows_per_band 8, a pair at Jaccard 0.8 becomes a candidate with "
+        "probability 0.947, at 0.85 with 0.994, at 0.9 with 0.9999, at 0.5 with 0.06; "
+        "candidates are then confirmed exactly. Bands of 6 rows (20 x 6) catch 0.998 at 0.8 but "
+        "made 8x more candidates on 200k benchmark rows and 13x more at 1M.", 16)
+    rows_per_band: int = _help("MinHash values per band (bands x rows = permutations).", 8)
     seed: int = _help("MinHash seed.", 1)
     reference: ReferenceConfig = _help("Decontamination against reference sets.",
                                        factory=ReferenceConfig)

@@ -40,9 +40,11 @@ STAGE = "dedup"
 REASONS = ("exact_duplicate", "near_duplicate", "contaminates_reference")
 # Reference rows are numbered from here, so one pair array can hold both kinds of rows.
 REF_BASE = 1 << 40
-CONFIRM_CHUNK = 20_000  # candidate pairs per confirmation task
+# Candidate pairs per confirmation task. Each task reads the text and signature columns of
+# the parts holding its rows, which for random pairs is every part: few, large tasks.
+CONFIRM_CHUNK = 100_000
 # Candidates whose MinHash estimate is this far below the threshold skip the exact Jaccard:
-# with 120 permutations a pair at Jaccard 0.8 is estimated below 0.65 with probability 3e-5.
+# with 128 permutations a pair at Jaccard 0.8 is estimated below 0.65 with probability 5e-5.
 ESTIMATE_MARGIN = 0.15
 
 
@@ -136,15 +138,26 @@ def confirm_task(pairs: np.ndarray, files: list[str], text: str, sig: str, ngram
     below). Reference rows are read from ``ref_files`` (their `text` and `sig`)."""
     if not len(pairs):
         return np.zeros(0, dtype=np.float64)
-    rows = _read_rows(files, [text, sig], np.unique(pairs[pairs < REF_BASE]))
-    if ref_files is not None:
-        rows.update(_read_rows(ref_files, ["text", "sig"], np.unique(pairs[pairs >= REF_BASE])))
-    sig_a = np.stack([np.frombuffer(rows[a][1], np.uint32) for a in pairs[:, 0].tolist()])
-    sig_b = np.stack([np.frombuffer(rows[b][1], np.uint32) for b in pairs[:, 1].tolist()])
+
+    def read(column: str, ref_column: str, wanted: np.ndarray) -> dict[int, Any]:
+        found = {i: v for i, (v,) in _read_rows(files, [column], wanted[wanted < REF_BASE])
+                 .items()}
+        if ref_files is not None:
+            found.update({i: v for i, (v,) in _read_rows(
+                ref_files, [ref_column], wanted[wanted >= REF_BASE]).items()})
+        return found
+
+    # Signatures of every row first, texts only of the rows in close pairs: a task holds
+    # a few hundred bytes per row, not the rows.
+    sigs = read(sig, "sig", np.unique(pairs))
+    sig_a = np.stack([np.frombuffer(sigs[a], np.uint32) for a in pairs[:, 0].tolist()])
+    sig_b = np.stack([np.frombuffer(sigs[b], np.uint32) for b in pairs[:, 1].tolist()])
+    del sigs
     similarity = (sig_a == sig_b).mean(axis=1)
     close = np.flatnonzero(similarity >= threshold - ESTIMATE_MARGIN)
-    needed = sorted(set(pairs[close].ravel().tolist()))
-    sets = dict(zip(needed, ngram_sets([rows[i][0] for i in needed], ngram)))
+    texts = read(text, "text", np.unique(pairs[close]))
+    needed = sorted(texts)
+    sets = dict(zip(needed, ngram_sets([texts[i] for i in needed], ngram)))
     for k in close.tolist():
         similarity[k] = jaccard(sets[pairs[k, 0]], sets[pairs[k, 1]])
     return similarity

@@ -7,7 +7,8 @@ Japanese and Chinese without word boundaries. Prompt: the user turns of the near
 decontamination against an eval set compares by default.
 
 Computed with Arrow kernels over a whole batch's messages at once (`batch_texts`); the
-per-conversation helpers run the same kernels on one row.
+per-conversation helpers run the same kernels on one row (about 0.4 ms a call: for tests
+and tools, not for loops over rows).
 """
 
 from __future__ import annotations
