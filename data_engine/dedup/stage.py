@@ -118,14 +118,14 @@ def band_task(files: list[str], columns: list[str], window: int,
 
 
 def _read_rows(files: list[str], columns: list[str], wanted: np.ndarray) -> dict[int, tuple]:
-    """``columns`` of the rows whose `_idx` is in ``wanted`` (skipping files without any)."""
+    """``columns`` of the rows whose `_idx` is in ``wanted``, by `_idx`."""
     found: dict[int, tuple] = {}
+    if not len(wanted):
+        return found
+    keep = pa.array(wanted)
     for f in files:
-        idx = pq.read_table(f, columns=["_idx"]).column("_idx").to_numpy()
-        if not len(idx) or not np.isin(wanted, idx, assume_unique=True).any():
-            continue
         table = pq.read_table(f, columns=["_idx", *columns])
-        table = table.filter(pc.is_in(table.column("_idx"), pa.array(wanted)))
+        table = table.filter(pc.is_in(table.column("_idx"), keep))
         found.update(zip(table.column("_idx").to_pylist(),
                          zip(*(table.column(c).to_pylist() for c in columns))))
     return found
@@ -287,7 +287,9 @@ def run_dedup(inputs: DedupInputs, config: DedupConfig, clean: CleanConfig, fold
     start = time.perf_counter()
     wanted = np.unique(np.concatenate([candidates.ravel(), exact_pairs.ravel(),
                                        ref_hits.ravel()]))
-    ids, exact = _lookup(sig_files + ref_files, wanted)
+    found = _read_rows(sig_files + ref_files, ["id", "exact"], wanted)
+    ids = {i: row[0] for i, row in found.items()}
+    exact = {i: row[1] for i, row in found.items()}
     result = decide(config, exact_pairs, candidates[near], sim[near], ref_hits, ids, exact)
     write_table(folder, "decisions", pa.table({
         "_idx": result.idx, "dup_cluster": result.cluster,
@@ -314,18 +316,6 @@ def _confirm_all(confirm: Any, pairs: np.ndarray, files: list[str], columns: tup
     chunks = [pairs[i:i + CONFIRM_CHUNK] for i in range(0, len(pairs), CONFIRM_CHUNK)]
     return np.concatenate(ray.get([confirm.remote(c, files, *columns, ngram, threshold,
                                                   ref_files) for c in chunks]))
-
-
-def _lookup(files: list[str], wanted: np.ndarray) -> tuple[dict[int, str], dict[int, int]]:
-    ids: dict[int, str] = {}
-    exact: dict[int, int] = {}
-    for f in files:
-        table = pq.read_table(f, columns=["_idx", "id", "exact"])
-        table = table.filter(pc.is_in(table.column("_idx"), pa.array(wanted)))
-        keys = table.column("_idx").to_pylist()
-        ids.update(zip(keys, table.column("id").to_pylist()))
-        exact.update(zip(keys, table.column("exact").to_pylist()))
-    return ids, exact
 
 
 def _facts(result: Cluster, signed: int, candidates: int, confirmed: int, exact_pairs: int,

@@ -10,7 +10,7 @@ import pyarrow.compute as pc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from data_engine.config import CleanConfig, DataConfig, InputConfig, SplitConfig
+from data_engine.config import CleanConfig, DataConfig, InputConfig
 from data_engine.pipeline.clean import clean_batch
 from data_engine.pipeline.split import assign_splits
 from data_engine.schema import SPLITS
