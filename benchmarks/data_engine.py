@@ -143,6 +143,7 @@ class Measured:
     peak_rss: int  # RSS of the largest single process
     peak_processes: int
     load_before: float  # the machine's 1-minute load average at the start: others' work
+    at_peak: list[tuple[str, int]]  # (process, PSS) at the peak-PSS sample, largest first
 
 
 def _process_tree(root: int) -> list[int]:
@@ -180,9 +181,22 @@ def _memory(pid: int) -> tuple[int, int]:
     return pss, rss
 
 
+def _label(pid: int) -> str:
+    """A process's name for the peak breakdown: Ray workers name their task (`ray::...`)."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return "?"
+    words = [w.decode(errors="replace") for w in argv if w]
+    named = [w for w in words if not w.startswith("-") and not w.endswith("python")
+             and "python3" not in w]
+    return Path(named[0]).name[:40] if named else "?"
+
+
 def run_measured(command: list[str], log: Path) -> Measured:
     """Runs ``command`` (output to ``log``), sampling its process tree's memory as it runs."""
     peak_pss = peak_rss = peak_processes = 0
+    at_peak: list[tuple[str, int]] = []
     load = os.getloadavg()[0]
     with log.open("w", encoding="utf-8") as out:
         start = time.perf_counter()
@@ -190,12 +204,16 @@ def run_measured(command: list[str], log: Path) -> Measured:
         while proc.poll() is None:
             tree = _process_tree(proc.pid)
             usage = [_memory(pid) for pid in tree]
-            peak_pss = max(peak_pss, sum(pss for pss, _ in usage))
+            if sum(pss for pss, _ in usage) > peak_pss:
+                peak_pss = sum(pss for pss, _ in usage)
+                at_peak = sorted(((_label(pid), pss) for pid, (pss, _) in zip(tree, usage)),
+                                 key=lambda item: -item[1])
             peak_rss = max(peak_rss, max(rss for _, rss in usage))
             peak_processes = max(peak_processes, len(tree))
             time.sleep(SAMPLE_SECONDS)
         seconds = time.perf_counter() - start
-    return Measured(proc.returncode, seconds, peak_pss, peak_rss, peak_processes, load)
+    return Measured(proc.returncode, seconds, peak_pss, peak_rss, peak_processes, load,
+                    at_peak)
 
 
 # --- the two sides ----------------------------------------------------------------------------
@@ -325,6 +343,7 @@ def _side_result(truth: dict[str, Any], side: Side, rows: int) -> dict[str, Any]
     return {"seconds": round(m.seconds, 2), "rows_per_s": round(rows / m.seconds, 1),
             "peak_pss_bytes": m.peak_pss, "peak_rss_largest_process_bytes": m.peak_rss,
             "peak_processes": m.peak_processes, "load_before": m.load_before,
+            "at_peak": [[label, round(pss / GIB, 3)] for label, pss in m.at_peak[:8]],
             "counts": side.counts, "phases": side.phases,
             "clean_rejects": dict(sorted(clean_rejects(side).items())),
             "defects": defects_caught(truth, side),
@@ -380,6 +399,8 @@ def print_report(results: dict[str, Any]) -> None:
     for n in names:
         phases = ", ".join(f"{k} {v:.1f} s" for k, v in sides[n]["phases"].items())
         print(f"{n} phases: {phases}")
+        heaviest = ", ".join(f"{label} {gib:.2f}" for label, gib in sides[n]["at_peak"][:5])
+        print(f"{n} at peak PSS (GiB): {heaviest}")
     if "ratio" in results:
         print(f"ratio, tunesmith rows/s / reference rows/s: {results['ratio']:.2f}x")
         print(f"clean reject counts {'match' if results['clean_rejects_match'] else 'DIFFER'}")

@@ -46,6 +46,10 @@ CONFIRM_CHUNK = 100_000
 # Candidates whose MinHash estimate is this far below the threshold skip the exact Jaccard:
 # with 128 permutations a pair at Jaccard 0.8 is estimated below 0.65 with probability 5e-5.
 ESTIMATE_MARGIN = 0.15
+# Pairs per slice when estimating from signatures and when building n-gram sets for the
+# exact Jaccard (a set is ~8 bytes per character of its text).
+ESTIMATE_SLICE = 50_000
+JACCARD_SLICE = 4_000
 
 
 def key_columns(prefix: str, bands: int) -> list[str]:
@@ -131,35 +135,71 @@ def _read_rows(files: list[str], columns: list[str], wanted: np.ndarray) -> dict
     return found
 
 
+def _read_sorted(files: list[str], column: str, wanted: np.ndarray
+                 ) -> tuple[np.ndarray, pa.Array]:
+    """``column`` of the rows whose `_idx` is in ``wanted``: their `_idx` ascending and the
+    values in that order, kept as Arrow (no Python object per row)."""
+    idx_parts, value_parts = [], []
+    keep = pa.array(wanted)
+    for f in files if len(wanted) else []:
+        table = pq.read_table(f, columns=["_idx", column])
+        table = table.filter(pc.is_in(table.column("_idx"), keep))
+        if table.num_rows:
+            idx_parts.append(table.column("_idx").to_numpy())
+            value_parts.append(table.column(column).combine_chunks())
+    if not idx_parts:
+        return np.zeros(0, np.int64), pa.array([], pa.string())
+    idx = np.concatenate(idx_parts)
+    order = np.argsort(idx, kind="stable")
+    return idx[order], pa.concat_arrays(value_parts).take(pa.array(order))
+
+
+def _signature_matrix(values: pa.Array, num_perm: int) -> np.ndarray:
+    """A FixedSizeBinary column of signatures as a (rows, num_perm) uint32 view."""
+    flat = np.frombuffer(values.buffers()[1], dtype=np.uint32)
+    return flat[values.offset * num_perm:(values.offset + len(values)) * num_perm].reshape(
+        len(values), num_perm)
+
+
 def confirm_task(pairs: np.ndarray, files: list[str], text: str, sig: str, ngram: int,
                  threshold: float, ref_files: list[str] | None = None) -> np.ndarray:
     """Each pair's Jaccard: exact for pairs whose MinHash estimate is within
     ESTIMATE_MARGIN of ``threshold`` or above, the estimate for the rest (which are clearly
-    below). Reference rows are read from ``ref_files`` (their `text` and `sig`)."""
+    below). Reference rows are read from ``ref_files`` (their `text` and `sig`).
+
+    Memory stays near the size of the rows' signatures and texts as Arrow buffers: the
+    estimates and the n-gram sets are made a slice of pairs at a time.
+    """
     if not len(pairs):
         return np.zeros(0, dtype=np.float64)
 
-    def read(column: str, ref_column: str, wanted: np.ndarray) -> dict[int, Any]:
-        found = {i: v for i, (v,) in _read_rows(files, [column], wanted[wanted < REF_BASE])
-                 .items()}
-        if ref_files is not None:
-            found.update({i: v for i, (v,) in _read_rows(
-                ref_files, [ref_column], wanted[wanted >= REF_BASE]).items()})
-        return found
+    def read(column: str, ref_column: str, wanted: np.ndarray) -> tuple[np.ndarray, pa.Array]:
+        idx, values = _read_sorted(files, column, wanted[wanted < REF_BASE])
+        if ref_files is not None:  # reference rows number from REF_BASE: they sort last
+            ref_idx, ref_values = _read_sorted(ref_files, ref_column, wanted[wanted >= REF_BASE])
+            if len(ref_idx):
+                idx = np.concatenate([idx, ref_idx])
+                values = pa.concat_arrays([values, ref_values]) if len(values) else ref_values
+        return idx, values
 
-    # Signatures of every row first, texts only of the rows in close pairs: a task holds
-    # a few hundred bytes per row, not the rows.
-    sigs = read(sig, "sig", np.unique(pairs))
-    sig_a = np.stack([np.frombuffer(sigs[a], np.uint32) for a in pairs[:, 0].tolist()])
-    sig_b = np.stack([np.frombuffer(sigs[b], np.uint32) for b in pairs[:, 1].tolist()])
-    del sigs
-    similarity = (sig_a == sig_b).mean(axis=1)
+    sig_idx, sig_values = read(sig, "sig", np.unique(pairs))
+    matrix = _signature_matrix(sig_values, sig_values.type.byte_width // 4)
+    pos = np.searchsorted(sig_idx, pairs)
+    similarity = np.empty(len(pairs), dtype=np.float64)
+    for lo in range(0, len(pairs), ESTIMATE_SLICE):
+        a, b = pos[lo:lo + ESTIMATE_SLICE, 0], pos[lo:lo + ESTIMATE_SLICE, 1]
+        similarity[lo:lo + ESTIMATE_SLICE] = (matrix[a] == matrix[b]).mean(axis=1)
+    del matrix, sig_values
     close = np.flatnonzero(similarity >= threshold - ESTIMATE_MARGIN)
-    texts = read(text, "text", np.unique(pairs[close]))
-    needed = sorted(texts)
-    sets = dict(zip(needed, ngram_sets([texts[i] for i in needed], ngram)))
-    for k in close.tolist():
-        similarity[k] = jaccard(sets[pairs[k, 0]], sets[pairs[k, 1]])
+    text_idx, texts = read(text, "text", np.unique(pairs[close]))
+    for lo in range(0, len(close), JACCARD_SLICE):
+        part = close[lo:lo + JACCARD_SLICE]
+        rows = np.unique(pairs[part])
+        sets = ngram_sets(texts.take(pa.array(np.searchsorted(text_idx, rows))).to_pylist(),
+                          ngram)
+        where = np.searchsorted(rows, pairs[part])
+        for k, (a, b) in zip(part.tolist(), where.tolist()):
+            similarity[k] = jaccard(sets[a], sets[b])
     return similarity
 
 
