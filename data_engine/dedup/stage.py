@@ -57,7 +57,8 @@ def key_columns(prefix: str, bands: int) -> list[str]:
 
 
 def signature_batch(batch: pa.Table, config: DedupConfig, with_prompt: bool,
-                    normalize: CleanConfig | None = None, reference: bool = False) -> pa.Table:
+                    normalize: CleanConfig | None = None, reference: bool = False,
+                    excluded: np.ndarray | None = None) -> pa.Table:
     """Ray Data batch UDF: kept rows -> `_idx`, `id`, `exact`, `text`, `sig`, band keys `k0..`.
 
     `sig` is the whole MinHash signature (uint32 x permutations, as bytes), used to skip the
@@ -72,6 +73,8 @@ def signature_batch(batch: pa.Table, config: DedupConfig, with_prompt: bool,
         batch = batch.set_column(batch.schema.get_field_index("messages"), "messages",
                                  normalize_messages(batch.column("messages"), normalize))
     batch = batch.filter(pc.is_null(batch.column("_reason")))
+    if excluded is not None and len(excluded):
+        batch = batch.filter(pc.invert(pc.is_in(batch.column("_idx"), pa.array(excluded))))
     texts = batch_texts(batch.column("messages"))
     signed = texts.prompt if reference and config.reference.match == "prompt" else texts.near
     columns: dict[str, Any] = {"_idx": batch.column("_idx"), "id": batch.column("id"),
@@ -260,6 +263,7 @@ class DedupInputs:
     clean_files: list[str]
     reference: Any | None  # ray.data.Dataset of ingested reference rows with `_idx`
     read_args: dict[str, Any]  # ray_remote_args pinning reads to the node holding the files
+    excluded: np.ndarray | None = None  # `_idx` of kept rows a later stage dropped (judge)
 
 
 def run_dedup(inputs: DedupInputs, config: DedupConfig, clean: CleanConfig, folder: Path,
@@ -272,7 +276,8 @@ def run_dedup(inputs: DedupInputs, config: DedupConfig, clean: CleanConfig, fold
     with_prompt = bool(inputs.reference is not None and config.reference.match == "prompt")
     ds = stage_dataset(inputs.clean_files, inputs.read_args, ["_idx", "id", "messages", "_reason"])
     ds = ds.map_batches(signature_batch, batch_format="pyarrow", batch_size=None,
-                        fn_kwargs={"config": config, "with_prompt": with_prompt})
+                        fn_kwargs={"config": config, "with_prompt": with_prompt,
+                                   "excluded": inputs.excluded})
     sig_writer = PartWriter(folder, "signatures")
     signed = 0
     for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):

@@ -22,12 +22,19 @@ import pyarrow.compute as pc
 from data_engine.dedup.stage import REASONS as DEDUP_REASONS
 from data_engine.filters import REASONS as CLEAN_REASONS
 from data_engine.pipeline.mix import REASON as MIX_REASON
-from data_engine.schema import NUM_TOKENS, ROW_SCHEMA, SPLITS
+from data_engine.schema import (JUDGE_FIELDS, NUM_TOKENS, PROVENANCE_FIELDS, ROW_SCHEMA,
+                                SPLITS)
+from data_engine.synth.craft import CRAFT_REASONS
+from data_engine.synth.evol import EVOL_REASONS
+from data_engine.synth.judge import LOW_SCORE as JUDGE_REASON
+from data_engine.synth.self_instruct import SELF_INSTRUCT_REASONS
 
-# Every reason a row can be dropped for, in pipeline order.
-REASONS = CLEAN_REASONS + DEDUP_REASONS + (MIX_REASON,)
+# Every reason a row can be dropped for, in pipeline order (synthesis, then the judge).
+REASONS = tuple(dict.fromkeys(CLEAN_REASONS + EVOL_REASONS + SELF_INSTRUCT_REASONS
+                              + CRAFT_REASONS + (JUDGE_REASON,) + DEDUP_REASONS
+                              + (MIX_REASON,)))
 EXAMPLES_PER_REASON = 3
-OUTPUT_SCHEMA = pa.schema(list(ROW_SCHEMA) + [NUM_TOKENS])
+OUTPUT_SCHEMA = pa.schema(list(ROW_SCHEMA) + [NUM_TOKENS] + PROVENANCE_FIELDS + JUDGE_FIELDS)
 # Rejected rows sort after every kept row when the output follows the mix order.
 _REJECTED_ORDER = 1 << 62
 
@@ -49,6 +56,11 @@ def chat_row(row: dict[str, Any]) -> dict[str, Any]:
            "num_tokens": row["num_tokens"]}
     if row.get("group") is not None:
         out["group"] = row["group"]
+    if row.get("origin") not in (None, "seed"):  # synthesized: where it came from
+        out.update({k: row.get(k) for k in ("origin", "parent_id", "generator")})
+    for name in ("judge_score", "judge_mass"):
+        if row.get(name) is not None:
+            out[name] = row[name]
     return out
 
 
@@ -77,6 +89,7 @@ def finalize_batch(batch: pa.Table, plan: Any) -> pa.Table:
 
     if isinstance(plan, ray.ObjectRef):
         plan = ray.get(plan)
+    batch = _with_model_columns(batch, plan)
     idx = batch.column("_idx").to_numpy()
     reasons = batch.column("_reason").to_pylist()
     stages = batch.column("_stage").to_pylist()
@@ -114,12 +127,41 @@ def finalize_batch(batch: pa.Table, plan: Any) -> pa.Table:
     return pa.concat_tables([out, dropped])
 
 
+def _with_model_columns(batch: pa.Table, plan: dict[str, Any]) -> pa.Table:
+    """Every stored batch gets the provenance columns (input rows: origin "seed") and the
+    judge's columns (its scores by `_idx`; null where it did not score)."""
+    for f in PROVENANCE_FIELDS:
+        if f.name not in batch.column_names:
+            value = "seed" if f.name == "origin" else None
+            batch = batch.append_column(f, pa.array([value] * batch.num_rows, f.type))
+    judged = plan.get("judged_idx")
+    idx = batch.column("_idx").to_numpy()
+    for f in JUDGE_FIELDS:
+        values = np.full(batch.num_rows, np.nan)
+        if judged is not None and len(judged):
+            where = np.minimum(np.searchsorted(judged, idx), len(judged) - 1)
+            hit = judged[where] == idx
+            values[hit] = plan[f.name][where[hit]]
+        batch = batch.append_column(f, pa.array(values, f.type, mask=np.isnan(values)))
+    return batch
+
+
 def render_batch(batch: pa.Table) -> pa.Table:
     """Ray Data batch UDF: adds `_json`, each row's output line, so workers do the encoding
     and the driver only appends bytes."""
     lines = [json.dumps(rejected_row(row) if row["_reason"] else chat_row(row), ensure_ascii=False)
              for row in batch.to_pylist()]
     return batch.append_column("_json", pa.array(lines, pa.string()))
+
+
+def _conform(table: pa.Table) -> pa.Table:
+    """``table`` in OUTPUT_SCHEMA; columns no stage made (no synthesis, no judge) are null,
+    `origin` "seed"."""
+    for f in OUTPUT_SCHEMA:
+        if f.name not in table.column_names:
+            value = "seed" if f.name == "origin" else None
+            table = table.append_column(f, pa.array([value] * table.num_rows, f.type))
+    return table.select(OUTPUT_SCHEMA.names).cast(OUTPUT_SCHEMA)
 
 
 class DatasetWriter:
@@ -173,7 +215,7 @@ class DatasetWriter:
             part = kept.filter(pc.equal(kept.column("split"), split))
             if not part.num_rows:
                 continue
-            self._arrow[split].write_table(part.select(OUTPUT_SCHEMA.names).cast(OUTPUT_SCHEMA))
+            self._arrow[split].write_table(_conform(part))
             self.splits[split] += part.num_rows
             self.tokens[split] += part.column("num_tokens").to_pylist()
             self._write_lines(self._jsonl[split], part.column("_json").to_pylist())
@@ -188,9 +230,10 @@ class DatasetWriter:
         (after mixing, repeats included)."""
         flow = {}
         for name, c in sorted(self.sources.items()):
-            after_clean = c["input"] - c["dropped_ingest"] - c["dropped_clean"]
+            after_clean = (c["input"] - c["dropped_ingest"] - c["dropped_clean"]
+                           - c["dropped_synth"])
             flow[name] = {"input": c["input"], "after_clean": after_clean,
-                          "after_dedup": after_clean - c["dropped_dedup"],
+                          "after_dedup": after_clean - c["dropped_judge"] - c["dropped_dedup"],
                           "repeats": c["repeats"], "kept": c["kept"]}
         return flow
 

@@ -1,0 +1,154 @@
+"""The `transformers` engine: a local Hugging Face model, batched with left padding.
+
+The embedded default (SmolLM2-135M-Instruct on CPU) and the engine of the test suite. On a
+GPU it works too, but vLLM serves far more rows per second there.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from data_engine.engines.base import (Conversation, EngineError, Generation, SamplingParams,
+                                      TokenScores)
+
+
+def label_token_ids(tokenizer: Any, label: str) -> list[int]:
+    """The single tokens that spell ``label`` as the first token of a reply: the label
+    itself and its leading-space variant, where each encodes to exactly one token."""
+    found = []
+    for variant in (label, " " + label):
+        ids = tokenizer.encode(variant, add_special_tokens=False)
+        if len(ids) == 1 and ids[0] not in found:
+            found.append(ids[0])
+    return found
+
+
+class TransformersEngine:
+    """Batched generation and next-token scoring with a local transformers model."""
+
+    kind = "transformers"
+    supports_logprobs = True
+
+    def __init__(self, model: str, device: str = "auto", dtype: str = "auto",
+                 batch_size: int = 16):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.model = model
+        self.batch_size = batch_size
+        self.device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" \
+            else device
+        # bf16 matmuls are slow on most CPUs; float32 is the fast CPU choice for small models.
+        torch_dtype = {"auto": torch.bfloat16 if self.device.startswith("cuda") else torch.float32,
+                       "float32": torch.float32, "bfloat16": torch.bfloat16,
+                       "float16": torch.float16}.get(dtype)
+        if torch_dtype is None:
+            raise EngineError("bad_dtype", f"{dtype!r} is not auto|float32|bfloat16|float16",
+                              "engine.dtype")
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(model)
+            self.lm = AutoModelForCausalLM.from_pretrained(model, dtype=torch_dtype)
+        except (OSError, ValueError) as exc:
+            raise EngineError("model_not_loadable", str(exc).splitlines()[0],
+                              "engine.model") from exc
+        if not self.tokenizer.chat_template:
+            raise EngineError("no_chat_template", f"{model} has no chat template; engines "
+                              "need a chat (instruct) model", "engine.model")
+        self.lm.to(self.device).eval()
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        eos = self.lm.generation_config.eos_token_id
+        self.eos_ids = set(eos if isinstance(eos, list) else [eos]) - {None}
+        if self.tokenizer.eos_token_id is not None:
+            self.eos_ids.add(self.tokenizer.eos_token_id)
+
+    def render(self, conversation: Conversation) -> str:
+        return self.tokenizer.apply_chat_template(conversation, add_generation_prompt=True,
+                                                  tokenize=False)
+
+    def _batches(self, conversations: list[Conversation]):
+        """(indices, encoded inputs) per batch; similar lengths batched together."""
+        texts = [self.render(c) for c in conversations]
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        for lo in range(0, len(order), self.batch_size):
+            idx = order[lo:lo + self.batch_size]
+            enc = self.tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True,
+                                 add_special_tokens=False)
+            yield idx, enc.to(self.device)
+
+    def generate(self, conversations: list[Conversation], params: SamplingParams
+                 ) -> list[Generation]:
+        import torch
+
+        out: list[Generation | None] = [None] * len(conversations)
+        kwargs: dict[str, Any] = {"max_new_tokens": params.max_tokens,
+                                  "pad_token_id": self.tokenizer.pad_token_id,
+                                  "eos_token_id": sorted(self.eos_ids)}
+        if params.greedy:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        else:
+            kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p,
+                          top_k=None)
+        if params.stop:
+            kwargs.update(stop_strings=list(params.stop), tokenizer=self.tokenizer)
+        if params.seed is not None:
+            torch.manual_seed(params.seed)
+        for idx, enc in self._batches(conversations):
+            try:
+                with torch.inference_mode():
+                    seqs = self.lm.generate(**enc, **kwargs)
+            except (RuntimeError, ValueError) as exc:  # e.g. out of memory: these rows fail
+                for i in idx:
+                    out[i] = Generation("", "error", 0, f"generation_failed: {exc}")
+                continue
+            new = seqs[:, enc["input_ids"].shape[1]:].tolist()
+            for i, tokens in zip(idx, new):
+                out[i] = self._finish(tokens, params)
+        return out  # type: ignore[return-value]
+
+    def _finish(self, tokens: list[int], params: SamplingParams) -> Generation:
+        pad = self.tokenizer.pad_token_id
+        stopped_at = next((k for k, t in enumerate(tokens) if t in self.eos_ids), None)
+        if stopped_at is not None:
+            tokens = tokens[:stopped_at]
+        elif pad is not None:  # a finished row in a batch is padded after its last token
+            while tokens and tokens[-1] == pad:
+                tokens = tokens[:-1]
+        text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+        reason = "stop" if stopped_at is not None else "length"
+        for stop in params.stop:  # OpenAI semantics: the stop string is not returned
+            cut = text.find(stop)
+            if cut >= 0:
+                text, reason = text[:cut], "stop"
+        return Generation(text, reason, len(tokens))
+
+    def next_token_scores(self, conversations: list[Conversation], labels: list[str]
+                          ) -> list[TokenScores]:
+        import torch
+
+        variants = {label: label_token_ids(self.tokenizer, label) for label in labels}
+        unspellable = [label for label, ids in variants.items() if not ids]
+        if unspellable:
+            raise EngineError("label_not_one_token", f"labels {unspellable} are not single "
+                              f"tokens for {self.model}'s tokenizer; use a 1-5 scale",
+                              "judge.scale")
+        out: list[TokenScores | None] = [None] * len(conversations)
+        for idx, enc in self._batches(conversations):
+            try:
+                with torch.inference_mode():
+                    logits = self.lm(**enc).logits[:, -1, :].float()
+            except (RuntimeError, ValueError) as exc:  # e.g. out of memory: these rows fail
+                for i in idx:
+                    out[i] = TokenScores(error=f"scoring_failed: {exc}")
+                continue
+            logp = torch.log_softmax(logits, dim=-1)
+            for row, i in enumerate(idx):
+                scores = {label: float(torch.logsumexp(logp[row, ids], dim=0))
+                          for label, ids in variants.items()}
+                out[i] = TokenScores({k: v for k, v in scores.items() if v > -math.inf})
+        return out  # type: ignore[return-value]
+
+    def close(self) -> None:
+        del self.lm

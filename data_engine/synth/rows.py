@@ -1,0 +1,75 @@
+"""Synthesized rows in the row schema, with where they came from.
+
+Every synthesized row records `origin` ("evol" | "craft" | "self_instruct"), `parent_id`
+(the seed row, few-shot or document it was made from) and `generator` (`kind:model` of the
+engine). Rows a generator eliminates are kept with `_reason` (and `_detail`, a short
+human-readable why) so the report can show them; they never reach the outputs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from data_engine.engines.base import Engine
+
+ORIGINS = ("seed", "evol", "craft", "self_instruct")
+
+
+def generator_name(engine: Engine) -> str:
+    return f"{engine.kind}:{engine.model}"
+
+
+def synth_id(origin: str, parent_id: str | None, messages: list[dict[str, Any]]) -> str:
+    """A stable id: the same origin, parent and messages give the same id on every run."""
+    blob = json.dumps([origin, parent_id, messages], ensure_ascii=False, sort_keys=True)
+    return f"{origin}-{hashlib.blake2b(blob.encode(), digest_size=8).hexdigest()}"
+
+
+def make_row(messages: list[dict[str, Any]], origin: str, parent_id: str | None,
+             generator: str, source: str, reason: str | None = None,
+             detail: str | None = None, tags: list[str] | None = None) -> dict[str, Any]:
+    """One synthesized row; ``reason`` set means it was eliminated."""
+    if origin not in ORIGINS:
+        raise ValueError(f"origin {origin!r} is not one of {ORIGINS}")
+    return {"id": synth_id(origin, parent_id, messages), "messages": messages,
+            "source": source, "tags": list(tags or []), "origin": origin,
+            "parent_id": parent_id, "generator": generator, "_reason": reason,
+            "_detail": detail}
+
+
+def apply_clean(rows: list[dict[str, Any]], config: Any) -> list[dict[str, Any]]:
+    """Runs the clean stage's normalisers and filters (``config``: a CleanConfig) over
+    synthesized rows still kept; a row a filter rejects gets that filter's reason. Returns
+    the rows with normalised messages, in order."""
+    import pyarrow as pa
+
+    from data_engine.pipeline.clean import clean_batch
+    from data_engine.readers.formats import to_messages
+    from data_engine.schema import WORK_SCHEMA
+
+    if not rows:
+        return []
+    table = pa.table({
+        "id": [r["id"] for r in rows],
+        "messages": [to_messages({"messages": r["messages"]}, "messages") for r in rows],
+        "source": [r["source"] for r in rows],
+        "tags": [r.get("tags") or [] for r in rows],
+        "group": [None] * len(rows),
+        "_file": ["synth"] * len(rows),
+        "_line": list(range(1, len(rows) + 1)),
+        "_raw": [None] * len(rows),
+        "_reason": [r.get("_reason") for r in rows],
+        "_stage": ["synth" if r.get("_reason") else None for r in rows],
+    }, schema=WORK_SCHEMA)
+    cleaned = clean_batch(table, config)
+    out = []
+    for row, messages, reason in zip(rows, cleaned.column("messages").to_pylist(),
+                                     cleaned.column("_reason").to_pylist()):
+        kept = {k: v for k, v in row.items()}
+        kept["messages"] = [{k: v for k, v in m.items() if v is not None} for m in messages]
+        if kept.get("_reason") is None and reason is not None:
+            kept["_reason"], kept["_detail"] = reason, "rejected by the clean filters"
+        out.append(kept)
+    return out

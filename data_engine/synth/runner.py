@@ -1,0 +1,187 @@
+"""`tunesmith synth ...` and `tunesmith judge`: the model-powered stages on their own.
+
+Rows are read with the data engine's readers (any supported format: messages, ShareGPT,
+Alpaca, ...), unreadable rows are reported and skipped, and the outputs are JSONL: kept
+rows to ``out`` and eliminated rows, each with its reason, to ``rejected`` (default: next
+to ``out`` as `<stem>.rejected.jsonl`). Every output row carries `origin`, `parent_id` and
+`generator`. The config is the YAML `data run` reads: its `engine:`, `synth:`, `judge:`,
+`clean:` and `seed:` apply.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from data_engine.config import DataConfig, InputConfig, load_config
+from data_engine.config_loader import from_dict, validate
+from data_engine.errors import ConfigError
+
+GENERATORS = ("evol", "craft", "self_instruct")
+PROVENANCE = ("origin", "parent_id", "generator")
+
+
+def load_synth_config(path: Path | None, engine: dict[str, Any] | None = None) -> DataConfig:
+    """The same YAML `data run` reads (its `inputs:` unused here), with engine flags over it."""
+    config = load_config(path)
+    for key, value in (engine or {}).items():
+        if value is not None:
+            setattr(config.engine, key, value)
+    problems = validate(config.engine, "engine.")
+    if problems:
+        raise ConfigError(problems, str(path or "flags"))
+    return config
+
+
+def block(config: DataConfig, name: str) -> Any:
+    """A generator's config block, or its defaults when the YAML leaves it null."""
+    from data_engine.synth.craft import CraftConfig
+    from data_engine.synth.evol import EvolConfig
+    from data_engine.synth.judge import JudgeConfig
+    from data_engine.synth.self_instruct import SelfInstructConfig
+
+    if name == "judge":
+        return config.judge or JudgeConfig()
+    defaults = {"evol": EvolConfig, "craft": CraftConfig, "self_instruct": SelfInstructConfig}
+    return getattr(config.synth, name) or defaults[name]()
+
+
+def read_rows(path: Path, fmt: str = "auto") -> tuple[list[dict[str, Any]], Counter]:
+    """Rows of ``path`` as {id, messages, source, tags}; rows that cannot be read are
+    counted by reason (malformed_json, unknown_format) and left out."""
+    import pyarrow as pa
+
+    from data_engine.readers.ingest import ingest_shards
+    from data_engine.readers.shards import plan_shards
+
+    inputs = [InputConfig(path=str(Path(path).resolve()), format=fmt)]
+    shards, _ = plan_shards(inputs, 10_000)
+    rows: list[dict[str, Any]] = []
+    skipped: Counter = Counter()
+    for shard in shards:
+        table = ingest_shards(pa.Table.from_pylist([shard.to_dict()]), inputs)
+        for row in table.to_pylist():
+            if row["_reason"]:
+                skipped[row["_reason"]] += 1
+                continue
+            out = {"id": row["id"], "source": row["source"], "tags": row["tags"],
+                   "messages": [{k: v for k, v in m.items() if v is not None}
+                                for m in row["messages"]]}
+            out.update(_provenance(row["_raw"]))
+            rows.append(out)
+    return rows, skipped
+
+
+def _provenance(raw: str | None) -> dict[str, Any]:
+    """`origin`, `parent_id`, `generator` of a row that a synth command wrote."""
+    try:
+        original = json.loads(raw) if raw else {}
+    except ValueError:
+        return {}
+    if not isinstance(original, dict):
+        return {}
+    return {k: original[k] for k in PROVENANCE if original.get(k) is not None}
+
+
+def judge_rows(rows: list[dict[str, Any]], config: DataConfig,
+               engine_factory: Callable[[], Any], threshold: float | None = None,
+               apply_to: str | None = None) -> list[dict[str, Any]]:
+    """Pointwise judging of ``rows``: each gets `judge_score`, `judge_mass`, `judge_method`
+    and `judge_error`; rows under the threshold get `_reason` low_judge_score."""
+    import pyarrow as pa
+
+    from data_engine.synth.judge import Judge, judge_table
+
+    overrides = {k: v for k, v in (("threshold", threshold), ("apply_to", apply_to))
+                 if v is not None}
+    from dataclasses import asdict
+
+    from data_engine.synth.judge import JudgeConfig
+
+    judging = from_dict(JudgeConfig, {**asdict(block(config, "judge")), **overrides}, "judge")
+    engine = engine_factory()
+    try:
+        table = pa.table({
+            "messages": [r["messages"] for r in rows],
+            "origin": [r.get("origin") for r in rows],
+            "_reason": pa.nulls(len(rows), pa.string()),
+            "_stage": pa.nulls(len(rows), pa.string())})
+        judged = judge_table(table, Judge(engine, judging))
+    finally:
+        engine.close()
+    names = [n for n in judged.column_names if n.startswith("judge_") or n == "_reason"]
+    extra = zip(*(judged.column(n).to_pylist() for n in names))
+    return [{**row, **dict(zip(names, values))} for row, values in zip(rows, extra)]
+
+
+def public_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A row as written: working fields (`_reason`, `_detail`) become `reason`, `detail`."""
+    out = {k: v for k, v in row.items() if not k.startswith("_")}
+    if row.get("_reason") == "low_judge_score":
+        out["reason"] = row["_reason"]
+    elif row.get("_reason"):
+        out["reason"] = row["_reason"]
+        if row.get("_detail"):
+            out["detail"] = row["_detail"]
+    return out
+
+
+@dataclass
+class Written:
+    out: Path
+    rejected: Path
+    kept: int = 0
+    reasons: Counter = field(default_factory=Counter)
+
+
+def write_rows(rows: list[dict[str, Any]], out: Path, rejected: Path | None = None) -> Written:
+    """Kept rows to ``out``, rows with a reason to ``rejected``; both JSONL, atomically."""
+    out = Path(out)
+    rejected = Path(rejected) if rejected else out.with_name(f"{out.stem}.rejected.jsonl")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    rejected.parent.mkdir(parents=True, exist_ok=True)
+    written = Written(out, rejected)
+    tmp_out, tmp_rej = out.with_name(out.name + ".partial"), rejected.with_name(
+        rejected.name + ".partial")
+    with tmp_out.open("w", encoding="utf-8") as keep, tmp_rej.open("w", encoding="utf-8") as rej:
+        for row in rows:
+            line = json.dumps(public_row(row), ensure_ascii=False) + "\n"
+            if row.get("_reason"):
+                written.reasons[row["_reason"]] += 1
+                rej.write(line)
+            else:
+                written.kept += 1
+                keep.write(line)
+    tmp_out.replace(out)
+    tmp_rej.replace(rejected)
+    return written
+
+
+def run_generator(name: str, config: DataConfig, engine_factory: Callable[[], Any],
+                  seeds: list[dict[str, Any]] | None = None,
+                  fewshots: list[dict[str, Any]] | None = None,
+                  corpus: list[str] | None = None) -> list[dict[str, Any]]:
+    """Runs one generator with the engine ``engine_factory`` builds (after the config
+    checked out, so a typo fails before a model loads)."""
+    settings = block(config, name)
+    engine = engine_factory()
+    try:
+        if name == "evol":
+            from data_engine.synth.evol import evolve
+
+            return evolve(seeds or [], engine, settings, config.clean, config.seed)
+        if name == "self_instruct":
+            from data_engine.synth.self_instruct import self_instruct
+
+            return self_instruct(seeds or [], engine, settings, config.clean, config.seed)
+        if name == "craft":
+            from data_engine.synth.craft import craft
+
+            return craft(fewshots or [], corpus or [], engine, settings, config.clean,
+                         config.seed)
+    finally:
+        engine.close()
+    raise ConfigError([f"generator: {name!r} is not one of {', '.join(GENERATORS)}"])

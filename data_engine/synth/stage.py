@@ -1,0 +1,169 @@
+"""The synth and judge stages of `tunesmith data run`.
+
+Model work runs in one Ray actor holding the engine (`ModelWorker`): on a cluster it lands
+where the resources are (a GPU for the transformers engine when the cluster has one), and
+the driver never loads a model. The vllm engine's own Ray Data processor starts its GPU
+actors from there; the openai engine's requests go out from there.
+
+synth: the kept rows after cleaning are the seeds; every generator's rows (kept and
+eliminated) are stored in the row schema, numbered after the clean stage's rows, with
+`origin`, `parent_id` and `generator`. They pass the clean filters (a filter's reason,
+stage `clean`) and then the judge and dedup like any input row.
+
+judge: kept rows (seed rows only with `apply_to: all`) get `judge_score`, `judge_mass`,
+`judge_method` and `judge_error`; with a threshold, rows below it are dropped as
+`low_judge_score` before dedup, so a low-scored row never wins a duplicate cluster.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from data_engine.config import CleanConfig, DataConfig, EngineConfig
+from data_engine.filters import REASONS as CLEAN_REASONS
+from data_engine.schema import IDX, WORK_SCHEMA
+from data_engine.stages import write_table
+
+PROVENANCE = (pa.field("origin", pa.string()), pa.field("parent_id", pa.string()),
+              pa.field("generator", pa.string()))
+JUDGE_COLUMNS = (pa.field("judge_score", pa.float64()), pa.field("judge_mass", pa.float64()),
+                 pa.field("judge_method", pa.string()), pa.field("judge_error", pa.string()))
+
+
+class ModelWorker:
+    """A Ray actor holding one engine for the synth and judge stages."""
+
+    def __init__(self, config: EngineConfig):
+        from data_engine.engines import build_engine
+
+        self.engine = build_engine(config)
+
+    def describe(self) -> str:
+        return f"{self.engine.kind}:{self.engine.model}"
+
+    def generate(self, name: str, block: Any, clean: CleanConfig, seed: int,
+                 seeds: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        if name == "evol":
+            from data_engine.synth.evol import evolve
+
+            return evolve(seeds, self.engine, block, clean, seed)
+        if name == "self_instruct":
+            from data_engine.synth.self_instruct import self_instruct
+
+            return self_instruct(seeds, self.engine, block, clean, seed)
+        from data_engine.synth.craft import craft, load_fewshots
+
+        return craft(load_fewshots(block.fewshots), block.corpus, self.engine, block, clean,
+                     seed)
+
+    def judge(self, table: pa.Table, config: Any) -> pa.Table:
+        from data_engine.synth.judge import Judge, judge_table
+
+        return judge_table(table, Judge(self.engine, config))
+
+
+def start_worker(config: EngineConfig) -> Any:
+    """The actor, asking for a GPU when the transformers engine may use one and the cluster
+    has one (vLLM's processor requests its own)."""
+    import ray
+
+    options: dict[str, Any] = {"num_cpus": 1}
+    if (config.kind == "transformers" and config.device != "cpu"
+            and ray.cluster_resources().get("GPU", 0) >= 1):
+        options["num_gpus"] = 1
+    return ray.remote(ModelWorker).options(**options).remote(config)
+
+
+def seed_rows(table: pa.Table) -> list[dict[str, Any]]:
+    """Kept rows as generator seeds: id, messages (null fields dropped), source, tags."""
+    kept = table.filter(pc.is_null(table.column("_reason")))
+    return [{"id": r["id"], "source": r["source"], "tags": r["tags"] or [],
+             "messages": [{k: v for k, v in m.items() if v is not None} for m in r["messages"]]}
+            for r in kept.select(["id", "messages", "source", "tags"]).to_pylist()]
+
+
+def synth_table(rows: list[dict[str, Any]], name: str, first_idx: int, clean: CleanConfig
+                ) -> pa.Table:
+    """Generator rows as stored rows: the work schema, `_idx` from ``first_idx``, the clean
+    filters' verdict and token counts, then the provenance columns."""
+    from data_engine.pipeline.clean import clean_batch
+    from data_engine.readers.formats import to_messages
+
+    reasons = [r.get("_reason") for r in rows]
+    table = pa.table({
+        "id": [r["id"] for r in rows],
+        "messages": [to_messages({"messages": r["messages"]}, "messages") for r in rows],
+        "source": [r["source"] for r in rows],
+        "tags": [r.get("tags") or [] for r in rows],
+        "group": pa.nulls(len(rows), pa.string()),
+        "_file": [f"synth:{name}"] * len(rows),
+        "_line": list(range(1, len(rows) + 1)),
+        "_raw": [json.dumps(_shown(r), ensure_ascii=False) for r in rows],
+        "_reason": reasons,
+        "_stage": [None if r is None else "clean" if r in CLEAN_REASONS else "synth"
+                   for r in reasons],
+    }, schema=WORK_SCHEMA)
+    table = clean_batch(table, clean)
+    table = table.append_column(IDX, pa.array(np.arange(first_idx, first_idx + len(rows)),
+                                              pa.int64()))
+    for f in PROVENANCE:
+        table = table.append_column(f, pa.array([r.get(f.name) for r in rows], f.type))
+    return table
+
+
+def _shown(row: dict[str, Any]) -> dict[str, Any]:
+    """What rejected.jsonl shows of an eliminated row: the row and why, in a word."""
+    out = {k: v for k, v in row.items() if not k.startswith("_")}
+    if row.get("_detail"):
+        out["detail"] = row["_detail"]
+    return out
+
+
+def run_synth(worker: Any, config: DataConfig, seeds: list[dict[str, Any]], first_idx: int,
+              folder: Path, log: Any) -> dict[str, Any]:
+    """Runs each enabled generator through ``worker``; stores their rows as one part each."""
+    import ray
+
+    facts: dict[str, Any] = {"seeds": len(seeds), "generators": {}}
+    made = 0
+    for number, name in enumerate(config.synth.enabled()):
+        block = getattr(config.synth, name)
+        rows = ray.get(worker.generate.remote(name, block, config.clean, config.seed, seeds))
+        table = synth_table(rows, name, first_idx + made, config.clean)
+        made += table.num_rows
+        reasons = Counter(r for r in table.column("_reason").to_pylist() if r)
+        facts["generators"][name] = {"made": table.num_rows,
+                                     "kept": table.num_rows - sum(reasons.values()),
+                                     "eliminated": dict(reasons.most_common())}
+        if table.num_rows:
+            write_table(folder, f"rows-{number:05d}", table)
+        log(f"synth: {name} made {table.num_rows} rows, "
+            f"{facts['generators'][name]['kept']} kept")
+    facts["rows"] = made
+    return facts
+
+
+def run_judge(worker: Any, rows: pa.Table, config: Any, folder: Path) -> dict[str, Any]:
+    """Judges ``rows`` (`_idx`, `messages`, `origin` of the kept rows); stores the scores
+    of every judged row in `scores.parquet`, with `_reason` set for low scores."""
+    import ray
+
+    table = rows.append_column("_reason", pa.nulls(rows.num_rows, pa.string()))
+    table = table.append_column("_stage", pa.nulls(rows.num_rows, pa.string()))
+    judged = ray.get(worker.judge.remote(table, config))
+    judged = judged.filter(pc.is_valid(judged.column("judge_method")))
+    write_table(folder, "scores", judged.select(
+        [IDX.name] + [f.name for f in JUDGE_COLUMNS] + ["_reason"]))
+    scores = [s for s in judged.column("judge_score").to_pylist() if s is not None]
+    return {"judged": judged.num_rows, "scored": len(scores),
+            "mean_score": round(float(np.mean(scores)), 4) if scores else None,
+            "methods": dict(Counter(judged.column("judge_method").to_pylist())),
+            "flagged": int(pc.sum(pc.is_valid(judged.column("judge_error"))).as_py() or 0),
+            "dropped": int(pc.sum(pc.is_valid(judged.column("_reason"))).as_py() or 0)}

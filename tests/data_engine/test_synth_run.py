@@ -1,0 +1,92 @@
+"""`data run` with `synth:` and `judge:` blocks on a real local Ray and the real embedded
+model: synthesized rows carry their provenance through the same filters and dedup, the
+judge's columns reach the outputs, low scores are dropped with their reason, and changing
+the judge re-runs the judge and what follows but not the synthesis."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from data_engine.config import load_config
+from data_engine.run import run
+from data_engine.writers.outputs import REASONS
+
+SAMPLE = Path(__file__).resolve().parents[2] / "data_engine" / "sample" / "data"
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def write_config(path: Path, judge: str) -> Path:
+    rows = path.parent / "rows.jsonl"
+    if not rows.exists():  # a dozen clean seed rows keep the model work to a minute
+        lines = (SAMPLE / "instructions_en.jsonl").read_text(encoding="utf-8").splitlines()
+        rows.write_text("\n".join(lines[:12]) + "\n", encoding="utf-8")
+    path.write_text(f"""
+inputs:
+  - path: {rows}
+engine: {{kind: transformers, model: default, device: cpu}}
+synth:
+  evol:
+    rounds: 1
+    max_seeds: 4
+    rewrite: {{max_tokens: 64, temperature: 0.0}}
+    answer: {{max_tokens: 64, temperature: 0.0}}
+judge: {judge}
+""", encoding="utf-8")
+    return path
+
+
+@pytest.mark.slow
+def test_synth_and_judge_inside_data_run(ray_local, smollm2_dir, tmp_path):
+    out = tmp_path / "out"
+    # Every row is judged; a threshold above any score and no mass floor drops them all
+    # unless they are unscored.
+    config = load_config(write_config(tmp_path / "a.yaml",
+                                      "{apply_to: all, threshold: 5.0, min_mass: 0.0}"))
+    manifest = run(config, out, progress=False).manifest
+    counts = manifest["counts"]
+    assert counts["input"] == counts["kept"] - counts["repeats"] + sum(counts["rejected"].values())
+    assert set(counts["rejected"]) == set(REASONS)
+
+    synth = manifest["synth"]["generators"]["evol"]
+    assert synth["made"] == 4 and synth["made"] == synth["kept"] + sum(
+        synth["eliminated"].values())
+    rejected = read_jsonl(out / "rejected.jsonl")
+    evol_rows = [r for r in rejected if (r.get("row") or {}).get("origin") == "evol"]
+    kept_rows = [r for s in ("train", "validation", "test") for r in read_jsonl(out / f"{s}.jsonl")]
+    made = evol_rows + [r for r in kept_rows if r.get("origin") == "evol"]
+    assert len(made) == 4  # every evolution is somewhere: kept, eliminated or dropped later
+    for record in evol_rows:
+        assert record["row"]["parent_id"] and record["row"]["generator"].startswith(
+            "transformers:")
+        assert record["stage"] in ("synth", "clean", "judge", "dedup")
+
+    judge = manifest["judge"]
+    assert judge["methods"] == {"logprobs": judge["judged"]}
+    assert judge["judged"] == judge["scored"] > 0
+    # Threshold 5 on a 1..5 expected score: every scored row is below it.
+    assert judge["dropped"] == judge["scored"]
+    low = [r for r in rejected if r["reason"] == "low_judge_score"]
+    assert len(low) == judge["dropped"] and all(r["stage"] == "judge" for r in low)
+    assert counts["kept"] == 0
+
+    # A judge that drops nothing: rows keep their scores; the synthesis is reused.
+    config = load_config(write_config(tmp_path / "b.yaml", "{apply_to: all}"))
+    manifest = run(config, out, progress=False).manifest
+    reused = {s["name"]: s["reused"] for s in manifest["stages"]}
+    assert reused["synth"] and reused["clean"] and not reused["judge"]
+    kept_rows = [r for s in ("train", "validation", "test") for r in read_jsonl(out / f"{s}.jsonl")]
+    assert kept_rows and all(1.0 <= r["judge_score"] <= 5.0 and 0.0 < r["judge_mass"] <= 1.0
+                             for r in kept_rows)
+    assert manifest["counts"]["rejected"]["low_judge_score"] == 0
+    from datasets import load_from_disk
+
+    hf = load_from_disk(str(out / "hf"))
+    assert {"origin", "parent_id", "generator", "judge_score", "judge_mass"} <= set(
+        hf["train"].column_names)
+    assert set(hf["train"]["origin"]) <= {"seed", "evol"}
