@@ -386,6 +386,10 @@ def load_config(path: str | Path | None, extra_inputs: list[str] = (),
         base = path.resolve().parent
     if overrides:
         data = {**data, **overrides}
+    judge = data.get("judge") if isinstance(data, dict) else None
+    if isinstance(judge, dict) and judge.get("rubric") not in (None, "builtin"):
+        # A rubric file, like inputs, is relative to the config file (checked on load).
+        data = {**data, "judge": {**judge, "rubric": str(base / str(judge["rubric"]))}}
     config = from_dict(DataConfig, data, origin)
     for item in config.inputs + config.dedup.reference.inputs:
         item.path = str((base / item.path).resolve())

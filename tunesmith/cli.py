@@ -160,9 +160,14 @@ def _synth(name: str, config_path: Optional[Path], engine: Optional[str], model:
 
 
 def _read(path: Path, what: str) -> list:
+    from data_engine.errors import DataEngineError
     from data_engine.synth.runner import read_rows
 
-    rows, skipped = read_rows(path)
+    try:
+        rows, skipped = read_rows(path)
+    except DataEngineError as exc:
+        typer.secho(f"error: {what}: {exc}", err=True, fg="red")
+        raise typer.Exit(exc.exit_code) from None
     if skipped:
         typer.secho(f"warning: {what} {path}: skipped unreadable rows: {dict(skipped)}",
                     err=True, fg="yellow")

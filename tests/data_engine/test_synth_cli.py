@@ -1,0 +1,99 @@
+"""`tunesmith synth ...` and `tunesmith judge` from a subprocess, on the real embedded model:
+kept and eliminated rows land in their files with provenance and reasons; bad input and
+bad config fail with a message and exit code 2, before any model loads."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+CLI = str(Path(sys.executable).with_name("tunesmith"))
+SAMPLE = Path(__file__).resolve().parents[2] / "data_engine" / "sample" / "data"
+
+
+def tunesmith(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    return subprocess.run([CLI, *args], capture_output=True, text=True, cwd=cwd, env=env,
+                          timeout=600)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+@pytest.mark.slow
+def test_synth_evol_writes_kept_and_eliminated_rows(smollm2_dir, tmp_path):
+    seeds = tmp_path / "seeds.jsonl"
+    lines = (SAMPLE / "instructions_en.jsonl").read_text(encoding="utf-8").splitlines()[:2]
+    seeds.write_text("\n".join(lines) + "\n{not json\n", encoding="utf-8")
+    config = tmp_path / "run.yaml"
+    config.write_text("synth:\n  evol: {rounds: 1, rewrite: {max_tokens: 48, temperature: 0.0},"
+                      " answer: {max_tokens: 48, temperature: 0.0}}\n", encoding="utf-8")
+    done = tunesmith("synth", "evol", "--input", str(seeds), "--out", "out/evol.jsonl",
+                     "--config", str(config), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "skipped unreadable rows: {'malformed_json': 1}" in done.stderr
+    kept = read_jsonl(tmp_path / "out" / "evol.jsonl")
+    eliminated = read_jsonl(tmp_path / "out" / "evol.rejected.jsonl")
+    assert len(kept) + len(eliminated) == 2  # one evolution per readable seed, 1 round
+    from data_engine.synth.runner import read_rows
+
+    parents = {row["id"] for row in read_rows(seeds)[0]}  # ids the readers derive
+    assert len(parents) == 2
+    for row in kept + eliminated:
+        assert row["origin"] == "evol" and row["parent_id"] in parents
+        assert row["generator"].startswith("transformers:")
+    assert all(r["reason"] and "detail" in r for r in eliminated)
+    assert f"{len(kept)} kept" in done.stdout
+
+
+@pytest.mark.slow
+def test_judge_scores_rows_and_applies_the_threshold(smollm2_dir, tmp_path):
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("\n".join(json.dumps(r) for r in [
+        {"id": "a", "origin": "evol", "messages": [
+            {"role": "user", "content": "What is 2+2?"},
+            {"role": "assistant", "content": "2+2 equals 4."}]},
+        {"id": "b", "messages": [
+            {"role": "user", "content": "Name a fruit."},
+            {"role": "assistant", "content": "Apple."}]},
+    ]) + "\n", encoding="utf-8")
+    config = tmp_path / "run.yaml"
+    config.write_text("judge: {min_mass: 0.0}\n", encoding="utf-8")
+    done = tunesmith("judge", "--input", str(rows), "--out", "judged.jsonl", "--all",
+                     "--threshold", "5", "--config", str(config), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    dropped = read_jsonl(tmp_path / "judged.rejected.jsonl")
+    # A 1..5 expected score is below 5 unless every bit of probability sits on "5".
+    assert {r["id"] for r in dropped} == {"a", "b"}
+    for row in dropped:
+        assert row["reason"] == "low_judge_score" and row["judge_method"] == "logprobs"
+        assert 1.0 <= row["judge_score"] < 5.0 and 0.0 < row["judge_mass"] <= 1.0
+    assert dropped[0]["origin"] == "evol"  # provenance read back from the input row
+
+    # Without --all only synthesized rows are judged; the seed row keeps null scores.
+    done = tunesmith("judge", "--input", str(rows), "--out", "judged.jsonl", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    kept = {r["id"]: r for r in read_jsonl(tmp_path / "judged.jsonl")}
+    assert kept["b"]["judge_score"] is None and kept["a"]["judge_score"] is not None
+
+
+def test_bad_config_fails_before_a_model_loads(tmp_path):
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"},
+                                             {"role": "assistant", "content": "hello"}]}) + "\n")
+    config = tmp_path / "run.yaml"
+    config.write_text("judge: {scale: 7}\nengine: {kind: openai}\n", encoding="utf-8")
+    done = tunesmith("judge", "--input", str(rows), "--out", "j.jsonl", "--config", str(config),
+                     cwd=tmp_path)
+    assert done.returncode == 2
+    assert "judge.scale" in done.stderr and "engine.base_url" in done.stderr
+    assert not (tmp_path / "j.jsonl").exists()
+    done = tunesmith("synth", "evol", "--input", str(tmp_path / "missing.jsonl"), "--out",
+                     "e.jsonl", cwd=tmp_path)
+    assert done.returncode == 2 and "missing.jsonl" in done.stderr
