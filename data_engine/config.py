@@ -9,9 +9,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 
-from data_engine.config_loader import from_dict
+from data_engine.config_loader import from_dict, read_yaml
 from data_engine.errors import ConfigError
 
 FORMATS = ("auto", "messages", "sharegpt", "alpaca", "prompt_completion", "columns")
@@ -370,20 +369,7 @@ def load_config(path: str | Path | None, extra_inputs: list[str] = (),
     Input paths in the file are relative to the file's folder; CLI inputs are relative to
     the working directory. A CLI input naming a path the file lists reuses the file's entry.
     """
-    data: dict[str, Any] = {}
-    base = Path.cwd()
-    origin = "config"
-    if path is not None:
-        path = Path(path)
-        origin = str(path)
-        try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError([f"{path}: no such file"], origin) from None
-        except yaml.YAMLError as exc:
-            raise ConfigError([f"{path}: not valid YAML: {exc}"], origin) from None
-        data = loaded or {}
-        base = path.resolve().parent
+    data, base, origin = read_yaml(path)
     if overrides:
         data = {**data, **overrides}
     judge = data.get("judge") if isinstance(data, dict) else None

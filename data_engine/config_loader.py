@@ -9,11 +9,32 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from pathlib import Path
 from typing import Any, TypeVar
+
+import yaml
 
 from data_engine.errors import ConfigError
 
 T = TypeVar("T")
+
+
+def read_yaml(path: str | Path | None, origin: str = "config"
+              ) -> tuple[dict[str, Any], Path, str]:
+    """(the mapping in the YAML file, the folder relative paths in it start from, its name
+    for messages); no file: an empty mapping relative to the working directory."""
+    if path is None:
+        return {}, Path.cwd(), origin
+    path = Path(path)
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError([f"{path}: no such file"], str(path)) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"{path}: not valid YAML: {exc}"], str(path)) from None
+    if loaded is not None and not isinstance(loaded, dict):
+        raise ConfigError([f"{path}: expected a mapping at the top level"], str(path))
+    return loaded or {}, path.resolve().parent, str(path)
 
 
 def from_dict(cls: type[T], data: Any, origin: str = "config") -> T:

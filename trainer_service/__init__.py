@@ -1,4 +1,4 @@
-"""The training service: a gRPC API that runs QLoRA SFT jobs, merges and verifies the result.
-
-Not built yet; see DESIGN (trainer_service) for the contract it will implement.
+"""The training service. `recipe/` is the QLoRA SFT recipe (`tunesmith train run`): spec,
+chat format and preflight, training, merge and verification. The gRPC service that runs it
+as durable jobs is not built yet.
 """

@@ -24,6 +24,9 @@ app.add_typer(models_app, name="models")
 synth_app = typer.Typer(help="Synthesize rows with a model: Evol-Instruct, CRAFT, Self-Instruct.",
                         no_args_is_help=True)
 app.add_typer(synth_app, name="synth")
+train_app = typer.Typer(help="The QLoRA SFT recipe: preflight, training, merge, verification.",
+                        no_args_is_help=True)
+app.add_typer(train_app, name="train")
 console = Console(stderr=True)
 
 
@@ -247,3 +250,39 @@ def judge(
                f"{written.reasons.get('low_judge_score', 0)} below the threshold")
     typer.echo(f"kept:     {written.out}")
     typer.echo(f"rejected: {written.rejected}")
+
+
+@train_app.command("run")
+def train_run(
+    spec: Annotated[Optional[Path], typer.Argument(
+        help="YAML spec; a minimal one names base_model and dataset.")] = None,
+    out: Annotated[Path, typer.Option("--out", help="Run folder (created; a rerun resumes).")
+                   ] = Path("runs/train"),
+    dataset: Annotated[Optional[Path], typer.Option(
+        "--dataset", help="A data engine output folder (overrides the spec).")] = None,
+    base_model: Annotated[Optional[str], typer.Option(
+        "--base-model", help="Local folder or hub id (overrides the spec).")] = None,
+) -> None:
+    """Preflight, QLoRA SFT, merge into the 16-bit base, parity and sanity checks."""
+    from data_engine.errors import ConfigError
+    from trainer_service.recipe.run import RecipeError, run_recipe
+    from trainer_service.recipe.spec import load_spec
+
+    try:
+        loaded = load_spec(spec, {"dataset": str(dataset.resolve()) if dataset else None,
+                                  "base_model": base_model})
+    except ConfigError as exc:
+        typer.secho(f"error: {exc}", err=True, fg="red")
+        raise typer.Exit(exc.exit_code) from None
+    for warning in loaded.warnings(None):
+        typer.secho(f"warning: {warning}", err=True, fg="yellow")
+    try:
+        state = run_recipe(loaded, out, log=lambda line: console.print(line, highlight=False))
+    except RecipeError as exc:
+        typer.secho(f"error: {exc}", err=True, fg="red")
+        typer.echo(f"run.json: {out / 'run.json'}")
+        raise typer.Exit(exc.exit_code) from None
+    typer.echo(f"{state['status']}: step {state.get('global_step', 0)}, best eval loss "
+               f"{state.get('best_eval_loss')}")
+    for name, path in state["artifacts"].items():
+        typer.echo(f"{name + ':':10s}{path}")

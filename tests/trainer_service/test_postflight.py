@@ -1,0 +1,186 @@
+"""Postflight on real models: a tiny random Llama with the SmolLM2 tokenizer, and SmolLM2."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+torch = pytest.importorskip("torch")
+peft = pytest.importorskip("peft")
+
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM  # noqa: E402
+
+from trainer_service.recipe.postflight import (  # noqa: E402
+    ADAPTER_FILES, VerifyError, check_parity, merge_adapter, sanity_generate, save_adapter)
+
+EOT = "<|im_end|>"
+# Short prompts SmolLM2-135M-Instruct answers in 7-14 tokens, then stops.
+PROMPTS = ["What is 2+2?", "What is the capital of France?", "Translate 'cat' to French.",
+           "Write a short greeting.", "Name a fruit."]
+ROWS = [{"messages": [{"role": "user", "content": p},
+                      {"role": "assistant", "content": f"A short reply about {p}"}]}
+        for p in PROMPTS + ["Is the sky blue?", "Say hi.", "Count to three."]]
+
+
+@pytest.fixture(scope="module")
+def tokenizer(smollm2_dir):
+    return AutoTokenizer.from_pretrained(smollm2_dir)
+
+
+@pytest.fixture(scope="module")
+def tiny_base(tmp_path_factory, tokenizer):
+    """A random 2-layer Llama (hidden 64) speaking SmolLM2's vocabulary, saved in bf16."""
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=512, tie_word_embeddings=False,
+                         initializer_range=0.3,  # logits of real-model scale (std ~2)
+                         bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),
+                         pad_token_id=tokenizer.pad_token_id)
+    model = LlamaForCausalLM(config).to(torch.bfloat16)
+    out = tmp_path_factory.mktemp("tiny") / "base"
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def _lora(base_dir, **lora_kwargs):
+    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    return peft.get_peft_model(base, peft.LoraConfig(r=4, target_modules="all-linear",
+                                                     **lora_kwargs))
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_base, tokenizer, tmp_path_factory):
+    """A non-zero LoRA on the tiny base, saved and merged."""
+    run = tmp_path_factory.mktemp("run")
+    model = _lora(tiny_base, init_lora_weights=False)
+    adapter = save_adapter(model, run)
+    merged = merge_adapter(tiny_base, adapter, run / "merged", tokenizer, EOT)
+    return run, adapter, merged
+
+
+def test_merge_writes_plain_16bit_folder_stopping_on_end_of_turn(tiny_base, tiny_run, tokenizer):
+    run, adapter, merged = tiny_run
+    assert (adapter / "adapter_config.json").is_file()
+    assert (merged / "config.json").is_file() and (merged / "model.safetensors").is_file()
+    assert not [n for n in ADAPTER_FILES if (merged / n).exists()]
+    eos = json.loads((merged / "generation_config.json").read_text())["eos_token_id"]
+    eos = eos if isinstance(eos, list) else [eos]
+    assert tokenizer.convert_tokens_to_ids(EOT) in eos
+    # the base's own eos (<|endoftext|>) is kept beside the end-of-turn token
+    assert tokenizer.convert_tokens_to_ids("<|endoftext|>") in eos
+    base = AutoModelForCausalLM.from_pretrained(tiny_base)
+    out = AutoModelForCausalLM.from_pretrained(merged)
+    assert out.dtype == torch.bfloat16
+    q = "model.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(base.state_dict()[q], out.state_dict()[q])
+
+
+def test_merge_refuses_a_quantized_base(tiny_base, tiny_run, tokenizer, tmp_path):
+    _, adapter, _ = tiny_run
+    fake = tmp_path / "q4base"
+    shutil.copytree(tiny_base, fake)
+    config = json.loads((fake / "config.json").read_text())
+    config["quantization_config"] = {"quant_method": "bitsandbytes", "load_in_4bit": True}
+    (fake / "config.json").write_text(json.dumps(config))
+    with pytest.raises(VerifyError) as err:
+        merge_adapter(fake, adapter, tmp_path / "merged", tokenizer, EOT)
+    assert err.value.code == "base_quantized" and err.value.field == "base_model"
+
+
+def test_parity_of_merged_and_base_plus_adapter(tiny_base, tiny_run, tokenizer):
+    _, adapter, merged = tiny_run
+    report = check_parity(tiny_base, adapter, merged, ROWS, tokenizer, n=8)
+    assert report.rows == 8 and report.tokens > 8 * 10
+    assert report.max_abs_diff <= report.max_abs_tol
+    assert report.mean_kl <= report.mean_kl_tol
+    # the adapter's effect dwarfs the merge's rounding
+    assert report.base_max_abs_diff > 10 * report.max_abs_diff
+    json.dumps(report.to_json())
+
+
+def test_parity_catches_a_merge_that_lost_precision(tiny_base, tiny_run, tokenizer, tmp_path):
+    _, adapter, merged = tiny_run
+    # Emulate merging into 4-bit weights: round every linear weight to int4 per 32-block.
+    model = AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 2 and "embed" not in name:
+                w = p.view(-1, 32)
+                scale = w.abs().amax(1, keepdim=True) / 7
+                p.copy_((torch.round(w / scale).clamp(-8, 7) * scale).view_as(p))
+    lossy = tmp_path / "lossy"
+    model.to(torch.bfloat16).save_pretrained(lossy)
+    with pytest.raises(VerifyError) as err:
+        check_parity(tiny_base, adapter, lossy, ROWS, tokenizer, n=4)
+    assert err.value.code == "parity"
+    assert err.value.details["max_abs_diff"] > err.value.details["max_abs_tol"]
+
+
+def test_zero_adapter_is_a_merge_noop(tiny_base, tokenizer, tmp_path):
+    model = _lora(tiny_base)  # PEFT's default init: B = 0, so BA = 0
+    adapter = save_adapter(model, tmp_path)
+    merged = merge_adapter(tiny_base, adapter, tmp_path / "merged", tokenizer, EOT)
+    with pytest.raises(VerifyError) as err:
+        check_parity(tiny_base, adapter, merged, ROWS, tokenizer, n=4)
+    assert err.value.code == "merge_noop"
+    assert err.value.details["base_max_abs_diff"] == 0.0
+
+
+def test_sanity_passes_for_smollm2(smollm2_dir, tokenizer):
+    report = sanity_generate(smollm2_dir, [r["messages"] for r in ROWS[:5]], tokenizer, EOT,
+                             max_new_tokens=32)
+    assert len(report.samples) == 5
+    assert report.stop_rate >= 0.8 and report.degenerate == 0
+    assert all(s.output.strip() and s.new_tokens < 32 for s in report.samples if s.stopped)
+    assert "Paris" in report.samples[1].output
+    # the held-out answer was cut: prompts are the user turns
+    assert report.samples[0].prompt == PROMPTS[0]
+    assert json.loads(json.dumps(report.to_json()))["stop_rate"] == report.stop_rate
+
+
+def test_trainable_token_adapter_that_unlearns_the_stop_fails_no_stop(smollm2_dir, tokenizer,
+                                                                      tmp_path):
+    eot = tokenizer.convert_tokens_to_ids(EOT)
+    base = AutoModelForCausalLM.from_pretrained(smollm2_dir, dtype=torch.float32)
+    original = base.get_input_embeddings().weight[eot].detach().clone()
+    model = peft.get_peft_model(base, peft.LoraConfig(r=4, target_modules=["q_proj"],
+                                                      trainable_token_indices=[eot]))
+    with torch.no_grad():  # the stop token's (tied) row flipped: <|im_end|> becomes unlikely
+        for name, p in model.named_parameters():
+            if "trainable_tokens_delta" in name:
+                p.copy_(-p)
+    adapter = save_adapter(model, tmp_path)
+    merged = merge_adapter(smollm2_dir, adapter, tmp_path / "merged", tokenizer, EOT)
+    # PEFT's merge writes the trained rows into the embedding (and the tied lm_head)
+    row = AutoModelForCausalLM.from_pretrained(merged).get_input_embeddings().weight[eot]
+    assert torch.allclose(row.float(), -original.to(torch.bfloat16).float())
+    with pytest.raises(VerifyError) as err:
+        sanity_generate(merged, PROMPTS, tokenizer, EOT, max_new_tokens=32)
+    assert err.value.code == "no_stop" and err.value.field == "end_of_turn"
+    assert err.value.details["stop_rate"] < 0.8
+
+
+def test_looping_model_fails_degenerate(tiny_base, tokenizer, tmp_path):
+    """A model wired to answer ` the` forever: the data engine's detector must flag it."""
+    the = tokenizer.encode(" the", add_special_tokens=False)[0]
+    model = AutoModelForCausalLM.from_pretrained(tiny_base, dtype=torch.float32)
+    with torch.no_grad():
+        for layer in model.model.layers:  # blocks add nothing: hidden = norm(embedding)
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        emb = model.get_input_embeddings().weight
+        emb.copy_(emb.abs() + 0.1)
+        model.lm_head.weight.zero_()
+        model.lm_head.weight[the] = 1.0
+    model.save_pretrained(tmp_path / "loop")
+    with pytest.raises(VerifyError) as err:
+        sanity_generate(tmp_path / "loop", PROMPTS[:3], tokenizer, EOT, max_new_tokens=24)
+    assert err.value.code == "degenerate"
+    samples = err.value.details["samples"]
+    assert all(s["degenerate"] and not s["stopped"] for s in samples)
+    assert samples[0]["output"].split()[:3] == ["the", "the", "the"]

@@ -1,0 +1,175 @@
+"""Preflight on real tokenizers and weights: each planted defect fails with its code."""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+
+import pytest
+
+from tests.trainer_service.test_chat_format import (
+    MULTI_TURN,
+    TOOL_ROW,
+    TOOLS,
+    WITH_SYSTEM,
+    qwen_tokenizer,
+    smol_tokenizer,
+)
+from trainer_service.recipe.chat_format import align_stop_tokens, encode_row, resolve_template
+from trainer_service.recipe.preflight import PreflightError, _pack_efficiency, run_preflight
+
+ROWS = [{"id": "a", "messages": MULTI_TURN}, {"id": "b", "messages": WITH_SYSTEM},
+        {"id": "c", "messages": TOOL_ROW, "tools": TOOLS}]
+
+
+@lru_cache
+def smol_model():
+    from transformers import AutoModelForCausalLM
+
+    from tunesmith.models import fetch_default
+
+    return AutoModelForCausalLM.from_pretrained(fetch_default())
+
+
+def tiny_model(vocab_size: int):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=128,
+                         num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=4,
+                         tie_word_embeddings=False, pad_token_id=None, eos_token_id=2, bos_token_id=1)
+    return LlamaForCausalLM(config)
+
+
+def gen_config(*eos_ids):
+    from transformers import GenerationConfig
+
+    return GenerationConfig(eos_token_id=list(eos_ids))
+
+
+def qwen_args(**overrides):
+    tok = qwen_tokenizer()
+    args = dict(tokenizer=tok, model_config_or_model=_qwen_config(), train_rows=ROWS,
+                validation_rows=ROWS[:1], template=resolve_template(tok), loss_on="all_assistant",
+                max_seq_len=512, generation_config=gen_config(151645, 151643))
+    args.update(overrides)
+    return args
+
+
+def _qwen_config():
+    from transformers import Qwen2Config
+
+    return Qwen2Config(vocab_size=151936, eos_token_id=151645)
+
+
+def test_smollm2_passes_and_its_stop_token_is_trained():
+    tok = smol_tokenizer()
+    report = run_preflight(tok, smol_model(), ROWS, ROWS[:1], resolve_template(tok),
+                           "all_assistant", 512)
+    assert report.trainable_token_ids == []
+    assert report.embedding_check["<|im_end|>"]["input"]["untrained"] is False
+    assert report.supervised_turns == 2 + 2 + 2
+    assert report.end_of_turn_id == tok.convert_tokens_to_ids("<|im_end|>")
+    assert "[[京都移住一年目<|im_end|>]]" in report.sample
+    assert json.loads(report.to_json())["loss_on"] == "all_assistant"
+
+
+def test_wrong_eos_fails_and_align_stop_tokens_fixes_it():
+    tok = qwen_tokenizer(eos="<|endoftext|>", fresh=True)  # Qwen2.5 base models ship this eos
+    with pytest.raises(PreflightError) as err:
+        run_preflight(**qwen_args(tokenizer=tok))
+    assert err.value.code == "eos_not_end_of_turn" and err.value.field == "tokenizer.eos_token"
+    config = gen_config(151643)
+    changes = align_stop_tokens(tok, config, resolve_template(tok))
+    assert len(changes) == 2 and 151645 in config.eos_token_id
+    assert run_preflight(**qwen_args(tokenizer=tok, generation_config=config)).eos_token == "<|im_end|>"
+
+
+def test_generation_config_without_end_of_turn_fails():
+    with pytest.raises(PreflightError) as err:
+        run_preflight(**qwen_args(generation_config=gen_config(151643)))
+    assert err.value.code == "generation_eos_missing"
+    assert "151645" in err.value.fix
+
+
+def test_missing_validation_fails_unless_allowed():
+    for empty in (None, []):
+        with pytest.raises(PreflightError) as err:
+            run_preflight(**qwen_args(validation_rows=empty))
+        assert err.value.code == "no_validation"
+    report = run_preflight(**qwen_args(validation_rows=None, allow_no_validation=True))
+    assert any("NO VALIDATION" in w for w in report.warnings)
+
+
+def test_generation_markers_around_the_header_put_prompt_in_mask(tmp_path):
+    tok = qwen_tokenizer()
+    good = resolve_template(tok).text
+    bad = good.replace("{{- '<|im_start|>assistant\\n' }}\n        {%- generation %}",
+                       "{%- generation %}\n        {{- '<|im_start|>assistant\\n' }}")
+    assert bad != good
+    path = tmp_path / "bad.jinja"
+    path.write_text(bad)
+    with pytest.raises(PreflightError) as err:
+        run_preflight(**qwen_args(template=resolve_template(tok, str(path))))
+    assert err.value.code == "prompt_in_mask" and "assistant" in err.value.message
+
+
+def test_end_of_turn_outside_the_markers_fails(tmp_path):
+    tok = qwen_tokenizer()
+    good = resolve_template(tok).text
+    bad = good.replace("{{- '<|im_end|>' }}\n        {%- endgeneration %}",
+                       "{%- endgeneration %}\n        {{- '<|im_end|>' }}")
+    assert bad != good
+    path = tmp_path / "bad.jinja"
+    path.write_text(bad)
+    with pytest.raises(PreflightError) as err:
+        run_preflight(**qwen_args(template=resolve_template(tok, str(path))))
+    assert err.value.code == "end_of_turn_not_in_mask"
+
+
+def test_untrained_stop_token_becomes_trainable_with_a_warning():
+    import torch
+
+    tok = smol_tokenizer()
+    template = resolve_template(tok)
+    eot = tok.convert_tokens_to_ids("<|im_end|>")
+    healthy = tiny_model(len(tok))
+    report = run_preflight(tok, healthy, ROWS[:2], ROWS[:1], template, "all_assistant", 512)
+    assert report.trainable_token_ids == []
+    planted = tiny_model(len(tok))
+    with torch.no_grad():  # as in Qwen2.5 base: rows left at the initialisation mean / zero
+        emb = planted.get_input_embeddings().weight
+        emb[eot] = emb[1000:40000].mean(dim=0)
+        planted.get_output_embeddings().weight[eot] = 0.0
+    report = run_preflight(tok, planted, ROWS[:2], ROWS[:1], template, "all_assistant", 512)
+    assert report.trainable_token_ids == [eot]
+    check = report.embedding_check["<|im_end|>"]
+    assert check["input"]["untrained"] and check["output"]["untrained"]
+    assert any("trainable_token_indices" in w for w in report.warnings)
+
+
+def test_stats_tokens_truncation_and_packing():
+    tok = qwen_tokenizer()
+    template = resolve_template(tok)
+    lengths = [len(encode_row(tok, template, r["messages"], "all_assistant", r.get("tools")).input_ids)
+               for r in ROWS]
+    report = run_preflight(**qwen_args(max_seq_len=4096))
+    assert report.tokens_per_row["min"] == min(lengths)
+    assert report.tokens_per_row["max"] == max(lengths)
+    assert report.tokens_per_row["median"] == sorted(lengths)[1]
+    assert report.truncated_rows == 0
+    cut = max(lengths) - 3  # the longest row loses its final reply's stop token
+    assert sorted(lengths)[1] <= cut
+    report = run_preflight(**qwen_args(max_seq_len=cut, packing=True))
+    assert report.truncated_rows == 1
+    assert report.truncation_rate == pytest.approx(1 / 3)
+    assert any("lose supervised tokens" in w for w in report.warnings)
+    assert 0 < report.packing_efficiency <= 1
+
+
+def test_packing_efficiency_first_fit_decreasing_and_padding():
+    assert _pack_efficiency([6, 5, 4, 3, 2], 10, True, 8) == pytest.approx(1.0)
+    assert _pack_efficiency([7, 7, 7], 10, True, 8) == pytest.approx(0.7)
+    # unpacked: each batch pads to its longest row
+    assert _pack_efficiency([10, 2, 4, 4], 16, False, 2) == pytest.approx(20 / 28)

@@ -1,0 +1,101 @@
+"""`tunesmith train run` end to end on the real SmolLM2-135M-Instruct, on CPU: preflight,
+a few QLoRA steps, merge into the 16-bit base, parity and the sanity generation; and the
+failures that must stop a run before its first step."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+CLI = str(Path(sys.executable).with_name("tunesmith"))
+CAPITALS = [("France", "Paris"), ("Japan", "Tokyo"), ("Italy", "Rome"), ("Spain", "Madrid"),
+            ("Germany", "Berlin"), ("Canada", "Ottawa"), ("Egypt", "Cairo"),
+            ("Kenya", "Nairobi"), ("Peru", "Lima"), ("Chile", "Santiago"), ("Norway", "Oslo"),
+            ("Sweden", "Stockholm"), ("Greece", "Athens"), ("Poland", "Warsaw"),
+            ("Austria", "Vienna"), ("Portugal", "Lisbon"), ("Ireland", "Dublin"),
+            ("Cuba", "Havana"), ("Thailand", "Bangkok"), ("Vietnam", "Hanoi"),
+            ("Finland", "Helsinki"), ("Denmark", "Copenhagen"), ("Hungary", "Budapest"),
+            ("Belgium", "Brussels")]
+
+
+def dataset(folder: Path, validation: bool = True) -> Path:
+    """A data engine output folder of short answers (which the base model stops after)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = [{"id": f"c{i}", "messages": [
+        {"role": "user", "content": f"What is the capital of {country}?"},
+        {"role": "assistant", "content": f"The capital of {country} is {city}."}]}
+        for i, (country, city) in enumerate(CAPITALS)]
+    splits = {"train": rows[:16], "validation": rows[16:20] if validation else [],
+              "test": rows[20:]}
+    for name, part in splits.items():
+        (folder / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in part))
+    return folder
+
+
+def spec(path: Path, base: Path, data: Path, extra: str = "") -> Path:
+    path.write_text(f"base_model: {base}\ndataset: {data}\n"
+                    "training: {max_steps: 3, per_device_batch: 4, grad_accum: 1, "
+                    "max_seq_len: 128, eval_every_steps: 1, learning_rate: 5.0e-4}\n" + extra)
+    return path
+
+
+def train_run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([CLI, "train", "run", *args], capture_output=True, text=True, cwd=cwd,
+                          env={**os.environ}, timeout=900)
+
+
+@pytest.mark.slow
+def test_recipe_trains_merges_and_verifies(smollm2_dir, tmp_path):
+    data = dataset(tmp_path / "data")
+    done = train_run(str(spec(tmp_path / "spec.yaml", smollm2_dir, data)), "--out", "run",
+                     cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    run = tmp_path / "run"
+    state = json.loads((run / "run.json").read_text())
+    assert state["status"] == "succeeded" and state["global_step"] == 3
+    assert state["best_eval_loss"] is not None
+    for name in ("preflight", "adapter", "merged", "verify", "metrics", "report"):
+        assert Path(state["artifacts"][name]).exists(), name
+
+    preflight = json.loads((run / "preflight.json").read_text())
+    assert preflight["end_of_turn_token"] == "<|im_end|>" == preflight["eos_token"]
+    assert preflight["end_of_turn_id"] in preflight["generation_eos_ids"]
+    assert "<|im_end|>]]" in preflight["sample"]  # the stop token is supervised
+
+    merged = run / "merged"
+    assert not list(merged.glob("adapter_*"))
+    generation = json.loads((merged / "generation_config.json").read_text())
+    eos = generation["eos_token_id"]
+    assert preflight["end_of_turn_id"] in (eos if isinstance(eos, list) else [eos])
+
+    verify = json.loads((run / "verify.json").read_text())
+    assert verify["parity"]["mean_kl"] <= verify["parity"]["mean_kl_tol"]
+    assert verify["parity"]["base_mean_kl"] > verify["parity"]["mean_kl"]  # it trained
+    assert verify["sanity"]["stop_rate"] >= 0.8 and verify["sanity"]["degenerate"] == 0
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines if x.get("eval_loss") is not None] == [1, 2, 3]
+
+
+@pytest.mark.slow
+def test_dry_run_and_missing_validation_stop_before_training(smollm2_dir, tmp_path):
+    data = dataset(tmp_path / "data")
+    done = train_run(str(spec(tmp_path / "dry.yaml", smollm2_dir, data, "dry_run: true\n")),
+                     "--out", "dry", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    state = json.loads((tmp_path / "dry" / "run.json").read_text())
+    assert state["status"] == "validated" and (tmp_path / "dry" / "preflight.json").exists()
+    assert not (tmp_path / "dry" / "adapter").exists()
+
+    bare = dataset(tmp_path / "bare", validation=False)
+    done = train_run(str(spec(tmp_path / "bare.yaml", smollm2_dir, bare)), "--out", "bare",
+                     cwd=tmp_path)
+    assert done.returncode == 4
+    state = json.loads((tmp_path / "bare" / "run.json").read_text())
+    assert state["status"] == "failed" and state["error"]["code"] == "no_validation"
+    assert state["error"]["field"] and state["error"]["fix"]
+    assert not (tmp_path / "bare" / "checkpoints").exists()

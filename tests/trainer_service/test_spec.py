@@ -1,0 +1,106 @@
+"""The training spec: minimal specs load, unknown keys fail, epoch advice, translation."""
+
+from __future__ import annotations
+
+import pytest
+
+from data_engine.errors import ConfigError
+from trainer_service.recipe.spec import TrainSpec, load_spec
+from trainer_service.recipe.train import build_recipe
+
+
+def test_minimal_spec_from_file_gets_defaults(tmp_path):
+    (tmp_path / "data").mkdir()
+    path = tmp_path / "spec.yaml"
+    path.write_text("base_model: some/model\ndataset: data\n")
+    spec = load_spec(path)
+    assert spec.base_model == "some/model"
+    assert spec.dataset == str(tmp_path / "data")  # relative to the spec file
+    assert spec.quantization == "nf4" and spec.loss_on == "all_assistant"
+    assert spec.training.epochs == 1 and spec.training.packing
+    assert spec.lora.r == 16 and spec.lora.effective_alpha == 32
+
+
+def test_overrides_replace_file_values_and_none_is_ignored(tmp_path):
+    path = tmp_path / "spec.yaml"
+    path.write_text("base_model: a\ndataset: /d1\n")
+    spec = load_spec(path, {"dataset": "/d2", "base_model": None})
+    assert spec.dataset == "/d2" and spec.base_model == "a"
+
+
+def test_unknown_and_bad_keys_are_all_reported(tmp_path):
+    path = tmp_path / "spec.yaml"
+    path.write_text("base_model: m\ndataset: d\nlora: {rank: 8}\ntraining: {epoch: 2}\n"
+                    "quantization: fp4\n")
+    with pytest.raises(ConfigError) as err:
+        load_spec(path)
+    text = "\n".join(err.value.problems)
+    assert "lora.rank: unknown key" in text
+    assert "training.epoch: unknown key" in text
+    with pytest.raises(ConfigError) as err:
+        load_spec(None, {"base_model": "m", "dataset": "d", "quantization": "fp4"})
+    assert any("quantization" in p for p in err.value.problems)
+
+
+def test_missing_base_model_and_dataset_fail():
+    with pytest.raises(ConfigError) as err:
+        load_spec(None)
+    assert {p.split(":")[0] for p in err.value.problems} >= {"base_model", "dataset"}
+
+
+def test_alpha_defaults_to_twice_r_unless_set():
+    assert load_spec(None, {"base_model": "m", "dataset": "d",
+                            "lora": {"r": 32}}).lora.effective_alpha == 64
+    assert load_spec(None, {"base_model": "m", "dataset": "d",
+                            "lora": {"r": 32, "alpha": 32}}).lora.effective_alpha == 32
+
+
+@pytest.mark.parametrize("epochs,rows,expected", [
+    (1, 638, 0), (2, 638, 1), (3, 5000, 0), (4, 5000, 1), (2, 1000, 0)])
+def test_epoch_warnings(epochs, rows, expected):
+    spec = load_spec(None, {"base_model": "m", "dataset": "d", "training": {"epochs": epochs}})
+    found = [w for w in spec.warnings(rows) if w.startswith("training.epochs")]
+    assert len(found) == expected
+
+
+def test_max_steps_silences_epoch_warning_and_rank_outside_range_warns():
+    spec = load_spec(None, {"base_model": "m", "dataset": "d", "lora": {"r": 8},
+                            "training": {"epochs": 5, "max_steps": 10}})
+    warnings = spec.warnings(100)
+    assert not any(w.startswith("training.epochs") for w in warnings)
+    assert any(w.startswith("lora.r") for w in warnings)
+
+
+@pytest.mark.parametrize("quant", ["nf4", "int8", "none"])
+def test_build_recipe_translates_spec(tmp_path, quant):
+    import torch
+
+    spec = load_spec(None, {"base_model": "m", "dataset": "d", "quantization": quant,
+                            "lora": {"r": 24, "use_rslora": True, "dropout": 0.1},
+                            "training": {"max_steps": 7, "eval_every_steps": 5,
+                                         "learning_rate": 1e-4}})
+    recipe = build_recipe(spec, tmp_path, use_cpu=True, has_validation=True,
+                          trainable_token_indices=[5, 9])
+    lora = recipe.lora
+    assert (lora.r, lora.lora_alpha, lora.use_rslora, lora.lora_dropout) == (24, 48, True, 0.1)
+    assert lora.trainable_token_indices == [5, 9]
+    q = recipe.quantization
+    if quant == "nf4":
+        assert q.load_in_4bit and q.bnb_4bit_quant_type == "nf4" and q.bnb_4bit_use_double_quant
+        assert q.bnb_4bit_compute_dtype == torch.float32  # CPU: no bf16 compute
+    elif quant == "int8":
+        assert q.load_in_8bit and not q.load_in_4bit
+    else:
+        assert q is None
+    sft = recipe.sft
+    assert sft.use_cpu and not sft.bf16
+    assert sft.max_steps == 7 and sft.learning_rate == 1e-4 and sft.eval_steps == 5
+    assert sft.packing and sft.padding_free and sft.packing_strategy == "bfd"
+    assert sft.load_best_model_at_end and sft.metric_for_best_model == "eval_loss"
+    assert sft.greater_is_better is False and sft.seed == spec.training.seed
+
+
+def test_build_recipe_without_validation_disables_eval(tmp_path):
+    spec = TrainSpec(base_model="m", dataset="d", allow_no_validation=True)
+    sft = build_recipe(spec, tmp_path, use_cpu=True, has_validation=False).sft
+    assert sft.eval_strategy == "no" and not sft.load_best_model_at_end

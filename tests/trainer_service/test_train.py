@@ -1,0 +1,153 @@
+"""QLoRA SFT on a tiny random-weight Llama with the real SmolLM2 tokenizer, on CPU, in nf4."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from trainer_service.recipe.metrics import EvalPoint, overfitting_alarm, read_metrics
+from trainer_service.recipe.spec import load_spec
+from trainer_service.recipe.train import TrainError, last_span_only, tokenize_rows, train
+
+# A minimal ChatML training template: only assistant content and its <|im_end|> carry loss.
+CHATML = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' }}"
+          "{% if m['role'] == 'assistant' %}{% generation %}{{ m['content'] + '<|im_end|>' }}"
+          "{% endgeneration %}{{ '\n' }}{% else %}{{ m['content'] + '<|im_end|>\n' }}{% endif %}"
+          "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+
+
+def _rows(n, answer, offset=0):
+    return [{"messages": [{"role": "user", "content": f"Say the colour number {i + offset}"},
+                          {"role": "assistant", "content": answer}]} for i in range(n)]
+
+
+def _write(folder, train_rows, val_rows):
+    folder.mkdir()
+    for name, rows in (("train", train_rows), ("validation", val_rows)):
+        (folder / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from tunesmith.models import fetch_default
+
+    tok = AutoTokenizer.from_pretrained(fetch_default())
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128,
+                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                      max_position_embeddings=256, bos_token_id=tok.bos_token_id,
+                      eos_token_id=tok.eos_token_id, tie_word_embeddings=True)
+    folder = tmp_path_factory.mktemp("tiny")
+    LlamaForCausalLM(cfg).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def _spec(model, dataset, **training):
+    base = {"learning_rate": 2e-2, "per_device_batch": 2, "grad_accum": 1, "max_seq_len": 64,
+            "gradient_checkpointing": False, "warmup_ratio": 0.0, "logging_steps": 2}
+    return load_spec(None, {"base_model": str(model), "dataset": str(dataset),
+                            "training": {**base, **training}})
+
+
+def test_overfitting_alarm_on_synthetic_history():
+    healthy = [EvalPoint(s, t, e) for s, t, e in [(10, 2.0, 2.1), (20, 1.6, 1.8), (30, 1.4, 1.7)]]
+    assert overfitting_alarm(healthy, patience=2, train_loss_floor=0.3) is None
+    rising = healthy + [EvalPoint(40, 1.2, 1.75), EvalPoint(50, 1.0, 1.9)]
+    assert "rose for 2 evaluations" in overfitting_alarm(rising, 2, 0.3)
+    # eval rising but train rising too: a bad LR, not overfitting
+    both_up = healthy + [EvalPoint(40, 1.5, 1.75), EvalPoint(50, 1.6, 1.9)]
+    assert overfitting_alarm(both_up, 2, 0.3) is None
+    # the failed run's shape: train loss collapsing below 0.3 while the gap widens
+    collapse = [EvalPoint(10, 0.5, 1.0), EvalPoint(20, 0.25, 1.0)]
+    assert "< 0.3" in overfitting_alarm(collapse, 3, 0.3)
+    assert overfitting_alarm([EvalPoint(10, 0.5, 0.9), EvalPoint(20, 0.25, 0.6)], 3, 0.3) is None
+
+
+def test_last_span_only_keeps_final_reply():
+    assert last_span_only([0, 1, 1, 0, 0, 1, 1, 0]) == [0, 0, 0, 0, 0, 1, 1, 0]
+    assert last_span_only([0, 0]) == [0, 0]
+
+
+def test_masks_cover_assistant_and_end_of_turn_only(tiny_model):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    tok.chat_template = CHATML
+    conv = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "one"},
+            {"role": "user", "content": "again"}, {"role": "assistant", "content": "two"}]
+    for loss_on, expected in (("all_assistant", "one<|im_end|>two<|im_end|>"),
+                              ("last_assistant", "two<|im_end|>")):
+        row = tokenize_rows(tok, [conv], loss_on)[0]
+        kept = [i for i, m in zip(row["input_ids"], row["assistant_masks"]) if m]
+        assert tok.decode(kept) == expected
+    tok.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    with pytest.raises(TrainError):
+        tokenize_rows(tok, [conv], "all_assistant")
+
+
+def test_train_loss_falls_metrics_report_and_resume(tiny_model, tmp_path):
+    data = _write(tmp_path / "ds", _rows(48, "blue blue blue"), _rows(8, "blue blue blue", 1000))
+    run = tmp_path / "run"
+    result = train(_spec(tiny_model, data, max_steps=8, eval_every_steps=4), run,
+                   chat_template=CHATML, log=lambda m: None)
+    rows = read_metrics(run / "metrics.jsonl")
+    losses = [r["loss"] for r in rows if r["loss"] is not None]
+    evals = [r["eval_loss"] for r in rows if r["eval_loss"] is not None]
+    assert [r["step"] for r in rows if r["loss"] is not None] == [2, 4, 6, 8]
+    assert len(evals) == 2 and evals[-1] < evals[0]
+    assert losses[-1] < losses[0] - 0.3, losses
+    for r in rows:
+        assert {"step", "epoch", "loss", "eval_loss", "learning_rate", "tokens_per_s",
+                "memory_mb"} <= set(r)
+    assert all(r["tokens_per_s"] > 0 for r in rows if r["loss"] is not None)
+    assert result.global_step == 8 and not result.stopped_early
+    assert (run / "adapter" / "adapter_config.json").is_file()
+    assert "data:image/png;base64," in (run / "report.html").read_text()
+    assert result.best_eval_loss == pytest.approx(min(evals))
+
+    # Interrupt after step 4: drop the last checkpoint; the rerun continues from step 4.
+    shutil.rmtree(run / "checkpoints" / "checkpoint-8")
+    resumed = train(_spec(tiny_model, data, max_steps=8, eval_every_steps=4), run,
+                    chat_template=CHATML, log=lambda m: None)
+    assert resumed.resumed_from.endswith("checkpoint-4")
+    assert resumed.global_step == 8
+    again = read_metrics(run / "metrics.jsonl")
+    assert [r["step"] for r in again if r["loss"] is not None] == [2, 4, 6, 8]
+    # same data order and schedule: steps 6 and 8 repeat the uninterrupted run
+    after = [r for r in again if r["loss"] is not None and r["step"] > 4]
+    before = [r for r in rows if r["loss"] is not None and r["step"] > 4]
+    for a, b in zip(after, before):
+        assert a["learning_rate"] == pytest.approx(b["learning_rate"])
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-3)
+
+
+def test_early_stopping_keeps_best_checkpoint(tiny_model, tmp_path):
+    # Validation answers differ from train's: learning "blue" makes them less likely.
+    data = _write(tmp_path / "ds", _rows(48, "blue blue blue"),
+                  _rows(8, "red green yellow", 1000))
+    result = train(_spec(tiny_model, data, max_steps=12, eval_every_steps=2,
+                         early_stopping_patience=2), tmp_path / "run",
+                   chat_template=CHATML, log=lambda m: None)
+    evals = [(r["step"], r["eval_loss"]) for r in read_metrics(tmp_path / "run" / "metrics.jsonl")
+             if r["eval_loss"] is not None]
+    best_step = min(evals, key=lambda p: p[1])[0]
+    assert result.stopped_early and result.global_step < 12
+    assert result.best_checkpoint.endswith(f"checkpoint-{best_step}")
+    # the model returned is the best one, not the last one
+    assert result.final_metrics["eval_loss"] == pytest.approx(result.best_eval_loss, rel=1e-3)
+    assert result.final_metrics["eval_loss"] < evals[-1][1]
+
+
+def test_missing_validation_is_refused(tiny_model, tmp_path):
+    data = tmp_path / "ds"
+    data.mkdir()
+    (data / "train.jsonl").write_text(json.dumps(_rows(1, "x")[0]) + "\n")
+    with pytest.raises(TrainError, match="validation"):
+        train(_spec(tiny_model, data, max_steps=1), tmp_path / "run", chat_template=CHATML)

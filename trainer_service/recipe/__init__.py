@@ -1,0 +1,1 @@
+"""The QLoRA SFT recipe: spec -> preflight -> training -> merge and verification."""

@@ -1,0 +1,297 @@
+"""The training chat format: which template renders rows, and which tokens carry the loss.
+
+The founding failure was a Qwen fine-tune that never learned `<|im_end|>`: the stop token
+sat outside the loss mask, so generation never stopped. Here the template is resolved so
+that every supervised assistant turn includes its end-of-turn token inside `{% generation %}`
+markers, and the mask is computed twice: once from those markers (what TRL's
+`assistant_only_loss` trains on) and once independently from the rendered text's structure,
+so that preflight can compare the two.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+TEMPLATES_DIR = Path(__file__).with_name("templates")
+CHATML_START = "<|im_start|>"
+CHATML_END = "<|im_end|>"
+LOSS_ON = ("all_assistant", "last_assistant")
+_GENERATION_TAG = re.compile(r"\{%-?\s*generation\s*-?%\}")
+# Conversations the resolver renders with both the model's template and ours: any difference
+# in an inference prompt means the fine-tune would be served a format it was not trained on.
+_PROBES: list[list[dict[str, str]]] = [
+    [{"role": "user", "content": "Hi there"}],
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a colour."}],
+    [{"role": "system", "content": "S"}, {"role": "user", "content": "one"},
+     {"role": "assistant", "content": "1"}, {"role": "user", "content": "two"}],
+    [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
+     {"role": "user", "content": "c"}, {"role": "assistant", "content": "d"}],
+]
+
+
+class ChatFormatError(Exception):
+    """The chat format cannot train the stop token; `fix` says what to change."""
+
+    def __init__(self, code: str, message: str, field: str = "chat_template", fix: str = ""):
+        self.code, self.message, self.field, self.fix = code, message, field, fix
+        super().__init__(f"{code}: {message}" + (f" Fix: {fix}" if fix else ""))
+
+
+@dataclass(frozen=True)
+class ChatTemplate:
+    """A resolved training template and the control tokens it relies on."""
+
+    text: str
+    source: str  # "model" | "chatml" | a file path
+    end_of_turn: str  # the token every assistant turn ends with, which must be the eos token
+    turn_start: str | None = None  # ChatML's <|im_start|>; None for other formats
+    assistant_header: str | None = None  # the prompt text before an assistant reply
+    supports_reasoning: bool = False
+
+
+@dataclass
+class EncodedRow:
+    """One rendered, tokenized row with its loss masks (1 = supervised)."""
+
+    text: str
+    input_ids: list[int]
+    mask: list[int]  # from the template's generation markers, loss_on applied: what trains
+    expected_mask: list[int]  # computed independently from the text's structure
+    offsets: list[tuple[int, int]]
+    spans: list[tuple[int, int]]  # supervised character spans (expected), one per turn
+    headers: list[tuple[int, int]] = field(default_factory=list)  # assistant prompt headers
+
+
+def has_generation_markers(template: str) -> bool:
+    return bool(_GENERATION_TAG.search(template))
+
+
+def _is_chatml(template: str) -> bool:
+    return CHATML_START in template and CHATML_END in template
+
+
+def _render(tokenizer, messages, template: str, add_generation_prompt=False, tools=None, **kw):
+    return tokenizer.apply_chat_template(messages, tools=tools, chat_template=template,
+                                         tokenize=False, add_generation_prompt=add_generation_prompt,
+                                         **kw)
+
+
+def _default_system(tokenizer, model_template: str) -> str | None:
+    """The system prompt the model's template inserts when a conversation has none."""
+    text = _render(tokenizer, [{"role": "user", "content": "Hi there"}], model_template)
+    head = CHATML_START + "system\n"
+    if not text.startswith(head):
+        return None
+    end = text.find(CHATML_END + "\n" + CHATML_START + "user", len(head))
+    return text[len(head):end] if end >= 0 else None
+
+
+def chatml_template(default_system: str | None = None, think_blocks: bool = False) -> str:
+    """Our ChatML training template with the model's default system prompt baked in."""
+    body = (TEMPLATES_DIR / "chatml.jinja").read_text(encoding="utf-8")
+    # A Jinja string literal is decoded with unicode-escape after backslash-replacing
+    # non-ASCII, so JSON escapes with ensure_ascii=False round-trip any text.
+    literal = "none" if default_system is None else json.dumps(default_system, ensure_ascii=False)
+    head = (f"{{%- set default_system = {literal} %}}"
+            f"{{%- set think_blocks = {'true' if think_blocks else 'false'} %}}")
+    return head + body
+
+
+def _chatml(text: str, source: str, think: bool) -> ChatTemplate:
+    return ChatTemplate(text=text, source=source, end_of_turn=CHATML_END, turn_start=CHATML_START,
+                        assistant_header=CHATML_START + "assistant\n", supports_reasoning=think)
+
+
+def _from_text(text: str, source: str, tokenizer) -> ChatTemplate:
+    if not has_generation_markers(text):
+        raise ChatFormatError(
+            "template_without_generation", f"{source} has no {{% generation %}} markers, so "
+            "assistant-only loss cannot find the replies.",
+            fix="wrap each assistant reply and its end-of-turn token in {% generation %}..."
+                "{% endgeneration %}, or use chat_template: chatml")
+    if _is_chatml(text):
+        return _chatml(text, source, "<think>" in text)
+    return ChatTemplate(text=text, source=source, end_of_turn=tokenizer.eos_token,
+                        supports_reasoning="reasoning_content" in text)
+
+
+def resolve_template(tokenizer, spec: str = "auto", check: bool = True) -> ChatTemplate:
+    """The training template for `spec`: auto | chatml | a path to a .jinja file.
+
+    auto: the model's own template when it has generation markers; for ChatML models ours,
+    checked to render the model's inference prompts byte for byte; else an error.
+    """
+    model_template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else None
+    if spec not in ("auto", "chatml"):
+        path = Path(spec)
+        if not path.is_file():
+            raise ChatFormatError("template_not_found", f"{spec} is not a file",
+                                  fix="pass auto, chatml or the path of a .jinja file")
+        return _from_text(path.read_text(encoding="utf-8"), str(path), tokenizer)
+    if spec == "auto" and model_template and has_generation_markers(model_template):
+        return _from_text(model_template, "model", tokenizer)
+    vocab = tokenizer.get_vocab()
+    chatml_model = (_is_chatml(model_template) if model_template
+                    else CHATML_START in vocab and CHATML_END in vocab)
+    if spec == "auto" and not chatml_model:
+        raise ChatFormatError(
+            "template_unsupported", "the model's chat template has no {% generation %} markers "
+            "and is not ChatML, so tunesmith cannot tell which tokens are the assistant's.",
+            fix="pass chat_template: path/to/template.jinja, a copy of the model's template with "
+                "{% generation %}...{% endgeneration %} around each assistant reply and its "
+                "end-of-turn token")
+    if CHATML_START not in vocab or CHATML_END not in vocab:
+        raise ChatFormatError("chatml_tokens_missing", "the tokenizer has no <|im_start|>/<|im_end|> "
+                              "tokens", fix="use the model's own template via a .jinja path")
+    default_system = _default_system(tokenizer, model_template) if model_template else None
+    think = bool(model_template) and "<think>" in model_template
+    template = _chatml(chatml_template(default_system, think), "chatml", think)
+    if check and model_template:
+        check_renders_like(tokenizer, template.text, model_template)
+    return template
+
+
+def check_renders_like(tokenizer, ours: str, theirs: str) -> None:
+    """Raise unless `ours` renders the probe conversations exactly like `theirs`."""
+    for messages in _PROBES:
+        for gen in (True, False):
+            if gen and messages[-1]["role"] == "assistant":
+                continue
+            try:
+                expected = _render(tokenizer, messages, theirs, add_generation_prompt=gen)
+            except Exception:  # the model's template rejects this shape: nothing to compare
+                continue
+            got = _render(tokenizer, messages, ours, add_generation_prompt=gen)
+            if got != expected:
+                at = next((i for i, (a, b) in enumerate(zip(got, expected)) if a != b),
+                          min(len(got), len(expected)))
+                raise ChatFormatError(
+                    "template_mismatch", f"the training template renders differently from the "
+                    f"model's at character {at}: {got[at:at + 40]!r} vs {expected[at:at + 40]!r}",
+                    fix="pass chat_template: path/to/template.jinja, the model's own template with "
+                        "{% generation %} markers added")
+
+
+def normalize_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Dataset messages as templates expect them: null fields dropped, tool calls parsed."""
+    out = []
+    for message in messages:
+        m = {k: v for k, v in message.items() if v is not None}
+        calls = m.get("tool_calls")
+        if isinstance(calls, str):
+            calls = json.loads(calls) if calls.strip() else None
+        if calls:
+            parsed = []
+            for call in calls:
+                call = dict(call)
+                fn = dict(call.get("function", call))
+                if isinstance(fn.get("arguments"), str):
+                    try:  # OpenAI sends arguments as a JSON string; templates expect an object
+                        fn["arguments"] = json.loads(fn["arguments"])
+                    except json.JSONDecodeError:
+                        pass
+                parsed.append({"type": "function", "function": fn})
+            m["tool_calls"] = parsed
+        else:
+            m.pop("tool_calls", None)
+        out.append(m)
+    return out
+
+
+def _structural_spans(tokenizer, template: ChatTemplate, messages, text, tools):
+    """(header, reply) character spans per assistant turn, found without generation markers."""
+    n_assistant = sum(m["role"] == "assistant" for m in messages)
+    eot = template.end_of_turn
+    pairs = []
+    if template.assistant_header:
+        header = template.assistant_header
+        start = text.find(header)
+        while start >= 0:
+            body = start + len(header)
+            end = text.find(eot, body)
+            if end < 0:
+                raise ChatFormatError("turn_without_end_of_turn", f"an assistant turn at character "
+                                      f"{body} never ends with {eot}")
+            pairs.append(((start, body), (body, end + len(eot))))
+            start = text.find(header, end)
+    else:  # any other format: an assistant reply is what its turn adds to the prompt before it
+        for i, m in enumerate(messages):
+            if m["role"] != "assistant":
+                continue
+            prompt = _render(tokenizer, messages[:i], template.text, True, tools)
+            turn = _render(tokenizer, messages[:i + 1], template.text, False, tools)
+            common = len(_render(tokenizer, messages[:i], template.text, False, tools))
+            if not (turn.startswith(prompt) and text.startswith(turn)):
+                raise ChatFormatError("template_not_prefix_stable", "rendering a conversation turn by "
+                                      "turn does not reproduce its prefix, so replies cannot be located")
+            end = turn.find(eot, len(prompt))
+            if end < 0:
+                raise ChatFormatError("turn_without_end_of_turn",
+                                      f"assistant turn {i} does not end with {eot}")
+            pairs.append(((common, len(prompt)), (len(prompt), end + len(eot))))
+    if len(pairs) != n_assistant:
+        raise ChatFormatError("assistant_turns_mismatch", f"found {len(pairs)} assistant turns in the "
+                              f"rendered text, the row has {n_assistant}")
+    return pairs
+
+
+def _char_mask(offsets, spans) -> list[int]:
+    """1 for every token overlapping a span (a token straddling the boundary counts)."""
+    mask = [0] * len(offsets)
+    for start, end in spans:
+        for i, (a, b) in enumerate(offsets):
+            if a < end and b > start:
+                mask[i] = 1
+    return mask
+
+
+def encode_row(tokenizer, template: ChatTemplate, messages: list[dict[str, Any]],
+               loss_on: str = "all_assistant", tools: list[dict] | None = None) -> EncodedRow:
+    """Render and tokenize one row; return its ids and both loss masks."""
+    if loss_on not in LOSS_ON:
+        raise ChatFormatError("loss_on_unknown", f"loss_on {loss_on!r} is not one of "
+                              f"{', '.join(LOSS_ON)}", field="loss_on")
+    messages = normalize_messages(messages)
+    text = _render(tokenizer, messages, template.text, False, tools)
+    marked = tokenizer.apply_chat_template(messages, tools=tools, chat_template=template.text,
+                                           tokenize=True, return_dict=True,
+                                           return_assistant_tokens_mask=True)
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids = list(enc["input_ids"])
+    if ids != list(marked["input_ids"]):
+        raise ChatFormatError("tokenization_mismatch", "tokenizing the rendered text differs from "
+                              "apply_chat_template's ids; offsets cannot be trusted")
+    offsets = [tuple(o) for o in enc["offset_mapping"]]
+    pairs = _structural_spans(tokenizer, template, messages, text, tools)
+    if loss_on == "last_assistant":
+        pairs = pairs[-1:]
+    spans = [reply for _, reply in pairs]
+    expected = _char_mask(offsets, spans)
+    mask = list(marked["assistant_masks"])
+    if loss_on == "last_assistant" and pairs:
+        # markers cover every assistant turn; keep those from the last turn's header on
+        first = pairs[0][0][0]
+        mask = [m if offsets[i][1] > first else 0 for i, m in enumerate(mask)]
+    return EncodedRow(text=text, input_ids=ids, mask=mask, expected_mask=expected,
+                      offsets=offsets, spans=spans, headers=[h for h, _ in pairs])
+
+
+def align_stop_tokens(tokenizer, generation_config, template: ChatTemplate) -> list[str]:
+    """Make the end-of-turn token the eos of the tokenizer and generation config (the Qwen
+    base-model fix: eos <|endoftext|> -> <|im_end|>). Returns what changed, for the report."""
+    changes = []
+    eot_id = tokenizer.convert_tokens_to_ids(template.end_of_turn)
+    if tokenizer.eos_token != template.end_of_turn:
+        changes.append(f"tokenizer.eos_token: {tokenizer.eos_token!r} -> {template.end_of_turn!r}")
+        tokenizer.eos_token = template.end_of_turn
+    if generation_config is not None:
+        ids = generation_config.eos_token_id
+        ids = [] if ids is None else ([ids] if isinstance(ids, int) else list(ids))
+        if eot_id not in ids:
+            changes.append(f"generation_config.eos_token_id: {ids} -> {ids + [eot_id]}")
+            generation_config.eos_token_id = ids + [eot_id]
+    return changes

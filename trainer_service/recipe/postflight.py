@@ -1,0 +1,349 @@
+"""Postflight: save the adapter, merge it into a 16-bit base, and prove the merge worked.
+
+The founding failures this guards against: a model that never emitted `<|im_end|>` (so it
+never stopped and looped `」」」」`), and merges that silently did nothing or lost precision.
+Each step checks its own result and raises `VerifyError` with a code a job can fail on:
+
+- `merge_adapter` loads the base in 16 bits (never merges into 4-bit weights), merges with
+  `safe_merge`, saves the *returned* model, and writes a generation config that stops on the
+  end-of-turn token. The merged folder must hold no adapter files.
+- `check_parity` compares logits of base+adapter with the merged model, and the merged model
+  with the base: a merge that changed nothing is `merge_noop`.
+- `sanity_generate` decodes held-out prompts greedily and fails on `no_stop` / `degenerate`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from data_engine.config import RepetitionConfig
+from data_engine.filters.repetition import is_degenerate
+
+ADAPTER_DIR = "adapter"
+MERGED_DIR = "merged"
+# What PEFT writes; none of these may appear in a merged folder.
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
+
+# Parity tolerances, for logits computed in float32 from weights stored in bf16. The merged
+# weight W+BA is rounded to bf16 once (relative error <= 2^-9 per weight); base+adapter keeps
+# BA unrounded, so the difference is that rounding, carried through every layer, and it grows
+# with the adapter's size. Measured on SmolLM2-135M (30 layers, bf16 base), rank-16 LoRA on
+# all linear layers, merged vs base+adapter:
+#   adapter moving the base by KL 4e-4 (8 rows):      max |d| 0.21, mean KL 8e-5
+#   adapter moving the base by KL 1e-2 (8 rows):      max |d| 0.38, mean KL 3e-4
+#   4 real training steps, lr 5e-4, KL 0.15 (4 rows): max |d| 2.07, mean KL 2.0e-3
+#   3 real steps on short answers, lr 5e-4 (4 rows):   max |d| 4.41, mean KL 6.1e-3
+#   weights rounded to 4 bits (a merge into NF4-like weights): max |d| ~21, mean KL ~0.8
+# The mean KL is the measure (max |d| is one logit of 49k x tokens, and swings); the bounds
+# leave room above bf16 rounding of a trained adapter and stay ~2.5x (max |d|) and 80x (KL)
+# under a 4-bit merge.
+PARITY_MAX_ABS = 8.0
+PARITY_MEAN_KL = 1e-2
+
+
+class VerifyError(Exception):
+    """Postflight found the trained model unfit to ship; `code` says which check failed."""
+
+    exit_code = 5
+
+    def __init__(self, code: str, message: str, field: str = "", details: dict | None = None):
+        self.code = code
+        self.message = message
+        self.field = field
+        self.details = details or {}
+        where = f"{field}: " if field else ""
+        super().__init__(f"{code}: {where}{message}")
+
+
+# ---------------------------------------------------------------------------------------------
+# save and merge
+
+
+def save_adapter(peft_model, run_dir: str | Path) -> Path:
+    """Save the trained adapter (weights + config, no base) to RUN_DIR/adapter/."""
+    out = Path(run_dir) / ADAPTER_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    peft_model.save_pretrained(str(out))
+    if not (out / "adapter_config.json").is_file():
+        raise VerifyError("adapter_not_saved", f"{out} has no adapter_config.json after saving; "
+                          "was a PEFT model passed?", field="adapter")
+    return out
+
+
+def end_of_turn_id(tokenizer, end_of_turn: str) -> int:
+    """The single token id of ``end_of_turn``; a marker the tokenizer splits cannot stop."""
+    ids = tokenizer.encode(end_of_turn, add_special_tokens=False)
+    if len(ids) != 1 or ids[0] == tokenizer.unk_token_id:
+        raise VerifyError("end_of_turn_unknown", f"{end_of_turn!r} is not one token in this "
+                          f"tokenizer (encodes to {ids})", field="end_of_turn")
+    return ids[0]
+
+
+def merge_adapter(base_model: str | Path, adapter_dir: str | Path, out_dir: str | Path,
+                  tokenizer, end_of_turn: str, dtype=None) -> Path:
+    """Merge the adapter into a 16-bit copy of the base and save it as a plain HF folder."""
+    import torch
+    from peft import PeftModel
+
+    dtype = dtype or torch.bfloat16
+    if dtype not in (torch.bfloat16, torch.float16, torch.float32):
+        raise VerifyError("merge_dtype", f"merge needs a 16- or 32-bit base, got {dtype}",
+                          field="dtype")
+    eot = end_of_turn_id(tokenizer, end_of_turn)
+    base = _load_base(base_model, dtype, tokenizer)
+    model = PeftModel.from_pretrained(base, str(adapter_dir))
+    try:
+        merged = model.merge_and_unload(safe_merge=True)
+    except ValueError as exc:  # safe_merge found NaN/inf in the merged weights
+        raise VerifyError("merge_nan", str(exc), field="adapter") from exc
+    _assert_unwrapped(merged)
+
+    gen = merged.generation_config
+    gen.eos_token_id = _with_id(gen.eos_token_id, eot)
+    if gen.pad_token_id is None:
+        gen.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eot
+    merged.config.eos_token_id = _with_id(merged.config.eos_token_id, eot)
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    merged.save_pretrained(str(out))
+    tokenizer.save_pretrained(str(out))
+    gen.save_pretrained(str(out))
+    leftovers = [name for name in ADAPTER_FILES if (out / name).exists()]
+    if leftovers:
+        raise VerifyError("merge_incomplete", f"{out} still holds adapter files {leftovers}: "
+                          "the adapter was saved instead of the merged model", field="merged")
+    return out
+
+
+def _load_base(base_model, dtype, tokenizer):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(str(base_model))
+    if getattr(config, "quantization_config", None):
+        raise VerifyError("base_quantized", f"{base_model} is a quantized checkpoint; merge needs "
+                          "the 16-bit base (merging into 4-bit weights loses the adapter)",
+                          field="base_model")
+    base = AutoModelForCausalLM.from_pretrained(str(base_model), dtype=dtype)
+    # Training may have added tokens (resizing embeddings); the adapter's shapes follow that.
+    if len(tokenizer) > base.get_input_embeddings().weight.shape[0]:
+        base.resize_token_embeddings(len(tokenizer))
+    return base
+
+
+def _assert_unwrapped(model) -> None:
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    wrapped = [name for name, module in model.named_modules()
+               if isinstance(module, BaseTunerLayer)]
+    if wrapped:
+        raise VerifyError("merge_incomplete", f"{len(wrapped)} adapter layer(s) survived the "
+                          f"merge, e.g. {wrapped[:3]}", field="merged")
+
+
+def _with_id(existing, new_id: int) -> list[int] | int:
+    ids = [] if existing is None else ([existing] if isinstance(existing, int) else list(existing))
+    if new_id not in ids:
+        ids.insert(0, new_id)
+    return ids[0] if len(ids) == 1 else ids
+
+
+# ---------------------------------------------------------------------------------------------
+# parity
+
+
+@dataclass
+class ParityReport:
+    """Logit agreement of merged vs base+adapter, and how far the merge moved the base."""
+
+    rows: int
+    tokens: int
+    max_abs_diff: float
+    mean_kl: float
+    base_max_abs_diff: float
+    base_mean_kl: float
+    max_abs_tol: float
+    mean_kl_tol: float
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def check_parity(base_model: str | Path, adapter_dir: str | Path, merged_dir: str | Path,
+                 rows_or_texts: Sequence, tokenizer, n: int = 8, dtype=None,
+                 max_abs_tol: float = PARITY_MAX_ABS,
+                 mean_kl_tol: float = PARITY_MEAN_KL) -> ParityReport:
+    """Compare next-token logits of base+adapter and merged on ``n`` validation rows.
+
+    Rows are chat rows (``{"messages": [...]}``), message lists, or plain texts. Logits are
+    computed in ``dtype`` (float32 by default, so what is measured is the merge's rounding,
+    not bf16 arithmetic noise). Raises `VerifyError` `parity` or `merge_noop`.
+    """
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    dtype = dtype or torch.float32
+    texts = [_as_text(r, tokenizer) for r in list(rows_or_texts)[:n]]
+    if not texts:
+        raise VerifyError("parity_no_rows", "no validation rows to compare on", field="rows")
+    batches = [tokenizer(t, return_tensors="pt", add_special_tokens=False) for t in texts]
+
+    base = _load_base(base_model, dtype, tokenizer).eval()
+    adapted = PeftModel.from_pretrained(base, str(adapter_dir)).eval()
+    with torch.no_grad():
+        with_adapter = [adapted(**b).logits[0].float() for b in batches]
+        with adapted.disable_adapter():
+            plain = [adapted(**b).logits[0].float() for b in batches]
+    del adapted, base
+    merged = AutoModelForCausalLM.from_pretrained(str(merged_dir), dtype=dtype).eval()
+    with torch.no_grad():
+        out = [merged(**b).logits[0].float() for b in batches]
+    del merged
+
+    max_abs, kl, tokens = _compare(with_adapter, out)
+    base_max_abs, base_kl, _ = _compare(plain, out)
+    report = ParityReport(rows=len(texts), tokens=tokens, max_abs_diff=max_abs, mean_kl=kl,
+                          base_max_abs_diff=base_max_abs, base_mean_kl=base_kl,
+                          max_abs_tol=max_abs_tol, mean_kl_tol=mean_kl_tol)
+    if not (max_abs <= max_abs_tol and kl <= mean_kl_tol):
+        raise VerifyError("parity", f"merged logits differ from base+adapter: max |d| "
+                          f"{max_abs:.4g} (tolerance {max_abs_tol}), mean KL {kl:.3g} "
+                          f"(tolerance {mean_kl_tol}); the merge lost precision",
+                          field="merged", details=report.to_json())
+    # The adapter's effect must stand out from the merge's own rounding noise; a merge that
+    # left the base unchanged (zero adapter, or a delta rounded away) is indistinguishable.
+    if base_max_abs <= max(max_abs, 1e-6):
+        raise VerifyError("merge_noop", f"the merged model equals the base (max |d| "
+                          f"{base_max_abs:.3g}, at or below merge noise {max_abs:.3g}): the "
+                          "adapter changed nothing", field="adapter", details=report.to_json())
+    return report
+
+
+def _compare(reference: list, candidate: list) -> tuple[float, float, int]:
+    """Max absolute logit difference and mean per-token KL(reference || candidate)."""
+    import torch
+
+    max_abs, kl_sum, tokens = 0.0, 0.0, 0
+    for ref, cand in zip(reference, candidate):
+        max_abs = max(max_abs, (ref - cand).abs().max().item())
+        logp, logq = torch.log_softmax(ref, -1), torch.log_softmax(cand, -1)
+        kl_sum += (logp.exp() * (logp - logq)).sum(-1).clamp_min(0).sum().item()
+        tokens += ref.shape[0]
+    return max_abs, kl_sum / max(tokens, 1), tokens
+
+
+def _as_text(row, tokenizer) -> str:
+    if isinstance(row, str):
+        return row
+    messages = row["messages"] if isinstance(row, dict) else row
+    return tokenizer.apply_chat_template(_plain(messages), tokenize=False)
+
+
+def _plain(messages) -> list[dict]:
+    return [{"role": m["role"], "content": m["content"] or ""} for m in messages]
+
+
+# ---------------------------------------------------------------------------------------------
+# sanity generation
+
+
+@dataclass
+class Sample:
+    prompt: str
+    output: str
+    new_tokens: int
+    stopped: bool
+    degenerate: bool
+
+
+@dataclass
+class SanityReport:
+    """Greedy outputs on held-out prompts, with stop and degeneration verdicts."""
+
+    samples: list[Sample] = field(default_factory=list)
+    stop_rate: float = 0.0
+    degenerate: int = 0
+    min_stop_rate: float = 0.8
+    max_new_tokens: int = 64
+    end_of_turn: str = ""
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    def dumps(self) -> str:
+        return json.dumps(self.to_json(), ensure_ascii=False, indent=1)
+
+
+def sanity_generate(model_dir: str | Path, prompts: Sequence, tokenizer, end_of_turn: str,
+                    max_new_tokens: int = 64, min_stop_rate: float = 0.8,
+                    repetition: RepetitionConfig | None = None, limit: int = 10,
+                    dtype=None) -> SanityReport:
+    """Greedy-decode up to ``limit`` held-out conversations; fail on loops or no stop.
+
+    A conversation ending with an assistant turn (a held-out row) is cut before that turn.
+    A sample stops when it emits ``end_of_turn`` within ``max_new_tokens``; any other stop
+    token does not count (it is what the founding failure's server never saw). Raises
+    `VerifyError` `degenerate` when any output loops (the data engine's detector; checked
+    first, being the more specific diagnosis) and `no_stop` below ``min_stop_rate``.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    repetition = repetition or RepetitionConfig()
+    eot = end_of_turn_id(tokenizer, end_of_turn)
+    convs = [_prompt_turns(p) for p in list(prompts)[:limit]]
+    if not convs:
+        raise VerifyError("sanity_no_prompts", "no held-out prompts to generate on",
+                          field="prompts")
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir),
+                                                 dtype=dtype or torch.float32).eval()
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eot
+    report = SanityReport(min_stop_rate=min_stop_rate, max_new_tokens=max_new_tokens,
+                          end_of_turn=end_of_turn)
+    texts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True)
+             for c in convs]
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"  # one batch; left padding keeps every prompt's end aligned
+    try:
+        batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    finally:
+        tokenizer.padding_side = side
+    with torch.no_grad():
+        out = model.generate(**batch, do_sample=False, max_new_tokens=max_new_tokens,
+                             eos_token_id=[eot], pad_token_id=pad)
+    for conv, row in zip(convs, out[:, batch["input_ids"].shape[1]:].tolist()):
+        stopped = eot in row
+        new = row[:row.index(eot)] if stopped else row
+        reply = tokenizer.decode(new, skip_special_tokens=True)
+        report.samples.append(Sample(prompt=conv[-1]["content"], output=reply,
+                                     new_tokens=len(new), stopped=stopped,
+                                     degenerate=is_degenerate(reply, repetition)))
+    report.stop_rate = sum(s.stopped for s in report.samples) / len(report.samples)
+    report.degenerate = sum(s.degenerate for s in report.samples)
+    if report.degenerate:
+        first = next(s for s in report.samples if s.degenerate)
+        raise VerifyError("degenerate", f"{report.degenerate}/{len(report.samples)} output(s) "
+                          f"loop, e.g. {first.output[:80]!r} (stop rate {report.stop_rate:.0%})",
+                          field="merged", details=report.to_json())
+    if report.stop_rate + 1e-9 < min_stop_rate:
+        raise VerifyError("no_stop", f"only {report.stop_rate:.0%} of outputs end with "
+                          f"{end_of_turn} within {max_new_tokens} tokens (need "
+                          f"{min_stop_rate:.0%}): the end-of-turn token was not learned",
+                          field="end_of_turn", details=report.to_json())
+    return report
+
+
+def _prompt_turns(prompt) -> list[dict]:
+    if isinstance(prompt, str):
+        return [{"role": "user", "content": prompt}]
+    messages = _plain(prompt["messages"] if isinstance(prompt, dict) else prompt)
+    while messages and messages[-1]["role"] == "assistant":
+        messages.pop()
+    if not messages:
+        raise VerifyError("sanity_no_prompts", "a held-out conversation has no prompt turns",
+                          field="prompts")
+    return messages

@@ -1,0 +1,176 @@
+"""`tunesmith train run`: preflight -> QLoRA SFT -> merge -> parity -> sanity generation.
+
+Every step writes what it found into the run folder before the next one starts, so a
+failed run shows where and why: `preflight.json`, `metrics.jsonl` + `report.html`,
+`adapter/`, `merged/`, `verify.json`, and `run.json` (status, error with code, message and
+field, best checkpoint, metrics, warnings, every artifact path).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+from trainer_service.recipe.chat_format import ChatFormatError, resolve_template
+from trainer_service.recipe.postflight import (VerifyError, check_parity, merge_adapter,
+                                               sanity_generate)
+from trainer_service.recipe.preflight import PreflightError, run_preflight
+from trainer_service.recipe.spec import TrainSpec
+from trainer_service.recipe.train import TrainError, read_split, train
+
+# Bases up to this size are loaded on CPU for the stop-token embedding check; larger ones
+# are checked on the training device by the run itself (the report says it was skipped).
+EMBEDDING_CHECK_MAX_BYTES = 4 << 30
+SANITY_PROMPTS = 10
+# The sanity budget: 1.5x the 95th percentile of the training replies' lengths (a model that
+# learned to stop ends within its data's lengths), at least 64 and at most 1,024 tokens.
+BUDGET_FACTOR, BUDGET_MIN, BUDGET_MAX = 1.5, 64, 1024
+
+
+class RecipeError(Exception):
+    """A run failed; `code`, `message`, `field` as recorded in run.json."""
+
+    exit_code = 4
+
+    def __init__(self, code: str, message: str, field: str, fix: str = ""):
+        self.code, self.message, self.field, self.fix = code, message, field, fix
+        super().__init__(f"{code}: {field}: {message}" + (f" Fix: {fix}" if fix else ""))
+
+
+def _write(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, ensure_ascii=False, indent=2, default=str),
+                    encoding="utf-8")
+
+
+def _weights_bytes(model: str) -> int | None:
+    folder = Path(model)
+    if not folder.is_dir():
+        return None  # a hub id: size unknown until downloaded
+    return sum(p.stat().st_size for p in folder.glob("*.safetensors")) or None
+
+
+def _preflight_model(spec: TrainSpec) -> Any:
+    """The base model for the embedding check when it is small enough, else its config."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    size = _weights_bytes(spec.base_model)
+    if size is not None and size <= EMBEDDING_CHECK_MAX_BYTES:
+        return AutoModelForCausalLM.from_pretrained(spec.base_model)
+    return AutoConfig.from_pretrained(spec.base_model)
+
+
+def _prompts(dataset: Path) -> list[list[dict[str, Any]]]:
+    """Held-out conversations up to their last user turn: test rows, else validation."""
+    rows = read_split(dataset, "test") or read_split(dataset, "validation")
+    prompts = []
+    for row in rows:
+        messages = row["messages"] if isinstance(row, dict) else row
+        last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=None)
+        if last:
+            prompts.append([{"role": m["role"], "content": m.get("content") or ""}
+                            for m in messages[:last]])
+        if len(prompts) == SANITY_PROMPTS:
+            break
+    return prompts
+
+
+def sanity_budget(tokenizer: Any, rows: list[list[dict[str, Any]]]) -> int:
+    """Token budget for the sanity generation, from the training replies' lengths."""
+    lengths = sorted(len(tokenizer.encode(m.get("content") or "", add_special_tokens=False))
+                     for messages in rows for m in messages if m["role"] == "assistant")
+    if not lengths:
+        return BUDGET_MIN
+    p95 = lengths[min(len(lengths) - 1, int(0.95 * len(lengths)))]
+    return max(BUDGET_MIN, min(BUDGET_MAX, int(BUDGET_FACTOR * p95) + 1))
+
+
+def run_recipe(spec: TrainSpec, run_dir: Path, log: Callable[[str], None] = print
+               ) -> dict[str, Any]:
+    """Runs the whole recipe into ``run_dir``; returns run.json's content. Raises RecipeError
+    (after writing run.json) when a check fails."""
+    run_dir = Path(run_dir).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    state: dict[str, Any] = {"status": "running", "spec": _spec_dict(spec),
+                             "artifacts": {}, "warnings": []}
+    try:
+        return _run(spec, run_dir, state, log)
+    except (PreflightError, ChatFormatError) as exc:
+        error = RecipeError(exc.code, getattr(exc, "message", str(exc)),
+                            getattr(exc, "field", "chat_template"), getattr(exc, "fix", ""))
+    except TrainError as exc:
+        error = RecipeError("training_failed", str(exc), getattr(exc, "field", "training"))
+    except VerifyError as exc:
+        error = RecipeError(exc.code, exc.message, exc.field or "verify")
+    state.update(status="failed", error={"code": error.code, "message": error.message,
+                                         "field": error.field, "fix": error.fix})
+    _write(run_dir / "run.json", state)
+    raise error
+
+
+def _spec_dict(spec: TrainSpec) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    return asdict(spec)
+
+
+def _run(spec: TrainSpec, run_dir: Path, state: dict[str, Any],
+         log: Callable[[str], None]) -> dict[str, Any]:
+    from transformers import AutoTokenizer, GenerationConfig
+
+    dataset = Path(spec.dataset)
+    tokenizer = AutoTokenizer.from_pretrained(spec.base_model)
+    try:
+        generation = GenerationConfig.from_pretrained(spec.base_model)
+    except OSError:
+        generation = None  # preflight builds one from the model's config
+    template = resolve_template(tokenizer, spec.chat_template)
+    tokenizer.chat_template = template.text
+    log(f"preflight: template {template.source}, end of turn {template.end_of_turn}")
+    report = run_preflight(tokenizer, _preflight_model(spec), read_split(dataset, "train"),
+                           read_split(dataset, "validation"), template, spec.loss_on,
+                           spec.training.max_seq_len, spec.allow_no_validation,
+                           spec.training.packing, generation)
+    (run_dir / "preflight.json").write_text(report.to_json(), encoding="utf-8")
+    state["artifacts"]["preflight"] = str(run_dir / "preflight.json")
+    state["warnings"] += report.warnings
+    for warning in report.warnings:
+        log(f"WARNING preflight: {warning}")
+    if spec.dry_run:
+        state["status"] = "validated"
+        _write(run_dir / "run.json", state)
+        return state
+
+    result = train(spec, run_dir, trainable_token_indices=report.trainable_token_ids or None,
+                   chat_template=template.text, log=log)
+    state["warnings"] += [w for w in result.warnings if w not in state["warnings"]]
+    state.update(best_checkpoint=result.best_checkpoint, best_eval_loss=result.best_eval_loss,
+                 global_step=result.global_step, metrics=result.final_metrics,
+                 stopped_early=result.stopped_early, resumed_from=result.resumed_from)
+    state["artifacts"].update(adapter=str(result.adapter_dir),
+                              metrics=str(result.metrics_path),
+                              report=str(run_dir / "report.html"))
+
+    log("postflight: merging into the 16-bit base")
+    merged = merge_adapter(spec.base_model, result.adapter_dir, run_dir / "merged", tokenizer,
+                           template.end_of_turn)
+    state["artifacts"]["merged"] = str(merged)
+    verify: dict[str, Any] = {}
+    try:
+        verify["parity"] = check_parity(spec.base_model, result.adapter_dir, merged,
+                                        read_split(dataset, "validation")
+                                        or read_split(dataset, "train"), tokenizer).to_json()
+        budget = sanity_budget(tokenizer, read_split(dataset, "train"))
+        verify["sanity"] = sanity_generate(merged, _prompts(dataset), tokenizer,
+                                           template.end_of_turn,
+                                           max_new_tokens=budget).to_json()
+    except VerifyError as exc:
+        verify["failed"] = {"code": exc.code, "message": exc.message, "field": exc.field,
+                            "details": exc.details}
+        raise
+    finally:
+        _write(run_dir / "verify.json", verify)
+        state["artifacts"]["verify"] = str(run_dir / "verify.json")
+    state["status"] = "succeeded"
+    _write(run_dir / "run.json", state)
+    return state

@@ -1,0 +1,178 @@
+"""The training spec: YAML maps onto these dataclasses; unknown keys are errors.
+
+A spec of just `base_model` and `dataset` is complete: every other field has a default taken
+from published fine-tuning practice, with the reason in its help string.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from data_engine.config import _help
+from data_engine.config_loader import from_dict, read_yaml
+from data_engine.errors import ConfigError
+
+QUANTIZATIONS = ("nf4", "int8", "none")
+LOSS_ON = ("all_assistant", "last_assistant")
+SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup", "cosine_with_restarts")
+LORA_RANK_RANGE = (16, 64)
+# Unsloth's and other published SFT guidance agree on 1-3 SFT epochs; the failed run did 3 on 638 rows.
+MAX_EPOCHS = 3
+SMALL_TRAIN_ROWS = 1000
+
+
+@dataclass
+class LoraSpec:
+    r: int = _help("LoRA rank. 16-64 is the range published QLoRA guidance recommends; rank "
+                   "> 256 adds little (LoRA Without Regret).", 16)
+    alpha: int | None = _help("LoRA alpha; null = 2 * r (the usual recommendation, "
+                              "alpha = rank x 2).")
+    dropout: float = _help("LoRA dropout; 0.05 for small datasets (0.0 for large ones).", 0.05)
+    target_modules: Any = _help(
+        "'all-linear' or a list of module names. Adapters on every linear layer, MLP included, "
+        "give the largest effect (LoRA Without Regret).", "all-linear")
+    use_rslora: bool = _help("Rank-stabilised scaling alpha/sqrt(r) instead of alpha/r; keeps "
+                             "the update size stable when r grows.", False)
+
+    @property
+    def effective_alpha(self) -> int:
+        return self.alpha if self.alpha is not None else 2 * self.r
+
+    def check(self) -> list[str]:
+        problems = []
+        if self.r < 1:
+            problems.append("r: must be >= 1")
+        if self.alpha is not None and self.alpha < 1:
+            problems.append("alpha: must be >= 1 or null")
+        if not 0.0 <= self.dropout < 1.0:
+            problems.append("dropout: must be in [0, 1)")
+        tm = self.target_modules
+        if not (isinstance(tm, str) and tm) and not (
+                isinstance(tm, list) and tm and all(isinstance(m, str) and m for m in tm)):
+            problems.append("target_modules: must be 'all-linear' or a non-empty list of names")
+        return problems
+
+
+@dataclass
+class TrainingSpec:
+    epochs: float = _help("Passes over the train split. 1-3 is the SFT norm; over 3 overfits, "
+                          "and the failed run overfit with 3 on 638 rows.", 1.0)
+    learning_rate: float = _help("Peak learning rate; 2e-4 is the QLoRA norm (LoRA's best LR is "
+                                 "about 10x full fine-tuning's).", 2e-4)
+    lr_scheduler: str = _help("Learning-rate schedule: " + " | ".join(SCHEDULERS) + ".", "cosine")
+    warmup_ratio: float = _help("Fraction of steps spent warming up linearly.", 0.03)
+    per_device_batch: int = _help("Rows (packed blocks when packing) per device per step; "
+                                  "memory grows linearly with it.", 2)
+    grad_accum: int = _help("Gradient accumulation steps; effective batch = per_device_batch x "
+                            "grad_accum x devices (2 x 8 = 16 by default).", 8)
+    max_seq_len: int = _help("Tokens per sequence (packed block). Keep it equal to the data "
+                             "engine's length.max_tokens so no reply loses its end-of-turn token.",
+                             2048)
+    packing: bool = _help("Pack rows into max_seq_len blocks (best-fit decreasing) with "
+                          "per-row position ids, so packed rows never attend to each other.", True)
+    eval_every_steps: int = _help("Evaluate on the validation split every N optimizer steps "
+                                  "(also the logging and checkpoint interval).", 50)
+    logging_steps: int = _help("Log train loss every N steps (capped at eval_every_steps).", 10)
+    early_stopping_patience: int = _help(
+        "Stop after this many evaluations without a better eval loss (HF EarlyStoppingCallback "
+        "norm: 3).", 3)
+    overfit_train_loss: float = _help(
+        "Train loss below this with a widening train/eval gap raises the overfitting alarm; "
+        "train loss < 0.3 is a sure overfitting sign (the failed run ended at 0.25).", 0.3)
+    seed: int = _help("Seed for data order, LoRA init and dropout.", 42)
+    gradient_checkpointing: bool = _help("Recompute activations in backward: much less memory, "
+                                         "about 30% slower.", True)
+    max_steps: int | None = _help("Optimizer steps; overrides epochs when set.")
+
+    def check(self) -> list[str]:
+        problems = []
+        if self.epochs <= 0:
+            problems.append("epochs: must be > 0")
+        if not 0 < self.learning_rate < 1:
+            problems.append("learning_rate: must be in (0, 1)")
+        if self.lr_scheduler not in SCHEDULERS:
+            problems.append(f"lr_scheduler: {self.lr_scheduler!r} is not one of "
+                            f"{', '.join(SCHEDULERS)}")
+        if not 0 <= self.warmup_ratio < 1:
+            problems.append("warmup_ratio: must be in [0, 1)")
+        for name in ("per_device_batch", "grad_accum", "max_seq_len", "eval_every_steps",
+                     "logging_steps", "early_stopping_patience"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name}: must be >= 1")
+        if self.max_steps is not None and self.max_steps < 1:
+            problems.append("max_steps: must be >= 1 or null")
+        if self.overfit_train_loss < 0:
+            problems.append("overfit_train_loss: must be >= 0")
+        return problems
+
+
+@dataclass
+class TrainSpec:
+    base_model: str = _help("Base model: a local HF folder or a hub id.", "")
+    dataset: str = _help("A data engine output folder with train.jsonl and validation.jsonl.", "")
+    chat_template: str = _help("auto (the tokenizer's, checked by preflight) | chatml | a path to "
+                               "a Jinja file.", "auto")
+    quantization: str = _help(
+        "nf4 (QLoRA: 4-bit NF4, double quant, bf16 compute on GPU) | int8 | none (16-bit base).",
+        "nf4")
+    lora: LoraSpec = _help("LoRA adapter settings.", factory=LoraSpec)
+    loss_on: str = _help("Which tokens carry loss: all_assistant (every assistant turn) | "
+                         "last_assistant (only the final reply; earlier turns are context).",
+                         "all_assistant")
+    training: TrainingSpec = _help("Optimisation settings.", factory=TrainingSpec)
+    allow_no_validation: bool = _help(
+        "Train without a validation split. Off: the failed run had none and nobody saw it "
+        "overfit.", False)
+    dry_run: bool = _help("Build everything and run preflight, but take no optimizer step.", False)
+
+    def check(self) -> list[str]:
+        problems = []
+        if not self.base_model:
+            problems.append("base_model: must be set")
+        if not self.dataset:
+            problems.append("dataset: must be set")
+        if self.quantization not in QUANTIZATIONS:
+            problems.append(f"quantization: {self.quantization!r} is not one of "
+                            f"{', '.join(QUANTIZATIONS)}")
+        if self.loss_on not in LOSS_ON:
+            problems.append(f"loss_on: {self.loss_on!r} is not one of {', '.join(LOSS_ON)}")
+        if not self.chat_template:
+            problems.append("chat_template: must be auto, chatml or a path")
+        return problems
+
+    def warnings(self, train_rows: int | None = None) -> list[str]:
+        """Advice that does not block training: epochs that overfit, a rank outside 16-64."""
+        out = []
+        t = self.training
+        if t.max_steps is None and t.epochs > MAX_EPOCHS:
+            out.append(f"training.epochs: {t.epochs:g} > {MAX_EPOCHS}; overfitting risk rises "
+                       f"sharply past {MAX_EPOCHS} epochs")
+        elif (t.max_steps is None and t.epochs > 1 and train_rows is not None
+              and train_rows < SMALL_TRAIN_ROWS):
+            out.append(f"training.epochs: {t.epochs:g} epochs on {train_rows} train rows "
+                       f"(< {SMALL_TRAIN_ROWS}); the failed run overfit with 3 epochs on 638 rows, "
+                       "use 1 epoch or more data")
+        lo, hi = LORA_RANK_RANGE
+        if not lo <= self.lora.r <= hi:
+            out.append(f"lora.r: {self.lora.r} is outside the recommended {lo}-{hi}")
+        return out
+
+
+def load_spec(path: str | Path | None, overrides: dict[str, Any] | None = None) -> TrainSpec:
+    """Reads a YAML spec (or none) and applies CLI overrides (`dataset`, `base_model`, ...).
+
+    Relative `dataset` and `chat_template` paths in the file are relative to the file's folder.
+    """
+    data, base, origin = read_yaml(path, "train spec")
+    if path is not None:
+        relative = [("dataset", ()), ("chat_template", ("auto", "chatml"))]
+        for key, keywords in relative:
+            value = data.get(key)
+            if isinstance(value, str) and value and value not in keywords \
+                    and not Path(value).is_absolute():
+                data[key] = str(base / value)
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    data = {**data, **overrides}
+    return from_dict(TrainSpec, data, origin)

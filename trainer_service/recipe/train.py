@@ -1,0 +1,281 @@
+"""The QLoRA SFT step: spec -> (quantized base, LoRA, SFTConfig) -> TRL SFTTrainer -> adapter.
+
+Reads like a recipe: load the splits, tokenize with assistant masks, load and quantize the
+base, wrap it with LoRA, train with eval/early stopping/overfitting alarm, save the adapter.
+`build_recipe` is the one place where our spec becomes transformers/PEFT/TRL objects.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from trainer_service.recipe.metrics import (METRICS_FILE, MetricsCallback, OverfittingCallback,
+                                            write_report)
+from trainer_service.recipe.spec import TrainSpec
+
+CHECKPOINTS_DIR = "checkpoints"
+ADAPTER_DIR = "adapter"
+GENERATION_MARKER = "{% generation %}"
+
+
+class TrainError(Exception):
+    """Training cannot start or finish; `field` names the spec field to fix, if any."""
+
+    def __init__(self, message: str, field: str = ""):
+        self.field = field
+        super().__init__(f"{field}: {message}" if field else message)
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced."""
+
+    adapter_dir: Path | None
+    best_checkpoint: str | None
+    best_eval_loss: float | None
+    global_step: int
+    final_metrics: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    stopped_early: bool = False
+    resumed_from: str | None = None
+    metrics_path: Path | None = None
+    report_path: Path | None = None
+
+
+@dataclass
+class Recipe:
+    """The library objects built from a spec (see build_recipe)."""
+
+    quantization: Any  # transformers.BitsAndBytesConfig | None
+    lora: Any  # peft.LoraConfig
+    sft: Any  # trl.SFTConfig
+    torch_dtype: Any
+
+
+def build_recipe(spec: TrainSpec, output_dir: Path, *, use_cpu: bool, has_validation: bool,
+                 trainable_token_indices: list[int] | dict[str, list[int]] | None = None
+                 ) -> Recipe:
+    """Translates the spec into BitsAndBytesConfig, LoraConfig and SFTConfig, in one place."""
+    import torch
+    from peft import LoraConfig
+    from transformers import BitsAndBytesConfig
+    from trl import SFTConfig
+
+    bf16 = (not use_cpu) and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    compute_dtype = torch.bfloat16 if bf16 else torch.float32
+    quant = None
+    if spec.quantization == "nf4":
+        quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                   bnb_4bit_use_double_quant=True,
+                                   bnb_4bit_compute_dtype=compute_dtype)
+    elif spec.quantization == "int8":
+        quant = BitsAndBytesConfig(load_in_8bit=True)
+    lora = LoraConfig(r=spec.lora.r, lora_alpha=spec.lora.effective_alpha,
+                      lora_dropout=spec.lora.dropout, target_modules=spec.lora.target_modules,
+                      use_rslora=spec.lora.use_rslora, bias="none", task_type="CAUSAL_LM",
+                      trainable_token_indices=trainable_token_indices)
+    t = spec.training
+    every = t.eval_every_steps
+    sft = SFTConfig(
+        output_dir=str(output_dir),
+        num_train_epochs=t.epochs,
+        max_steps=t.max_steps if t.max_steps is not None else -1,
+        learning_rate=t.learning_rate,
+        lr_scheduler_type=t.lr_scheduler,
+        warmup_steps=t.warmup_ratio,  # transformers 5: a float in [0, 1) is a ratio of steps
+        per_device_train_batch_size=t.per_device_batch,
+        per_device_eval_batch_size=t.per_device_batch,
+        gradient_accumulation_steps=t.grad_accum,
+        gradient_checkpointing=t.gradient_checkpointing,
+        max_length=t.max_seq_len,
+        packing=t.packing,
+        # BFD packing is padding-free: no attention mask, position ids restart per row, so
+        # attention (flash varlen, or the block-diagonal mask transformers derives from
+        # position ids for sdpa/eager) never crosses row boundaries.
+        packing_strategy="bfd",
+        padding_free=t.packing,
+        # Rows arrive tokenized with our own assistant masks (loss_on), which TRL folds into
+        # labels; its assistant_only_loss flag only applies to untokenized messages.
+        assistant_only_loss=False,
+        eval_strategy="steps" if has_validation else "no",
+        eval_steps=every,
+        save_strategy="steps",
+        save_steps=every,
+        logging_steps=min(t.logging_steps, every),
+        load_best_model_at_end=has_validation,
+        metric_for_best_model="eval_loss" if has_validation else None,
+        greater_is_better=False if has_validation else None,
+        save_total_limit=2,  # the best checkpoint is kept beyond the limit by Trainer
+        seed=t.seed,
+        data_seed=t.seed,
+        bf16=bf16,
+        use_cpu=use_cpu,
+        report_to="none",
+        include_num_input_tokens_seen=True,
+        disable_tqdm=True,
+    )
+    return Recipe(quantization=quant, lora=lora, sft=sft, torch_dtype=compute_dtype)
+
+
+def read_split(dataset_dir: Path, split: str) -> list[list[dict]]:
+    """The `messages` of every row in DATASET/<split>.jsonl (empty if the file is absent)."""
+    path = Path(dataset_dir) / f"{split}.jsonl"
+    if not path.is_file():
+        return []
+    rows = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        row = json.loads(line)
+        if not isinstance(row.get("messages"), list):
+            raise TrainError(f"{path}:{n}: row has no `messages` list", "dataset")
+        rows.append([{k: v for k, v in m.items() if v is not None} for m in row["messages"]])
+    return rows
+
+
+def last_span_only(mask: list[int]) -> list[int]:
+    """Keeps only the last contiguous run of 1s: the final assistant reply."""
+    out = [0] * len(mask)
+    i = len(mask) - 1
+    while i >= 0 and mask[i] == 0:
+        i -= 1
+    while i >= 0 and mask[i] == 1:
+        out[i] = 1
+        i -= 1
+    return out
+
+
+def tokenize_rows(tokenizer, conversations: list[list[dict]], loss_on: str):
+    """A datasets.Dataset of input_ids + assistant_masks rendered with the tokenizer's template."""
+    from datasets import Dataset
+
+    ids, masks = [], []
+    for n, messages in enumerate(conversations):
+        enc = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True,
+                                            return_assistant_tokens_mask=True)
+        mask = list(enc["assistant_masks"])
+        if loss_on == "last_assistant":
+            mask = last_span_only(mask)
+        if 1 not in mask:
+            raise TrainError(f"row {n} has no assistant tokens in the loss mask; the chat "
+                             f"template needs {GENERATION_MARKER} markers", "chat_template")
+        ids.append(list(enc["input_ids"]))
+        masks.append(mask)
+    return Dataset.from_dict({"input_ids": ids, "assistant_masks": masks})
+
+
+def _resolve_template(spec: TrainSpec, tokenizer, chat_template: str | None) -> str:
+    if chat_template is None:
+        if spec.chat_template == "auto":
+            chat_template = tokenizer.chat_template
+        elif spec.chat_template == "chatml":
+            raise TrainError("pass the ChatML training template (chat_format) to train()",
+                             "chat_template")
+        else:
+            path = Path(spec.chat_template)
+            if not path.is_file():
+                raise TrainError(f"{path}: no such file", "chat_template")
+            chat_template = path.read_text(encoding="utf-8")
+    if not chat_template or GENERATION_MARKER not in chat_template:
+        raise TrainError(f"assistant-only loss needs a template with {GENERATION_MARKER} markers",
+                         "chat_template")
+    return chat_template
+
+
+def _latest_checkpoint(output_dir: Path) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+
+
+def train(spec: TrainSpec, run_dir: str | Path,
+          trainable_token_indices: list[int] | dict[str, list[int]] | None = None,
+          chat_template: str | None = None, log=print) -> TrainResult:
+    """Runs QLoRA SFT for `spec`, writing checkpoints, metrics.jsonl, report.html and adapter/
+    under `run_dir`; resumes from the newest checkpoint there."""
+    import torch
+    from transformers import (AutoModelForCausalLM, AutoTokenizer, EarlyStoppingCallback,
+                              PrinterCallback)
+    from trl import SFTTrainer
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    train_rows = read_split(Path(spec.dataset), "train")
+    val_rows = read_split(Path(spec.dataset), "validation")
+    if not train_rows:
+        raise TrainError(f"{spec.dataset}/train.jsonl is missing or empty", "dataset")
+    if not val_rows and not spec.allow_no_validation:
+        raise TrainError(f"{spec.dataset}/validation.jsonl is missing or empty; training without "
+                         "validation cannot see overfitting (set allow_no_validation to insist)",
+                         "dataset")
+    warnings = spec.warnings(len(train_rows))
+    for w in warnings:
+        log(f"WARNING {w}")
+
+    tokenizer = AutoTokenizer.from_pretrained(spec.base_model)
+    tokenizer.chat_template = _resolve_template(spec, tokenizer, chat_template)
+    train_ds = tokenize_rows(tokenizer, train_rows, spec.loss_on)
+    val_ds = tokenize_rows(tokenizer, val_rows, spec.loss_on) if val_rows else None
+
+    use_cpu = not torch.cuda.is_available()
+    out_dir = run_dir / CHECKPOINTS_DIR
+    recipe = build_recipe(spec, out_dir, use_cpu=use_cpu, has_validation=val_ds is not None,
+                          trainable_token_indices=trainable_token_indices)
+    model = AutoModelForCausalLM.from_pretrained(
+        spec.base_model, quantization_config=recipe.quantization, dtype=recipe.torch_dtype,
+        device_map={"": 0} if not use_cpu and recipe.quantization is not None else None)
+
+    metrics_cb = MetricsCallback(run_dir / METRICS_FILE, log=log)
+    alarm_cb = OverfittingCallback(spec.training.early_stopping_patience,
+                                   spec.training.overfit_train_loss, log=log)
+    callbacks = [metrics_cb, alarm_cb]
+    if val_ds is not None:
+        callbacks.append(EarlyStoppingCallback(spec.training.early_stopping_patience))
+    trainer = SFTTrainer(model=model, args=recipe.sft, train_dataset=train_ds,
+                         eval_dataset=val_ds, processing_class=tokenizer,
+                         peft_config=recipe.lora, callbacks=callbacks)
+    trainer.remove_callback(PrinterCallback)  # MetricsCallback reports each log line
+    if spec.dry_run:
+        log("dry run: trainer built, no step taken")
+        return TrainResult(None, None, None, 0, warnings=warnings)
+
+    resume = _latest_checkpoint(out_dir)
+    if resume:
+        log(f"resuming from {resume}")
+    trainer.train(resume_from_checkpoint=resume)
+    state = trainer.state
+    max_steps = state.max_steps
+    stopped_early = state.global_step < max_steps
+
+    final: dict[str, float] = {}
+    trainer.remove_callback(metrics_cb)  # the closing evaluation is a summary, not a log step
+    if val_ds is not None:
+        final = {k: float(v) for k, v in trainer.evaluate().items()
+                 if isinstance(v, (int, float))}
+    train_losses = [h["loss"] for h in state.log_history if "loss" in h]
+    if train_losses:
+        final["last_train_loss"] = float(train_losses[-1])
+    warnings += [w for w in alarm_cb.warnings if w not in warnings]
+
+    adapter_dir = run_dir / ADAPTER_DIR
+    trainer.model.save_pretrained(str(adapter_dir))
+    tokenizer.save_pretrained(str(adapter_dir))
+    result = TrainResult(
+        adapter_dir=adapter_dir, best_checkpoint=state.best_model_checkpoint,
+        best_eval_loss=state.best_metric, global_step=state.global_step, final_metrics=final,
+        warnings=warnings, stopped_early=stopped_early, resumed_from=resume,
+        metrics_path=run_dir / METRICS_FILE)
+    summary = {"base_model": spec.base_model, "dataset": spec.dataset,
+               "train_rows": len(train_rows), "validation_rows": len(val_rows),
+               "global_step": state.global_step, "max_steps": max_steps,
+               "stopped_early": stopped_early, "best_checkpoint": state.best_model_checkpoint,
+               "best_eval_loss": state.best_metric, **final}
+    result.report_path = write_report(run_dir, warnings, summary)
+    (run_dir / "train_result.json").write_text(json.dumps(
+        {**summary, "warnings": warnings, "adapter_dir": str(adapter_dir),
+         "resumed_from": resume}, indent=2, default=str), encoding="utf-8")
+    log(f"adapter saved to {adapter_dir}")
+    return result
