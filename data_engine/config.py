@@ -11,7 +11,6 @@ from typing import Any
 
 
 from data_engine.config_loader import from_dict, read_yaml
-from data_engine.errors import ConfigError
 
 FORMATS = ("auto", "messages", "sharegpt", "alpaca", "prompt_completion", "columns")
 COLUMN_ROLES = ("system", "user", "assistant", "id")

@@ -12,7 +12,6 @@ from typing import Any
 
 from data_engine.config import _help
 from data_engine.config_loader import from_dict, read_yaml
-from data_engine.errors import ConfigError
 
 QUANTIZATIONS = ("nf4", "int8", "none")
 LOSS_ON = ("all_assistant", "last_assistant")
