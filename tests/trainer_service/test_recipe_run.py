@@ -99,3 +99,19 @@ def test_dry_run_and_missing_validation_stop_before_training(smollm2_dir, tmp_pa
     assert state["status"] == "failed" and state["error"]["code"] == "no_validation"
     assert state["error"]["field"] and state["error"]["fix"]
     assert not (tmp_path / "bare" / "checkpoints").exists()
+
+
+@pytest.mark.gpu
+def test_nf4_recipe_on_cuda(smollm2_dir, tmp_path):
+    """The 4-bit path as users run it: NF4 base on the GPU, bf16 compute, then the same
+    merge (into a bf16 base, never the 4-bit weights) and checks."""
+    data = dataset(tmp_path / "data")
+    done = train_run(str(spec(tmp_path / "spec.yaml", smollm2_dir, data,
+                              "quantization: nf4\n")), "--out", "run", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    state = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert state["status"] == "succeeded"
+    adapter = json.loads((tmp_path / "run" / "adapter" / "adapter_config.json").read_text())
+    assert adapter["r"] == 16 and adapter["lora_alpha"] == 32
+    verify = json.loads((tmp_path / "run" / "verify.json").read_text())
+    assert verify["sanity"]["stop_rate"] >= 0.8
