@@ -33,7 +33,7 @@ from data_engine.pipeline.mix import mix
 from data_engine.pipeline.split import assign_splits, leak_check
 from data_engine.progress import StageProgress
 from data_engine.readers.ingest import ingest_shards
-from data_engine.readers.shards import plan_shards
+from data_engine.readers.shards import file_sha256, plan_shards
 from data_engine.schema import IDX, SPLITS
 from data_engine.stages import (PartWriter, StageOutput, StageStore, stage_dataset, stage_key,
                                 write_table)
@@ -122,8 +122,8 @@ def _stage_keys(config: DataConfig, files: list, ref_files: list) -> dict[str, s
     upstream = keys["clean"]
     if config.synth.enabled():
         craft = config.synth.craft
-        digests = [(p, _sha256(p)) for p in ([craft.fewshots, *craft.corpus] if craft else [])
-                   if Path(p).is_file()]
+        paths = [craft.fewshots, *craft.corpus] if craft else []
+        digests = [(p, file_sha256(p)) for p in paths if Path(p).is_file()]
         keys["synth"] = upstream = stage_key("synth", {
             "engine": c["engine"], "synth": c["synth"], "seed": config.seed,
             "clean": c["clean"], "files": digests}, upstream)
@@ -458,16 +458,6 @@ def _manifest(config: DataConfig, writer: DatasetWriter, files: list, tracker: S
         "versions": {"python": platform.python_version(),
                      **{name: _version(name) for name in _VERSIONED}},
     }
-
-
-def _sha256(path: str) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _version(name: str) -> str:

@@ -9,7 +9,6 @@ bf16 Hugging Face folder in the cache directory, where every later use finds it.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import os
@@ -50,14 +49,6 @@ def gguf_path() -> Path:
     return path
 
 
-def _fingerprint(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def default_model_dir(cache: Path | None = None) -> Path:
     return (cache or cache_root()) / "models" / DEFAULT_MODEL_NAME
 
@@ -71,6 +62,8 @@ def fetch_default(cache: Path | None = None) -> Path:
     source = gguf_path()
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from data_engine.readers.shards import file_sha256
 
     tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -96,7 +89,7 @@ def fetch_default(cache: Path | None = None) -> Path:
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     (tmp / MARKER).write_text(json.dumps({
-        "name": DEFAULT_MODEL_NAME, "source": str(source), "sha256": _fingerprint(source),
+        "name": DEFAULT_MODEL_NAME, "source": str(source), "sha256": file_sha256(source),
         "dtype": "bfloat16", "note": "dequantised from the Q4_1 GGUF"}, indent=1),
         encoding="utf-8")
     if (target / MARKER).is_file():  # another process won the race

@@ -128,7 +128,7 @@ def _plan_parquet(index: int, path: str, shard_rows: int) -> tuple[list[Shard], 
             shards.append(Shard(index, path, "parquet", group_start, g + 1, first_line,
                                 rows - first_line + 1))
             group_start, first_line = g + 1, rows + 1
-    return shards, _sha256(path)
+    return shards, file_sha256(path)
 
 
 def _plan_arrow(index: int, path: str, shard_rows: int) -> tuple[list[Shard], str]:
@@ -136,10 +136,11 @@ def _plan_arrow(index: int, path: str, shard_rows: int) -> tuple[list[Shard], st
         rows = pa.ipc.open_stream(source).read_all().num_rows
     shards = [Shard(index, path, "arrow", s, min(s + shard_rows, rows), s + 1,
                     min(s + shard_rows, rows) - s) for s in range(0, rows, shard_rows)]
-    return shards, _sha256(path)
+    return shards, file_sha256(path)
 
 
-def _sha256(path: str) -> str:
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file's bytes, read in blocks."""
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         while block := fh.read(_SCAN_BLOCK):

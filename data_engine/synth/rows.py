@@ -39,31 +39,50 @@ def make_row(messages: list[dict[str, Any]], origin: str, parent_id: str | None,
             "_detail": detail}
 
 
-def apply_clean(rows: list[dict[str, Any]], config: Any) -> list[dict[str, Any]]:
-    """Runs the clean stage's normalisers and filters (``config``: a CleanConfig) over
-    synthesized rows still kept; a row a filter rejects gets that filter's reason. Returns
-    the rows with normalised messages, in order."""
+def cleaned_table(rows: list[dict[str, Any]], config: Any, label: str = "synth") -> Any:
+    """Synthesized rows as a work-schema table (`_file` = ``label``, `_line` = position,
+    `_raw` = the row as shown in rejected.jsonl) after the clean stage's normalisers and
+    filters (``config``: a CleanConfig): rows still kept get a filter's reason (`_stage`
+    clean) when one rejects them, and every row its `num_tokens`."""
     import pyarrow as pa
 
+    from data_engine.filters import REASONS as CLEAN_REASONS
     from data_engine.pipeline.clean import clean_batch
     from data_engine.readers.formats import to_messages
     from data_engine.schema import WORK_SCHEMA
 
-    if not rows:
-        return []
+    reasons = [r.get("_reason") for r in rows]
     table = pa.table({
         "id": [r["id"] for r in rows],
         "messages": [to_messages({"messages": r["messages"]}, "messages") for r in rows],
         "source": [r["source"] for r in rows],
         "tags": [r.get("tags") or [] for r in rows],
-        "group": [None] * len(rows),
-        "_file": ["synth"] * len(rows),
+        "group": pa.nulls(len(rows), pa.string()),
+        "_file": [label] * len(rows),
         "_line": list(range(1, len(rows) + 1)),
-        "_raw": [None] * len(rows),
-        "_reason": [r.get("_reason") for r in rows],
-        "_stage": ["synth" if r.get("_reason") else None for r in rows],
+        "_raw": [json.dumps(shown_row(r), ensure_ascii=False) for r in rows],
+        "_reason": reasons,
+        "_stage": [None if r is None else "clean" if r in CLEAN_REASONS else "synth"
+                   for r in reasons],
     }, schema=WORK_SCHEMA)
-    cleaned = clean_batch(table, config)
+    return clean_batch(table, config)
+
+
+def shown_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A row as people read it: the working fields dropped, the elimination's detail kept."""
+    out = {k: v for k, v in row.items() if not k.startswith("_")}
+    if row.get("_detail"):
+        out["detail"] = row["_detail"]
+    return out
+
+
+def apply_clean(rows: list[dict[str, Any]], config: Any) -> list[dict[str, Any]]:
+    """Runs the clean stage's normalisers and filters (``config``: a CleanConfig) over
+    synthesized rows still kept; a row a filter rejects gets that filter's reason. Returns
+    the rows with normalised messages, in order."""
+    if not rows:
+        return []
+    cleaned = cleaned_table(rows, config)
     out = []
     for row, messages, reason in zip(rows, cleaned.column("messages").to_pylist(),
                                      cleaned.column("_reason").to_pylist()):

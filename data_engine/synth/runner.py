@@ -19,9 +19,11 @@ from typing import Any, Callable
 from data_engine.config import DataConfig, InputConfig, load_config
 from data_engine.config_loader import from_dict, validate
 from data_engine.errors import ConfigError
+from data_engine.schema import PROVENANCE_FIELDS
+from data_engine.synth.rows import shown_row
 
 GENERATORS = ("evol", "craft", "self_instruct")
-PROVENANCE = ("origin", "parent_id", "generator")
+PROVENANCE = tuple(f.name for f in PROVENANCE_FIELDS)
 
 
 def load_synth_config(path: Path | None, engine: dict[str, Any] | None = None) -> DataConfig:
@@ -118,14 +120,10 @@ def judge_rows(rows: list[dict[str, Any]], config: DataConfig,
 
 
 def public_row(row: dict[str, Any]) -> dict[str, Any]:
-    """A row as written: working fields (`_reason`, `_detail`) become `reason`, `detail`."""
-    out = {k: v for k, v in row.items() if not k.startswith("_")}
-    if row.get("_reason") == "low_judge_score":
+    """A row as written: working fields dropped; an eliminated row's `reason` and `detail`."""
+    out = shown_row(row)
+    if row.get("_reason"):
         out["reason"] = row["_reason"]
-    elif row.get("_reason"):
-        out["reason"] = row["_reason"]
-        if row.get("_detail"):
-            out["detail"] = row["_detail"]
     return out
 
 

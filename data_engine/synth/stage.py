@@ -17,7 +17,6 @@ judge: kept rows (seed rows only with `apply_to: all`) get `judge_score`, `judge
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -27,14 +26,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from data_engine.config import CleanConfig, DataConfig, EngineConfig
-from data_engine.filters import REASONS as CLEAN_REASONS
-from data_engine.schema import IDX, WORK_SCHEMA
+from data_engine.schema import IDX, PROVENANCE_FIELDS
 from data_engine.stages import write_table
-
-PROVENANCE = (pa.field("origin", pa.string()), pa.field("parent_id", pa.string()),
-              pa.field("generator", pa.string()))
-JUDGE_COLUMNS = (pa.field("judge_score", pa.float64()), pa.field("judge_mass", pa.float64()),
-                 pa.field("judge_method", pa.string()), pa.field("judge_error", pa.string()))
+from data_engine.synth.judge import JUDGE_FIELDS
+from data_engine.synth.rows import cleaned_table
 
 
 class ModelWorker:
@@ -91,39 +86,14 @@ def seed_rows(table: pa.Table) -> list[dict[str, Any]]:
 
 def synth_table(rows: list[dict[str, Any]], name: str, first_idx: int, clean: CleanConfig
                 ) -> pa.Table:
-    """Generator rows as stored rows: the work schema, `_idx` from ``first_idx``, the clean
-    filters' verdict and token counts, then the provenance columns."""
-    from data_engine.pipeline.clean import clean_batch
-    from data_engine.readers.formats import to_messages
-
-    reasons = [r.get("_reason") for r in rows]
-    table = pa.table({
-        "id": [r["id"] for r in rows],
-        "messages": [to_messages({"messages": r["messages"]}, "messages") for r in rows],
-        "source": [r["source"] for r in rows],
-        "tags": [r.get("tags") or [] for r in rows],
-        "group": pa.nulls(len(rows), pa.string()),
-        "_file": [f"synth:{name}"] * len(rows),
-        "_line": list(range(1, len(rows) + 1)),
-        "_raw": [json.dumps(_shown(r), ensure_ascii=False) for r in rows],
-        "_reason": reasons,
-        "_stage": [None if r is None else "clean" if r in CLEAN_REASONS else "synth"
-                   for r in reasons],
-    }, schema=WORK_SCHEMA)
-    table = clean_batch(table, clean)
+    """Generator rows as stored rows: the work schema after the clean filters (with token
+    counts), `_idx` from ``first_idx``, then the provenance columns."""
+    table = cleaned_table(rows, clean, f"synth:{name}")
     table = table.append_column(IDX, pa.array(np.arange(first_idx, first_idx + len(rows)),
                                               pa.int64()))
-    for f in PROVENANCE:
+    for f in PROVENANCE_FIELDS:
         table = table.append_column(f, pa.array([r.get(f.name) for r in rows], f.type))
     return table
-
-
-def _shown(row: dict[str, Any]) -> dict[str, Any]:
-    """What rejected.jsonl shows of an eliminated row: the row and why, in a word."""
-    out = {k: v for k, v in row.items() if not k.startswith("_")}
-    if row.get("_detail"):
-        out["detail"] = row["_detail"]
-    return out
 
 
 def run_synth(worker: Any, config: DataConfig, seeds: list[dict[str, Any]], first_idx: int,
@@ -160,7 +130,7 @@ def run_judge(worker: Any, rows: pa.Table, config: Any, folder: Path) -> dict[st
     judged = ray.get(worker.judge.remote(table, config))
     judged = judged.filter(pc.is_valid(judged.column("judge_method")))
     write_table(folder, "scores", judged.select(
-        [IDX.name] + [f.name for f in JUDGE_COLUMNS] + ["_reason"]))
+        [IDX.name] + list(JUDGE_FIELDS) + ["_reason"]))
     scores = [s for s in judged.column("judge_score").to_pylist() if s is not None]
     return {"judged": judged.num_rows, "scored": len(scores),
             "mean_score": round(float(np.mean(scores)), 4) if scores else None,

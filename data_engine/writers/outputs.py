@@ -130,10 +130,7 @@ def finalize_batch(batch: pa.Table, plan: Any) -> pa.Table:
 def _with_model_columns(batch: pa.Table, plan: dict[str, Any]) -> pa.Table:
     """Every stored batch gets the provenance columns (input rows: origin "seed") and the
     judge's columns (its scores by `_idx`; null where it did not score)."""
-    for f in PROVENANCE_FIELDS:
-        if f.name not in batch.column_names:
-            value = "seed" if f.name == "origin" else None
-            batch = batch.append_column(f, pa.array([value] * batch.num_rows, f.type))
+    batch = _with_defaults(batch, PROVENANCE_FIELDS)
     judged = plan.get("judged_idx")
     idx = batch.column("_idx").to_numpy()
     for f in JUDGE_FIELDS:
@@ -154,14 +151,19 @@ def render_batch(batch: pa.Table) -> pa.Table:
     return batch.append_column("_json", pa.array(lines, pa.string()))
 
 
-def _conform(table: pa.Table) -> pa.Table:
-    """``table`` in OUTPUT_SCHEMA; columns no stage made (no synthesis, no judge) are null,
-    `origin` "seed"."""
-    for f in OUTPUT_SCHEMA:
+def _with_defaults(table: pa.Table, fields: Any) -> pa.Table:
+    """``table`` with each of ``fields`` it lacks added: null, or "seed" for `origin`
+    (rows no generator made are input rows)."""
+    for f in fields:
         if f.name not in table.column_names:
             value = "seed" if f.name == "origin" else None
             table = table.append_column(f, pa.array([value] * table.num_rows, f.type))
-    return table.select(OUTPUT_SCHEMA.names).cast(OUTPUT_SCHEMA)
+    return table
+
+
+def _conform(table: pa.Table) -> pa.Table:
+    """``table`` in OUTPUT_SCHEMA; columns no stage made (no synthesis, no judge) defaulted."""
+    return _with_defaults(table, OUTPUT_SCHEMA).select(OUTPUT_SCHEMA.names).cast(OUTPUT_SCHEMA)
 
 
 class DatasetWriter:
