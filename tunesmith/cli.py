@@ -24,7 +24,8 @@ app.add_typer(models_app, name="models")
 synth_app = typer.Typer(help="Synthesize rows with a model: Evol-Instruct, CRAFT, Self-Instruct.",
                         no_args_is_help=True)
 app.add_typer(synth_app, name="synth")
-train_app = typer.Typer(help="The QLoRA SFT recipe: preflight, training, merge, verification.",
+train_app = typer.Typer(help="QLoRA SFT: run the recipe here, or submit and follow jobs on the "
+                        "training service.",
                         no_args_is_help=True)
 app.add_typer(train_app, name="train")
 console = Console(stderr=True)
@@ -286,3 +287,6 @@ def train_run(
                f"{state.get('best_eval_loss')}")
     for name, path in state["artifacts"].items():
         typer.echo(f"{name + ':':10s}{path}")
+
+
+from tunesmith import service_cli  # noqa: E402,F401 - registers `trainer serve`, `train submit|...`

@@ -9,7 +9,8 @@ import pytest
 
 from trainer_service.recipe.metrics import EvalPoint, overfitting_alarm, read_metrics
 from trainer_service.recipe.spec import load_spec
-from trainer_service.recipe.train import TrainError, last_span_only, tokenize_rows, train
+from trainer_service.recipe.train import (TrainError, finished_result, last_span_only,
+                                          tokenize_rows, train)
 
 # A minimal ChatML training template: only assistant content and its <|im_end|> carry loss.
 CHATML = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' }}"
@@ -112,8 +113,21 @@ def test_train_loss_falls_metrics_report_and_resume(tiny_model, tmp_path):
     assert "data:image/png;base64," in (run / "report.html").read_text()
     assert result.best_eval_loss == pytest.approx(min(evals))
 
-    # Interrupt after step 4: drop the last checkpoint; the rerun continues from step 4.
+    # A rerun after training finished (an interruption in merge or verify) reuses it.
+    logged: list[str] = []
+    done = train(_spec(tiny_model, data, max_steps=8, eval_every_steps=4), run,
+                 chat_template=CHATML, log=logged.append)
+    assert done.global_step == 8 and done.adapter_dir == result.adapter_dir
+    assert "training already finished" in logged[0]
+    assert read_metrics(run / "metrics.jsonl") == rows
+    # ...but not for another spec.
+    assert finished_result(_spec(tiny_model, data, max_steps=6, eval_every_steps=4),
+                           run) is None
+
+    # Interrupt after step 4: drop the last checkpoint and the finished marker; the rerun
+    # continues from step 4.
     shutil.rmtree(run / "checkpoints" / "checkpoint-8")
+    (run / "train_result.json").unlink()
     resumed = train(_spec(tiny_model, data, max_steps=8, eval_every_steps=4), run,
                     chat_template=CHATML, log=lambda m: None)
     assert resumed.resumed_from.endswith("checkpoint-4")

@@ -69,9 +69,10 @@ def _memory_mb() -> float:
 class MetricsCallback(TrainerCallback):
     """Appends one JSON line per Trainer log event to RUN_DIR/metrics.jsonl."""
 
-    def __init__(self, path: Path, log=print):
+    def __init__(self, path: Path, log=print, on_row=None):
         self.path = Path(path)
         self.log = log
+        self.on_row = on_row
         self._last = None  # (time, tokens seen) at the previous log
 
     def on_train_begin(self, args, state, control, **kwargs):
@@ -92,11 +93,14 @@ class MetricsCallback(TrainerCallback):
             rate = (tokens - self._last[1]) / (now - self._last[0])
         if "loss" in logs:
             self._last = (now, tokens)
-        row = {"step": state.global_step, "epoch": state.epoch, "loss": logs.get("loss"),
+        row = {"step": state.global_step, "max_steps": state.max_steps, "epoch": state.epoch,
+               "loss": logs.get("loss"),
                "eval_loss": logs.get("eval_loss"), "learning_rate": logs.get("learning_rate"),
                "tokens_per_s": rate, "tokens_seen": tokens, "memory_mb": round(_memory_mb(), 1)}
         with self.path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
+        if self.on_row is not None:
+            self.on_row(row)
         shown = ", ".join(f"{k}={v:.4g}" for k, v in row.items()
                           if isinstance(v, float) and k in ("loss", "eval_loss", "learning_rate"))
         self.log(f"step {state.global_step}: {shown}")

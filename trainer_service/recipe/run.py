@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from trainer_service.recipe.chat_format import ChatFormatError, resolve_template
+from trainer_service.recipe.hooks import RunHooks, check_stop
 from trainer_service.recipe.postflight import (VerifyError, check_parity, merge_adapter,
                                                sanity_generate)
 from trainer_service.recipe.preflight import PreflightError, run_preflight
@@ -85,16 +86,17 @@ def sanity_budget(tokenizer: Any, rows: list[list[dict[str, Any]]]) -> int:
     return max(BUDGET_MIN, min(BUDGET_MAX, int(BUDGET_FACTOR * p95) + 1))
 
 
-def run_recipe(spec: TrainSpec, run_dir: Path, log: Callable[[str], None] = print
-               ) -> dict[str, Any]:
+def run_recipe(spec: TrainSpec, run_dir: Path, log: Callable[[str], None] = print,
+               hooks: RunHooks | None = None) -> dict[str, Any]:
     """Runs the whole recipe into ``run_dir``; returns run.json's content. Raises RecipeError
-    (after writing run.json) when a check fails."""
+    (after writing run.json) when a check fails, and RecipeStopped when ``hooks`` ask it to
+    stop (a rerun into the same folder resumes from the last checkpoint)."""
     run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     state: dict[str, Any] = {"status": "running", "spec": _spec_dict(spec),
                              "artifacts": {}, "warnings": []}
     try:
-        return _run(spec, run_dir, state, log)
+        return _run(spec, run_dir, state, log, hooks or RunHooks())
     except (PreflightError, ChatFormatError) as exc:
         error = RecipeError(exc.code, getattr(exc, "message", str(exc)),
                             getattr(exc, "field", "chat_template"), getattr(exc, "fix", ""))
@@ -115,9 +117,10 @@ def _spec_dict(spec: TrainSpec) -> dict[str, Any]:
 
 
 def _run(spec: TrainSpec, run_dir: Path, state: dict[str, Any],
-         log: Callable[[str], None]) -> dict[str, Any]:
+         log: Callable[[str], None], hooks: RunHooks) -> dict[str, Any]:
     from transformers import AutoTokenizer, GenerationConfig
 
+    hooks.stage("validating")
     dataset = Path(spec.dataset)
     tokenizer = AutoTokenizer.from_pretrained(spec.base_model)
     try:
@@ -141,8 +144,10 @@ def _run(spec: TrainSpec, run_dir: Path, state: dict[str, Any],
         _write(run_dir / "run.json", state)
         return state
 
+    check_stop(hooks, "validating")
+    hooks.stage("training")
     result = train(spec, run_dir, trainable_token_indices=report.trainable_token_ids or None,
-                   chat_template=template.text, log=log)
+                   chat_template=template.text, log=log, hooks=hooks)
     state["warnings"] += [w for w in result.warnings if w not in state["warnings"]]
     state.update(best_checkpoint=result.best_checkpoint, best_eval_loss=result.best_eval_loss,
                  global_step=result.global_step, metrics=result.final_metrics,
@@ -151,10 +156,14 @@ def _run(spec: TrainSpec, run_dir: Path, state: dict[str, Any],
                               metrics=str(result.metrics_path),
                               report=str(run_dir / "report.html"))
 
+    check_stop(hooks, "training")
+    hooks.stage("merging")
     log("postflight: merging into the 16-bit base")
     merged = merge_adapter(spec.base_model, result.adapter_dir, run_dir / "merged", tokenizer,
                            template.end_of_turn)
     state["artifacts"]["merged"] = str(merged)
+    check_stop(hooks, "merging")
+    hooks.stage("verifying")
     verify: dict[str, Any] = {}
     try:
         verify["parity"] = check_parity(spec.base_model, result.adapter_dir, merged,

@@ -12,11 +12,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from transformers import TrainerCallback
+
+from trainer_service.recipe.hooks import RecipeStopped, RunHooks
 from trainer_service.recipe.metrics import (METRICS_FILE, MetricsCallback, OverfittingCallback,
                                             write_report)
 from trainer_service.recipe.spec import TrainSpec
 
 CHECKPOINTS_DIR = "checkpoints"
+TRAIN_RESULT = "train_result.json"
 ADAPTER_DIR = "adapter"
 GENERATION_MARKER = "{% generation %}"
 
@@ -185,17 +189,66 @@ def _resolve_template(spec: TrainSpec, tokenizer, chat_template: str | None) -> 
     return chat_template
 
 
+class HooksCallback(TrainerCallback):
+    """Reports saved checkpoints to the hooks and stops at a step boundary when asked: a
+    drain saves a checkpoint first (the job resumes from it), a cancel does not."""
+
+    def __init__(self, hooks: RunHooks):
+        self.hooks = hooks
+        self.stopped: str | None = None
+
+    def on_step_end(self, args, state, control, **kwargs):
+        reason = self.hooks.stop_requested()
+        if reason and not self.stopped:
+            self.stopped = reason
+            control.should_training_stop = True
+            control.should_save = reason != "cancel"
+
+    def on_save(self, args, state, control, **kwargs):
+        path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if path.is_dir():
+            self.hooks.checkpoint(state.global_step, str(path))
+
+
 def _latest_checkpoint(output_dir: Path) -> str | None:
     from transformers.trainer_utils import get_last_checkpoint
 
     return get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
 
 
+def _digest(spec: TrainSpec) -> str:
+    import hashlib
+    from dataclasses import asdict
+
+    return hashlib.sha256(json.dumps(asdict(spec), sort_keys=True, default=str).encode()
+                          ).hexdigest()
+
+
+def finished_result(spec: TrainSpec, run_dir: Path) -> TrainResult | None:
+    """The result of a training that already finished in ``run_dir`` for this same spec
+    (a rerun after an interruption in merge or verification skips straight to them)."""
+    path = run_dir / TRAIN_RESULT
+    if not path.is_file():
+        return None
+    done = json.loads(path.read_text(encoding="utf-8"))
+    adapter = Path(done.get("adapter_dir") or "")
+    if done.get("spec_digest") != _digest(spec) or not (adapter / "adapter_config.json").is_file():
+        return None
+    return TrainResult(
+        adapter_dir=adapter, best_checkpoint=done.get("best_checkpoint"),
+        best_eval_loss=done.get("best_eval_loss"), global_step=done.get("global_step", 0),
+        final_metrics=done.get("final_metrics") or {}, warnings=done.get("warnings") or [],
+        stopped_early=bool(done.get("stopped_early")), resumed_from=done.get("resumed_from"),
+        metrics_path=run_dir / METRICS_FILE, report_path=run_dir / "report.html")
+
+
 def train(spec: TrainSpec, run_dir: str | Path,
           trainable_token_indices: list[int] | dict[str, list[int]] | None = None,
-          chat_template: str | None = None, log=print) -> TrainResult:
+          chat_template: str | None = None, log=print,
+          hooks: RunHooks | None = None) -> TrainResult:
     """Runs QLoRA SFT for `spec`, writing checkpoints, metrics.jsonl, report.html and adapter/
-    under `run_dir`; resumes from the newest checkpoint there."""
+    under `run_dir`; resumes from the newest checkpoint there. Raises RecipeStopped when the
+    hooks ask it to stop."""
     import torch
     from transformers import (AutoModelForCausalLM, AutoTokenizer, EarlyStoppingCallback,
                               PrinterCallback)
@@ -203,6 +256,10 @@ def train(spec: TrainSpec, run_dir: str | Path,
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    if not spec.dry_run and (done := finished_result(spec, run_dir)) is not None:
+        log(f"training already finished in {run_dir} (step {done.global_step}); reusing "
+            f"{done.adapter_dir}")
+        return done
     train_rows = read_split(Path(spec.dataset), "train")
     val_rows = read_split(Path(spec.dataset), "validation")
     if not train_rows:
@@ -228,10 +285,12 @@ def train(spec: TrainSpec, run_dir: str | Path,
         spec.base_model, quantization_config=recipe.quantization, dtype=recipe.torch_dtype,
         device_map={"": 0} if not use_cpu and recipe.quantization is not None else None)
 
-    metrics_cb = MetricsCallback(run_dir / METRICS_FILE, log=log)
+    hooks = hooks or RunHooks()
+    metrics_cb = MetricsCallback(run_dir / METRICS_FILE, log=log, on_row=hooks.metrics)
     alarm_cb = OverfittingCallback(spec.training.early_stopping_patience,
                                    spec.training.overfit_train_loss, log=log)
-    callbacks = [metrics_cb, alarm_cb]
+    hooks_cb = HooksCallback(hooks)
+    callbacks = [metrics_cb, alarm_cb, hooks_cb]
     if val_ds is not None:
         callbacks.append(EarlyStoppingCallback(spec.training.early_stopping_patience))
     trainer = SFTTrainer(model=model, args=recipe.sft, train_dataset=train_ds,
@@ -247,6 +306,9 @@ def train(spec: TrainSpec, run_dir: str | Path,
         log(f"resuming from {resume}")
     trainer.train(resume_from_checkpoint=resume)
     state = trainer.state
+    if hooks_cb.stopped:
+        saved = _latest_checkpoint(out_dir) if hooks_cb.stopped != "cancel" else None
+        raise RecipeStopped(hooks_cb.stopped, "training", saved)
     max_steps = state.max_steps
     stopped_early = state.global_step < max_steps
 
@@ -274,8 +336,9 @@ def train(spec: TrainSpec, run_dir: str | Path,
                "stopped_early": stopped_early, "best_checkpoint": state.best_model_checkpoint,
                "best_eval_loss": state.best_metric, **final}
     result.report_path = write_report(run_dir, warnings, summary)
-    (run_dir / "train_result.json").write_text(json.dumps(
+    (run_dir / TRAIN_RESULT).write_text(json.dumps(
         {**summary, "warnings": warnings, "adapter_dir": str(adapter_dir),
-         "resumed_from": resume}, indent=2, default=str), encoding="utf-8")
+         "resumed_from": resume, "final_metrics": final, "spec_digest": _digest(spec)},
+        indent=2, default=str), encoding="utf-8")
     log(f"adapter saved to {adapter_dir}")
     return result

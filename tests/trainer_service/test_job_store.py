@@ -1,0 +1,134 @@
+"""The durable job store: gap-free sequences under concurrent writers (threads and
+processes), idempotent creation, sticky final states, paging and stop requests."""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+
+import pytest
+
+from protos.tunesmith.training.v1 import training_pb2 as pb
+from trainer_service.errors import AlreadyExists, InvalidArgument, NotFound
+from trainer_service.jobs.store import JobStore, state_event
+
+SPEC = pb.JobSpec(base_model="m", dataset="d")
+
+
+def _log(n: int) -> pb.JobEvent:
+    return pb.JobEvent(kind=pb.EVENT_KIND_LOG, message=f"line {n}")
+
+
+def _append_many(path: str, job_id: str, count: int) -> None:
+    store = JobStore(path)
+    for n in range(count):
+        store.append(job_id, _log(n))
+
+
+def test_sequences_have_no_gaps_with_threads_and_processes(tmp_path):
+    store = JobStore.in_dir(tmp_path)
+    job, _ = store.create("r1", SPEC)
+    threads = [threading.Thread(target=_append_many, args=(store.path, job.id, 40))
+               for _ in range(4)]
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_append_many, args=(str(store.path), job.id, 40))
+             for _ in range(2)]
+    for worker in threads + procs:
+        worker.start()
+    for worker in threads + procs:
+        worker.join()
+    assert all(p.exitcode == 0 for p in procs)
+    events = store.events(job.id, 1, limit=10_000)
+    assert [e.sequence for e in events] == list(range(1, 1 + 1 + 6 * 40))
+    assert store.get(job.id).last_sequence == len(events)
+    assert store.events(job.id, 200, limit=10_000)[0].sequence == 200
+
+
+def test_one_job_per_request_id_under_concurrency(tmp_path):
+    store = JobStore.in_dir(tmp_path)
+    ids: list[str] = []
+    created: list[bool] = []
+
+    def create():
+        job, new = JobStore(store.path).create("same", SPEC)
+        ids.append(job.id)
+        created.append(new)
+
+    threads = [threading.Thread(target=create) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(ids)) == 1 and created.count(True) == 1
+    assert len(store.list()[0]) == 1
+    with pytest.raises(AlreadyExists) as err:
+        store.create("same", pb.JobSpec(base_model="other", dataset="d"))
+    assert err.value.field == "request_id"
+
+
+def test_final_states_are_sticky_and_events_fold_into_the_job(tmp_path):
+    store = JobStore.in_dir(tmp_path)
+    job, _ = store.create("r", SPEC)
+    claimed = store.claim_next()
+    assert claimed.id == job.id and claimed.state == pb.JOB_STATE_VALIDATING
+    assert claimed.attempts == 1 and store.claim_next() is None
+    store.append(job.id, pb.JobEvent(kind=pb.EVENT_KIND_STEP_METRICS,
+                                     step=pb.StepMetrics(step=2, max_steps=5, loss=1.5)))
+    store.append(job.id, pb.JobEvent(kind=pb.EVENT_KIND_EVAL_METRICS,
+                                     eval=pb.EvalMetrics(step=2, eval_loss=1.25)))
+    store.append(job.id, pb.JobEvent(kind=pb.EVENT_KIND_EVAL_METRICS,
+                                     eval=pb.EvalMetrics(step=4, eval_loss=1.75)))
+    cp = pb.Checkpoint(step=2, path="/x/checkpoint-2", eval_loss=1.25)
+    store.append(job.id, pb.JobEvent(kind=pb.EVENT_KIND_CHECKPOINT_SAVED, checkpoint=cp))
+    store.append(job.id, pb.JobEvent(kind=pb.EVENT_KIND_WARNING, message="overfitting"))
+    store.fail(job.id, "boom", "it broke", "training.max_seq_len")
+    assert store.append(job.id, state_event(pb.JOB_STATE_SUCCEEDED, "late")) is None
+    final = store.get(job.id)
+    assert final.state == pb.JOB_STATE_FAILED and final.error.field == "training.max_seq_len"
+    assert final.metrics["global_step"] == 4 and final.metrics["best_eval_loss"] == 1.25
+    assert final.metrics["eval_loss"] == 1.75 and list(final.warnings) == ["overfitting"]
+    assert [c.step for c in store.checkpoints(job.id)] == [2]
+    changes = [e.state_change for e in store.events(job.id)
+               if e.kind == pb.EVENT_KIND_STATE_CHANGE]
+    assert [(c.previous, c.state) for c in changes] == [
+        (pb.JOB_STATE_UNSPECIFIED, pb.JOB_STATE_QUEUED),
+        (pb.JOB_STATE_QUEUED, pb.JOB_STATE_VALIDATING),
+        (pb.JOB_STATE_VALIDATING, pb.JOB_STATE_FAILED)]
+
+
+def test_paging_newest_first_with_a_state_filter(tmp_path):
+    store = JobStore.in_dir(tmp_path)
+    made = [store.create(f"r{i}", SPEC)[0].id for i in range(7)]
+    store.request_stop(made[0], "cancel")
+    seen, token = [], ""
+    while True:
+        page, token = store.list(page_size=3, page_token=token)
+        seen += [j.id for j in page]
+        if not token:
+            break
+    assert seen == made[::-1]
+    cancelled, _ = store.list([pb.JOB_STATE_CANCELLED])
+    assert [j.id for j in cancelled] == [made[0]]
+    with pytest.raises(InvalidArgument):
+        store.list(page_token="garbage!")
+    with pytest.raises(NotFound):
+        store.get("job-missing")
+
+
+def test_stop_requests(tmp_path):
+    store = JobStore.in_dir(tmp_path)
+    queued, _ = store.create("q", SPEC)
+    assert store.request_stop(queued.id, "cancel").state == pb.JOB_STATE_CANCELLED
+    running, _ = store.create("r", SPEC)
+    store.claim_next()
+    store.request_stop(running.id, "cancel")
+    store.request_stop(running.id, "drain")  # never downgrades a cancel
+    assert store.stop_request(running.id) == "cancel" and store.get(running.id).cancel_requested
+    # a cancel pending when the server died ends the job instead of resuming it
+    assert store.requeue(running.id, "restart").state == pb.JOB_STATE_CANCELLED
+    paused, _ = store.create("p", SPEC)
+    store.claim_next()
+    store.request_stop(paused.id, "drain")
+    again = store.requeue(paused.id, "restart")
+    assert again.state == pb.JOB_STATE_QUEUED and store.stop_request(paused.id) is None
+    assert store.claim_next().attempts == 2

@@ -1,0 +1,268 @@
+"""The training service against a real gRPC server on a loopback port 0: auth, health,
+reflection, validation, idempotency, a real job watched to SUCCEEDED, cancel, drain, the
+Ray executor, and Prometheus metrics."""
+
+from __future__ import annotations
+
+import threading
+import urllib.request
+import uuid
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_status import rpc_status
+
+from protos.tunesmith.training.v1 import training_pb2 as pb
+from tests.trainer_service.service_helpers import TOKEN, data_root, job_spec, states, wait_for
+from trainer_service.client import TrainingClient
+from trainer_service.server.app import SERVICE_NAME, ServerConfig, create_server
+
+ORDER = [pb.JOB_STATE_QUEUED, pb.JOB_STATE_VALIDATING, pb.JOB_STATE_RUNNING,
+         pb.JOB_STATE_MERGING, pb.JOB_STATE_VERIFYING, pb.JOB_STATE_SUCCEEDED]
+
+
+@pytest.fixture
+def roots(tmp_path, smollm2_dir):
+    return data_root(tmp_path), smollm2_dir
+
+
+def _server(tmp_path, roots, **overrides):
+    config = ServerConfig(state_dir=tmp_path / "state", data_roots=list(roots), port=0,
+                          token=TOKEN, **overrides)
+    return create_server(config).start()
+
+
+@pytest.fixture
+def server(tmp_path, roots):
+    srv = _server(tmp_path, roots, reflection=True, metrics_port=0)
+    yield srv
+    srv.stop(0)
+
+
+@pytest.fixture
+def client(server):
+    with TrainingClient(server.address, token=TOKEN) as c:
+        yield c
+
+
+def _status(exc: grpc.RpcError) -> tuple[grpc.StatusCode, list[str]]:
+    status = rpc_status.from_call(exc)
+    fields = []
+    for detail in status.details if status else []:
+        bad = error_details_pb2.BadRequest()
+        if detail.Unpack(bad):
+            fields += [v.field for v in bad.field_violations]
+    return exc.code(), fields
+
+
+def test_token_is_required_but_health_is_open(server):
+    for token in (None, "wrong"):
+        with TrainingClient(server.address, token=token) as anon:
+            with pytest.raises(grpc.RpcError) as err:
+                anon.list()
+            assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            with pytest.raises(grpc.RpcError) as err:
+                list(anon.watch("job-x"))
+            assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    with grpc.insecure_channel(server.address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for name in ("", SERVICE_NAME):
+            reply = health.Check(health_pb2.HealthCheckRequest(service=name), timeout=5)
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+class _Bearer(grpc.StreamStreamClientInterceptor):
+    def intercept_stream_stream(self, continuation, details, requests):
+        metadata = list(details.metadata or []) + [("authorization", f"Bearer {TOKEN}")]
+        return continuation(details._replace(metadata=metadata), requests)
+
+
+def test_reflection_lists_the_services(server):
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+        ProtoReflectionDescriptorDatabase)
+
+    with grpc.insecure_channel(server.address) as channel:
+        database = ProtoReflectionDescriptorDatabase(grpc.intercept_channel(channel, _Bearer()))
+        services = set(database.get_services())
+        assert {SERVICE_NAME, "grpc.health.v1.Health"} <= services
+        method = database.FindFileContainingSymbol(SERVICE_NAME)
+        assert method.package == "tunesmith.training.v1"
+
+
+@pytest.mark.parametrize("change, field", [
+    ({"lora": pb.LoraSpec(r=0)}, "lora.r"),
+    ({"training": {"learning_rate": 2.0}}, "training.learning_rate"),
+    ({"training": {"lr_scheduler": "wavy"}}, "training.lr_scheduler"),
+    ({"quantization": "fp3"}, "quantization"),
+    ({"loss_on": "everything"}, "loss_on"),
+    ({"dataset_path": "empty"}, "dataset"),
+    ({"dataset_path": ""}, "dataset"),
+    ({"resources": pb.Resources(gpus=-1)}, "resources.gpus"),
+])
+def test_bad_values_are_invalid_argument_naming_the_field(client, roots, change, field):
+    spec = job_spec(roots[1], change.pop("dataset_path", "data"), **change)
+    with pytest.raises(grpc.RpcError) as err:
+        client.create(spec)
+    code, fields = _status(err.value)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and field in fields, fields
+    assert field in err.value.details()
+    assert client.list().jobs == []  # nothing was queued
+
+
+def test_other_invalid_requests(client, roots):
+    with pytest.raises(grpc.RpcError) as err:
+        client.stub.CreateJob(pb.CreateJobRequest(spec=job_spec(roots[1])),
+                              metadata=client.metadata)
+    assert _status(err.value) == (grpc.StatusCode.INVALID_ARGUMENT, ["request_id"])
+    not_a_model = roots[0] / "empty"
+    with pytest.raises(grpc.RpcError) as err:
+        client.create(job_spec(not_a_model))
+    assert _status(err.value) == (grpc.StatusCode.INVALID_ARGUMENT, ["base_model"])
+    with pytest.raises(grpc.RpcError) as err:
+        client.list(page_size=5000)
+    assert _status(err.value) == (grpc.StatusCode.INVALID_ARGUMENT, ["page_size"])
+    with pytest.raises(grpc.RpcError) as err:
+        client.get("job-nope")
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_paths_outside_the_data_roots_are_permission_denied(client, roots, tmp_path):
+    root, model = roots
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "train.jsonl").write_text((root / "data" / "train.jsonl").read_text())
+    (root / "sneaky").symlink_to(outside)
+    (root / "template.jinja").symlink_to(outside / "train.jsonl")
+    cases = [(job_spec(model, "../outside"), "dataset"),
+             (job_spec(model, "data/../../outside"), "dataset"),
+             (job_spec(model, str(outside)), "dataset"),
+             (job_spec(model, "sneaky"), "dataset"),
+             (job_spec(outside), "base_model"),
+             (job_spec(model, chat_template="/etc/passwd"), "chat_template"),
+             (job_spec(model, chat_template="template.jinja"), "chat_template")]
+    for spec, field in cases:
+        with pytest.raises(grpc.RpcError) as err:
+            client.create(spec)
+        assert _status(err.value) == (grpc.StatusCode.PERMISSION_DENIED, [field]), spec
+    assert client.list().jobs == []
+
+
+def test_concurrent_creates_with_one_request_id_make_one_job(client, roots):
+    spec = job_spec(roots[1], dry_run=True)
+    request_id = str(uuid.uuid4())
+    ids, errors = [], []
+
+    def create():
+        try:
+            ids.append(client.create(spec, request_id).id)
+        except grpc.RpcError as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=create) for _ in range(24)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(ids) == 24 and len(set(ids)) == 1
+    assert [j.id for j in client.list().jobs] == ids[:1]
+    events = list(client.watch(ids[0]))
+    assert states(events) == [pb.JOB_STATE_QUEUED, pb.JOB_STATE_VALIDATING,
+                              pb.JOB_STATE_SUCCEEDED]  # a dry run stops after preflight
+    job = client.get(ids[0])
+    assert job.state == pb.JOB_STATE_SUCCEEDED and "preflight" in job.artifacts
+    assert "adapter" not in job.artifacts
+
+
+@pytest.mark.slow
+def test_job_runs_to_succeeded_with_events_in_order(server, client, roots):
+    job = client.create(job_spec(roots[1]))
+    assert job.state == pb.JOB_STATE_QUEUED and job.spec.dataset == str(roots[0] / "data")
+    events = list(client.watch(job.id))
+    assert [e.sequence for e in events] == list(range(1, len(events) + 1))
+    assert states(events) == ORDER
+    steps = [e.step.step for e in events if e.kind == pb.EVENT_KIND_STEP_METRICS]
+    evals = [e.eval for e in events if e.kind == pb.EVENT_KIND_EVAL_METRICS]
+    saved = [e.checkpoint for e in events if e.kind == pb.EVENT_KIND_CHECKPOINT_SAVED]
+    assert steps == [1, 2, 3] and [e.step for e in evals] == [1, 2, 3]
+    assert [c.step for c in saved] == [1, 2, 3]
+    assert all(c.eval_loss == e.eval_loss for c, e in zip(saved, evals))
+    assert any(e.kind == pb.EVENT_KIND_LOG for e in events)
+
+    done = client.get(job.id)
+    assert done.state == pb.JOB_STATE_SUCCEEDED and done.attempts == 1
+    assert done.metrics["global_step"] == 3 and done.metrics["best_eval_loss"] > 0
+    assert done.end_time.seconds >= done.start_time.seconds >= done.create_time.seconds
+    for name in ("adapter", "merged", "verify", "report", "metrics", "log"):
+        assert name in done.artifacts, name
+    listed = client.checkpoints(job.id)
+    assert [c.step for c in listed.checkpoints] == [1, 2, 3]
+    assert listed.best_step == min(saved, key=lambda c: c.eval_loss).step
+
+    tail = list(client.watch(job.id, from_sequence=5))  # a reconnecting client
+    assert tail == events[4:]
+    assert list(client.watch(job.id, from_sequence=len(events) + 1)) == []
+
+    metrics = urllib.request.urlopen(
+        f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10).read().decode()
+    assert 'tunesmith_jobs{state="SUCCEEDED"} 1.0' in metrics
+    assert "tunesmith_queue_length 0.0" in metrics
+
+
+@pytest.mark.slow
+def test_cancel_queued_and_running_jobs(client, roots):
+    long = {"max_steps": 400, "eval_every_steps": 100, "logging_steps": 1}
+    running = client.create(job_spec(roots[1], training=long))
+    queued = client.create(job_spec(roots[1], training=long))  # one job at a time
+    assert client.cancel(queued.id).state == pb.JOB_STATE_CANCELLED
+    wait_for(client, running.id, pb.EVENT_KIND_STEP_METRICS)
+    assert client.cancel(running.id).cancel_requested
+    events = list(client.watch(running.id))
+    assert states(events)[-1] == pb.JOB_STATE_CANCELLED
+    assert "cancelled during training" in events[-1].state_change.reason
+    job = client.get(running.id)
+    assert job.state == pb.JOB_STATE_CANCELLED and job.metrics["global_step"] < 400
+    assert client.cancel(running.id).state == pb.JOB_STATE_CANCELLED  # ended: unchanged
+
+
+@pytest.mark.slow
+def test_drain_checkpoints_running_jobs_and_refuses_new_ones(tmp_path, roots):
+    server = _server(tmp_path, roots)
+    try:
+        with TrainingClient(server.address, token=TOKEN) as client:
+            job = client.create(job_spec(roots[1], training={
+                "max_steps": 400, "eval_every_steps": 100, "logging_steps": 1}))
+            wait_for(client, job.id, pb.EVENT_KIND_STEP_METRICS)
+            assert server.drain(timeout_s=120) == []
+            with grpc.insecure_channel(server.address) as channel:
+                reply = health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=5)
+            assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
+            with pytest.raises(grpc.RpcError) as err:
+                client.create(job_spec(roots[1]))
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+            paused = client.get(job.id)
+            assert paused.state == pb.JOB_STATE_QUEUED
+            saved = client.checkpoints(job.id).checkpoints
+            assert saved and saved[-1].step == paused.metrics["global_step"]
+    finally:
+        server.stop(0)
+
+
+@pytest.mark.slow
+def test_ray_executor_sends_the_same_events(tmp_path, roots, ray_local):
+    server = _server(tmp_path, roots, executor="ray")
+    try:
+        with TrainingClient(server.address, token=TOKEN) as client:
+            job = client.create(job_spec(roots[1], training={"max_steps": 2}))
+            events = list(client.watch(job.id))
+            assert states(events) == ORDER, [e.state_change.reason for e in events]
+            kinds = {e.kind for e in events}
+            assert {pb.EVENT_KIND_STEP_METRICS, pb.EVENT_KIND_EVAL_METRICS,
+                    pb.EVENT_KIND_CHECKPOINT_SAVED, pb.EVENT_KIND_LOG} <= kinds
+            assert [e.sequence for e in events] == list(range(1, len(events) + 1))
+            done = client.get(job.id)
+            assert done.metrics["global_step"] == 2 and "merged" in done.artifacts
+    finally:
+        server.stop(0)

@@ -1,0 +1,91 @@
+"""A small client for the training service: a channel with the token attached, and a
+watch that reconnects from the last sequence number it saw."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+import grpc
+
+from protos.tunesmith.training.v1 import training_pb2 as pb
+from protos.tunesmith.training.v1 import training_pb2_grpc
+from trainer_service.jobs.store import TERMINAL
+
+RETRYABLE = (grpc.StatusCode.UNAVAILABLE,)
+
+
+class TrainingClient:
+    """Calls TrainingService at ``address`` with an optional bearer token and TLS root."""
+
+    def __init__(self, address: str, token: str | None = None, tls_ca: Path | None = None,
+                 timeout_s: float = 30.0):
+        if tls_ca is not None:
+            creds = grpc.ssl_channel_credentials(Path(tls_ca).read_bytes())
+            self.channel = grpc.secure_channel(address, creds)
+        else:
+            self.channel = grpc.insecure_channel(address)
+        self.stub = training_pb2_grpc.TrainingServiceStub(self.channel)
+        self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self.timeout_s = timeout_s
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> "TrainingClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def create(self, spec: pb.JobSpec, request_id: str | None = None) -> pb.Job:
+        request = pb.CreateJobRequest(spec=spec, request_id=request_id or str(uuid.uuid4()))
+        return self.stub.CreateJob(request, metadata=self.metadata, timeout=self.timeout_s)
+
+    def get(self, job_id: str) -> pb.Job:
+        return self.stub.GetJob(pb.GetJobRequest(job_id=job_id), metadata=self.metadata,
+                                timeout=self.timeout_s)
+
+    def list(self, states: list[int] | None = None, page_size: int = 50,
+             page_token: str = "") -> pb.ListJobsResponse:
+        return self.stub.ListJobs(pb.ListJobsRequest(states=states or [], page_size=page_size,
+                                                     page_token=page_token),
+                                  metadata=self.metadata, timeout=self.timeout_s)
+
+    def cancel(self, job_id: str) -> pb.Job:
+        return self.stub.CancelJob(pb.CancelJobRequest(job_id=job_id), metadata=self.metadata,
+                                   timeout=self.timeout_s)
+
+    def checkpoints(self, job_id: str) -> pb.ListCheckpointsResponse:
+        return self.stub.ListCheckpoints(pb.ListCheckpointsRequest(job_id=job_id),
+                                         metadata=self.metadata, timeout=self.timeout_s)
+
+    def watch(self, job_id: str, from_sequence: int = 1,
+              reconnect_s: float = 60.0) -> Iterator[pb.JobEvent]:
+        """The job's events until its final state; survives a server restart by
+        reconnecting (for up to ``reconnect_s``) from the next sequence number."""
+        next_seq = max(1, from_sequence)
+        down_since: float | None = None
+        while True:
+            try:
+                stream = self.stub.WatchJob(pb.WatchJobRequest(job_id=job_id,
+                                                               from_sequence=next_seq),
+                                            metadata=self.metadata)
+                for event in stream:
+                    down_since = None
+                    next_seq = event.sequence + 1
+                    yield event
+                    if event.kind == pb.EVENT_KIND_STATE_CHANGE and \
+                            event.state_change.state in TERMINAL:
+                        return
+                if self.get(job_id).state in TERMINAL:
+                    return
+            except grpc.RpcError as exc:
+                if exc.code() not in RETRYABLE:
+                    raise
+                down_since = down_since or time.monotonic()
+                if time.monotonic() - down_since > reconnect_s:
+                    raise
+                time.sleep(0.5)

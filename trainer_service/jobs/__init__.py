@@ -1,0 +1,1 @@
+"""Durable training jobs: the SQLite store, spec validation, the job process and executors."""

@@ -1,0 +1,1 @@
+"""The gRPC front of the training service: servicer, auth, health, metrics, lifecycle."""

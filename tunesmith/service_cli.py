@@ -1,0 +1,315 @@
+"""`tunesmith trainer serve` and the client commands `tunesmith train submit|get|list|watch|
+cancel|checkpoints`: flags -> TrainingClient / ServerConfig, results -> the terminal.
+
+Exit codes: 0 when the job SUCCEEDED (submit --watch, watch) or the call worked; 1 when the
+watched job ended FAILED or CANCELLED; 2 for a bad spec or flag; 3 for an RPC error, printed
+as its gRPC status name and message.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from tunesmith.cli import app, console, train_app
+
+trainer_app = typer.Typer(help="The training service (gRPC): durable QLoRA jobs.",
+                          no_args_is_help=True)
+app.add_typer(trainer_app, name="trainer")
+
+DEFAULT_SERVER = "127.0.0.1:50051"
+ServerOpt = Annotated[str, typer.Option(
+    "--server", envvar="TUNESMITH_SERVER", help="The training service's host:port.")]
+TokenOpt = Annotated[Optional[Path], typer.Option(
+    "--token-file", envvar="TUNESMITH_TOKEN_FILE", help="File holding the bearer token.")]
+CaOpt = Annotated[Optional[Path], typer.Option(
+    "--tls-ca", help="CA certificate to verify a TLS server (PEM); omit for plaintext.")]
+EXIT_JOB_FAILED, EXIT_BAD_INPUT, EXIT_RPC = 1, 2, 3
+
+
+@trainer_app.command("serve")
+def trainer_serve(
+    state_dir: Annotated[Path, typer.Option("--state-dir", help="Job store and run folders.")],
+    data_root: Annotated[list[Path], typer.Option(
+        "--data-root", help="A folder jobs may read datasets and models from (repeatable).")],
+    host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="0 picks a free port.")] = 50051,
+    token_file: Annotated[Optional[Path], typer.Option(
+        "--token-file", help="Require this bearer token on every call but health checks.")
+                          ] = None,
+    tls_cert: Annotated[Optional[Path], typer.Option("--tls-cert")] = None,
+    tls_key: Annotated[Optional[Path], typer.Option("--tls-key")] = None,
+    executor: Annotated[str, typer.Option(
+        "--executor", help="local: a process per job; ray: a Ray task per job.")] = "local",
+    ray_address: Annotated[Optional[str], typer.Option(
+        "--ray-address", help="Ray cluster for --executor ray; default: a local Ray.")] = None,
+    max_concurrent_jobs: Annotated[int, typer.Option("--max-concurrent-jobs")] = 1,
+    metrics_port: Annotated[Optional[int], typer.Option(
+        "--metrics-port", help="Serve Prometheus /metrics on this port.")] = None,
+    reflection: Annotated[bool, typer.Option(
+        "--reflection/--no-reflection", help="Enable gRPC server reflection.")] = False,
+    drain_timeout: Annotated[float, typer.Option(
+        "--drain-timeout", help="Seconds SIGTERM waits for running jobs to checkpoint.")
+                             ] = 25.0,
+) -> None:
+    """Serve TrainingService until SIGTERM, then drain (running jobs checkpoint and resume on
+    the next start)."""
+    import logging
+
+    from trainer_service.server.app import ServerConfig, ServerConfigError, read_token, serve
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    try:
+        config = ServerConfig(
+            state_dir=state_dir.resolve(), data_roots=[r.resolve() for r in data_root],
+            host=host, port=port, token=read_token(token_file), tls_cert=tls_cert,
+            tls_key=tls_key, executor=executor, ray_address=ray_address,
+            max_concurrent_jobs=max_concurrent_jobs, metrics_port=metrics_port,
+            reflection=reflection, drain_timeout_s=drain_timeout)
+        serve(config, ready=lambda line: typer.echo(line, err=True))
+    except ServerConfigError as exc:
+        typer.secho(f"error: {exc}", err=True, fg="red")
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+
+
+def _client(server: str, token_file: Optional[Path], tls_ca: Optional[Path]):
+    from trainer_service.client import TrainingClient
+
+    token = os.environ.get("TUNESMITH_TOKEN")
+    if token_file is not None:
+        token = token_file.read_text(encoding="utf-8").strip()
+    return TrainingClient(server, token=token or None, tls_ca=tls_ca)
+
+
+def _rpc_error(exc) -> typer.Exit:
+    code = exc.code().name if hasattr(exc, "code") else "UNKNOWN"
+    details = exc.details() if hasattr(exc, "details") else str(exc)
+    typer.secho(f"{code}: {details}", err=True, fg="red")
+    return typer.Exit(EXIT_RPC)
+
+
+def _load_spec(path: Path, dataset: Optional[Path], base_model: Optional[str],
+               dry_run: Optional[bool]):
+    from data_engine.config_loader import read_yaml
+    from data_engine.errors import ConfigError
+    from trainer_service.errors import InvalidArgument
+    from trainer_service.jobs.validate import TEMPLATE_KEYWORDS, spec_from_mapping
+
+    try:
+        data, base, _ = read_yaml(path, "train spec")
+    except ConfigError as exc:
+        typer.secho(f"error: {exc}", err=True, fg="red")
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+    # Relative paths in the file start at the file's folder, as with `train run`.
+    for key in ("dataset", "chat_template"):
+        value = data.get(key)
+        if isinstance(value, str) and value and value not in TEMPLATE_KEYWORDS \
+                and not Path(value).is_absolute():
+            data[key] = str(base / value)
+    if dataset is not None:
+        data["dataset"] = str(dataset.resolve())
+    if base_model is not None:
+        data["base_model"] = base_model
+    if dry_run is not None:
+        data["dry_run"] = dry_run
+    try:
+        return spec_from_mapping(data)
+    except InvalidArgument as exc:
+        for field, message in exc.problems:
+            typer.secho(f"error: {path}: {field}: {message}", err=True, fg="red")
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+
+
+def _state(value: int) -> str:
+    from trainer_service.jobs.store import state_name
+
+    return state_name(value)
+
+
+def _print_job(job) -> None:
+    from google.protobuf import json_format
+
+    typer.echo(json.dumps(json_format.MessageToDict(job, preserving_proto_field_name=True),
+                          indent=2, ensure_ascii=False))
+
+
+def _watch(client, job_id: str, from_sequence: int, show_logs: bool) -> int:
+    """Follows a job with a progress bar; returns the exit code for its final state."""
+    import grpc
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from protos.tunesmith.training.v1 import training_pb2 as pb
+
+    final = None
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[numbers]}"), console=console) as bar:
+        task = bar.add_task(job_id, total=None, numbers="")
+        numbers: dict[str, float] = {}
+        try:
+            for event in client.watch(job_id, from_sequence):
+                kind = event.kind
+                if kind == pb.EVENT_KIND_STATE_CHANGE:
+                    change = event.state_change
+                    final = change.state
+                    bar.update(task, description=f"{job_id} {_state(change.state)}")
+                    bar.console.print(f"#{event.sequence} {_state(change.previous)} -> "
+                                      f"{_state(change.state)}: {change.reason}",
+                                      highlight=False)
+                elif kind == pb.EVENT_KIND_STEP_METRICS:
+                    numbers["loss"] = event.step.loss
+                    bar.update(task, completed=event.step.step,
+                               total=event.step.max_steps or None)
+                elif kind == pb.EVENT_KIND_EVAL_METRICS:
+                    numbers["eval_loss"] = event.eval.eval_loss
+                elif kind == pb.EVENT_KIND_CHECKPOINT_SAVED:
+                    bar.console.print(f"#{event.sequence} checkpoint step "
+                                      f"{event.checkpoint.step}: {event.checkpoint.path}",
+                                      highlight=False)
+                elif kind == pb.EVENT_KIND_WARNING:
+                    bar.console.print(f"[yellow]#{event.sequence} warning: {event.message}")
+                elif kind == pb.EVENT_KIND_LOG and show_logs:
+                    bar.console.print(f"#{event.sequence} {event.message}", highlight=False,
+                                      markup=False)
+                bar.update(task, numbers=" ".join(f"{k} {v:.4f}" for k, v in numbers.items()))
+        except grpc.RpcError as exc:
+            raise _rpc_error(exc) from None
+    job = client.get(job_id)
+    typer.echo(f"{job.id} {_state(job.state)}")
+    if job.state == pb.JOB_STATE_FAILED:
+        e = job.error
+        typer.secho(f"error {e.code}: {e.field + ': ' if e.field else ''}{e.message}"
+                    + (f" Fix: {e.fix}" if e.fix else ""), err=True, fg="red")
+    for name, path in sorted(job.artifacts.items()):
+        typer.echo(f"{name + ':':10s}{path}")
+    return 0 if (final or job.state) == pb.JOB_STATE_SUCCEEDED else EXIT_JOB_FAILED
+
+
+@train_app.command("submit")
+def train_submit(
+    spec: Annotated[Path, typer.Argument(help="YAML spec, as for `train run`.")],
+    server: ServerOpt = DEFAULT_SERVER,
+    token_file: TokenOpt = None,
+    tls_ca: CaOpt = None,
+    watch: Annotated[bool, typer.Option("--watch", help="Follow the job to its end.")] = False,
+    request_id: Annotated[Optional[str], typer.Option(
+        "--request-id", help="Idempotency key; default: a new UUID.")] = None,
+    dataset: Annotated[Optional[Path], typer.Option("--dataset")] = None,
+    base_model: Annotated[Optional[str], typer.Option("--base-model")] = None,
+    dry_run: Annotated[Optional[bool], typer.Option(
+        "--dry-run/--no-dry-run", help="Stop after validation and preflight.")] = None,
+    logs: Annotated[bool, typer.Option("--logs", help="Show the job's log lines.")] = False,
+) -> None:
+    """Submit a training job to the service (paths as the server sees them)."""
+    import grpc
+
+    job_spec = _load_spec(spec, dataset, base_model, dry_run)
+    with _client(server, token_file, tls_ca) as client:
+        try:
+            job = client.create(job_spec, request_id)
+        except grpc.RpcError as exc:
+            raise _rpc_error(exc) from None
+        typer.echo(f"{job.id} {_state(job.state)}")
+        if watch:
+            raise typer.Exit(_watch(client, job.id, 1, logs))
+
+
+@train_app.command("watch")
+def train_watch(
+    job_id: Annotated[str, typer.Argument()],
+    server: ServerOpt = DEFAULT_SERVER,
+    token_file: TokenOpt = None,
+    tls_ca: CaOpt = None,
+    from_sequence: Annotated[int, typer.Option(
+        "--from-sequence", help="First event to show (1: from the start).")] = 1,
+    logs: Annotated[bool, typer.Option("--logs", help="Show the job's log lines.")] = False,
+) -> None:
+    """Follow a job's events to its end; exit 0 only when it SUCCEEDED."""
+    with _client(server, token_file, tls_ca) as client:
+        raise typer.Exit(_watch(client, job_id, from_sequence, logs))
+
+
+@train_app.command("get")
+def train_get(job_id: Annotated[str, typer.Argument()], server: ServerOpt = DEFAULT_SERVER,
+              token_file: TokenOpt = None, tls_ca: CaOpt = None) -> None:
+    """Print a job as JSON."""
+    import grpc
+
+    with _client(server, token_file, tls_ca) as client:
+        try:
+            _print_job(client.get(job_id))
+        except grpc.RpcError as exc:
+            raise _rpc_error(exc) from None
+
+
+@train_app.command("list")
+def train_list(
+    server: ServerOpt = DEFAULT_SERVER, token_file: TokenOpt = None, tls_ca: CaOpt = None,
+    state: Annotated[Optional[list[str]], typer.Option(
+        "--state", help="Only jobs in this state, e.g. RUNNING (repeatable).")] = None,
+    limit: Annotated[int, typer.Option("--limit", help="At most this many jobs.")] = 50,
+) -> None:
+    """List jobs, newest first."""
+    import grpc
+
+    from protos.tunesmith.training.v1 import training_pb2 as pb
+
+    try:
+        states = [pb.JobState.Value("JOB_STATE_" + s.upper()) for s in state or []]
+    except ValueError as exc:
+        typer.secho(f"error: --state: {exc}", err=True, fg="red")
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+    shown, token = 0, ""
+    with _client(server, token_file, tls_ca) as client:
+        try:
+            while shown < limit:
+                page = client.list(states, min(limit - shown, 1000), token)
+                for job in page.jobs:
+                    step = job.metrics.get("global_step")
+                    loss = job.metrics.get("eval_loss")
+                    typer.echo(f"{job.id}  {_state(job.state):10s} "
+                               f"{job.create_time.ToDatetime():%Y-%m-%d %H:%M:%S}  "
+                               + (f"step {step:g} " if step is not None else "")
+                               + (f"eval_loss {loss:.4f}" if loss is not None else ""))
+                shown += len(page.jobs)
+                token = page.next_page_token
+                if not token:
+                    break
+        except grpc.RpcError as exc:
+            raise _rpc_error(exc) from None
+
+
+@train_app.command("cancel")
+def train_cancel(job_id: Annotated[str, typer.Argument()], server: ServerOpt = DEFAULT_SERVER,
+                 token_file: TokenOpt = None, tls_ca: CaOpt = None) -> None:
+    """Ask a job to stop at its next safe point (it ends CANCELLED)."""
+    import grpc
+
+    with _client(server, token_file, tls_ca) as client:
+        try:
+            job = client.cancel(job_id)
+        except grpc.RpcError as exc:
+            raise _rpc_error(exc) from None
+    typer.echo(f"{job.id} {_state(job.state)}"
+               + (" (cancel requested)" if job.cancel_requested else ""))
+
+
+@train_app.command("checkpoints")
+def train_checkpoints(job_id: Annotated[str, typer.Argument()],
+                      server: ServerOpt = DEFAULT_SERVER, token_file: TokenOpt = None,
+                      tls_ca: CaOpt = None) -> None:
+    """List a job's checkpoints; * marks the best by validation loss."""
+    import grpc
+
+    with _client(server, token_file, tls_ca) as client:
+        try:
+            page = client.checkpoints(job_id)
+        except grpc.RpcError as exc:
+            raise _rpc_error(exc) from None
+    for cp in page.checkpoints:
+        loss = f"eval_loss {cp.eval_loss:.4f}" if cp.HasField("eval_loss") else ""
+        typer.echo(f"{'*' if cp.step == page.best_step else ' '} step {cp.step:6d} {loss:18s}"
+                   f" {cp.path}")
