@@ -266,3 +266,49 @@ def test_ray_executor_sends_the_same_events(tmp_path, roots, ray_local):
             assert done.metrics["global_step"] == 2 and "merged" in done.artifacts
     finally:
         server.stop(0)
+
+
+def test_tls_with_a_token(tmp_path, roots):
+    """--tls-cert/--tls-key: a client trusting the certificate gets through; a plaintext one
+    does not."""
+    import shutil
+    import subprocess
+
+    openssl = shutil.which("openssl")
+    if openssl is None:  # pragma: no cover - openssl ships with every CI image we use
+        pytest.fail("openssl is needed to make a test certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    server = _server(tmp_path, roots, tls_cert=cert, tls_key=key)
+    try:
+        with TrainingClient(server.address, token=TOKEN, tls_ca=cert) as client:
+            assert client.list().jobs == []
+        with TrainingClient(server.address, token=TOKEN, timeout_s=3) as plain:
+            with pytest.raises(grpc.RpcError) as err:
+                plain.list()
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        server.stop(0)
+
+
+@pytest.mark.slow
+def test_a_killed_job_process_fails_its_job_not_the_server(server, client, roots):
+    import os
+    import signal
+    import subprocess
+
+    job = client.create(job_spec(roots[1], training={"max_steps": 400, "logging_steps": 1}))
+    wait_for(client, job.id, pb.EVENT_KIND_STEP_METRICS)
+    pids = subprocess.run(["pgrep", "-f", f"trainer_service.jobs.worker .*{job.id}"],
+                          capture_output=True, text=True).stdout.split()
+    assert len(pids) == 1
+    os.kill(int(pids[0]), signal.SIGKILL)  # what the OOM killer does
+    events = list(client.watch(job.id))
+    assert states(events)[-1] == pb.JOB_STATE_FAILED
+    failed = client.get(job.id)
+    assert failed.error.code == "worker_crashed" and "SIGKILL" in failed.error.message
+    assert "job.log" in failed.error.message
+    dry = client.create(job_spec(roots[1], dry_run=True))  # the server carries on
+    assert states(list(client.watch(dry.id)))[-1] == pb.JOB_STATE_SUCCEEDED
