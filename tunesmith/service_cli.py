@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -85,11 +86,18 @@ def _client(server: str, token_file: Optional[Path], tls_ca: Optional[Path]):
     return TrainingClient(server, token=token or None, tls_ca=tls_ca)
 
 
-def _rpc_error(exc) -> typer.Exit:
-    code = exc.code().name if hasattr(exc, "code") else "UNKNOWN"
-    details = exc.details() if hasattr(exc, "details") else str(exc)
-    typer.secho(f"{code}: {details}", err=True, fg="red")
-    return typer.Exit(EXIT_RPC)
+@contextmanager
+def _rpc_errors():
+    """Any RPC error in the block: print `STATUS: message` and exit EXIT_RPC."""
+    import grpc
+
+    try:
+        yield
+    except grpc.RpcError as exc:
+        code = exc.code().name if hasattr(exc, "code") else "UNKNOWN"
+        details = exc.details() if hasattr(exc, "details") else str(exc)
+        typer.secho(f"{code}: {details}", err=True, fg="red")
+        raise typer.Exit(EXIT_RPC) from None
 
 
 def _load_spec(path: Path, dataset: Optional[Path], base_model: Optional[str],
@@ -139,7 +147,6 @@ def _print_job(job) -> None:
 
 def _watch(client, job_id: str, from_sequence: int, show_logs: bool) -> int:
     """Follows a job with a progress bar; returns the exit code for its final state."""
-    import grpc
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from protos.tunesmith.training.v1 import training_pb2 as pb
@@ -149,7 +156,7 @@ def _watch(client, job_id: str, from_sequence: int, show_logs: bool) -> int:
                   TextColumn("{task.fields[numbers]}"), console=console) as bar:
         task = bar.add_task(job_id, total=None, numbers="")
         numbers: dict[str, float] = {}
-        try:
+        with _rpc_errors():
             for event in client.watch(job_id, from_sequence):
                 kind = event.kind
                 if kind == pb.EVENT_KIND_STATE_CHANGE:
@@ -175,9 +182,8 @@ def _watch(client, job_id: str, from_sequence: int, show_logs: bool) -> int:
                     bar.console.print(f"#{event.sequence} {event.message}", highlight=False,
                                       markup=False)
                 bar.update(task, numbers=" ".join(f"{k} {v:.4f}" for k, v in numbers.items()))
-        except grpc.RpcError as exc:
-            raise _rpc_error(exc) from None
-    job = client.get(job_id)
+    with _rpc_errors():
+        job = client.get(job_id)
     typer.echo(f"{job.id} {_state(job.state)}")
     if job.state == pb.JOB_STATE_FAILED:
         e = job.error
@@ -204,14 +210,10 @@ def train_submit(
     logs: Annotated[bool, typer.Option("--logs", help="Show the job's log lines.")] = False,
 ) -> None:
     """Submit a training job to the service (paths as the server sees them)."""
-    import grpc
-
     job_spec = _load_spec(spec, dataset, base_model, dry_run)
     with _client(server, token_file, tls_ca) as client:
-        try:
+        with _rpc_errors():
             job = client.create(job_spec, request_id)
-        except grpc.RpcError as exc:
-            raise _rpc_error(exc) from None
         typer.echo(f"{job.id} {_state(job.state)}")
         if watch:
             raise typer.Exit(_watch(client, job.id, 1, logs))
@@ -236,13 +238,8 @@ def train_watch(
 def train_get(job_id: Annotated[str, typer.Argument()], server: ServerOpt = DEFAULT_SERVER,
               token_file: TokenOpt = None, tls_ca: CaOpt = None) -> None:
     """Print a job as JSON."""
-    import grpc
-
-    with _client(server, token_file, tls_ca) as client:
-        try:
-            _print_job(client.get(job_id))
-        except grpc.RpcError as exc:
-            raise _rpc_error(exc) from None
+    with _client(server, token_file, tls_ca) as client, _rpc_errors():
+        _print_job(client.get(job_id))
 
 
 @train_app.command("list")
@@ -253,8 +250,6 @@ def train_list(
     limit: Annotated[int, typer.Option("--limit", help="At most this many jobs.")] = 50,
 ) -> None:
     """List jobs, newest first."""
-    import grpc
-
     from protos.tunesmith.training.v1 import training_pb2 as pb
 
     try:
@@ -263,36 +258,28 @@ def train_list(
         typer.secho(f"error: --state: {exc}", err=True, fg="red")
         raise typer.Exit(EXIT_BAD_INPUT) from None
     shown, token = 0, ""
-    with _client(server, token_file, tls_ca) as client:
-        try:
-            while shown < limit:
-                page = client.list(states, min(limit - shown, 1000), token)
-                for job in page.jobs:
-                    step = job.metrics.get("global_step")
-                    loss = job.metrics.get("eval_loss")
-                    typer.echo(f"{job.id}  {_state(job.state):10s} "
-                               f"{job.create_time.ToDatetime():%Y-%m-%d %H:%M:%S}  "
-                               + (f"step {step:g} " if step is not None else "")
-                               + (f"eval_loss {loss:.4f}" if loss is not None else ""))
-                shown += len(page.jobs)
-                token = page.next_page_token
-                if not token:
-                    break
-        except grpc.RpcError as exc:
-            raise _rpc_error(exc) from None
+    with _client(server, token_file, tls_ca) as client, _rpc_errors():
+        while shown < limit:
+            page = client.list(states, min(limit - shown, 1000), token)
+            for job in page.jobs:
+                step = job.metrics.get("global_step")
+                loss = job.metrics.get("eval_loss")
+                typer.echo(f"{job.id}  {_state(job.state):10s} "
+                           f"{job.create_time.ToDatetime():%Y-%m-%d %H:%M:%S}  "
+                           + (f"step {step:g} " if step is not None else "")
+                           + (f"eval_loss {loss:.4f}" if loss is not None else ""))
+            shown += len(page.jobs)
+            token = page.next_page_token
+            if not token:
+                break
 
 
 @train_app.command("cancel")
 def train_cancel(job_id: Annotated[str, typer.Argument()], server: ServerOpt = DEFAULT_SERVER,
                  token_file: TokenOpt = None, tls_ca: CaOpt = None) -> None:
     """Ask a job to stop at its next safe point (it ends CANCELLED)."""
-    import grpc
-
-    with _client(server, token_file, tls_ca) as client:
-        try:
-            job = client.cancel(job_id)
-        except grpc.RpcError as exc:
-            raise _rpc_error(exc) from None
+    with _client(server, token_file, tls_ca) as client, _rpc_errors():
+        job = client.cancel(job_id)
     typer.echo(f"{job.id} {_state(job.state)}"
                + (" (cancel requested)" if job.cancel_requested else ""))
 
@@ -302,13 +289,8 @@ def train_checkpoints(job_id: Annotated[str, typer.Argument()],
                       server: ServerOpt = DEFAULT_SERVER, token_file: TokenOpt = None,
                       tls_ca: CaOpt = None) -> None:
     """List a job's checkpoints; * marks the best by validation loss."""
-    import grpc
-
-    with _client(server, token_file, tls_ca) as client:
-        try:
-            page = client.checkpoints(job_id)
-        except grpc.RpcError as exc:
-            raise _rpc_error(exc) from None
+    with _client(server, token_file, tls_ca) as client, _rpc_errors():
+        page = client.checkpoints(job_id)
     for cp in page.checkpoints:
         loss = f"eval_loss {cp.eval_loss:.4f}" if cp.HasField("eval_loss") else ""
         typer.echo(f"{'*' if cp.step == page.best_step else ' '} step {cp.step:6d} {loss:18s}"

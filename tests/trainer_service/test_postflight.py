@@ -5,14 +5,12 @@ from __future__ import annotations
 import json
 import shutil
 
+import peft
 import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-torch = pytest.importorskip("torch")
-peft = pytest.importorskip("peft")
-
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM  # noqa: E402
-
-from trainer_service.recipe.postflight import (  # noqa: E402
+from trainer_service.recipe.postflight import (
     ADAPTER_FILES, VerifyError, check_parity, merge_adapter, sanity_generate, save_adapter)
 
 EOT = "<|im_end|>"

@@ -41,23 +41,29 @@ def status_of(exc: ServiceError) -> status_pb2.Status:
     return status
 
 
+def _abort(context, exc: ServiceError) -> None:
+    context.abort_with_status(rpc_status.to_status(status_of(exc)))
+
+
 def _rpc(method: Callable) -> Callable:
+    """Unary method: a ServiceError ends the call with its status."""
     @functools.wraps(method)
     def wrapper(self, request, context):
         try:
             return method(self, request, context)
         except ServiceError as exc:
-            context.abort_with_status(rpc_status.to_status(status_of(exc)))
+            _abort(context, exc)
     return wrapper
 
 
 def _stream_rpc(method: Callable) -> Callable:
+    """Server-streaming method: the same, for errors raised while streaming."""
     @functools.wraps(method)
     def wrapper(self, request, context):
         try:
             yield from method(self, request, context)
         except ServiceError as exc:
-            context.abort_with_status(rpc_status.to_status(status_of(exc)))
+            _abort(context, exc)
     return wrapper
 
 
