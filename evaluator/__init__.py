@@ -1,4 +1,3 @@
-"""The evaluator: serves merged models OpenAI-compatibly and measures them against the base.
-
-Not built yet; see DESIGN (evaluator) for the metrics and the promotion gate it will own.
-"""
+"""The evaluator: serves a model OpenAI-compatibly (`serving`), measures it against its base
+model (assistant-only perplexity, usability, judged win rate), gates and reports (`run`), and
+compares forms of one model (`compare`)."""

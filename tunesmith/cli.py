@@ -290,3 +290,5 @@ def train_run(
 
 
 from tunesmith import service_cli  # noqa: E402,F401 - registers `trainer serve`, `train submit|...`
+from tunesmith import serve_cli  # noqa: E402,F401 - registers `serve`
+from tunesmith import eval_cli  # noqa: E402,F401 - registers `eval run|compare`

@@ -1,0 +1,239 @@
+"""`tunesmith eval run`: one split, one model (and a baseline) -> EVAL_DIR with
+`metrics.json`, `samples.jsonl` and `report.html`, and a gate verdict.
+
+Each model is a local folder, served for the evaluation by `serve_model` (vLLM on a GPU,
+the transformers backend elsewhere) and stopped afterwards, or the URL of a server that
+is already running. Everything the model says is generated through that server, as users
+will call it. The baseline defaults to the base model of the run the model came from
+(RUN_DIR/run.json), so "better than before fine-tuning" is measured by default.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from evaluator.data import EvalError, EvalRow, read_rows
+
+PPL_VIA = ("server", "local")
+NO_BASELINE = "none"
+
+
+@dataclass
+class Target:
+    """A model to evaluate: a local folder (served here) or a running server's URL."""
+
+    label: str  # "model" | "baseline"
+    path: Path | None = None
+    base_url: str | None = None
+    served_name: str | None = None
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.served_name or (self.path.name if self.path else None),
+                "path": str(self.path) if self.path else None, "base_url": self.base_url}
+
+
+@dataclass
+class EvalOptions:
+    data: Path
+    out: Path
+    model: str | None = None  # a model folder, a run folder (its merged/) or a URL
+    served_name: str | None = None
+    split: str = "test"
+    baseline: str | None = None  # None: the run's base model if known; "none"; folder | URL
+    judge: str | None = None  # engine spec, KIND:MODEL[@BASE_URL]
+    gate: Path | None = None
+    tokenizer: Path | None = None  # for URL targets whose server does not name a folder
+    max_tokens: int | None = None  # None: the recipe's sanity budget over the references
+    limit: int | None = None
+    backend: str = "auto"
+    ppl_via: str = "server"
+    concurrency: int = 8
+
+
+def is_url(value: str) -> bool:
+    return value.startswith(("http://", "https://"))
+
+
+def model_target(value: str, label: str, served_name: str | None = None
+                 ) -> tuple[Target, str | None]:
+    """(target, the base model of the run it came from, if any). A run folder stands for its
+    merged/ model."""
+    if is_url(value):
+        return Target(label, base_url=value.rstrip("/"), served_name=served_name), None
+    path = Path(value).expanduser().resolve()
+    if (path / "merged" / "config.json").is_file():
+        path = path / "merged"
+    if not (path / "config.json").is_file():
+        raise EvalError("model_not_found", f"{value} is neither a model folder (config.json), "
+                        "a run folder (merged/) nor an http(s) URL", label)
+    base = None
+    run_json = path.parent / "run.json"
+    if run_json.is_file():
+        base = (json.loads(run_json.read_text(encoding="utf-8")).get("spec") or {}).get(
+            "base_model")
+    return Target(label, path=path, served_name=served_name), base
+
+
+def served_models(base_url: str) -> list[dict[str, Any]]:
+    from urllib.error import URLError
+    from urllib.request import urlopen
+
+    try:
+        with urlopen(f"{base_url}/models", timeout=30.0) as reply:
+            return json.loads(reply.read()).get("data") or []
+    except (URLError, OSError, ValueError) as exc:
+        raise EvalError("server_unreachable", f"{base_url}/models: {exc}", "base_url") from None
+
+
+@contextmanager
+def served(target: Target, options: EvalOptions, log: Callable[[str], None]
+           ) -> Iterator[tuple[str, str, Path | None]]:
+    """(base URL, served name, local folder for the tokenizer) while the target is up."""
+    if target.base_url:
+        listed = served_models(target.base_url)
+        names = [m.get("id") for m in listed]
+        name = target.served_name or (names[0] if names else None)
+        if name is None or name not in names:
+            raise EvalError("model_not_served", f"{target.base_url} serves {names}, not "
+                            f"{name!r}", "served_name")
+        root = next((m.get("root") for m in listed if m.get("id") == name), None)
+        folder = options.tokenizer or (Path(root) if root and Path(root).is_dir() else None)
+        yield target.base_url, name, folder
+        return
+    from evaluator.serving import serve_model
+
+    started = time.monotonic()
+    with serve_model(target.path, backend=options.backend,
+                     served_name=target.served_name) as server:
+        log(f"{target.label}: serving {target.path} as {server.name!r} at {server.base_url} "
+            f"({server.backend}, ready in {time.monotonic() - started:.0f} s)")
+        yield server.base_url, server.name, target.path
+
+
+def evaluate_side(target: Target, rows: list[EvalRow], options: EvalOptions,
+                  log: Callable[[str], None]) -> dict[str, Any]:
+    """Perplexity and replies for one model."""
+    from transformers import AutoTokenizer
+
+    from data_engine.config import CleanConfig
+    from evaluator import perplexity, usability
+
+    with served(target, options, log) as (base_url, name, folder):
+        target.served_name = name
+        if folder is None:
+            raise EvalError("tokenizer_unknown", f"{base_url} does not name a local model "
+                            "folder; pass --tokenizer", "tokenizer")
+        tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        encoded = perplexity.encode_rows(tokenizer, rows)
+        started = time.monotonic()
+        if options.ppl_via == "local":
+            logprobs = perplexity.local_logprobs(perplexity.load_local(folder), encoded)
+        else:
+            logprobs = perplexity.server_logprobs(base_url, name, encoded)
+        ppl = perplexity.summarize(encoded, logprobs, options.ppl_via)
+        log(f"{target.label}: perplexity {ppl['ppl']:.3f} over {ppl['tokens']} assistant "
+            f"tokens ({options.ppl_via}, {time.monotonic() - started:.1f} s)")
+        budget = options.max_tokens or usability.budget_for(tokenizer, rows)
+        started = time.monotonic()
+        gens = usability.generate(base_url, name, rows, budget, options.concurrency)
+        repetition = CleanConfig().repetition
+        replies = [usability.judge_reply(row, gen, repetition) for row, gen in zip(rows, gens)]
+        summary = usability.summarize(replies, budget)
+        log(f"{target.label}: {summary['usable']}/{summary['rows']} replies usable "
+            f"(budget {budget} tokens, {time.monotonic() - started:.1f} s)")
+    return {"ppl": ppl, "replies": replies, "usability": summary,
+            "json": usability.summarize_json(replies),
+            "reference": usability.add_reference_scores(rows, replies)}
+
+
+def _pair(model: Any, baseline: Any) -> dict[str, Any] | None:
+    if model is None and baseline is None:
+        return None
+    return {"model": model, "baseline": baseline}
+
+
+def run_eval(options: EvalOptions, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Evaluates, writes EVAL_DIR, returns metrics (with the gate's verdict)."""
+    from evaluator.gate import evaluate_gate, load_gate
+    from evaluator.report import write_report
+
+    if options.ppl_via not in PPL_VIA:
+        raise EvalError("bad_option", f"{options.ppl_via!r} is not one of "
+                        f"{', '.join(PPL_VIA)}", "ppl")
+    if not options.model:
+        raise EvalError("no_model", "pass --model MODEL_DIR or --base-url URL", "model")
+    gate = load_gate(options.gate)
+    rows = read_rows(options.data, options.split, options.limit)
+    model, run_base = model_target(options.model, "model", options.served_name)
+    baseline_spec = options.baseline if options.baseline is not None else run_base
+    baseline = None
+    if baseline_spec and baseline_spec != NO_BASELINE:
+        baseline, _ = model_target(baseline_spec, "baseline")
+    judge = None
+    if options.judge:
+        from evaluator.judged import build_judge
+
+        judge = build_judge(options.judge)  # fail on a bad spec before serving anything
+    log(f"eval: {len(rows)} {options.split} rows from {options.data}; baseline "
+        f"{baseline_spec if baseline else 'none'}")
+
+    sides = {"model": evaluate_side(model, rows, options, log)}
+    if baseline:
+        sides["baseline"] = evaluate_side(baseline, rows, options, log)
+    ours, theirs = sides["model"], sides.get("baseline")
+
+    judged = None
+    pairs: list[dict | None] = [None] * len(rows)
+    if judge:
+        from evaluator.judged import compare_replies, score_replies
+
+        started = time.monotonic()
+        pointwise = {"model": score_replies(judge, rows, ours["replies"]), "baseline": None}
+        pairwise = None
+        if theirs:
+            pointwise["baseline"] = score_replies(judge, rows, theirs["replies"])
+            pairwise, pairs = compare_replies(judge, rows, ours["replies"], theirs["replies"])
+        judged = {"engine": options.judge, "pointwise": pointwise, "pairwise": pairwise}
+        judge.engine.close()
+        log(f"judge: {time.monotonic() - started:.1f} s"
+            + (f", win rate {pairwise['win_rate']}" if pairwise else ""))
+
+    metrics: dict[str, Any] = {
+        "model": model.describe(),
+        "baseline": baseline.describe() if baseline else None,
+        "data": {"path": str(options.data), "split": options.split, "rows": len(rows)},
+        "perplexity": {"model": ours["ppl"], "baseline": theirs["ppl"] if theirs else None,
+                       "ratio": ours["ppl"]["ppl"] / theirs["ppl"]["ppl"] if theirs else None},
+        "usability": {"model": ours["usability"],
+                      "baseline": theirs["usability"] if theirs else None},
+        "json_validity": _pair(ours["json"], theirs["json"] if theirs else None),
+        "reference": _pair(ours["reference"], theirs["reference"] if theirs else None),
+        "judge": judged,
+        "gate": None,
+    }
+    metrics["gate"] = evaluate_gate(metrics, gate)
+    samples = [_sample(row, ours["replies"][i], theirs["replies"][i] if theirs else None,
+                       pairs[i]) for i, row in enumerate(rows)]
+    write_outputs(options.out, metrics, samples)
+    write_report(options.out, metrics, samples)
+    return metrics
+
+
+def _sample(row: EvalRow, model: dict, baseline: dict | None, pair: dict | None
+            ) -> dict[str, Any]:
+    return {"id": row.id, "source": row.source, "tags": row.tags, "prompt": row.question,
+            "reference": row.reference, "model": model, "baseline": baseline, "pair": pair}
+
+
+def write_outputs(out: Path, metrics: dict[str, Any], samples: list[dict[str, Any]]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n",
+                                      encoding="utf-8")
+    with (out / "samples.jsonl").open("w", encoding="utf-8") as f:
+        for sample in samples:
+            f.write(json.dumps(sample, ensure_ascii=False) + "\n")

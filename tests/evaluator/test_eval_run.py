@@ -1,0 +1,140 @@
+"""`eval run` end to end against real servers on loopback with scripted tiny models: the
+founding failures (never stopping, looping) fail the gate; a model that answers passes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from evaluator.data import EvalError
+from evaluator.run import EvalOptions, model_target, run_eval
+
+ROWS = [
+    {"id": "ja-1", "source": "titles_ja", "tags": [], "messages": [
+        {"role": "system", "content": "あなたは記事のタイトルを考える編集者です。"},
+        {"role": "user", "content": "以下の文章に合うタイトルを付けてください。\n\n毎朝15分の音読を1年続けた。"},
+        {"role": "assistant", "content": "朝15分の音読を1年"}]},
+    {"id": "ja-2", "source": "titles_ja", "tags": [], "messages": [
+        {"role": "user", "content": "タイトルを付けてください。\n\n桜が満開になった。"},
+        {"role": "assistant", "content": "満開の桜"}]},
+    {"id": "en-1", "source": "faq_en", "tags": [], "messages": [
+        {"role": "user", "content": "Say hello."},
+        {"role": "assistant", "content": "Hello there"}]},
+    {"id": "en-2", "source": "faq_en", "tags": ["json"], "messages": [
+        {"role": "user", "content": "Reply with a JSON object with key a."},
+        {"role": "assistant", "content": "{\"a\": 1}"}]},
+]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("data")
+    (folder / "test.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n"
+                                               for r in ROWS), encoding="utf-8")
+    return folder
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tunesmith", "eval", "run", *args],
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_a_model_that_never_stops_fails_the_gate(endless_model_dir, data_dir, tmp_path):
+    gate = tmp_path / "gate.yaml"
+    gate.write_text("usability_min: 0.95\n")
+    out = tmp_path / "eval"
+    done = _cli("--model", str(endless_model_dir), "--data", str(data_dir), "--baseline",
+                "none", "--max-tokens", "24", "--gate", str(gate), "--out", str(out))
+    assert done.returncode == 1, done.stdout + done.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    usability = metrics["usability"]["model"]
+    assert usability["rate"] == 0.0 and usability["failures"]["no_stop"] == 4
+    check = next(c for c in metrics["gate"]["checks"] if c["name"] == "usability")
+    assert check["status"] == "fail" and "no_stop" in check["reason"]
+    assert metrics["gate"]["passed"] is False and "FAILED" in done.stdout
+    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert [s["model"]["finish_reason"] for s in samples] == ["length"] * 4
+    assert samples[0]["model"]["output"].startswith("The cat sat on a mat.")
+    assert (out / "report.html").is_file()
+
+
+@pytest.mark.slow
+def test_eval_with_baseline_and_judge(polite_model_dir, looping_model_dir, smollm2_dir,
+                                      data_dir, tmp_path):
+    out = tmp_path / "eval"
+    lines: list[str] = []
+    metrics = run_eval(EvalOptions(data=data_dir, out=out, model=str(polite_model_dir),
+                                   baseline=str(looping_model_dir), max_tokens=16,
+                                   judge=f"transformers:{smollm2_dir}"), log=lines.append)
+    assert set(metrics) >= {"perplexity", "usability", "json_validity", "reference", "judge",
+                            "gate"}
+    ppl = metrics["perplexity"]
+    assert ppl["model"]["method"] == "server" and set(ppl["model"]["by_source"]) == {
+        "titles_ja", "faq_en"}
+    assert ppl["ratio"] == pytest.approx(ppl["model"]["ppl"] / ppl["baseline"]["ppl"])
+    assert metrics["usability"]["model"]["rate"] == 1.0
+    looping = metrics["usability"]["baseline"]
+    assert looping["rate"] == 0.0 and looping["degenerate"] == 4
+    # "Hello there" is not JSON; the reference row that says exactly that scores 100 chrF
+    assert metrics["json_validity"]["model"] == {"rate": 0.0, "rows": 1, "valid": 0}
+    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert samples[2]["model"]["chrf"] == pytest.approx(100.0)
+    assert samples[0]["baseline"]["degenerate"] is True
+    judge = metrics["judge"]
+    pair = judge["pairwise"]
+    assert pair["wins"] + pair["ties"] + pair["losses"] + pair["errors"] == len(ROWS)
+    assert pair["ci95"] is None or 0.0 <= pair["ci95"][0] <= pair["win_rate"] <= pair["ci95"][1]
+    assert judge["pointwise"]["model"]["scored"] == len(ROWS)
+    assert all(s["pair"] is not None for s in samples)
+    gate = {c["name"]: c for c in metrics["gate"]["checks"]}
+    assert gate["usability"]["status"] == "pass"
+    assert any("serving" in line for line in lines)
+    assert (out / "report.html").stat().st_size > 10_000  # plots inline
+
+
+@pytest.mark.slow
+def test_eval_against_a_running_server(polite_model_dir, data_dir, tmp_path):
+    from evaluator.serving import serve_model
+
+    with serve_model(polite_model_dir, backend="transformers", served_name="titles") as server:
+        metrics = run_eval(EvalOptions(data=data_dir, out=tmp_path / "eval",
+                                       model=server.base_url, max_tokens=16))
+        with pytest.raises(EvalError) as wrong:
+            run_eval(EvalOptions(data=data_dir, out=tmp_path / "x", model=server.base_url,
+                                 served_name="other"))
+    assert metrics["model"]["name"] == "titles" and metrics["baseline"] is None
+    assert metrics["usability"]["model"]["rate"] == 1.0
+    assert wrong.value.code == "model_not_served"
+
+
+def test_the_baseline_defaults_to_the_runs_base_model(polite_model_dir, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(polite_model_dir, run / "merged")
+    (run / "run.json").write_text(json.dumps({"spec": {"base_model": "/models/base"}}))
+    target, base = model_target(str(run), "model")
+    assert target.path == (run / "merged").resolve() and base == "/models/base"
+    url, none = model_target("http://127.0.0.1:9/v1/", "model")
+    assert url.base_url == "http://127.0.0.1:9/v1" and none is None
+    with pytest.raises(EvalError) as missing:
+        model_target(str(tmp_path / "nothing"), "baseline")
+    assert (missing.value.code, missing.value.field) == ("model_not_found", "baseline")
+
+
+def test_bad_input_exits_2_before_serving_anything(data_dir, tmp_path, polite_model_dir):
+    done = _cli("--model", str(polite_model_dir), "--data", str(data_dir), "--judge",
+                "nonsense", "--out", str(tmp_path / "e"))
+    assert done.returncode == 2 and "bad_engine_spec" in done.stderr
+    bad_gate = tmp_path / "gate.yaml"
+    bad_gate.write_text("usability_min: 2\n")
+    done = _cli("--model", str(polite_model_dir), "--data", str(data_dir), "--gate",
+                str(bad_gate), "--out", str(tmp_path / "e"))
+    assert done.returncode == 2 and "usability_min" in done.stderr
+    done = _cli("--model", str(polite_model_dir), "--data", str(tmp_path / "none"),
+                "--out", str(tmp_path / "e"))
+    assert done.returncode == 2 and "data_not_found" in done.stderr
+    assert not (tmp_path / "e").exists()

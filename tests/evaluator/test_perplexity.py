@@ -1,0 +1,80 @@
+"""Assistant-only perplexity: the mask, the maths, and server == local on one model."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from evaluator.data import EvalError, to_row
+from evaluator.perplexity import (Encoded, encode_rows, load_local, local_logprobs,
+                                  server_logprobs, summarize)
+
+ROWS = [to_row({"id": f"r{i}", "source": src, "messages": messages}, f"x:{i}")
+        for i, (src, messages) in enumerate([
+            ("en", [{"role": "user", "content": "Name a colour."},
+                    {"role": "assistant", "content": "Blue."}]),
+            ("en", [{"role": "system", "content": "Be brief."},
+                    {"role": "user", "content": "What is 2+2? Answer with a digit."},
+                    {"role": "assistant", "content": "4"}]),
+            ("ja", [{"role": "user", "content": "タイトルを付けてください。桜が満開です。"},
+                    {"role": "assistant", "content": "満開の桜"},
+                    {"role": "user", "content": "もっと短く"},
+                    {"role": "assistant", "content": "桜"}]),
+            ("ja", [{"role": "user", "content": "no reply yet"}]),
+        ])]
+
+
+def test_mask_covers_replies_and_end_of_turn_but_no_prompt_token(chat_tokenizer):
+    encoded = encode_rows(chat_tokenizer, ROWS)
+    first = encoded[0]
+    scored = chat_tokenizer.decode([t for t, m in zip(first.ids, first.mask) if m])
+    assert scored == "Blue.<|im_end|>"
+    both = chat_tokenizer.decode([t for t, m in zip(encoded[2].ids, encoded[2].mask) if m])
+    assert both == "満開の桜<|im_end|>桜<|im_end|>"
+    assert encoded[3].scored == 0  # a row without a reply is rendered but scores nothing
+
+
+def test_summary_is_token_weighted_and_per_source():
+    encoded = [Encoded("a", "x", [1, 2, 3], [0, 1, 1]), Encoded("b", "y", [1, 2], [0, 1]),
+               Encoded("c", "y", [1, 2], [0, 0])]
+    logprobs = [[None, -1.0, -3.0], [None, -2.0], [None, -9.0]]
+    summary = summarize(encoded, logprobs, "local")
+    assert summary["tokens"] == 3 and summary["rows"] == 2
+    assert summary["ppl"] == pytest.approx(math.exp(6.0 / 3))
+    assert summary["by_source"]["x"]["ppl"] == pytest.approx(math.exp(2.0))
+    assert summary["by_source"]["y"] == {"ppl": pytest.approx(math.exp(2.0)), "tokens": 1,
+                                         "rows": 1}
+    with pytest.raises(EvalError) as none:
+        summarize(encoded[2:], logprobs[2:], "local")
+    assert none.value.code == "no_assistant_tokens"
+
+
+def test_local_batches_equal_single_rows(tiny_model_dir, chat_tokenizer):
+    model = load_local(tiny_model_dir, dtype="float32")
+    encoded = encode_rows(chat_tokenizer, ROWS)
+    batched = local_logprobs(model, encoded, batch_rows=4)
+    single = local_logprobs(model, encoded, batch_rows=1)
+    for b, s in zip(batched, single):
+        assert b[0] is None and len(b) == len(s)
+        assert b[1:] == pytest.approx(s[1:], abs=1e-4)
+
+
+@pytest.mark.slow
+def test_perplexity_through_the_server_equals_the_local_forward_pass(tiny_model_dir,
+                                                                     chat_tokenizer):
+    from evaluator.serving import serve_model
+
+    encoded = encode_rows(chat_tokenizer, ROWS)
+    local = summarize(encoded, local_logprobs(load_local(tiny_model_dir, dtype="float32"),
+                                              encoded), "local")
+    with serve_model(tiny_model_dir, backend="transformers", dtype="float32") as server:
+        remote = summarize(encoded, server_logprobs(server.base_url, server.name, encoded,
+                                                    batch_rows=3), "server")
+        with pytest.raises(EvalError) as wrong:
+            server_logprobs(server.base_url, "not-served", encoded[:1])
+        assert wrong.value.code == "server_logprobs_failed"
+    assert remote["tokens"] == local["tokens"] > 0
+    assert remote["ppl"] == pytest.approx(local["ppl"], rel=1e-4)
+    for source, numbers in local["by_source"].items():
+        assert remote["by_source"][source]["ppl"] == pytest.approx(numbers["ppl"], rel=1e-4)

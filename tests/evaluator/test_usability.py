@@ -1,0 +1,91 @@
+"""Reply classification, JSON validity and reference metrics (no model needed)."""
+
+from __future__ import annotations
+
+import pytest
+
+from data_engine.config import CleanConfig
+from data_engine.engines.base import Generation
+from evaluator.data import EvalError, read_rows, to_row
+from evaluator.usability import (add_reference_scores, json_valid, judge_reply, summarize,
+                                 summarize_json)
+
+REPETITION = CleanConfig().repetition
+
+
+def _row(reply: str | None = "東京の桜が満開に", tags=()):
+    messages = [{"role": "user", "content": "タイトルを付けてください"}]
+    if reply is not None:
+        messages.append({"role": "assistant", "content": reply})
+    return to_row({"id": "r", "messages": messages, "source": "s", "tags": list(tags)}, "x:1")
+
+
+@pytest.mark.parametrize("gen, failure", [
+    (Generation("東京の桜、満開", "stop", 5), None),
+    (Generation("東京の桜、満開が続く", "length", 64), "no_stop"),
+    (Generation("   ", "stop", 1), "empty"),
+    (Generation("」" * 40, "stop", 40), "degenerate"),
+    (Generation("", "error", 0, "timeout: no reply"), "error"),
+    # a reply that both loops and runs out of budget is named by its first failure
+    (Generation("」" * 64, "length", 64), "no_stop"),
+])
+def test_reply_failures_are_named_in_order(gen, failure):
+    reply = judge_reply(_row(), gen, REPETITION)
+    assert reply["failure"] == failure
+    assert reply["usable"] is (failure is None)
+    assert reply["stopped"] is (gen.error is None and gen.finish_reason == "stop")
+
+
+def test_degenerate_is_counted_even_when_another_failure_names_the_reply():
+    replies = [judge_reply(_row(), Generation("」" * 64, "length", 64), REPETITION),
+               judge_reply(_row(), Generation("短い題", "stop", 3), REPETITION)]
+    summary = summarize(replies, budget=64)
+    assert summary["rate"] == 0.5 and summary["usable"] == 1
+    assert summary["failures"] == {"error": 0, "no_stop": 1, "empty": 0, "degenerate": 0}
+    assert summary["degenerate"] == 1
+
+
+@pytest.mark.parametrize("text, valid", [
+    ('{"title": "桜"}', True), ('```json\n{"a": [1, 2]}\n```', True), ("[1, 2", False),
+    ("Sure! {\"a\": 1}", False), ("", False)])
+def test_json_validity_only_for_rows_tagged_json(text, valid):
+    assert json_valid(text) is valid
+    tagged = judge_reply(_row(tags=["json"]), Generation(text, "stop", 3), REPETITION)
+    untagged = judge_reply(_row(), Generation(text, "stop", 3), REPETITION)
+    assert tagged["json_valid"] is valid and untagged["json_valid"] is None
+    assert summarize_json([untagged]) is None
+    assert summarize_json([tagged])["rate"] == float(valid)
+
+
+def test_reference_metrics_score_japanese_and_rank_closer_answers_higher():
+    rows = [_row("東京の桜が満開に"), _row("東京の桜が満開に"), _row(None)]
+    replies = [judge_reply(r, Generation(text, "stop", 5), REPETITION) for r, text in
+               zip(rows, ["東京の桜が満開に", "大阪で雨が降る", "anything"])]
+    summary = add_reference_scores(rows, replies)
+    assert summary["rows"] == 2  # the row without a reference is not scored
+    exact, other = replies[0], replies[1]
+    assert exact["chrf"] == pytest.approx(100.0) and exact["rouge_l"] == pytest.approx(1.0)
+    assert 0.0 <= other["rouge_l"] < 0.3 and other["chrf"] < 30.0
+    assert replies[2]["chrf"] is None
+
+
+def test_read_rows_splits_prompt_from_reference_and_reports_bad_input(tmp_path):
+    (tmp_path / "test.jsonl").write_text(
+        '{"id": "a", "messages": [{"role": "system", "content": "S"}, {"role": "user", '
+        '"content": "Q"}, {"role": "assistant", "content": "A"}], "source": "x", "tags": []}\n'
+        '\n{"id": "b", "messages": [{"role": "user", "content": "Q2"}]}\n')
+    rows = read_rows(tmp_path, "test")
+    assert [r.id for r in rows] == ["a", "b"]
+    assert rows[0].prompt[-1] == {"role": "user", "content": "Q"}
+    assert rows[0].reference == "A" and rows[0].question == "Q"
+    assert rows[1].reference is None and rows[1].source == "unknown"
+    with pytest.raises(EvalError) as missing:
+        read_rows(tmp_path, "validation")
+    assert (missing.value.code, missing.value.field) == ("split_not_found", "split")
+    (tmp_path / "train.jsonl").write_text('{"id": 1}\n')
+    with pytest.raises(EvalError) as bad:
+        read_rows(tmp_path, "train")
+    assert bad.value.code == "bad_row" and "train.jsonl:1" in bad.value.message
+    with pytest.raises(EvalError) as nowhere:
+        read_rows(tmp_path / "nope", "test")
+    assert nowhere.value.field == "data"
