@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from matplotlib.ticker import MaxNLocator
 
-from data_engine.writers.report import _STYLE, _png, _table
+from data_engine.writers.report import STYLE, html_table, png_img
 from evaluator.gate import FAILURE_KINDS
 
 REPORT_FILE = "report.html"
@@ -167,7 +167,7 @@ def _score_plot(judge: dict[str, Any] | None) -> str:
     ax.set_ylabel("replies")
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
-    return _png(fig)
+    return png_img(fig)
 
 
 def _pair_plot(judge: dict[str, Any] | None) -> str:
@@ -190,7 +190,7 @@ def _pair_plot(judge: dict[str, Any] | None) -> str:
     low, high = pair.get("ci95") or (None, None)
     ax.set_title(f"win rate {_fmt(pair['win_rate'])} [{_fmt(low)}, {_fmt(high)}], "
                  f"consistency {_fmt(pair.get('consistency'), '.2f')}", fontsize=10)
-    return _png(fig)
+    return png_img(fig)
 
 
 def _ppl_plot(perplexity: dict[str, Any] | None) -> str:
@@ -220,7 +220,7 @@ def _ppl_plot(perplexity: dict[str, Any] | None) -> str:
     ax.set_xticks(x, groups)
     ax.set_ylabel("perplexity (lower is better)")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
-    return _png(fig)
+    return png_img(fig)
 
 
 def _failure_plot(usability: dict[str, Any] | None) -> str:
@@ -246,7 +246,7 @@ def _failure_plot(usability: dict[str, Any] | None) -> str:
     ax.set_ylabel("unusable replies (first failure)")
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
-    return _png(fig)
+    return png_img(fig)
 
 
 def _failure_examples(samples: list[dict[str, Any]]) -> str:
@@ -279,10 +279,10 @@ def write_report(eval_dir: Path, metrics: dict[str, Any], samples: list[dict[str
     eval_dir = Path(eval_dir)
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>"
-        f"<title>tunesmith evaluation</title><style>{_STYLE}{_EXTRA_STYLE}</style></head><body>",
+        f"<title>tunesmith evaluation</title><style>{STYLE}{_EXTRA_STYLE}</style></head><body>",
         *_header(metrics, samples),
         *_gate_section(metrics.get("gate")),
-        "<h2>Metrics</h2>", _table(_summary_rows(metrics), ("metric", "model", "baseline")),
+        "<h2>Metrics</h2>", html_table(_summary_rows(metrics), ("metric", "model", "baseline")),
         "<h2>Judge score distributions</h2>", _score_plot(metrics.get("judge")),
         "<h2>Win / tie / loss against the baseline</h2>", _pair_plot(metrics.get("judge")),
         "<h2>Perplexity by source</h2>", _ppl_plot(metrics.get("perplexity")),

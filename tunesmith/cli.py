@@ -28,6 +28,9 @@ train_app = typer.Typer(help="QLoRA SFT: run the recipe here, or submit and foll
                         "training service.",
                         no_args_is_help=True)
 app.add_typer(train_app, name="train")
+pipeline_app = typer.Typer(help="The whole chain: data -> training -> evaluation -> serving.",
+                           no_args_is_help=True)
+app.add_typer(pipeline_app, name="pipeline")
 console = Console(stderr=True)
 
 
@@ -102,16 +105,55 @@ def data_config() -> None:
 
 @app.command()
 def demo(
-    out: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("runs/demo"),
-    progress: Annotated[bool, typer.Option(help="Show per-stage progress.")] = True,
+    workdir: Annotated[Path, typer.Option("--workdir", help="Where every stage writes.")
+                       ] = Path("runs/demo"),
+    resume: Annotated[bool, typer.Option(help="Continue a stopped demo.")] = False,
 ) -> None:
-    """Run the whole chain on the bundled sample data (today: the data engine)."""
-    import data_engine
+    """The whole chain on the bundled sample, on CPU: data (cleaning, an Evol-Instruct round
+    judged by probability, split) -> QLoRA training job -> evaluation against the base ->
+    the served model answering a chat request."""
+    from importlib import resources
 
-    config = Path(data_engine.__file__).resolve().parent / "sample" / "demo.yaml"
-    typer.echo(f"demo: data engine on the bundled sample ({config})")
-    result = _run_data(config, [], out / "data", None, None, progress)
-    _print_outputs(result)
+    pipeline = Path(str(resources.files("tunesmith").joinpath("demo", "pipeline.yaml")))
+    typer.echo(f"demo: {pipeline} -> {workdir}")
+    _run_pipeline(pipeline, workdir, resume)
+
+
+def _run_pipeline(pipeline: Path, workdir: Optional[Path], resume: bool) -> None:
+    import time
+
+    from tunesmith.pipeline import PipelineError, run_pipeline
+
+    started = time.monotonic()
+    try:
+        state = run_pipeline(pipeline, workdir, resume,
+                             log=lambda line: console.print(line, highlight=False, markup=False))
+    except PipelineError as exc:
+        typer.secho(f"error: {exc}", err=True, fg="red")
+        if exc.workdir:
+            typer.echo(f"pipeline.json: {exc.workdir / 'pipeline.json'}")
+            typer.echo(f"summary:       {exc.workdir / 'report.html'}")
+        raise typer.Exit(2 if exc.stage == "pipeline" else 1) from None
+    root = Path(state["workdir"])
+    typer.echo(f"done in {time.monotonic() - started:.0f} s")
+    for name, stage in state["stages"].items():
+        for key in ("report", "metrics"):
+            if (stage.get("outputs") or {}).get(key):
+                typer.echo(f"{name + ' ' + key + ':':16s}{stage['outputs'][key]}")
+    typer.echo(f"{'pipeline:':16s}{root / 'pipeline.json'}")
+    typer.echo(f"{'summary:':16s}{root / 'report.html'}")
+
+
+@pipeline_app.command("run")
+def pipeline_run(
+    pipeline: Annotated[Path, typer.Argument(help="The pipeline YAML (data, train, eval, serve).")],
+    workdir: Annotated[Optional[Path], typer.Option(
+        "--workdir", help="Overrides the file's workdir.")] = None,
+    resume: Annotated[bool, typer.Option(
+        help="Keep the stages that finished; continue from the first that did not.")] = False,
+) -> None:
+    """data -> training job -> evaluation -> serving, each stage gated on the one before."""
+    _run_pipeline(pipeline, workdir, resume)
 
 
 @models_app.command("fetch-default")

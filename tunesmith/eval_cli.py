@@ -77,7 +77,8 @@ def eval_run(
                           tokenizer=tokenizer, max_tokens=max_tokens, limit=limit,
                           backend=backend, ppl_via=ppl, concurrency=concurrency)
     try:
-        metrics = run_eval(options, log=lambda line: console.print(line, highlight=False))
+        metrics = run_eval(options, log=lambda line: console.print(line, highlight=False,
+                                                                   markup=False))
     except (EvalError, GateError) as exc:
         raise _bad_input(exc) from None
     except ServeError as exc:

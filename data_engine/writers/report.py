@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-_STYLE = """
+STYLE = """
 body{font-family:system-ui,sans-serif;margin:2em;max-width:1100px;color:#222}
 table{border-collapse:collapse;margin:0.5em 0 1.5em}
 td,th{border:1px solid #ccc;padding:4px 10px;text-align:right}
@@ -23,7 +23,7 @@ pre{background:#f6f6f6;padding:6px;white-space:pre-wrap;font-size:12px;max-heigh
 """
 
 
-def _png(fig: Any) -> str:
+def png_img(fig: Any) -> str:
     import matplotlib.pyplot as plt
 
     buf = io.BytesIO()
@@ -43,7 +43,7 @@ def _reasons_plot(rejected: dict[str, int]) -> str:
     for y, (_, n) in enumerate(items):
         ax.text(n, y, f" {n}", va="center")
     ax.set_xlabel("rows rejected")
-    return _png(fig)
+    return png_img(fig)
 
 
 def _length_plot(tokens: dict[str, list[int]], max_tokens: int) -> str:
@@ -62,7 +62,7 @@ def _length_plot(tokens: dict[str, list[int]], max_tokens: int) -> str:
             ax.legend(fontsize=8)
         ax.set_title(f"{split}: {len(values)} rows, median {sorted(values)[len(values) // 2]}")
         ax.set_xlabel("tokens per conversation")
-    return _png(fig)
+    return png_img(fig)
 
 
 def _cluster_plot(sizes: dict[str, int]) -> str:
@@ -75,14 +75,14 @@ def _cluster_plot(sizes: dict[str, int]) -> str:
     ax.bar([str(k) for k, _ in items], [v for _, v in items], color="#9bbb59")
     ax.set_xlabel("rows per cluster")
     ax.set_ylabel("clusters")
-    return _png(fig)
+    return png_img(fig)
 
 
 def _dedup_section(dedup: dict[str, Any]) -> list[str]:
     removed = dedup.get("removed", {})
     return [
         "<h2>Duplicates</h2>",
-        _table([("rows compared", dedup.get("rows", 0)),
+        html_table([("rows compared", dedup.get("rows", 0)),
                 ("LSH candidate pairs", dedup.get("candidate_pairs", 0)),
                 ("confirmed near pairs (exact Jaccard)", dedup.get("confirmed_near_pairs", 0)),
                 ("exact pairs", dedup.get("exact_pairs", 0)),
@@ -98,7 +98,7 @@ def _mix_section(mix: dict[str, Any]) -> list[str]:
     rows = [(name, c["before"], c["after"], c["repeats"], f"{c['share']:.1%}")
             for name, c in mix.get("sources", {}).items()]
     return [f"<h2>Mixing: {html.escape(mix.get('strategy', 'none'))}</h2>",
-            _table(rows, ("source", "before", "after", "repeats", "share"))]
+            html_table(rows, ("source", "before", "after", "repeats", "share"))]
 
 
 def _split_section(split: dict[str, Any], leak: dict[str, Any], warnings: list[str]) -> list[str]:
@@ -114,11 +114,11 @@ def _split_section(split: dict[str, Any], leak: dict[str, Any], warnings: list[s
                                     near=leak.get("near_pairs_in_output", 0))
                if not leak.get("leaks") else
                f"<p class='bad'>Leak check: {leak['leaks']} pairs span splits.</p>")
-    return (["<h2>Splits</h2>", _table(rows, ("source", *sizes)), verdict]
+    return (["<h2>Splits</h2>", html_table(rows, ("source", *sizes)), verdict]
             + [f"<p class='bad'>{html.escape(w)}</p>" for w in warnings])
 
 
-def _table(rows: list[tuple[Any, ...]], header: tuple[str, ...]) -> str:
+def html_table(rows: list[tuple[Any, ...]], header: tuple[str, ...]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>"
                    for row in rows)
@@ -137,19 +137,19 @@ def write_report(path: Path, manifest: dict[str, Any], tokens: dict[str, list[in
     conserved = counts["input"] == counts["kept"] - counts.get("repeats", 0) + rejected_total
     parts = [
         f"<!doctype html><html><head><meta charset='utf-8'><title>tunesmith data run</title>"
-        f"<style>{_STYLE}</style></head><body>",
+        f"<style>{STYLE}</style></head><body>",
         "<h1>tunesmith data run</h1>",
         f"<p>{html.escape(manifest['created'])} &middot; seed {manifest['seed']} &middot; "
         f"tunesmith {html.escape(manifest['versions']['tunesmith'])}</p>",
         "<h2>Counts</h2>",
-        _table([("input rows", counts["input"]), ("kept", counts["kept"]),
+        html_table([("input rows", counts["input"]), ("kept", counts["kept"]),
                 ("of which resampled repeats", counts.get("repeats", 0)),
                 ("rejected", f"{rejected_total} ({share:.1%})")]
                + [(f"split: {s}", n) for s, n in counts["splits"].items()], ("", "rows")),
         "" if conserved else "<p class='bad'>Counts are not conserved: input != kept - repeats + rejected.</p>",
         "<h2>Rejection reasons</h2>", _reasons_plot(counts["rejected"]),
         "<h2>Sources through the stages</h2>",
-        _table([(s, c["input"], c["after_clean"], c["after_dedup"], c["repeats"], c["kept"])
+        html_table([(s, c["input"], c["after_clean"], c["after_dedup"], c["repeats"], c["kept"])
                 for s, c in manifest["sources"].items()],
                ("source", "input", "after clean", "after dedup", "repeats", "kept")),
         *_dedup_section(manifest.get("dedup", {})),
@@ -159,7 +159,7 @@ def write_report(path: Path, manifest: dict[str, Any], tokens: dict[str, list[in
         "<h2>Token lengths per split</h2>",
         _length_plot(tokens, manifest["config"]["clean"]["length"]["max_tokens"]),
         "<h2>Stages</h2>",
-        _table([(s["name"] + (" (reused)" if s.get("reused") else ""), s["rows"], s["rejected"],
+        html_table([(s["name"] + (" (reused)" if s.get("reused") else ""), s["rows"], s["rejected"],
                  s["seconds"], s["rows_per_s"]) for s in manifest["stages"]],
                ("stage", "rows", "dropped", "seconds", "rows/s")),
         "<h2>Examples of rejected rows</h2>",

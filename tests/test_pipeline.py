@@ -1,0 +1,97 @@
+"""`tunesmith pipeline run`: the whole chain on a scripted tiny model, a gate that stops it,
+and --resume continuing from the first unfinished stage."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+TOPICS = ["tea", "rain", "maps", "bread", "owls", "trains", "snow", "ink", "kites", "soap",
+          "clocks", "moss", "salt", "bells", "cranes", "dunes", "ferns", "glass", "honey",
+          "jade", "lamps", "mint", "nets", "opals", "pears", "quilts", "reeds", "silk", "tides",
+          "vines"]
+
+
+@pytest.fixture(scope="module")
+def polite_model_dir(tmp_path_factory):
+    """A scripted tiny Llama that answers "Hello there" and stops (tests/evaluator/models.py)."""
+    from transformers import AutoTokenizer
+
+    from tests.evaluator import models
+    from tunesmith.models import fetch_default
+
+    tokenizer = AutoTokenizer.from_pretrained(fetch_default())
+    return models.scripted_model(tokenizer, tmp_path_factory.mktemp("polite") / "polite",
+                                 models.chain_of(tokenizer, "Hello there"))
+
+
+@pytest.fixture
+def pipeline_dir(tmp_path, polite_model_dir):
+    rows = [{"id": f"r{i}", "messages": [
+        {"role": "user", "content": f"Write one short sentence about {topic}, please."},
+        {"role": "assistant", "content": f"Here is a thought on {topic}: it matters to many."}],
+        "tags": ["json"]} for i, topic in enumerate(TOPICS)]
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "data.yaml").write_text("inputs:\n  - path: rows.jsonl\nclean:\n"
+                                        "  languages: [en]\nseed: 0\n")
+    (tmp_path / "train.yaml").write_text(
+        f"base_model: {polite_model_dir}\nquantization: none\ntraining: {{max_steps: 2, "
+        "per_device_batch: 2, grad_accum: 1, max_seq_len: 128, eval_every_steps: 1, "
+        "learning_rate: 1.0e-3, gradient_checkpointing: false}\n")
+    # "Hello there" is no JSON: this gate fails on the rows tagged json
+    (tmp_path / "gate.yaml").write_text("usability_min: 0.95\njson_validity_min: 1.0\n")
+    (tmp_path / "pipeline.yaml").write_text(
+        "workdir: work\ndata: {config: data.yaml}\ntrain: {spec: train.yaml}\n"
+        "eval: {max_tokens: 16, gate: gate.yaml}\nserve: {prompt: Say hello., max_tokens: 8}\n")
+    return tmp_path
+
+
+def _run(folder, *args):
+    return subprocess.run([sys.executable, "-m", "tunesmith", "pipeline", "run",
+                           str(folder / "pipeline.yaml"), *args], capture_output=True, text=True,
+                          timeout=900, cwd=folder)
+
+
+@pytest.mark.slow
+def test_the_gate_stops_the_chain_and_resume_continues_from_there(pipeline_dir):
+    failed = _run(pipeline_dir)
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    assert "eval: gate_failed" in failed.stderr and "JSON validity 0.000" in failed.stderr
+    state = json.loads((pipeline_dir / "work" / "pipeline.json").read_text())
+    stages = state["stages"]
+    assert [stages[s]["status"] for s in ("data", "train", "eval", "serve")] == [
+        "succeeded", "succeeded", "failed", "pending"]
+    assert stages["eval"]["error"]["code"] == "gate_failed" and stages["eval"]["error"]["fix"]
+    assert {c["name"] for c in stages["data"]["checks"]} == {"train_rows", "validation_rows",
+                                                             "test_rows"}
+    job_id = stages["train"]["outputs"]["job_id"]
+    assert (pipeline_dir / "work" / "report.html").read_text().count("gate_failed") >= 1
+
+    # the thresholds were wrong, not the model: fix them and continue
+    (pipeline_dir / "gate.yaml").write_text("usability_min: 0.95\njson_validity_min: null\n")
+    resumed = _run(pipeline_dir, "--resume")
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "[data] done in an earlier run, kept" in resumed.stderr
+    assert "[train] done in an earlier run, kept" in resumed.stderr
+    state = json.loads((pipeline_dir / "work" / "pipeline.json").read_text())
+    assert state["status"] == "succeeded"
+    assert state["stages"]["train"]["outputs"]["job_id"] == job_id  # not trained again
+    serve = state["stages"]["serve"]
+    assert serve["request"]["reply"].startswith("Hello")
+    assert serve["checks"][0]["passed"]
+    assert "summary:" in resumed.stdout and "eval report:" in resumed.stdout
+    summary = (pipeline_dir / "work" / "report.html").read_text()
+    assert 'href="eval/report.html"' in summary and 'href="data/report.html"' in summary
+
+
+def test_a_bad_pipeline_file_lists_every_problem(tmp_path):
+    (tmp_path / "pipeline.yaml").write_text("wrkdir: x\ndata: {config: nope.yaml}\n"
+                                            "eval: {limt: 3}\n")
+    done = _run(tmp_path)
+    assert done.returncode == 2
+    for text in ("wrkdir: unknown key", "data.config:", "train.spec: required",
+                 "eval.limt: unknown key"):
+        assert text in done.stderr
