@@ -64,7 +64,7 @@ def _load_tokenizer(source: Path):
     return AutoTokenizer.from_pretrained(str(source))
 
 
-def _scored_logits(model, encoded: Sequence[Encoded], batch_rows: int):
+def scored_logits(model, encoded: Sequence[Encoded], batch_rows: int):
     """Per row, the float32 log-softmax at the positions that predict an assistant token,
     and those tokens' ids."""
     import torch
@@ -88,18 +88,27 @@ def compare_forms(a: str, b: str, rows: Sequence[EvalRow], base: str | None = No
     model_a, source_a = load_form(a, base)
     tokenizer = _load_tokenizer(source_a)
     encoded = encode_rows(tokenizer, rows)
-    first = list(_scored_logits(model_a, encoded, batch_rows))
+    first = list(scored_logits(model_a, encoded, batch_rows))
     del model_a
     model_b, source_b = load_form(b, base)
     if len(_load_tokenizer(source_b)) != len(tokenizer):
         raise EvalError("vocab_mismatch", f"{a} and {b} have different vocabularies; they "
                         "are not forms of one model", "form")
+    stats = agreement(first, scored_logits(model_b, encoded, batch_rows))
+    return {"a": {"form": a, "kind": describe_form(a), "ppl": stats["ppl_a"]},
+            "b": {"form": b, "kind": describe_form(b), "ppl": stats["ppl_b"]},
+            "rows": len(rows), "tokens": stats["tokens"], "ppl_ratio": stats["ppl_ratio"],
+            "mean_kl": stats["mean_kl"], "same_top_rate": stats["same_top_rate"]}
+
+
+def agreement(first, second) -> dict[str, Any]:
+    """PPL of each side, their ratio (second / first), mean KL(first || second) and the
+    same-top-token rate, over per-row (log-probabilities, target ids) pairs."""
     nll_a = nll_b = kl = 0.0
     same = tokens = 0
-    for (logp, targets), (logq, _) in zip(first, _scored_logits(model_b, encoded, batch_rows)):
-        if logq.shape[-1] != logp.shape[-1]:  # padded embeddings: compare the shared vocabulary
-            width = min(logp.shape[-1], logq.shape[-1])
-            logp, logq = logp[:, :width], logq[:, :width]
+    for (logp, targets), (logq, _) in zip(first, second):
+        width = min(logp.shape[-1], logq.shape[-1])  # padded embeddings: the shared vocab
+        logp, logq = logp[:, :width], logq[:, :width]
         nll_a -= logp.gather(-1, targets.unsqueeze(-1)).sum().item()
         nll_b -= logq.gather(-1, targets.unsqueeze(-1)).sum().item()
         kl += (logp.exp() * (logp - logq)).sum(-1).clamp_min(0).sum().item()
@@ -108,7 +117,5 @@ def compare_forms(a: str, b: str, rows: Sequence[EvalRow], base: str | None = No
     if tokens == 0:
         raise EvalError("no_assistant_tokens", "no row has an assistant reply to score", "data")
     ppl_a, ppl_b = math.exp(nll_a / tokens), math.exp(nll_b / tokens)
-    return {"a": {"form": a, "kind": describe_form(a), "ppl": ppl_a},
-            "b": {"form": b, "kind": describe_form(b), "ppl": ppl_b},
-            "rows": len(rows), "tokens": tokens, "ppl_ratio": ppl_b / ppl_a,
-            "mean_kl": kl / tokens, "same_top_rate": same / tokens}
+    return {"ppl_a": ppl_a, "ppl_b": ppl_b, "ppl_ratio": ppl_b / ppl_a,
+            "mean_kl": kl / tokens, "same_top_rate": same / tokens, "tokens": tokens}

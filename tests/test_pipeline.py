@@ -95,3 +95,21 @@ def test_a_bad_pipeline_file_lists_every_problem(tmp_path):
     for text in ("wrkdir: unknown key", "data.config:", "train.spec: required",
                  "eval.limt: unknown key"):
         assert text in done.stderr
+
+
+def test_the_bundled_demo_pipeline_is_valid():
+    """`tunesmith demo` runs this file: its data config and training spec must load."""
+    from importlib import resources
+    from pathlib import Path
+
+    from data_engine.config import load_config
+    from tunesmith.pipeline import load_pipeline, train_spec
+
+    path = Path(str(resources.files("tunesmith").joinpath("demo", "pipeline.yaml")))
+    config = load_pipeline(path)
+    data = load_config(config.path(config.data.config), [], None)
+    assert data.synth.evol is not None and data.judge is not None
+    assert all(Path(i.path).is_file() for i in data.inputs)
+    spec, _ = train_spec(config, str(path.parent))
+    assert spec.base_model and Path(spec.base_model).is_dir()
+    assert spec.training.max_steps > 0

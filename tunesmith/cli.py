@@ -28,6 +28,8 @@ train_app = typer.Typer(help="QLoRA SFT: run the recipe here, or submit and foll
                         "training service.",
                         no_args_is_help=True)
 app.add_typer(train_app, name="train")
+export_app = typer.Typer(help="Export a finished run to other formats.", no_args_is_help=True)
+app.add_typer(export_app, name="export")
 pipeline_app = typer.Typer(help="The whole chain: data -> training -> evaluation -> serving.",
                            no_args_is_help=True)
 app.add_typer(pipeline_app, name="pipeline")
@@ -154,6 +156,30 @@ def pipeline_run(
 ) -> None:
     """data -> training job -> evaluation -> serving, each stage gated on the one before."""
     _run_pipeline(pipeline, workdir, resume)
+
+
+@export_app.command("gguf")
+def export_gguf_command(
+    run_dir: Annotated[Path, typer.Argument(help="A training run folder (its merged/).")],
+    types: Annotated[str, typer.Option(
+        "--types", help="Comma-separated: f16 first, then quantizations (q8_0, q6_k, "
+        "q4_k_m).")] = "f16,q4_k_m",
+    data: Annotated[Optional[Path], typer.Option(
+        "--data", help="Rows for the parity checks (default: the run's dataset).")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Default: RUN_DIR/gguf.")
+                   ] = None,
+) -> None:
+    """Convert the merged model with llama.cpp's converter, quantize, and check each form
+    against the one before (tokenization, eos, PPL ratio, KL, top-token agreement)."""
+    from evaluator.export import ExportError, export_gguf
+
+    try:
+        result = export_gguf(run_dir, types=[t.strip() for t in types.split(",") if t.strip()],
+                             data_dir=data, out_dir=out, log=typer.echo)
+    except ExportError as exc:
+        typer.secho(f"error: {exc}", err=True, fg="red")
+        raise typer.Exit(2 if exc.bad_input else exc.exit_code) from None
+    typer.echo(f"export.json: {result['out_dir']}/export.json")
 
 
 @models_app.command("fetch-default")

@@ -239,14 +239,14 @@ def data_stage(chain: Chain, stage: dict[str, Any]) -> None:
                                 "share in the data config's split section")
 
 
-def _train_spec(chain: Chain, dataset: str) -> tuple[Any, list[Path]]:
+def train_spec(config: PipelineConfig, dataset: str) -> tuple[Any, list[Path]]:
     """The job spec (dataset set to the data stage's output) and the folders it reads."""
     from data_engine.config_loader import read_yaml
     from data_engine.errors import ConfigError
     from trainer_service.errors import InvalidArgument
     from trainer_service.jobs.validate import TEMPLATE_KEYWORDS, spec_from_mapping
 
-    spec_path = chain.config.path(chain.config.train.spec)
+    spec_path = config.path(config.train.spec)
     try:
         data, base, _ = read_yaml(spec_path, "train spec")
     except ConfigError as exc:
@@ -277,7 +277,7 @@ def train_stage(chain: Chain, stage: dict[str, Any]) -> None:
     from trainer_service.jobs.store import state_name
 
     dataset = chain.stage("data")["outputs"]["dataset"]
-    spec, roots = _train_spec(chain, dataset)
+    spec, roots = train_spec(chain.config, dataset)
     settings = chain.config.train
     server = None
     if settings.trainer:

@@ -33,7 +33,8 @@ class _StopRequested(BaseException):
 def serve(
     ctx: typer.Context,
     model_dir: Annotated[Path, typer.Argument(
-        help="A merged model folder, or the base model of --adapter.")],
+        help="A merged model folder, the base model of --adapter, or a .gguf file "
+        "(served by llama-cpp-python).")],
     adapter: Annotated[Optional[Path], typer.Option(
         "--adapter", help="A LoRA adapter folder (adapter_config.json), served un-merged on "
         "the base.")] = None,
@@ -41,7 +42,7 @@ def serve(
     port: Annotated[int, typer.Option("--port")] = 8000,
     backend: Annotated[str, typer.Option(
         "--backend", help="auto: vLLM when it is installed and a CUDA device is visible, "
-        "else transformers.")] = "auto",
+        "else transformers; llama_cpp for a .gguf (auto picks it).")] = "auto",
     served_name: Annotated[Optional[str], typer.Option(
         "--served-name", help="The model name clients use; default: the adapter's folder "
         "name, else the model's.")] = None,

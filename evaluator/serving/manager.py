@@ -1,13 +1,15 @@
 """Start an OpenAI-compatible server for a model folder, wait until it answers, and make
 sure it is gone afterwards: `with serve_model(model_dir) as server: ... server.base_url`.
 
-Two backends behind one contract (/v1/models lists the served name, requests naming it are
-answered, /v1/completions with echo + logprobs returns prompt log-probabilities):
+Three backends behind one contract (/v1/models lists the served name, requests naming it
+are answered, /v1/completions with echo + logprobs returns prompt log-probabilities):
 `vllm serve` where a CUDA device and vLLM exist, else transformers' serving app
-(evaluator.serving.hf_app). Either runs as a child process in its own process group, so a
-stop reaches every process it started (vLLM runs an engine process beside its API server)
-and a Ctrl+C in the terminal reaches only the caller, which then stops the server itself.
-On Linux the child is also killed by the kernel if the caller dies without cleaning up.
+(evaluator.serving.hf_app); a .gguf file (`tunesmith export gguf`) is served by
+llama-cpp-python's server (evaluator.serving.llama_cpp_cli). Each runs as a child process
+in its own process group, so a stop reaches every process it started (vLLM runs an engine
+process beside its API server) and a Ctrl+C in the terminal reaches only the caller, which
+then stops the server itself. On Linux the child is also killed by the kernel if the caller
+dies without cleaning up.
 """
 
 from __future__ import annotations
@@ -31,9 +33,10 @@ from pathlib import Path
 
 from evaluator.serving.errors import ServeError
 from evaluator.serving.inputs import check_adapter_dir, check_model_dir, ensure_hf_home
+from evaluator.serving.llama_cpp_cli import check_gguf_file, llama_cpp_command
 from evaluator.serving.vllm_cli import find_vllm, vllm_command
 
-BACKENDS = ("auto", "vllm", "transformers")
+BACKENDS = ("auto", "vllm", "transformers", "llama_cpp")  # llama_cpp: a .gguf MODEL
 STOP_GRACE_S = 10.0  # SIGTERM, then this long to drain, then SIGKILL
 POLL_S = 0.25
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
@@ -45,7 +48,7 @@ class ModelServer:
 
     base_url: str  # "http://HOST:PORT/v1"
     name: str  # the model name requests use
-    backend: str  # "vllm" | "transformers"
+    backend: str  # "vllm" | "transformers" | "llama_cpp"
     process: subprocess.Popen
     log_path: Path
     command: list[str]
@@ -71,7 +74,8 @@ class ModelServer:
                 raise ServeError("server_exited", f"the {self.backend} server exited with code "
                                  f"{code} before it was ready; last log lines "
                                  f"({self.log_path}):\n{self.log_tail()}", field="model")
-            if _get(root + "/health") is not None and self.name in _model_ids(self.base_url):
+            healthy = self.backend == "llama_cpp" or _get(root + "/health") is not None
+            if healthy and self.name in _model_ids(self.base_url):  # llama_cpp: no /health
                 return
             time.sleep(POLL_S)
         raise ServeError("startup_timeout", f"the {self.backend} server did not answer within "
@@ -127,12 +131,21 @@ def start_server(model_dir: Path | str, adapter: Path | str | None = None,
                  log_path: Path | str | None = None) -> ModelServer:
     """Checks the input and starts the server process, without waiting for it; the caller
     owns it (`wait_ready`, `stop`). `serve_model` is the safe way to use this."""
-    model_dir = check_model_dir(model_dir)
+    gguf = Path(model_dir).suffix == ".gguf"
+    if gguf and adapter is not None:
+        raise ServeError("adapter_with_gguf", "a .gguf is served as it is; export the merged "
+                         "model (tunesmith export gguf) instead of adding an adapter",
+                         field="adapter")
+    model_dir = check_gguf_file(model_dir) if gguf else check_model_dir(model_dir)
     adapter = check_adapter_dir(adapter) if adapter is not None else None
-    name = served_name or (adapter or model_dir).name
-    chosen, vllm_path = choose_backend(backend, vllm_bin)
+    name = served_name or (adapter.name if adapter else model_dir.stem if gguf
+                           else model_dir.name)
+    chosen, vllm_path = choose_backend(backend, vllm_bin, model=model_dir)
     port = check_port_free(host, port) if port else free_port(host)
-    if chosen == "vllm":
+    if chosen == "llama_cpp":
+        command = llama_cpp_command(model_dir, host=host, port=port, served_name=name,
+                                    extra_args=extra_args)
+    elif chosen == "vllm":
         command = vllm_command(model_dir, host=host, port=port, served_name=name,
                                adapter=adapter, vllm_bin=vllm_path or "vllm", dtype=dtype,
                                extra_args=extra_args)
@@ -162,12 +175,22 @@ def start_server(model_dir: Path | str, adapter: Path | str | None = None,
                        backend=chosen, process=process, log_path=log_path, command=command)
 
 
-def choose_backend(backend: str, vllm_bin: str | None = None) -> tuple[str, str | None]:
-    """("vllm", its executable) or ("transformers", None). `auto` takes vLLM only where it is
-    installed and a CUDA device is visible; `vllm` without vLLM is an error."""
+def choose_backend(backend: str, vllm_bin: str | None = None,
+                   model: Path | str | None = None) -> tuple[str, str | None]:
+    """("vllm", its executable), ("transformers", None) or ("llama_cpp", None). A .gguf
+    `model` is served by llama_cpp (llama-cpp-python's server), and only by it. Otherwise
+    `auto` takes vLLM only where it is installed and a CUDA device is visible; `vllm`
+    without vLLM is an error."""
     if backend not in BACKENDS:
         raise ServeError("bad_backend", f"backend must be one of {', '.join(BACKENDS)}; got "
                          f"{backend!r}", field="backend")
+    gguf = model is not None and Path(model).suffix == ".gguf"
+    if gguf or backend == "llama_cpp":
+        if gguf and backend in ("auto", "llama_cpp"):
+            return "llama_cpp", None
+        raise ServeError("bad_backend", "a .gguf file is served by the llama_cpp backend and "
+                         "a model folder by vllm or transformers; got backend "
+                         f"{backend!r} for {model}", field="backend")
     if backend == "transformers":
         return "transformers", None
     found = find_vllm(vllm_bin)

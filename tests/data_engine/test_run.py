@@ -147,8 +147,12 @@ def test_cli_version_and_errors(tmp_path):
 
 
 @pytest.mark.slow
-def test_cli_demo_subprocess(tmp_path):
-    proc = _cli("demo", "--out", str(tmp_path / "demo"), "--no-progress", cwd=tmp_path)
+def test_cli_on_the_bundled_sample_subprocess(tmp_path):
+    import data_engine
+
+    config = Path(data_engine.__file__).resolve().parent / "sample" / "demo.yaml"
+    proc = _cli("data", "run", "--config", str(config), "--out", str(tmp_path / "demo" / "data"),
+                "--no-progress", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "report:" in proc.stdout and "manifest:" in proc.stdout
     manifest = check_contract(tmp_path / "demo" / "data")
