@@ -18,23 +18,22 @@ from typing import Any, Sequence
 
 from data_engine.config import RepetitionConfig
 from data_engine.engines.base import Generation, SamplingParams
-from data_engine.filters.repetition import is_degenerate
+from data_engine.filters.repetition import TOKEN, is_degenerate
 from evaluator.data import EvalRow
 
 JSON_TAG = "json"
 # The order a reply's single failure is named in; every condition is also counted alone.
 FAILURES = ("error", "no_stop", "empty", "degenerate")
 _FENCE = re.compile(r"^```(?:json)?\s*\n(.*?)\n?```$", re.DOTALL)
-# Words, numbers, and any other non-space character on its own (kana, kanji): ROUGE-L's own
-# tokenizer keeps only [a-z0-9] and would score Japanese as empty.
-_TOKEN = re.compile(r"[a-z0-9]+|[^\sa-z0-9]")
 
 
 class _Tokenizer:
-    """rouge-score's tokenizer interface."""
+    """rouge-score's tokenizer interface, with the repetition detector's tokens: words,
+    numbers, and any other non-space character on its own (kana, kanji). ROUGE-L's own
+    tokenizer keeps only [a-z0-9] and would score Japanese as empty."""
 
     def tokenize(self, text: str) -> list[str]:
-        return _TOKEN.findall(text.lower())
+        return TOKEN.findall(text.lower())
 
 
 def budget_for(tokenizer, rows: Sequence[EvalRow]) -> int:

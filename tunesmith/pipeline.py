@@ -26,7 +26,7 @@ import html
 import json
 import secrets
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -67,8 +67,13 @@ class EvalStage:
     max_tokens: int | None = None
     baseline: str | None = None  # None: the training run's base model; "none"; folder | URL
     judge: str | None = None
-    gate: dict[str, Any] | str | None = None  # thresholds inline, a gate file, or defaults
+    gate: Any = None  # thresholds inline (a mapping), a gate file, or None: the defaults
     backend: str = "auto"
+
+    def check(self) -> list[str]:
+        if self.gate is not None and not isinstance(self.gate, (dict, str)):
+            return [f"gate: a mapping of thresholds or a gate file, got {self.gate!r}"]
+        return []
 
 
 @dataclass
@@ -89,46 +94,36 @@ class PipelineConfig:
     train: TrainStage = field(default_factory=TrainStage)
     eval: EvalStage = field(default_factory=EvalStage)
     serve: ServeStage = field(default_factory=ServeStage)
-    base: Path = Path(".")  # the pipeline file's folder: relative paths start there
+    # the pipeline file's folder, where relative paths start; not a key of the file
+    base: Path = field(default=Path("."), init=False)
 
     def path(self, value: str) -> Path:
         path = Path(value).expanduser()
         return path if path.is_absolute() else (self.base / path).resolve()
 
 
-def _section(kind: type, data: Any, name: str, problems: list[str]) -> Any:
-    if data is None:
-        return kind()
-    if not isinstance(data, dict):
-        problems.append(f"{name}: must be a mapping")
-        return kind()
-    known = {f.name for f in fields(kind)}
-    problems += [f"{name}.{key}: unknown key (known: {', '.join(sorted(known))})"
-                 for key in data if key not in known]
-    return kind(**{k: v for k, v in data.items() if k in known})
-
-
 def load_pipeline(path: Path) -> PipelineConfig:
     """The pipeline file, every problem reported at once (PipelineError, stage `pipeline`)."""
-    from data_engine.config_loader import read_yaml
+    from data_engine.config_loader import from_dict, read_yaml
     from data_engine.errors import ConfigError
 
     try:
-        data, base, _ = read_yaml(path, "pipeline")
+        data, base, origin = read_yaml(path, "pipeline")
     except ConfigError as exc:
         raise PipelineError("pipeline", "bad_pipeline_file", str(exc), "pipeline") from None
     problems: list[str] = []
-    sections = {"data": DataStage, "train": TrainStage, "eval": EvalStage, "serve": ServeStage}
-    problems += [f"{key}: unknown key (known: workdir, {', '.join(sections)})"
-                 for key in data if key not in sections and key != "workdir"]
-    config = PipelineConfig(workdir=str(data.get("workdir", "runs/pipeline")), base=base,
-                            **{name: _section(kind, data.get(name), name, problems)
-                               for name, kind in sections.items()})
-    for name, value in (("data.config", config.data.config), ("train.spec", config.train.spec)):
+    try:
+        config = from_dict(PipelineConfig, data, origin)
+        config.base = base
+    except ConfigError as exc:
+        problems += exc.problems
+    for name in ("data.config", "train.spec"):
+        section, key = name.split(".")
+        value = data[section].get(key) if isinstance(data.get(section), dict) else None
         if not value:
             problems.append(f"{name}: required")
-        elif not config.path(value).is_file():
-            problems.append(f"{name}: {config.path(value)} is not a file")
+        elif not (base / Path(value).expanduser()).is_file():
+            problems.append(f"{name}: {base / Path(value).expanduser()} is not a file")
     if problems:
         raise PipelineError("pipeline", "bad_pipeline_file", "; ".join(problems), "pipeline",
                             f"fix {path}")

@@ -23,7 +23,7 @@ from functools import lru_cache
 from data_engine.config import CleanConfig, RepetitionConfig
 from data_engine.filters.base import MessageView, Reasons, per_reply
 
-_TOKEN = re.compile(r"[A-Za-z0-9]+|[^\sA-Za-z0-9]")
+TOKEN = re.compile(r"[A-Za-z0-9]+|[^\sA-Za-z0-9]")
 # Digits, whitespace and the characters that tables, rules and code repeat legitimately.
 _EXEMPT_RUN = set("0123456789-=_*~#.…・─━|:+)]}> \t\n\u3000")
 _MIN_BYTES_FOR_RATIO = 200
@@ -72,7 +72,7 @@ def is_degenerate(text: str, config: RepetitionConfig) -> bool:
     """True when ``text`` loops by any of the module's three rules."""
     if has_char_run(text, config.max_char_run):
         return True
-    tokens = _TOKEN.findall(text.lower())
+    tokens = TOKEN.findall(text.lower())
     if repeated_phrase(tokens, config.max_phrase_tokens, config.max_word_repeats):
         return True
     data = text.encode("utf-8")

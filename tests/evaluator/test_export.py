@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("llama_cpp", reason="GGUF export needs llama-cpp-python")
 
 from evaluator.data import EvalError  # noqa: E402
 from evaluator.export import (  # noqa: E402
