@@ -123,6 +123,28 @@ class TagListConfig:
 
 
 @dataclass
+class CopiedPromptConfig:
+    min_chars: int = _help("Replies shorter than this (answers like `Paris`, `42`) are never "
+                           "called copied.", 16)
+    ngram: int = _help("Character n-gram size compared (characters, so it works without "
+                       "word boundaries).", 8)
+    min_fraction: float = _help(
+        "Share of the reply's n-grams found in the prompt that makes it a copy. 0.95 keeps "
+        "edits: fixing one word of a 10-15 word sentence leaves 0.85-0.90 of it in the prompt.",
+        0.95)
+
+    def check(self) -> list[str]:
+        problems = []
+        if self.min_chars < 1:
+            problems.append("min_chars: must be >= 1")
+        if self.ngram < 2:
+            problems.append("ngram: must be >= 2")
+        if not 0.0 < self.min_fraction <= 1.0:
+            problems.append("min_fraction: must be in (0, 1]")
+        return problems
+
+
+@dataclass
 class CleanConfig:
     fix_mojibake: bool = _help("Repair UTF-8 read as Latin-1/cp1252 (ftfy.fix_encoding).", True)
     normalize_width: bool = _help(
@@ -139,6 +161,8 @@ class CleanConfig:
     repetition: RepetitionConfig = _help("Degenerate repetition thresholds.",
                                          factory=RepetitionConfig)
     tag_list: TagListConfig = _help("Keyword-list detection thresholds.", factory=TagListConfig)
+    copied_prompt: CopiedPromptConfig = _help("Replies copied from their prompt.",
+                                              factory=CopiedPromptConfig)
 
     def check(self) -> list[str]:
         from data_engine.filters import FILTER_NAMES

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+# The config module imports the generators, which import filters: it must load whole first,
+# or `import data_engine.filters` as a program's first import fails on the cycle.
+import data_engine.config  # noqa: F401
 from data_engine.filters.base import Filter, MessageView, Reasons
+from data_engine.filters.copied import copied_prompt
 from data_engine.filters.language import wrong_language
 from data_engine.filters.length import length_bounds
 from data_engine.filters.repetition import degenerate_repetition
@@ -19,6 +23,7 @@ FILTERS: tuple[Filter, ...] = (
     Filter("degenerate_repetition", ("degenerate_repetition",), degenerate_repetition),
     Filter("length", ("too_short", "too_long"), length_bounds),
     Filter("language", ("wrong_language",), wrong_language),
+    Filter("copied_prompt", ("copied_prompt",), copied_prompt),
 )
 FILTER_NAMES = tuple(f.name for f in FILTERS)
 INGEST_REASONS = ("malformed_json", "unknown_format")

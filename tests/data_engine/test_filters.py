@@ -233,3 +233,86 @@ def test_chinese_varieties_count_as_chinese():
     config = CleanConfig(languages=["zh"])
     rows = [chat("Q", "侬好，阿拉今朝去白相，侬要一道去伐？"), chat("Q", "你食咗飯未呀？我哋一齊去飲茶啦。")]
     assert reasons(wrong_language, rows, config) == [None, None]
+
+
+# copied_prompt ------------------------------------------------------------------------------
+
+ARTICLE = ("Suggest a title for this article:\n\nI started running three mornings a week last "
+           "spring. At first I could barely finish a mile without stopping.")
+JA_ARTICLE = ("次の記事の冒頭を読んで、タイトルを一つ考えてください。\n\n高齢になった猫の食事を、"
+              "やわらかいフードに切り替えました。かかりつけの獣医さんと相談しながら調整しています。")
+
+
+@pytest.mark.parametrize("conversation", [
+    chat(ARTICLE, "I started running three mornings a week last spring."),  # the opening
+    chat(ARTICLE, "i started  running three mornings a week LAST spring"),  # case, spaces
+    chat(JA_ARTICLE, "高齢になった猫の食事を、やわらかいフードに切り替えました。"),  # no word boundaries
+    chat("What is the best way to store fresh basil at home?",
+         "What is the best way to store fresh basil at home?"),  # the question echoed
+    [msg("system", "Always answer: Please consult the user manual for details."),
+     msg("user", "How do I reset it?"),
+     msg("assistant", "Please consult the user manual for details.")],  # copied from system
+])
+def test_copied_prompt_drops(conversation):
+    from data_engine.filters.copied import copied_prompt
+
+    assert reasons(copied_prompt, [conversation]) == ["copied_prompt"]
+
+
+@pytest.mark.parametrize("conversation", [
+    chat(ARTICLE, "From Barely a Mile to Three Runs a Week"),  # a title reusing some words
+    chat(JA_ARTICLE, "高齢猫のごはん、やわらかいフードへの切り替え記録"),
+    chat("What is the capital of France? Paris or Lyon?", "Paris"),  # short: never a copy
+    chat("Fix the grammar: She go to the market every Sunday morning with her brothers.",
+         "She goes to the market every Sunday morning with her brothers."),  # an edit
+    # a reply repeating an earlier reply copies no prompt
+    [msg("user", "Say something nice about autumn."),
+     msg("assistant", "Autumn leaves turn the whole street into a warm painting."),
+     msg("user", "Again?"),
+     msg("assistant", "Autumn leaves turn the whole street into a warm painting.")],
+])
+def test_copied_prompt_keeps(conversation):
+    from data_engine.filters.copied import copied_prompt
+
+    assert reasons(copied_prompt, [conversation]) == [None]
+
+
+@pytest.mark.parametrize("prompt, reply", [
+    ("Fix the grammar: She go to the market every Sunday morning with her two younger "
+     "brothers.", "She goes to the market every Sunday morning with her two younger brothers."),
+    ("Correct the spelling: I recieved the package yesterday and it was in perfect condition.",
+     "I received the package yesterday and it was in perfect condition."),
+    ("Make this formal: Hey, can you send me the report by Friday, thanks a lot.",
+     "Hello, can you send me the report by Friday, thanks a lot."),
+])
+def test_one_word_edits_stay_under_the_default_fraction(prompt, reply):
+    """The evidence behind min_fraction 0.95: a one-word edit keeps 0.85-0.90 of the reply's
+    8-grams in its prompt, so editing tasks are kept."""
+    from data_engine.filters.copied import _normal, copied_fraction, is_copied
+
+    fraction = copied_fraction(_normal(reply), _normal(prompt), 8)
+    assert 0.8 <= fraction < CleanConfig().copied_prompt.min_fraction, fraction
+    assert not is_copied(reply, prompt, CleanConfig().copied_prompt)
+
+
+def test_copied_prompt_threshold_is_configurable_and_checked():
+    from data_engine.config import CopiedPromptConfig
+    from data_engine.filters.copied import copied_prompt
+
+    edit = chat("Fix the grammar: She go to the market every Sunday morning with her brothers.",
+                "She goes to the market every Sunday morning with her brothers.")
+    strict = CleanConfig(copied_prompt=CopiedPromptConfig(min_fraction=0.8))
+    assert reasons(copied_prompt, [edit], strict) == ["copied_prompt"]
+    assert CopiedPromptConfig(min_fraction=0.0, ngram=1, min_chars=0).check() == [
+        "min_chars: must be >= 1", "ngram: must be >= 2", "min_fraction: must be in (0, 1]"]
+
+
+@pytest.mark.parametrize("module", ["data_engine.filters", "data_engine.filters.copied",
+                                    "data_engine.filters.repetition", "data_engine.filters.base"])
+def test_each_filter_module_imports_first_in_a_fresh_interpreter(module):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
