@@ -4,9 +4,11 @@ Ray executor, and Prometheus metrics."""
 
 from __future__ import annotations
 
+import json
 import threading
 import urllib.request
 import uuid
+from pathlib import Path
 
 import grpc
 import pytest
@@ -100,6 +102,7 @@ def test_reflection_lists_the_services(server):
     ({"dataset_path": "empty"}, "dataset"),
     ({"dataset_path": ""}, "dataset"),
     ({"resources": pb.Resources(gpus=-1)}, "resources.gpus"),
+    ({"export": pb.ExportSpec(gguf=["f16", "q3"])}, "export.gguf"),
 ])
 def test_bad_values_are_invalid_argument_naming_the_field(client, roots, change, field):
     spec = job_spec(roots[1], change.pop("dataset_path", "data"), **change)
@@ -208,6 +211,40 @@ def test_job_runs_to_succeeded_with_events_in_order(server, client, roots):
         f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10).read().decode()
     assert 'tunesmith_jobs{state="SUCCEEDED"} 1.0' in metrics
     assert "tunesmith_queue_length 0.0" in metrics
+
+
+@pytest.mark.slow
+def test_a_job_with_export_makes_gguf_files_each_checked(client, roots):
+    job = client.create(job_spec(roots[1], export=pb.ExportSpec(gguf=["q8_0"])))
+    events = list(client.watch(job.id))
+    done = client.get(job.id)
+    assert done.state == pb.JOB_STATE_SUCCEEDED, done.error
+    assert states(events) == ORDER[:-1] + [pb.JOB_STATE_EXPORTING, pb.JOB_STATE_SUCCEEDED]
+    export = json.loads(Path(done.artifacts["gguf"]).read_text())
+    assert export["status"] == "succeeded"
+    assert export["rows"]["source"].endswith("data/test.jsonl")  # the job's own test split
+    assert [s["form"] for s in export["stages"]] == ["f16", "q8_0"]  # f16 first, always
+    for stage in export["stages"]:
+        assert stage["ok"] and Path(stage["file"]).stat().st_size > 0, stage["form"]
+    f16 = {c["name"]: c for c in export["stages"][0]["checks"]}
+    assert f16["eos"]["gguf"]["token"] == "<|im_end|>"
+    run = json.loads(Path(done.artifacts["run"]).read_text())
+    assert set(run["export"]["gguf"]) == {"f16", "q8_0"}
+
+
+def test_an_export_that_cannot_run_fails_before_training(client, roots, tmp_path,
+                                                        monkeypatch):
+    # No converter where the environment points: the job must fail in VALIDATING, before
+    # any optimizer step, not after the training it would otherwise waste.
+    monkeypatch.setenv("TUNESMITH_LLAMA_CPP_DIR", str(tmp_path / "no-llama.cpp"))
+    job = client.create(job_spec(roots[1], export=pb.ExportSpec(gguf=["f16"])))
+    events = list(client.watch(job.id))
+    assert states(events) == [pb.JOB_STATE_QUEUED, pb.JOB_STATE_VALIDATING,
+                              pb.JOB_STATE_FAILED]
+    done = client.get(job.id)
+    assert done.error.code == "converter_not_found" and done.error.field == "export.gguf"
+    assert "TUNESMITH_LLAMA_CPP_DIR" in done.error.message and "gguf" in done.error.fix
+    assert "adapter" not in done.artifacts
 
 
 @pytest.mark.slow

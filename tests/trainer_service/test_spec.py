@@ -42,6 +42,26 @@ def test_unknown_and_bad_keys_are_all_reported(tmp_path):
     assert any("quantization" in p for p in err.value.problems)
 
 
+def test_export_gguf_names_known_forms_only(tmp_path):
+    from evaluator.export import TYPES
+    from trainer_service.recipe.spec import GGUF_TYPES
+
+    assert GGUF_TYPES == TYPES  # the spec reads without llama.cpp but names the same forms
+    path = tmp_path / "spec.yaml"
+    path.write_text("base_model: m\ndataset: d\nexport: {gguf: [f16, q4_k_m]}\n")
+    assert load_spec(path).export.gguf == ["f16", "q4_k_m"]
+    assert load_spec(None, {"base_model": "m", "dataset": "d"}).export.gguf == []
+    path.write_text("base_model: m\ndataset: d\nexport: {gguf: [q4_0], onnx: true}\n")
+    with pytest.raises(ConfigError) as err:
+        load_spec(path)
+    text = "\n".join(err.value.problems)
+    assert "export.onnx: unknown key" in text
+    path.write_text("base_model: m\ndataset: d\nexport: {gguf: [q4_0]}\n")
+    with pytest.raises(ConfigError) as err:
+        load_spec(path)
+    assert any(p.startswith("export.gguf: unknown type(s) q4_0") for p in err.value.problems)
+
+
 def test_missing_base_model_and_dataset_fail():
     with pytest.raises(ConfigError) as err:
         load_spec(None)

@@ -2,7 +2,7 @@
 recovers jobs a dead server left behind, and drains on shutdown.
 
 All state is in the store; the scheduler only holds handles to live processes. So after a
-crash the next server finds every interrupted job (VALIDATING..VERIFYING) in the store,
+crash the next server finds every interrupted job (VALIDATING..EXPORTING) in the store,
 waits until no process from the old server holds it, and queues it again: its next attempt
 resumes from its last checkpoint. A job is never run by two processes at once (the job
 process holds a lock file for its lifetime) and never lost (it stays in the store).

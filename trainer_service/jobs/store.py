@@ -26,7 +26,7 @@ from trainer_service.errors import AlreadyExists, InvalidArgument, NotFound
 
 TERMINAL = frozenset({pb.JOB_STATE_SUCCEEDED, pb.JOB_STATE_FAILED, pb.JOB_STATE_CANCELLED})
 ACTIVE = frozenset({pb.JOB_STATE_VALIDATING, pb.JOB_STATE_RUNNING, pb.JOB_STATE_MERGING,
-                    pb.JOB_STATE_VERIFYING})
+                    pb.JOB_STATE_VERIFYING, pb.JOB_STATE_EXPORTING})
 STORE_FILE = "jobs.sqlite3"
 
 _SCHEMA = """
@@ -184,7 +184,7 @@ class JobStore:
         return self.get(job_id)
 
     def active(self) -> list[pb.Job]:
-        """Jobs some process was running (VALIDATING through VERIFYING)."""
+        """Jobs some process was running (VALIDATING through EXPORTING)."""
         rows = self._conn().execute(
             f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state IN ({', '.join('?' * len(ACTIVE))}) "
             "ORDER BY create_time", tuple(ACTIVE)).fetchall()

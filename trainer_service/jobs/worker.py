@@ -27,7 +27,8 @@ from trainer_service.jobs.validate import to_train_spec
 from trainer_service.recipe.hooks import RecipeStopped, RunHooks
 
 STAGE_STATES = {"validating": pb.JOB_STATE_VALIDATING, "training": pb.JOB_STATE_RUNNING,
-                "merging": pb.JOB_STATE_MERGING, "verifying": pb.JOB_STATE_VERIFYING}
+                "merging": pb.JOB_STATE_MERGING, "verifying": pb.JOB_STATE_VERIFYING,
+                "exporting": pb.JOB_STATE_EXPORTING}
 RUNS_DIR, LOCKS_DIR = "runs", "locks"
 EXIT_ALREADY_RUNNING = 75  # another live process holds the job's lock
 PR_SET_PDEATHSIG = 1
@@ -155,6 +156,7 @@ def execute(job: pb.Job, run_dir: Path, sink: JobSink) -> int:
         return pb.JOB_STATE_FAILED
     sink.update(artifacts=_artifacts(run_dir, state.get("artifacts")), metrics=_summary(state))
     reason = "dry run: validated, no step taken" if state["status"] == "validated" else \
+        "trained, merged, verified and exported" if state.get("export") else \
         "trained, merged and verified"
     sink.emit(state_event(pb.JOB_STATE_SUCCEEDED, reason))
     return pb.JOB_STATE_SUCCEEDED

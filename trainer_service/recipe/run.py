@@ -1,9 +1,10 @@
-"""`tunesmith train run`: preflight -> QLoRA SFT -> merge -> parity -> sanity generation.
+"""`tunesmith train run`: preflight -> QLoRA SFT -> merge -> parity -> sanity generation
+[-> GGUF export, when the spec's `export.gguf` names forms].
 
 Every step writes what it found into the run folder before the next one starts, so a
 failed run shows where and why: `preflight.json`, `metrics.jsonl` + `report.html`,
-`adapter/`, `merged/`, `verify.json`, and `run.json` (status, error with code, message and
-field, best checkpoint, metrics, warnings, every artifact path).
+`adapter/`, `merged/`, `verify.json`, `gguf/export.json`, and `run.json` (status, error
+with code, message and field, best checkpoint, metrics, warnings, every artifact path).
 """
 
 from __future__ import annotations
@@ -104,10 +105,60 @@ def run_recipe(spec: TrainSpec, run_dir: Path, log: Callable[[str], None] = prin
         error = RecipeError("training_failed", str(exc), getattr(exc, "field", "training"))
     except VerifyError as exc:
         error = RecipeError(exc.code, exc.message, exc.field or "verify")
+    except _ExportFailed as exc:
+        error = exc.error
     state.update(status="failed", error={"code": error.code, "message": error.message,
                                          "field": error.field, "fix": error.fix})
     _write(run_dir / "run.json", state)
     raise error
+
+
+class _ExportFailed(Exception):
+    def __init__(self, error: RecipeError):
+        self.error = error
+
+
+def _export_error(exc: Any, run_dir: Path, after_verify: bool) -> _ExportFailed:
+    """An evaluator ExportError as the run's error; its field is the spec's `export.gguf`
+    (the export's own field, a form or `converter`, leads the message)."""
+    if after_verify:
+        fix = (f"every number is in {run_dir / 'gguf' / 'export.json'}; the merged model in "
+               f"{run_dir / 'merged'} is verified and usable as it is. Export another "
+               "form with `tunesmith export gguf RUN_DIR --types ...`")
+    else:
+        fix = ("install the gguf extra (`pip install 'tunesmith[gguf]'`; offline, set "
+               "TUNESMITH_LLAMA_CPP_DIR to a llama.cpp checkout) or remove export.gguf from "
+               "the spec. This is checked before training, so no training was lost")
+    return _ExportFailed(RecipeError(exc.code, f"{exc.field}: {exc.message}", "export.gguf",
+                                     fix))
+
+
+def _export_ready(spec: TrainSpec, run_dir: Path, log: Callable[[str], None]) -> None:
+    """Before the first step: llama.cpp and its converter are there when an export is asked
+    for (the converter is fetched now, not after hours of training)."""
+    if not spec.export.gguf:
+        return
+    from evaluator.export import ExportError, ensure_converter, llama_cpp_version
+
+    try:
+        llama_cpp_version()
+        ensure_converter(log)
+    except ExportError as exc:
+        raise _export_error(exc, run_dir, after_verify=False) from None
+
+
+def _export(spec: TrainSpec, run_dir: Path, state: dict[str, Any],
+            log: Callable[[str], None]) -> None:
+    from evaluator.export import ExportError, export_gguf
+
+    try:
+        result = export_gguf(run_dir, types=spec.export.gguf, data_dir=Path(spec.dataset),
+                             log=log)
+    except ExportError as exc:
+        state["artifacts"]["gguf"] = str(run_dir / "gguf" / "export.json")
+        raise _export_error(exc, run_dir, after_verify=True) from None
+    state["artifacts"]["gguf"] = str(Path(result["out_dir"]) / "export.json")
+    state["export"] = {"gguf": {stage["form"]: stage["file"] for stage in result["stages"]}}
 
 
 def _spec_dict(spec: TrainSpec) -> dict[str, Any]:
@@ -139,6 +190,7 @@ def _run(spec: TrainSpec, run_dir: Path, state: dict[str, Any],
     state["warnings"] += report.warnings
     for warning in report.warnings:
         log(f"WARNING preflight: {warning}")
+    _export_ready(spec, run_dir, log)
     if spec.dry_run:
         state["status"] = "validated"
         _write(run_dir / "run.json", state)
@@ -180,6 +232,10 @@ def _run(spec: TrainSpec, run_dir: Path, state: dict[str, Any],
     finally:
         _write(run_dir / "verify.json", verify)
         state["artifacts"]["verify"] = str(run_dir / "verify.json")
+    if spec.export.gguf:
+        check_stop(hooks, "verifying")
+        hooks.stage("exporting")
+        _export(spec, run_dir, state, log)
     state["status"] = "succeeded"
     _write(run_dir / "run.json", state)
     return state

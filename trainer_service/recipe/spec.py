@@ -107,9 +107,31 @@ class TrainingSpec:
         return problems
 
 
+# GGUF forms `export.gguf` may name (evaluator.export.TYPES; kept here so reading a spec
+# needs neither llama.cpp nor the evaluator).
+GGUF_TYPES = ("f16", "q8_0", "q6_k", "q4_k_m")
+
+
+@dataclass
+class ExportSpec:
+    gguf: list[str] = _help(
+        "GGUF forms to make after the run is verified, e.g. [f16, q4_k_m]: llama.cpp's "
+        "converter, then its quantizer, each form checked against the one before (eos id, "
+        "tokenization, PPL ratio, KL, top-token agreement); f16 is always made, as the "
+        "reference. Empty: no export. Needs the gguf extra (llama-cpp-python).", factory=list)
+
+    def check(self) -> list[str]:
+        unknown = [t for t in self.gguf if str(t).strip().lower() not in GGUF_TYPES]
+        if unknown:
+            return [f"gguf: unknown type(s) {', '.join(map(str, unknown))}; choose from "
+                    f"{', '.join(GGUF_TYPES)}"]
+        return []
+
+
 @dataclass
 class TrainSpec:
-    base_model: str = _help("Base model: a local HF folder or a hub id.", "")
+    base_model: str = _help("Base model: a local HF folder, a hub id, or `default` (the "
+                            "embedded SmolLM2-135M-Instruct; `train run` and pipelines).", "")
     dataset: str = _help("A data engine output folder with train.jsonl and validation.jsonl.", "")
     chat_template: str = _help("auto (the tokenizer's, checked by preflight) | chatml | a path to "
                                "a Jinja file.", "auto")
@@ -125,6 +147,8 @@ class TrainSpec:
         "Train without a validation split. Off: the failed run had none and nobody saw it "
         "overfit.", False)
     dry_run: bool = _help("Build everything and run preflight, but take no optimizer step.", False)
+    export: ExportSpec = _help("Exports made from the verified merged model (RUN_DIR/gguf/).",
+                               factory=ExportSpec)
 
     def check(self) -> list[str]:
         problems = []

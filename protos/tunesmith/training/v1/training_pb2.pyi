@@ -21,6 +21,7 @@ class JobState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     JOB_STATE_SUCCEEDED: _ClassVar[JobState]
     JOB_STATE_FAILED: _ClassVar[JobState]
     JOB_STATE_CANCELLED: _ClassVar[JobState]
+    JOB_STATE_EXPORTING: _ClassVar[JobState]
 
 class EventKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -40,6 +41,7 @@ JOB_STATE_VERIFYING: JobState
 JOB_STATE_SUCCEEDED: JobState
 JOB_STATE_FAILED: JobState
 JOB_STATE_CANCELLED: JobState
+JOB_STATE_EXPORTING: JobState
 EVENT_KIND_UNSPECIFIED: EventKind
 EVENT_KIND_STATE_CHANGE: EventKind
 EVENT_KIND_STEP_METRICS: EventKind
@@ -102,8 +104,14 @@ class Resources(_message.Message):
     gpus: int
     def __init__(self, gpus: _Optional[int] = ...) -> None: ...
 
+class ExportSpec(_message.Message):
+    __slots__ = ("gguf",)
+    GGUF_FIELD_NUMBER: _ClassVar[int]
+    gguf: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, gguf: _Optional[_Iterable[str]] = ...) -> None: ...
+
 class JobSpec(_message.Message):
-    __slots__ = ("base_model", "dataset", "chat_template", "quantization", "lora", "loss_on", "training", "allow_no_validation", "dry_run", "resources")
+    __slots__ = ("base_model", "dataset", "chat_template", "quantization", "lora", "loss_on", "training", "allow_no_validation", "dry_run", "resources", "export")
     BASE_MODEL_FIELD_NUMBER: _ClassVar[int]
     DATASET_FIELD_NUMBER: _ClassVar[int]
     CHAT_TEMPLATE_FIELD_NUMBER: _ClassVar[int]
@@ -114,6 +122,7 @@ class JobSpec(_message.Message):
     ALLOW_NO_VALIDATION_FIELD_NUMBER: _ClassVar[int]
     DRY_RUN_FIELD_NUMBER: _ClassVar[int]
     RESOURCES_FIELD_NUMBER: _ClassVar[int]
+    EXPORT_FIELD_NUMBER: _ClassVar[int]
     base_model: str
     dataset: str
     chat_template: str
@@ -124,7 +133,8 @@ class JobSpec(_message.Message):
     allow_no_validation: bool
     dry_run: bool
     resources: Resources
-    def __init__(self, base_model: _Optional[str] = ..., dataset: _Optional[str] = ..., chat_template: _Optional[str] = ..., quantization: _Optional[str] = ..., lora: _Optional[_Union[LoraSpec, _Mapping]] = ..., loss_on: _Optional[str] = ..., training: _Optional[_Union[TrainingSpec, _Mapping]] = ..., allow_no_validation: _Optional[bool] = ..., dry_run: _Optional[bool] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ...) -> None: ...
+    export: ExportSpec
+    def __init__(self, base_model: _Optional[str] = ..., dataset: _Optional[str] = ..., chat_template: _Optional[str] = ..., quantization: _Optional[str] = ..., lora: _Optional[_Union[LoraSpec, _Mapping]] = ..., loss_on: _Optional[str] = ..., training: _Optional[_Union[TrainingSpec, _Mapping]] = ..., allow_no_validation: _Optional[bool] = ..., dry_run: _Optional[bool] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., export: _Optional[_Union[ExportSpec, _Mapping]] = ...) -> None: ...
 
 class JobError(_message.Message):
     __slots__ = ("code", "message", "field", "fix")
