@@ -103,6 +103,7 @@ def test_the_bundled_demo_pipeline_is_valid():
     from pathlib import Path
 
     from data_engine.config import load_config
+    from trainer_service.jobs.validate import to_train_spec
     from tunesmith.pipeline import load_pipeline, train_spec
 
     path = Path(str(resources.files("tunesmith").joinpath("demo", "pipeline.yaml")))
@@ -112,4 +113,37 @@ def test_the_bundled_demo_pipeline_is_valid():
     assert all(Path(i.path).is_file() for i in data.inputs)
     spec, _ = train_spec(config, str(path.parent))
     assert spec.base_model and Path(spec.base_model).is_dir()
-    assert spec.training.max_steps > 0
+    # QLoRA for one epoch: the recipe's defaults, which the demo shows rather than overrides
+    recipe = to_train_spec(spec)
+    assert recipe.quantization == "nf4" and recipe.training.max_steps is None
+    assert recipe.training.epochs == 1
+
+
+@pytest.mark.slow
+def test_the_demo_runs_the_whole_chain_and_the_model_learns_to_stop(tmp_path):
+    """`tunesmith demo` itself (about 4 minutes on 2 idle cores): every stage passes, the
+    planted defects are rejected, the fine-tune stops on every held-out prompt and beats the
+    base model's perplexity, and the served model answers with a title."""
+    done = subprocess.run([sys.executable, "-m", "tunesmith", "demo", "--workdir",
+                           str(tmp_path / "demo")], capture_output=True, text=True,
+                          timeout=1500)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    chain = json.loads((tmp_path / "demo" / "pipeline.json").read_text())
+    assert chain["status"] == "succeeded"
+    stages = chain["stages"]
+    assert all(stages[name]["status"] == "succeeded" for name in ("data", "train", "eval",
+                                                                  "serve"))
+    rejected = stages["data"]["counts"]["rejected"]
+    for reason in ("tag_list", "degenerate_repetition", "exact_duplicate", "near_duplicate"):
+        assert rejected.get(reason, 0) > 0, reason
+    run = json.loads(open(stages["train"]["outputs"]["run"]).read())
+    assert run["spec"]["quantization"] == "nf4"
+    verify = json.loads(open(stages["train"]["outputs"]["verify"]).read())
+    assert verify["sanity"]["stop_rate"] == 1.0 and verify["sanity"]["degenerate"] == 0
+    metrics = json.loads(open(stages["eval"]["outputs"]["metrics"]).read())
+    assert all(check["passed"] for check in stages["eval"]["checks"])
+    assert metrics["gate"]["passed"] and metrics["perplexity"]["ratio"] < 1.0
+    reply = stages["serve"]["request"]
+    assert reply["finish_reason"] == "stop" and 0 < len(reply["reply"]) <= 120
+    for line in ("data report:", "train report:", "eval report:", "pipeline:", "summary:"):
+        assert line in done.stdout, line

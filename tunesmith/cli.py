@@ -332,7 +332,8 @@ def train_run(
     base_model: Annotated[Optional[str], typer.Option(
         "--base-model", help="Local folder or hub id (overrides the spec).")] = None,
 ) -> None:
-    """Preflight, QLoRA SFT, merge into the 16-bit base, parity and sanity checks."""
+    """Preflight, QLoRA SFT, merge into the 16-bit base, parity and sanity checks, and the
+    GGUF export when the spec has `export.gguf`."""
     from data_engine.errors import ConfigError
     from trainer_service.recipe.run import RecipeError, run_recipe
     from trainer_service.recipe.spec import load_spec
@@ -343,6 +344,10 @@ def train_run(
     except ConfigError as exc:
         typer.secho(f"error: {exc}", err=True, fg="red")
         raise typer.Exit(exc.exit_code) from None
+    if loaded.base_model == "default":
+        from data_engine.engines import resolve_model
+
+        loaded.base_model = resolve_model("default")
     for warning in loaded.warnings(None):
         typer.secho(f"warning: {warning}", err=True, fg="yellow")
     try:

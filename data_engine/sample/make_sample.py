@@ -1,4 +1,4 @@
-"""Writes the bundled sample dataset: chat fine-tuning rows in four files and formats, with
+"""Writes the bundled sample dataset: chat fine-tuning rows in five files and four formats, with
 defects planted at seeded random positions, and `expected.json` saying what the engine must
 do with each planted row (computed from the rows as written, not counted by hand).
 
@@ -22,6 +22,7 @@ import json
 import random
 import re
 import sys
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,11 +31,14 @@ import pyarrow.parquet as pq
 
 from data_engine.readers.formats import to_messages
 from data_engine.sample import texts as T
+from data_engine.sample import titles_en as TE
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_OUT, README = HERE / "data", HERE / "README.md"
 FILES = {"titles_ja.jsonl": "messages", "instructions_en.jsonl": "sharegpt",
-         "arithmetic_zh.parquet": "alpaca", "mixed_formats.jsonl": "mixed"}
+         "arithmetic_zh.parquet": "alpaca", "mixed_formats.jsonl": "mixed",
+         "titles_en.jsonl": "messages"}
+ID_PREFIX = {"titles_ja.jsonl": "ja", "titles_en.jsonl": "en"}  # files whose rows carry ids
 QA_FILE = "mixed_formats.jsonl"  # read with demo.yaml's column mapping:
 QA_COLUMNS = {"user": "question", "assistant": "answer"}
 FULLWIDTH = {c: c + 0xFEE0 for c in range(0x21, 0x7F) if chr(c).isalnum()}
@@ -42,6 +46,7 @@ EN_SWAPS = {"usually": "often", "often": "frequently", "quickly": "fast", "great
             "very": "really", "for example": "for instance"}  # near duplicates: stay grammatical
 EN_SWAP = re.compile(r"\b(" + "|".join(EN_SWAPS) + r")\b", re.IGNORECASE)
 KANA, HAN = re.compile("[\u3040-\u30ff]"), re.compile("[\u4e00-\u9fff]")  # sanity checks
+SPACES = re.compile(r"\s+")
 
 
 @dataclass(eq=False)
@@ -62,9 +67,16 @@ class Row:
 
 # --- identity of a conversation (for unique rows and exact duplicates) ---------------------
 
+def canonical(text: str | None) -> str:
+    """``text`` as the engine's exact dedup compares it: NFKC, whitespace runs to one space,
+    trimmed (so `Ｔｏｋｙｏ  tower` and `Tokyo tower` are one text)."""
+    return SPACES.sub(" ", unicodedata.normalize("NFKC", text or "")).strip()
+
+
 def conversation(messages: list[dict]) -> str:
-    """Identity of a conversation as the engine reads it: roles, stripped texts, tool calls."""
-    return json.dumps([(m["role"], (m["content"] or "").strip(), m["tool_calls"] or "")
+    """Identity of a conversation as the engine's exact dedup sees it: roles, canonical texts,
+    tool calls."""
+    return json.dumps([(m["role"], canonical(m["content"]), m["tool_calls"] or "")
                        for m in messages], ensure_ascii=False)
 
 
@@ -364,14 +376,102 @@ def gen_mixed(g: random.Random, blk: int, seen: set, prior: dict):
     return base, derived
 
 
+def gen_titles_en(g: random.Random, blk: int, seen: set, prior: dict):
+    """One block of titles_en.jsonl, the English twin of gen_titles."""
+    F, D = "titles_en.jsonl", TE.EN_TITLE_DEFECTS
+    entries = [(t, ex, title) for t, d in TE.EN_TOPICS.items() for ex, title in d["entries"]]
+    g.shuffle(entries)
+    pool = iter([e for e in entries if e[2] not in TE.EN_TITLE_MOJIBAKE])
+    mojibake = [e for e in entries if e[2] in TE.EN_TITLE_MOJIBAKE]
+
+    def conv(ex, reply, level=0):
+        date = "(Posted {}-{:02d}-{:02d})\n".format(g.randint(2019, 2025), g.randint(1, 12),
+                                                   g.randint(1, 28)) if level else ""
+        number = f"(Post #{g.randint(100, 99999)})\n" if level == 2 else ""
+        head = [("system", g.choice(TE.EN_TITLE_SYSTEM))] if g.random() < 0.5 else []
+        user = f"{g.choice(TE.EN_TITLE_ASK)}\n\n{number}{date}{ex}"
+        return head + [("user", user), ("assistant", reply)]
+
+    def row(topic, pairs, **kw):
+        return Row(F, {"messages": msgs(pairs), "tags": [topic]}, has_id=g.random() < 0.85, **kw)
+
+    base = []
+    for topic, ex, title in [next(pool) for _ in range(86)] + mojibake:
+        # UTF-8 read as cp1252: `Café` -> `CafÃ©`
+        reply = title.encode("utf-8").decode("cp1252") if title in TE.EN_TITLE_MOJIBAKE else title
+        base.append(unique(seen, blk, lambda lv: row(topic, conv(ex, reply, lv))))
+        base[-1].repair = ("mojibake", title) if reply != title else None
+    for _ in range(18):  # keyword lists where the title should be, as in the Japanese rows
+        topic, ex, _ = next(pool)
+        style = g.choice([", ", " | ", "#", " / ", "Title, "])
+        words = g.sample(TE.EN_TOPICS[topic]["keywords"],
+                         g.randint(3, 5) if style in (" | ", "#") else g.randint(4, 6))
+        if style == "#":
+            tags = " ".join("#" + w.replace(" ", "").lower() for w in words)
+        elif style == "Title, ":
+            tags = ", ".join(w[0].upper() + w[1:] for w in words)
+        else:
+            tags = style.join(words)
+        base.append(row(topic, conv(ex, tags), reason="tag_list"))
+    for reason, pattern in [("degenerate_repetition", p) for p in (
+            "?" * 8, "{}!!!!!!!!", "{} the the the the", "{} Tips Tips Tips Tips",
+            "{} and more and more and more and more",
+            "{}\nRead more. Read more. Read more. Read more.",
+            "{} | My Blog | My Blog | My Blog")] + [
+            ("special_token_literal", "{}<|im_end|>"),
+            ("special_token_literal", "<|im_start|>assistant\n{}"),
+            ("special_token_literal", "{}<|endoftext|>"),
+            ("empty_turn", " "), ("empty_turn", ""), ("too_short", "…"), ("too_short", "TBD"),
+            ("wrong_language", D["german"])]:
+        topic, ex, title = next(pool)
+        base.append(row(topic, conv(ex, pattern.format(title)), reason=reason))
+    (t1, ex1, ti1), (t2, ex2, _), (t3, ex3, ti3), (t4, ex4, ti4), (t5, ex5, ti5) = \
+        [next(pool) for _ in range(5)]
+    ask, system = TE.EN_TITLE_ASK[0], TE.EN_TITLE_SYSTEM[0]
+    digest = too_long(D["long_ask"], (f"[{topic}] {ex}" for topic, ex, _ in entries))
+    base += [
+        row(t1, [("user", f"{ask}\n\n{ex1}"), ("system", system), ("assistant", ti1)],
+            reason="bad_role_order"),
+        row(t2, [("system", system), ("user", f"{ask}\n\n{ex2}")], reason="no_assistant_reply"),
+        row(t3, [("user", f"{TE.EN_TITLE_ASK[1]}\n\n{ex3}")], reason="no_assistant_reply"),
+        row("roundup", [("user", digest), ("assistant", D["long_reply"])], reason="too_long"),
+        Row(F, raw=json.dumps({"messages": msgs(conv(ex4, ti4)), "tags": [t4]},
+                              ensure_ascii=False)[:150], reason="malformed_json"),
+        Row(F, raw=json.dumps(f"Title: {ti3}", ensure_ascii=False), reason="malformed_json"),
+        Row(F, {"text": ex5, "title": ti5, "tags": [t5]}, reason="unknown_format")]
+
+    def spaced(obj):  # two spaces after each sentence, a newline after the title
+        *_, user, reply = obj["messages"]
+        user.update(content=user["content"].replace(". ", ".  "))
+        reply.update(content=reply["content"] + "\n")
+
+    def wide(obj):  # the title in full-width letters and digits
+        reply = obj["messages"][-1]
+        reply.update(content=reply["content"].translate(FULLWIDTH))
+
+    derived = []
+    ids = [(True, False), (False, True), (True, True), (True, True)]  # as in gen_titles
+    for src, (had_id, has_id), vary in zip(pick(g, base, 4), ids, (None, None, spaced, wide)):
+        src.has_id = had_id
+        derived.append(exact(src, has_id=has_id))
+        if vary:
+            vary(derived[-1].obj)
+    for src in pick(g, base, 5, lambda r: EN_SWAP.search(r.obj["messages"][-2]["content"])):
+        # a one-word edit of the opening (`very` -> `really`)
+        derived.append(near(seen, src, lambda obj: obj["messages"][-2].update(
+            content=edit(obj["messages"][-2]["content"], "en", g))))
+    return base, derived
+
+
 def generate(out_dir: Path, seed: int = 0, scale: int = 1) -> dict:
-    """Writes the four sample files and expected.json into ``out_dir``; returns what it wrote
+    """Writes the sample files and expected.json into ``out_dir``; returns what it wrote
     to expected.json."""
     g, seen = random.Random(seed), set()
     files: dict[str, list[Row]] = {name: [] for name in FILES}
     for blk in range(scale):
         prior: dict[str, list[Row]] = {}
-        for name, gen in zip(FILES, (gen_titles, gen_instructions, gen_arithmetic, gen_mixed)):
+        gens = (gen_titles, gen_instructions, gen_arithmetic, gen_mixed, gen_titles_en)
+        for name, gen in zip(FILES, gens):
             base, derived = gen(g, blk, seen, prior)
             prior[name] = placed = g.sample(base, len(base))
             for row in derived:  # after its original: earlier in this file, or in an earlier file
@@ -389,7 +489,8 @@ def generate(out_dir: Path, seed: int = 0, scale: int = 1) -> dict:
             continue
         ids = iter(range(1, len(rows) + 1))
         lines = [row.raw if row.raw is not None else json.dumps(
-            {"id": f"ja-{next(ids):05d}", **row.obj} if row.has_id else row.obj, ensure_ascii=False)
+            {"id": f"{ID_PREFIX[name]}-{next(ids):05d}", **row.obj} if row.has_id else row.obj,
+            ensure_ascii=False)
             for row in rows]
         (out_dir / name).write_text("\n".join(lines) + "\n", encoding="utf-8")
     expected = expectations(files, seed, scale)
@@ -433,13 +534,16 @@ def expectations(files: dict[str, list[Row]], seed: int, scale: int) -> dict:
 
 def engine_rows(out_dir: Path) -> dict[tuple[str, int], dict]:
     """The files in ``out_dir`` read and cleaned by the engine with demo.yaml's config, in input
-    order: (file name, line) -> {"reason", "read": messages as read, "clean": as normalised}."""
-    from data_engine.config import load_config
+    order: (file name, line) -> {"reason", "read": messages as read, "clean": as normalised}.
+    Files that demo.yaml does not list are read after its own, in FILES order."""
+    from data_engine.config import InputConfig, load_config
     from data_engine.pipeline.clean import clean_batch
     from data_engine.readers.ingest import ingest_shards
     from data_engine.readers.shards import plan_shards
 
     config = load_config(HERE / "demo.yaml")
+    listed = {Path(item.path).name for item in config.inputs}
+    config.inputs += [InputConfig(path=name) for name in FILES if name not in listed]
     for item in config.inputs:  # the same files, in out_dir
         item.path = str(Path(out_dir).resolve() / Path(item.path).name)
     shards, _ = plan_shards(config.inputs, config.ray.shard_rows)
