@@ -158,9 +158,37 @@ def test_trainable_token_adapter_that_unlearns_the_stop_fails_no_stop(smollm2_di
     row = AutoModelForCausalLM.from_pretrained(merged).get_input_embeddings().weight[eot]
     assert torch.allclose(row.float(), -original.to(torch.bfloat16).float())
     with pytest.raises(VerifyError) as err:
-        sanity_generate(merged, PROMPTS, tokenizer, EOT, max_new_tokens=32)
+        sanity_generate(merged, PROMPTS, tokenizer, EOT, max_new_tokens=32,
+                        base_model=smollm2_dir)
     assert err.value.code == "no_stop" and err.value.field == "end_of_turn"
     assert err.value.details["stop_rate"] < 0.8
+    # the base stops on the same prompts: the message blames the training, not the task
+    assert err.value.details["base_stop_rate"] >= 0.8
+    assert "training broke stopping" in err.value.message
+
+
+def test_a_base_that_never_finishes_is_named_as_the_cause(tokenizer, tmp_path):
+    """Base and fine-tune both run past the budget without looping: the failure says the
+    base model does not finish these prompts either (the Japanese-titles-on-SmolLM2 case)."""
+    from tests.evaluator import models
+
+    words = ("Many rivers cross quiet valleys where farmers grow wheat barley oats corn beans "
+             "peas apples pears plums cherries grapes melons")  # 22 tokens, none repeated
+    wordy = models.scripted_model(tokenizer, tmp_path / "wordy",
+                                  models.chain_of(tokenizer, words))
+    with pytest.raises(VerifyError) as err:
+        sanity_generate(wordy, PROMPTS[:3], tokenizer, EOT, max_new_tokens=12,
+                        base_model=wordy)
+    assert err.value.code == "no_stop"
+    details = err.value.details
+    assert details["stop_rate"] == 0.0 and details["base_stop_rate"] == 0.0
+    assert details["degenerate"] == 0 and details["base_degenerate"] == 0
+    assert len(details["base_samples"]) == 3 and details["base_model"] == str(wordy)
+    assert "does not finish these prompts either" in err.value.message
+    # with room to finish, both stop, and the report keeps the base's figures beside its own
+    report = sanity_generate(wordy, PROMPTS[:3], tokenizer, EOT, max_new_tokens=64,
+                             base_model=wordy)
+    assert report.stop_rate == report.base_stop_rate == 1.0
 
 
 def test_looping_model_fails_degenerate(tiny_base, tokenizer, tmp_path):

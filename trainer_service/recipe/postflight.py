@@ -270,6 +270,12 @@ class SanityReport:
     min_stop_rate: float = 0.8
     max_new_tokens: int = 64
     end_of_turn: str = ""
+    # The base model on the same prompts and budget (when it was given): tells "training
+    # broke stopping" (the base stops) from "this base never finishes these prompts".
+    base_model: str | None = None
+    base_samples: list[Sample] = field(default_factory=list)
+    base_stop_rate: float | None = None
+    base_degenerate: int | None = None
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -281,7 +287,7 @@ class SanityReport:
 def sanity_generate(model_dir: str | Path, prompts: Sequence, tokenizer, end_of_turn: str,
                     max_new_tokens: int = 64, min_stop_rate: float = 0.8,
                     repetition: RepetitionConfig | None = None, limit: int = 10,
-                    dtype=None) -> SanityReport:
+                    dtype=None, base_model: str | Path | None = None) -> SanityReport:
     """Greedy-decode up to ``limit`` held-out conversations; fail on loops or no stop.
 
     A conversation ending with an assistant turn (a held-out row) is cut before that turn.
@@ -289,21 +295,50 @@ def sanity_generate(model_dir: str | Path, prompts: Sequence, tokenizer, end_of_
     token does not count (it is what the founding failure's server never saw). Raises
     `VerifyError` `degenerate` when any output loops (the data engine's detector; checked
     first, being the more specific diagnosis) and `no_stop` below ``min_stop_rate``.
+    With ``base_model``, the base is decoded the same way first, and a failure's message
+    says whether the base stops on these prompts (training broke stopping) or not (the task
+    or the budget is beyond this base model).
     """
-    import torch
-    from transformers import AutoModelForCausalLM
-
     repetition = repetition or RepetitionConfig()
     eot = end_of_turn_id(tokenizer, end_of_turn)
     convs = [_prompt_turns(p) for p in list(prompts)[:limit]]
     if not convs:
         raise VerifyError("sanity_no_prompts", "no held-out prompts to generate on",
                           field="prompts")
+    report = SanityReport(min_stop_rate=min_stop_rate, max_new_tokens=max_new_tokens,
+                          end_of_turn=end_of_turn)
+    if base_model is not None:
+        report.base_model = str(base_model)
+        report.base_samples = _greedy(base_model, convs, tokenizer, eot, max_new_tokens,
+                                      repetition, dtype)
+        report.base_stop_rate, report.base_degenerate = _rates(report.base_samples)
+    report.samples = _greedy(model_dir, convs, tokenizer, eot, max_new_tokens, repetition,
+                             dtype)
+    report.stop_rate, report.degenerate = _rates(report.samples)
+    if report.degenerate:
+        first = next(s for s in report.samples if s.degenerate)
+        raise VerifyError("degenerate", f"{report.degenerate}/{len(report.samples)} output(s) "
+                          f"loop, e.g. {first.output[:80]!r} (stop rate {report.stop_rate:.0%})"
+                          + _against_base(report, "degenerate"),
+                          field="merged", details=report.to_json())
+    if report.stop_rate + 1e-9 < min_stop_rate:
+        raise VerifyError("no_stop", f"only {report.stop_rate:.0%} of outputs end with "
+                          f"{end_of_turn} within {max_new_tokens} tokens (need "
+                          f"{min_stop_rate:.0%}): the end-of-turn token was not learned"
+                          + _against_base(report, "no_stop"),
+                          field="end_of_turn", details=report.to_json())
+    return report
+
+
+def _greedy(model_dir: str | Path, convs: list[list[dict]], tokenizer, eot: int,
+            max_new_tokens: int, repetition: RepetitionConfig, dtype) -> list[Sample]:
+    """One left-padded greedy batch; a sample stops only on ``eot``."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
     model = AutoModelForCausalLM.from_pretrained(str(model_dir),
                                                  dtype=dtype or torch.float32).eval()
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eot
-    report = SanityReport(min_stop_rate=min_stop_rate, max_new_tokens=max_new_tokens,
-                          end_of_turn=end_of_turn)
     texts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True)
              for c in convs]
     side = tokenizer.padding_side
@@ -315,26 +350,40 @@ def sanity_generate(model_dir: str | Path, prompts: Sequence, tokenizer, end_of_
     with torch.no_grad():
         out = model.generate(**batch, do_sample=False, max_new_tokens=max_new_tokens,
                              eos_token_id=[eot], pad_token_id=pad)
+    samples = []
     for conv, row in zip(convs, out[:, batch["input_ids"].shape[1]:].tolist()):
         stopped = eot in row
         new = row[:row.index(eot)] if stopped else row
         reply = tokenizer.decode(new, skip_special_tokens=True)
-        report.samples.append(Sample(prompt=conv[-1]["content"], output=reply,
-                                     new_tokens=len(new), stopped=stopped,
-                                     degenerate=is_degenerate(reply, repetition)))
-    report.stop_rate = sum(s.stopped for s in report.samples) / len(report.samples)
-    report.degenerate = sum(s.degenerate for s in report.samples)
-    if report.degenerate:
-        first = next(s for s in report.samples if s.degenerate)
-        raise VerifyError("degenerate", f"{report.degenerate}/{len(report.samples)} output(s) "
-                          f"loop, e.g. {first.output[:80]!r} (stop rate {report.stop_rate:.0%})",
-                          field="merged", details=report.to_json())
-    if report.stop_rate + 1e-9 < min_stop_rate:
-        raise VerifyError("no_stop", f"only {report.stop_rate:.0%} of outputs end with "
-                          f"{end_of_turn} within {max_new_tokens} tokens (need "
-                          f"{min_stop_rate:.0%}): the end-of-turn token was not learned",
-                          field="end_of_turn", details=report.to_json())
-    return report
+        samples.append(Sample(prompt=conv[-1]["content"], output=reply, new_tokens=len(new),
+                              stopped=stopped, degenerate=is_degenerate(reply, repetition)))
+    return samples
+
+
+def _rates(samples: list[Sample]) -> tuple[float, int]:
+    return sum(s.stopped for s in samples) / len(samples), sum(s.degenerate for s in samples)
+
+
+def _against_base(report: SanityReport, code: str) -> str:
+    """What the base model did on the same prompts, as the rest of a failure's message."""
+    if report.base_stop_rate is None:
+        return ""
+    n = len(report.base_samples)
+    stopped = round(report.base_stop_rate * n)
+    if code == "degenerate":
+        if report.base_degenerate:
+            return (f". The base model loops on {report.base_degenerate}/{n} of the same "
+                    "prompts too: this base model cannot do these prompts")
+        return (f". The base model loops on none of the same prompts ({stopped}/{n} stop): "
+                "training taught the loop; look for looping rows in the data and lower the "
+                "learning rate or the epochs")
+    if report.base_stop_rate + 1e-9 >= report.min_stop_rate:
+        return (f". The base model stops on {stopped}/{n} of the same prompts: training broke "
+                "stopping; check preflight.json (the end-of-turn token in the loss mask, the "
+                "template) and the learning rate")
+    return (f". The base model stops on only {stopped}/{n} of the same prompts within "
+            f"{report.max_new_tokens} tokens: this base model does not finish these prompts "
+            "either; a larger or better-matched base model, more steps, or shorter replies")
 
 
 def _prompt_turns(prompt) -> list[dict]:

@@ -223,8 +223,8 @@ def _run(spec: TrainSpec, run_dir: Path, state: dict[str, Any],
                                         or read_split(dataset, "train"), tokenizer).to_json()
         budget = sanity_budget(tokenizer, read_split(dataset, "train"))
         verify["sanity"] = sanity_generate(merged, _prompts(dataset), tokenizer,
-                                           template.end_of_turn,
-                                           max_new_tokens=budget).to_json()
+                                           template.end_of_turn, max_new_tokens=budget,
+                                           base_model=spec.base_model).to_json()
     except VerifyError as exc:
         verify["failed"] = {"code": exc.code, "message": exc.message, "field": exc.field,
                             "details": exc.details}
