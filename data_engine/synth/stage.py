@@ -132,8 +132,18 @@ def run_judge(worker: Any, rows: pa.Table, config: Any, folder: Path) -> dict[st
     write_table(folder, "scores", judged.select(
         [IDX.name] + list(JUDGE_FIELDS) + ["_reason"]))
     scores = [s for s in judged.column("judge_score").to_pylist() if s is not None]
+    masses = [m for m in judged.column("judge_mass").to_pylist() if m is not None]
     return {"judged": judged.num_rows, "scored": len(scores),
             "mean_score": round(float(np.mean(scores)), 4) if scores else None,
+            "score_histogram": score_histogram(scores),
+            "mean_mass": round(float(np.mean(masses)), 4) if masses else None,
             "methods": dict(Counter(judged.column("judge_method").to_pylist())),
             "flagged": int(pc.sum(pc.is_valid(judged.column("judge_error"))).as_py() or 0),
             "dropped": int(pc.sum(pc.is_valid(judged.column("_reason"))).as_py() or 0)}
+
+
+def score_histogram(scores: list[float]) -> dict[str, int]:
+    """Expected scores counted in half-point buckets ("1.0" holds [1.0, 1.5)), for the
+    report: a judge that cannot tell rows apart puts them all in one or two buckets."""
+    counts = Counter(f"{np.floor(score * 2) / 2:.1f}" for score in scores)
+    return dict(sorted(counts.items(), key=lambda item: float(item[0])))

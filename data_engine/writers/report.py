@@ -1,5 +1,6 @@
-"""`report.html`: counts, reasons, sources through the stages, duplicates, mixing, splits with
-token-length histograms and the leak check, on one self-contained page.
+"""`report.html`: counts, reasons, sources through the stages, synthesis and the judge's
+scores, duplicates, mixing, splits with token-length histograms and the leak check, on one
+self-contained page.
 
 Plots are matplotlib PNGs embedded as base64, so the file can be mailed or attached to a run.
 """
@@ -94,6 +95,44 @@ def _dedup_section(dedup: dict[str, Any]) -> list[str]:
     ]
 
 
+def _score_plot(histogram: dict[str, int]) -> str:
+    import matplotlib.pyplot as plt
+
+    if not histogram:
+        return ""
+    fig, ax = plt.subplots(figsize=(6, 2.5))
+    ax.bar(list(histogram), list(histogram.values()), color="#8064a2")
+    ax.set_xlabel("expected judge score (half-point buckets)")
+    ax.set_ylabel("rows")
+    return png_img(fig)
+
+
+def _synth_section(synth: dict[str, Any] | None, judge: dict[str, Any] | None) -> list[str]:
+    """Rows each generator made and kept, eliminations by reason, and the judge's scores."""
+    parts: list[str] = []
+    if synth:
+        rows = [(name, g["made"], g["kept"],
+                 ", ".join(f"{r} {n}" for r, n in g["eliminated"].items()) or "-")
+                for name, g in synth.get("generators", {}).items()]
+        parts += [f"<h2>Synthesis ({synth.get('seeds', 0)} seed rows)</h2>",
+                  html_table(rows, ("generator", "made", "kept", "eliminated"))]
+    if judge:
+        mass = judge.get("mean_mass")
+        parts += ["<h2>Judge</h2>", html_table(
+            [("rows judged", judge.get("judged", 0)), ("scored", judge.get("scored", 0)),
+             ("mean expected score", judge.get("mean_score")),
+             ("mean probability on the score tokens", "-" if mass is None else mass),
+             ("flagged (judge_error, e.g. low mass)", judge.get("flagged", 0)),
+             ("dropped (low_judge_score)", judge.get("dropped", 0))]
+            + [(f"method: {m}", n) for m, n in judge.get("methods", {}).items()], ("", "")),
+            _score_plot(judge.get("score_histogram", {}))]
+        if judge.get("judged") and judge.get("flagged") == judge.get("judged"):
+            parts.append("<p class='bad'>Every judged row is flagged: the judge put little "
+                         "probability on the score tokens, so its scores say little. Use a "
+                         "stronger judge model.</p>")
+    return parts
+
+
 def _mix_section(mix: dict[str, Any]) -> list[str]:
     rows = [(name, c["before"], c["after"], c["repeats"], f"{c['share']:.1%}")
             for name, c in mix.get("sources", {}).items()]
@@ -152,6 +191,7 @@ def write_report(path: Path, manifest: dict[str, Any], tokens: dict[str, list[in
         html_table([(s, c["input"], c["after_clean"], c["after_dedup"], c["repeats"], c["kept"])
                 for s, c in manifest["sources"].items()],
                ("source", "input", "after clean", "after dedup", "repeats", "kept")),
+        *_synth_section(manifest.get("synth"), manifest.get("judge")),
         *_dedup_section(manifest.get("dedup", {})),
         *_mix_section(manifest.get("mix", {})),
         *_split_section(manifest.get("split", {}), manifest.get("leak_check", {}),

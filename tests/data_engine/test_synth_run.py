@@ -74,6 +74,14 @@ def test_synth_and_judge_inside_data_run(ray_local, smollm2_dir, tmp_path):
     low = [r for r in rejected if r["reason"] == "low_judge_score"]
     assert len(low) == judge["dropped"] and all(r["stage"] == "judge" for r in low)
     assert counts["kept"] == 0
+    # the report shows both stages: each generator's eliminations, the judge's scores
+    assert sum(judge["score_histogram"].values()) == judge["scored"]
+    assert all(1.0 <= float(bucket) <= 5.0 for bucket in judge["score_histogram"])
+    assert 0.0 < judge["mean_mass"] <= 1.0
+    report = (out / "report.html").read_text(encoding="utf-8")
+    assert "<h2>Synthesis (" in report and "<h2>Judge</h2>" in report
+    for reason in synth["eliminated"]:
+        assert reason in report
 
     # A judge that drops nothing: rows keep their scores; the synthesis is reused.
     config = load_config(write_config(tmp_path / "b.yaml", "{apply_to: all}"))
