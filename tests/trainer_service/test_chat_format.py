@@ -220,3 +220,83 @@ def test_template_path_without_markers_is_rejected(tmp_path):
     with pytest.raises(ChatFormatError) as err:
         resolve_template(qwen_tokenizer(), str(path))
     assert err.value.code == "template_without_generation"
+
+
+@lru_cache
+def llama_cpp_template(name: str) -> str:
+    """A real model's chat template from llama.cpp's collection (`models/templates/`), read
+    from the llama-cpp-python sdist that the GGUF export also fetches, cached beside it."""
+    import shutil
+    import subprocess
+    import sys
+    import tarfile
+    import tempfile
+
+    from evaluator.export import LLAMA_CPP_PACKAGE, llama_cpp_version
+    from tunesmith.models import cache_root
+
+    version = llama_cpp_version()
+    folder = cache_root() / "llama.cpp" / f"templates-{version}"
+    if not (folder / name).is_file():
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=folder.parent) as tmp:
+            subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary",
+                            ":all:", "--disable-pip-version-check", "-q", "-d", tmp,
+                            f"{LLAMA_CPP_PACKAGE}=={version}"], check=True, timeout=600)
+            staging = Path(tmp) / "templates"
+            staging.mkdir()
+            with tarfile.open(next(Path(tmp).glob("*.tar.gz"))) as tar:
+                for member in tar.getmembers():
+                    if member.isfile() and "/vendor/llama.cpp/models/templates/" in member.name:
+                        (staging / Path(member.name).name).write_bytes(
+                            tar.extractfile(member).read())
+            shutil.rmtree(folder, ignore_errors=True)
+            staging.rename(folder)
+    return (folder / name).read_text(encoding="utf-8")
+
+
+QWEN3_CASES = {
+    "reasoning": [{"role": "user", "content": "2+2?"},
+                  {"role": "assistant", "content": "4", "reasoning_content": "add"}],
+    "earlier reasoning dropped": [
+        {"role": "user", "content": "2+2?"},
+        {"role": "assistant", "content": "4", "reasoning_content": "early"},
+        {"role": "user", "content": "3+3?"},
+        {"role": "assistant", "content": "6", "reasoning_content": "late"}],
+    "no reasoning": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}],
+    "newlines": [{"role": "user", "content": "hi"},
+                 {"role": "assistant", "content": "\n\nhello", "reasoning_content": "\nhm\n"}],
+    "inline think": [{"role": "user", "content": "hi"},
+                     {"role": "assistant", "content": "<think>\nx\n</think>\n\nhello"}],
+    "system": [{"role": "system", "content": "S"}, {"role": "user", "content": "hi"},
+               {"role": "assistant", "content": "yo", "reasoning_content": "r"}],
+    "tools": [{"role": "user", "content": "Weather in Kyoto?"},
+              {"role": "assistant", "content": "", "reasoning_content": "need a tool",
+               "tool_calls": [{"type": "function", "function": {
+                   "name": "get_weather", "arguments": {"city": "Kyoto"}}}]},
+              {"role": "tool", "content": "{\"sky\": \"sunny\"}"},
+              {"role": "assistant", "content": "Sunny.", "reasoning_content": "it said sunny"}],
+}
+
+
+def test_our_template_renders_like_qwen3s_own_thinking_included():
+    """Qwen3's real template (llama.cpp's copy of Qwen/Qwen3-0.6B's): `auto` picks our
+    ChatML template with think blocks, and every conversation, prompt and enable_thinking
+    switch renders byte for byte like Qwen3's own; the think block is supervised."""
+    theirs = llama_cpp_template("Qwen-Qwen3-0.6B.jinja")
+    tok = qwen_tokenizer(fresh=True)
+    tok.chat_template = theirs
+    template = resolve_template(tok, "auto")  # raises template_mismatch on any probe
+    assert template.source == "chatml" and template.supports_reasoning
+    for name, messages in QWEN3_CASES.items():
+        tools = TOOLS if name == "tools" else None
+        for prompt, extra in ((False, {}), (True, {}), (True, {"enable_thinking": False})):
+            shown = messages[:-1] if prompt else messages
+            kwargs = dict(tokenize=False, add_generation_prompt=prompt, tools=tools, **extra)
+            expected = tok.apply_chat_template(shown, chat_template=theirs, **kwargs)
+            got = tok.apply_chat_template(normalize_messages(shown), chat_template=template.text,
+                                          **kwargs)
+            assert got == expected, (name, prompt, extra)
+    encoded = encode_row(tok, template, QWEN3_CASES["inline think"], "all_assistant")
+    assert supervised_text(tok, encoded) == "<think>\nx\n</think>\n\nhello<|im_end|>"
+    assert encoded.mask == encoded.expected_mask
