@@ -142,6 +142,22 @@ def test_train_loss_falls_metrics_report_and_resume(tiny_model, tmp_path):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-3)
 
 
+@pytest.mark.parametrize("quantization, layers", [("nf4", 14), ("int8", 14), ("none", 0)])
+def test_each_quantization_trains_on_cpu(tiny_model, tmp_path, quantization, layers):
+    """The base really is quantized as asked (2 layers x 7 linear; the tied head stays
+    16-bit), and LoRA on it learns: train and eval loss fall within 8 steps."""
+    data = _write(tmp_path / "ds", _rows(48, "blue blue blue"), _rows(8, "blue blue blue", 1000))
+    spec = _spec(tiny_model, data, max_steps=8, eval_every_steps=4)
+    spec.quantization = quantization
+    logged: list[str] = []
+    train(spec, tmp_path / "run", chat_template=CHATML, log=logged.append)
+    assert f"base: {quantization}, {layers} bitsandbytes linear layers, CPU" in logged
+    rows = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    losses = [r["loss"] for r in rows if r["loss"] is not None]
+    evals = [r["eval_loss"] for r in rows if r["eval_loss"] is not None]
+    assert losses[-1] < losses[0] - 0.3 and evals[-1] < evals[0], (losses, evals)
+
+
 def test_early_stopping_keeps_best_checkpoint(tiny_model, tmp_path):
     # Validation answers differ from train's: learning "blue" makes them less likely.
     data = _write(tmp_path / "ds", _rows(48, "blue blue blue"),

@@ -49,6 +49,11 @@ class TrainResult:
     report_path: Path | None = None
 
 
+def quantized_layers(model: Any) -> int:
+    """Linear layers bitsandbytes quantized (Linear4bit for nf4, Linear8bitLt for int8)."""
+    return sum(type(m).__name__ in ("Linear4bit", "Linear8bitLt") for m in model.modules())
+
+
 @dataclass
 class Recipe:
     """The library objects built from a spec (see build_recipe)."""
@@ -284,6 +289,8 @@ def train(spec: TrainSpec, run_dir: str | Path,
     model = AutoModelForCausalLM.from_pretrained(
         spec.base_model, quantization_config=recipe.quantization, dtype=recipe.torch_dtype,
         device_map={"": 0} if not use_cpu and recipe.quantization is not None else None)
+    log(f"base: {spec.quantization}, {quantized_layers(model)} bitsandbytes linear layers, "
+        f"{'CPU' if use_cpu else 'CUDA'}")
 
     hooks = hooks or RunHooks()
     metrics_cb = MetricsCallback(run_dir / METRICS_FILE, log=log, on_row=hooks.metrics)
