@@ -179,5 +179,12 @@ def test_missing_validation_is_refused(tiny_model, tmp_path):
     data = tmp_path / "ds"
     data.mkdir()
     (data / "train.jsonl").write_text(json.dumps(_rows(1, "x")[0]) + "\n")
-    with pytest.raises(TrainError, match="validation"):
+    with pytest.raises(TrainError, match="validation") as err:
         train(_spec(tiny_model, data, max_steps=1), tmp_path / "run", chat_template=CHATML)
+    # one error family: a stable code, the field and the fix, as run.json records them
+    from trainer_service.recipe.errors import RecipeError
+
+    assert isinstance(err.value, RecipeError)
+    assert err.value.to_json() == {"code": "no_validation", "message": err.value.message,
+                                   "field": "dataset", "fix": err.value.fix}
+    assert "allow_no_validation" in err.value.fix

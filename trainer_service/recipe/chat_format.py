@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from trainer_service.recipe.errors import ChatFormatError
+
 TEMPLATES_DIR = Path(__file__).with_name("templates")
 CHATML_START = "<|im_start|>"
 CHATML_END = "<|im_end|>"
@@ -31,14 +33,6 @@ _PROBES: list[list[dict[str, str]]] = [
     [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
      {"role": "user", "content": "c"}, {"role": "assistant", "content": "d"}],
 ]
-
-
-class ChatFormatError(Exception):
-    """The chat format cannot train the stop token; `fix` says what to change."""
-
-    def __init__(self, code: str, message: str, field: str = "chat_template", fix: str = ""):
-        self.code, self.message, self.field, self.fix = code, message, field, fix
-        super().__init__(f"{code}: {message}" + (f" Fix: {fix}" if fix else ""))
 
 
 @dataclass(frozen=True)

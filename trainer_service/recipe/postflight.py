@@ -21,6 +21,7 @@ from typing import Sequence
 
 from data_engine.config import RepetitionConfig
 from data_engine.filters.repetition import is_degenerate
+from trainer_service.recipe.errors import VerifyError
 
 ADAPTER_DIR = "adapter"
 MERGED_DIR = "merged"
@@ -42,20 +43,6 @@ ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_mo
 # under a 4-bit merge.
 PARITY_MAX_ABS = 8.0
 PARITY_MEAN_KL = 1e-2
-
-
-class VerifyError(Exception):
-    """Postflight found the trained model unfit to ship; `code` says which check failed."""
-
-    exit_code = 5
-
-    def __init__(self, code: str, message: str, field: str = "", details: dict | None = None):
-        self.code = code
-        self.message = message
-        self.field = field
-        self.details = details or {}
-        where = f"{field}: " if field else ""
-        super().__init__(f"{code}: {where}{message}")
 
 
 # ---------------------------------------------------------------------------------------------

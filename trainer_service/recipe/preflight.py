@@ -14,18 +14,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from trainer_service.recipe.chat_format import ChatFormatError, ChatTemplate, encode_row
+from trainer_service.recipe.errors import PreflightError
 
 TRUNCATION_WARN_RATE = 0.03  # a few % of rows losing their stop token is already visible
 UNTRAINED_PERCENTILE = 1.0  # a stop-token row below this percentile of ordinary rows' norms
 NEAR_MEAN_RATIO = 0.1  # ... or this close to the mean row, relative to the median distance
-
-
-class PreflightError(Exception):
-    """A check failed; `code`, `field` and `fix` go into the job's FAILED state."""
-
-    def __init__(self, code: str, message: str, field: str, fix: str):
-        self.code, self.message, self.field, self.fix = code, message, field, fix
-        super().__init__(f"{code}: {message} (field {field}). Fix: {fix}")
 
 
 @dataclass

@@ -13,13 +13,14 @@ import json
 from pathlib import Path
 from typing import Any, Callable
 
-from trainer_service.recipe.chat_format import ChatFormatError, resolve_template
+from trainer_service.recipe.chat_format import resolve_template
+from trainer_service.recipe.errors import RecipeError, VerifyError
 from trainer_service.recipe.hooks import RunHooks, check_stop
-from trainer_service.recipe.postflight import (VerifyError, check_parity, merge_adapter,
+from trainer_service.recipe.postflight import (check_parity, merge_adapter,
                                                sanity_generate)
-from trainer_service.recipe.preflight import PreflightError, run_preflight
+from trainer_service.recipe.preflight import run_preflight
 from trainer_service.recipe.spec import TrainSpec
-from trainer_service.recipe.train import TrainError, read_split, train
+from trainer_service.recipe.train import read_split, train
 
 # Bases up to this size are loaded on CPU for the stop-token embedding check; larger ones
 # are checked on the training device by the run itself (the report says it was skipped).
@@ -28,16 +29,6 @@ SANITY_PROMPTS = 10
 # The sanity budget: 1.5x the 95th percentile of the training replies' lengths (a model that
 # learned to stop ends within its data's lengths), at least 64 and at most 1,024 tokens.
 BUDGET_FACTOR, BUDGET_MIN, BUDGET_MAX = 1.5, 64, 1024
-
-
-class RecipeError(Exception):
-    """A run failed; `code`, `message`, `field` as recorded in run.json."""
-
-    exit_code = 4
-
-    def __init__(self, code: str, message: str, field: str, fix: str = ""):
-        self.code, self.message, self.field, self.fix = code, message, field, fix
-        super().__init__(f"{code}: {field}: {message}" + (f" Fix: {fix}" if fix else ""))
 
 
 def _write(path: Path, data: Any) -> None:
@@ -98,27 +89,13 @@ def run_recipe(spec: TrainSpec, run_dir: Path, log: Callable[[str], None] = prin
                              "artifacts": {}, "warnings": []}
     try:
         return _run(spec, run_dir, state, log, hooks or RunHooks())
-    except (PreflightError, ChatFormatError) as exc:
-        error = RecipeError(exc.code, getattr(exc, "message", str(exc)),
-                            getattr(exc, "field", "chat_template"), getattr(exc, "fix", ""))
-    except TrainError as exc:
-        error = RecipeError("training_failed", str(exc), getattr(exc, "field", "training"))
-    except VerifyError as exc:
-        error = RecipeError(exc.code, exc.message, exc.field or "verify")
-    except _ExportFailed as exc:
-        error = exc.error
-    state.update(status="failed", error={"code": error.code, "message": error.message,
-                                         "field": error.field, "fix": error.fix})
-    _write(run_dir / "run.json", state)
-    raise error
+    except RecipeError as error:  # preflight, chat format, training, verification, export
+        state.update(status="failed", error=error.to_json())
+        _write(run_dir / "run.json", state)
+        raise
 
 
-class _ExportFailed(Exception):
-    def __init__(self, error: RecipeError):
-        self.error = error
-
-
-def _export_error(exc: Any, run_dir: Path, after_verify: bool) -> _ExportFailed:
+def _export_error(exc: Any, run_dir: Path, after_verify: bool) -> RecipeError:
     """An evaluator ExportError as the run's error; its field is the spec's `export.gguf`
     (the export's own field, a form or `converter`, leads the message)."""
     if after_verify:
@@ -129,8 +106,7 @@ def _export_error(exc: Any, run_dir: Path, after_verify: bool) -> _ExportFailed:
         fix = ("install the gguf extra (`pip install 'tunesmith[gguf]'`; offline, set "
                "TUNESMITH_LLAMA_CPP_DIR to a llama.cpp checkout) or remove export.gguf from "
                "the spec. This is checked before training, so no training was lost")
-    return _ExportFailed(RecipeError(exc.code, f"{exc.field}: {exc.message}", "export.gguf",
-                                     fix))
+    return RecipeError(exc.code, f"{exc.field}: {exc.message}", "export.gguf", fix)
 
 
 def _export_ready(spec: TrainSpec, run_dir: Path, log: Callable[[str], None]) -> None:

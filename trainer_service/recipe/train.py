@@ -14,6 +14,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from trainer_service.recipe.errors import TrainError
 from trainer_service.recipe.hooks import RecipeStopped, RunHooks
 from trainer_service.recipe.metrics import (METRICS_FILE, MetricsCallback, OverfittingCallback,
                                             write_report)
@@ -23,14 +24,6 @@ CHECKPOINTS_DIR = "checkpoints"
 TRAIN_RESULT = "train_result.json"
 ADAPTER_DIR = "adapter"
 GENERATION_MARKER = "{% generation %}"
-
-
-class TrainError(Exception):
-    """Training cannot start or finish; `field` names the spec field to fix, if any."""
-
-    def __init__(self, message: str, field: str = ""):
-        self.field = field
-        super().__init__(f"{field}: {message}" if field else message)
 
 
 @dataclass
@@ -140,7 +133,7 @@ def read_split(dataset_dir: Path, split: str) -> list[list[dict]]:
             continue
         row = json.loads(line)
         if not isinstance(row.get("messages"), list):
-            raise TrainError(f"{path}:{n}: row has no `messages` list", "dataset")
+            raise TrainError("dataset_row_invalid", f"{path}:{n}: row has no `messages` list", "dataset")
         rows.append([{k: v for k, v in m.items() if v is not None} for m in row["messages"]])
     return rows
 
@@ -169,8 +162,9 @@ def tokenize_rows(tokenizer, conversations: list[list[dict]], loss_on: str):
         if loss_on == "last_assistant":
             mask = last_span_only(mask)
         if 1 not in mask:
-            raise TrainError(f"row {n} has no assistant tokens in the loss mask; the chat "
-                             f"template needs {GENERATION_MARKER} markers", "chat_template")
+            raise TrainError("empty_loss_mask", f"row {n} has no assistant tokens in the loss mask; "
+                             f"the chat template needs {GENERATION_MARKER} markers",
+                             "chat_template")
         ids.append(list(enc["input_ids"]))
         masks.append(mask)
     return Dataset.from_dict({"input_ids": ids, "assistant_masks": masks})
@@ -181,16 +175,16 @@ def _resolve_template(spec: TrainSpec, tokenizer, chat_template: str | None) -> 
         if spec.chat_template == "auto":
             chat_template = tokenizer.chat_template
         elif spec.chat_template == "chatml":
-            raise TrainError("pass the ChatML training template (chat_format) to train()",
-                             "chat_template")
+            raise TrainError("template_missing", "pass the ChatML training template (chat_format) "
+                             "to train()", "chat_template")
         else:
             path = Path(spec.chat_template)
             if not path.is_file():
-                raise TrainError(f"{path}: no such file", "chat_template")
+                raise TrainError("template_not_found", f"{path}: no such file", "chat_template")
             chat_template = path.read_text(encoding="utf-8")
     if not chat_template or GENERATION_MARKER not in chat_template:
-        raise TrainError(f"assistant-only loss needs a template with {GENERATION_MARKER} markers",
-                         "chat_template")
+        raise TrainError("template_without_generation", f"assistant-only loss needs a template "
+                         f"with {GENERATION_MARKER} markers", "chat_template")
     return chat_template
 
 
@@ -268,11 +262,13 @@ def train(spec: TrainSpec, run_dir: str | Path,
     train_rows = read_split(Path(spec.dataset), "train")
     val_rows = read_split(Path(spec.dataset), "validation")
     if not train_rows:
-        raise TrainError(f"{spec.dataset}/train.jsonl is missing or empty", "dataset")
-    if not val_rows and not spec.allow_no_validation:
-        raise TrainError(f"{spec.dataset}/validation.jsonl is missing or empty; training without "
-                         "validation cannot see overfitting (set allow_no_validation to insist)",
+        raise TrainError("no_train_rows", f"{spec.dataset}/train.jsonl is missing or empty",
                          "dataset")
+    if not val_rows and not spec.allow_no_validation:
+        raise TrainError("no_validation", f"{spec.dataset}/validation.jsonl is missing or empty; "
+                         "training without validation cannot see overfitting",
+                         "dataset", fix="add a validation split, or set allow_no_validation: "
+                         "true to insist")
     warnings = spec.warnings(len(train_rows))
     for w in warnings:
         log(f"WARNING {w}")
