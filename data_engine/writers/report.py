@@ -114,7 +114,7 @@ def _synth_section(synth: dict[str, Any] | None, judge: dict[str, Any] | None) -
         rows = [(name, g["made"], g["kept"],
                  ", ".join(f"{r} {n}" for r, n in g["eliminated"].items()) or "-")
                 for name, g in synth.get("generators", {}).items()]
-        parts += [f"<h2>Synthesis ({synth.get('seeds', 0)} seed rows)</h2>",
+        parts += [f"<h2>Synthesis (seeds drawn from {synth.get('seeds', 0)} kept rows)</h2>",
                   html_table(rows, ("generator", "made", "kept", "eliminated"))]
     if judge:
         mass = judge.get("mean_mass")
