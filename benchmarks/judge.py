@@ -13,7 +13,9 @@ Both parts use the transformers engine on the embedded default model (SmolLM2-13
   alternate chunk by chunk so that a shared machine's changing load hits both alike.
   Printed: rows/s of each (N / wall seconds), the ratio of wall times and of process CPU
   times, the prompts' mean length and shared prefix in tokens, and the largest difference
-  between the two ways' expected scores (left padding must not change a row's score).
+  between the two ways' expected scores (left padding must not change a row's score). A
+  third way runs alongside: the usual LLM-as-judge, generating the verdict text one row a
+  call (the same engine with logprobs off, up to the judge's `max_tokens`) and parsing it.
 - Quality, on `benchmarks/judge_labelled.jsonl` (40 question/answer pairs: 20 clearly good,
   20 clearly bad: wrong, off-topic, degenerate, empty-ish): the probability judge (expected
   score from the digits' next-token probabilities) against the text-parsing judge (the same
@@ -66,25 +68,32 @@ def auc(good: list[float], bad: list[float]) -> float:
     return wins / (len(good) * len(bad))
 
 
-def throughput(judge: Judge, rows: list[dict[str, Any]], n: int, batch_size: int
-               ) -> dict[str, Any]:
+def throughput(judge: Judge, rows: list[dict[str, Any]], n: int, batch_size: int,
+               generating: Judge | None = None) -> dict[str, Any]:
+    """Batched probability scoring against one row per call; with ``generating`` (the same
+    engine without logprobs), also against the usual LLM-as-judge: generate the verdict
+    text one row at a time and parse it."""
     conversations = [rows[i % len(rows)]["messages"] for i in range(n)]
     engine = judge.engine
     engine.batch_size = batch_size
     judge.score(conversations[:batch_size])  # warm-up: allocator, kernels, template cache
-    # The two ways alternate chunk by chunk, so a change in the machine's load (other
-    # people's jobs on a shared box) falls on both rather than on whichever ran second.
-    batched, single = [], []
-    wall = {"batched": 0.0, "single": 0.0}
-    cpu = {"batched": 0.0, "single": 0.0}
+    ways = {"batched": lambda chunk: judge.score(chunk),
+            "single": lambda chunk: [judge.score([c])[0] for c in chunk]}
+    if generating is not None:
+        ways["generated"] = lambda chunk: [generating.score([c])[0] for c in chunk]
+    # The ways alternate chunk by chunk, so a change in the machine's load (other people's
+    # jobs on a shared box) falls on all of them rather than on whichever ran last.
+    out: dict[str, list] = {name: [] for name in ways}
+    wall = {name: 0.0 for name in ways}
+    cpu = {name: 0.0 for name in ways}
     for lo in range(0, n, batch_size):
         chunk = conversations[lo:lo + batch_size]
-        for name, run in (("batched", lambda: judge.score(chunk)),
-                          ("single", lambda: [judge.score([c])[0] for c in chunk])):
+        for name, run in ways.items():
             start, start_cpu = time.perf_counter(), time.process_time()
-            (batched if name == "batched" else single).extend(run())
+            out[name].extend(run(chunk))
             wall[name] += time.perf_counter() - start
             cpu[name] += time.process_time() - start_cpu
+    batched, single = out["batched"], out["single"]
     drift = max(abs(a.score - b.score) for a, b in zip(batched, single))
     # Prompt sizes explain the CPU numbers: each row is a full forward pass over these.
     prompts = [judge.pointwise_prompt(r["question"], r["answer"]) for r in rows]
@@ -92,11 +101,18 @@ def throughput(judge: Judge, rows: list[dict[str, Any]], n: int, batch_size: int
     shared = next((k for k in range(min(map(len, ids))) if len({t[k] for t in ids}) > 1), 0)
     sides = {name: {"seconds": round(wall[name], 2), "cpu_seconds": round(cpu[name], 2),
                     "rows_per_s": round(n / wall[name], 2)} for name in wall}
-    return {"rows": n, "batch_size": batch_size,
-            "prompt_tokens": {"mean": round(mean(map(len, ids)), 1), "shared_prefix": shared},
-            **sides, "ratio": round(wall["single"] / wall["batched"], 2),
-            "cpu_ratio": round(cpu["single"] / cpu["batched"], 2),
-            "max_score_difference": drift}
+    result = {"rows": n, "batch_size": batch_size,
+              "prompt_tokens": {"mean": round(mean(map(len, ids)), 1), "shared_prefix": shared},
+              **sides, "ratio": round(wall["single"] / wall["batched"], 2),
+              "cpu_ratio": round(cpu["single"] / cpu["batched"], 2),
+              "max_score_difference": drift}
+    if "generated" in out:
+        parsed = [r.score for r in out["generated"]]
+        result["generated"].update(
+            max_tokens=generating.config.max_tokens,
+            parsed=sum(score is not None for score in parsed))
+        result["generated_ratio"] = round(wall["generated"] / wall["batched"], 2)
+    return result
 
 
 def quality(judge: Judge, parsing: Judge, rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -165,11 +181,17 @@ def print_report(results: dict[str, Any]) -> None:
               f"{t['prompt_tokens']['mean']:.0f} tokens on average, the first "
               f"{t['prompt_tokens']['shared_prefix']} shared by every row):")
         for name, label in (("batched", f"batched (batch {t['batch_size']})"),
-                            ("single", "one row per call")):
-            print(f"  {label:<20} {t[name]['rows_per_s']:.2f} rows/s ({t[name]['seconds']:.1f} s "
-                  f"wall, {t[name]['cpu_seconds']:.1f} s CPU)")
+                            ("single", "one row per call"),
+                            ("generated", "generated verdict")):
+            if name in t:
+                print(f"  {label:<20} {t[name]['rows_per_s']:.2f} rows/s ({t[name]['seconds']:.1f}"
+                      f" s wall, {t[name]['cpu_seconds']:.1f} s CPU)")
         print(f"  ratio batched / single: {t['ratio']:.2f}x wall, {t['cpu_ratio']:.2f}x CPU time; "
               f"largest score difference between the two: {t['max_score_difference']:.2e}")
+        if "generated" in t:
+            g = t["generated"]
+            print(f"  ratio batched / generated verdict (one row a call, up to {g['max_tokens']} "
+                  f"tokens, parsed {g['parsed']}/{t['rows']}): {t['generated_ratio']:.2f}x wall")
     if q := results.get("quality"):
         print(f"quality on {q['rows']} labelled answers ({q['good']} good), midpoint "
               f"{q['midpoint']:g}:")
@@ -214,7 +236,8 @@ def main() -> None:
                                "threads": torch.get_num_threads(),
                                "load_before": os.getloadavg()[0]}
     if not args.skip_throughput:
-        results["throughput"] = throughput(judge, rows, args.rows, args.batch_size)
+        results["throughput"] = throughput(judge, rows, args.rows, args.batch_size,
+                                           Judge(WithoutLogprobs(engine), JudgeConfig()))
         print(f"throughput done: {results['throughput']['ratio']}x", flush=True)
     if not args.skip_quality:
         engine.batch_size = args.batch_size
