@@ -2,15 +2,39 @@
 
 The embedded default (SmolLM2-135M-Instruct on CPU) and the engine of the test suite. On a
 GPU it works too, but vLLM serves far more rows per second there.
+
+Scoring shares the prompts' common prefix: judge prompts start with the same rubric (87 of
+~150 tokens on the judge benchmark), so that prefix runs through the model once per call and
+each batch continues from a copy of its KV cache; scores agree with the plain forward to
+~5e-5 in log-probability and take about half the time (measured: 5.4 s against 10.1 s for 32
+rows on this CPU). vLLM's prefix caching does the same on its own.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any
 
 from data_engine.engines.base import (Conversation, EngineError, Generation, SamplingParams,
                                       TokenScores)
+
+
+# Score through a shared prefix only when it is at least this many tokens (below it the
+# prefix pass and the cache copies cost about what they save).
+MIN_SHARED_PREFIX = 32
+
+
+def shared_prefix(ids: list[list[int]]) -> int:
+    """Tokens every sequence starts with, leaving each at least one token of its own."""
+    if len(ids) < 2:
+        return 0
+    shortest = min(map(len, ids))
+    for k in range(shortest):
+        first = ids[0][k]
+        if any(seq[k] != first for seq in ids):
+            return k
+    return max(shortest - 1, 0)
 
 
 def label_token_ids(tokenizer: Any, label: str) -> list[int]:
@@ -31,12 +55,13 @@ class TransformersEngine:
     supports_logprobs = True
 
     def __init__(self, model: str, device: str = "auto", dtype: str = "auto",
-                 batch_size: int = 16):
+                 batch_size: int = 16, share_prefix: bool = True):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.model = model
         self.batch_size = batch_size
+        self.share_prefix = share_prefix
         self.device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" \
             else device
         # bf16 matmuls are slow on most CPUs; float32 is the fast CPU choice for small models.
@@ -77,6 +102,41 @@ class TransformersEngine:
             enc = self.tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True,
                                  add_special_tokens=False)
             yield idx, enc.to(self.device)
+
+    def _last_logits(self, conversations: list[Conversation]):
+        """(indices, a thunk giving each row's next-token logits) per padded batch."""
+        for idx, enc in self._batches(conversations):
+            yield idx, (lambda enc=enc: self.lm(**enc).logits[:, -1, :].float())
+
+    def _suffix_batches(self, ids: list[list[int]], prefix: int):
+        """The same, continuing each batch from the shared prefix's KV cache: the prefix runs
+        once, every batch gets a copy of its cache, suffixes are right padded and each row's
+        logits are read at its own last token."""
+        import torch
+
+        head = torch.tensor([ids[0][:prefix]], device=self.device)
+        with torch.inference_mode():
+            cache = self.lm(input_ids=head, use_cache=True).past_key_values
+        pad = self.tokenizer.pad_token_id
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        for lo in range(0, len(order), self.batch_size):
+            idx = order[lo:lo + self.batch_size]
+            tails = [ids[i][prefix:] for i in idx]
+            width = max(map(len, tails))
+            inputs = torch.tensor([t + [pad] * (width - len(t)) for t in tails],
+                                  device=self.device)
+            mask = torch.tensor([[1] * (prefix + len(t)) + [0] * (width - len(t))
+                                 for t in tails], device=self.device)
+            positions = (prefix + torch.arange(width, device=self.device)).expand(len(idx), -1)
+            last = torch.tensor([len(t) - 1 for t in tails], device=self.device)
+
+            def forward(inputs=inputs, mask=mask, positions=positions, last=last):
+                batch_cache = copy.deepcopy(cache)
+                batch_cache.batch_repeat_interleave(len(last))
+                logits = self.lm(input_ids=inputs, attention_mask=mask, position_ids=positions,
+                                 past_key_values=batch_cache).logits
+                return logits[torch.arange(len(last), device=self.device), last].float()
+            yield idx, forward
 
     def generate(self, conversations: list[Conversation], params: SamplingParams
                  ) -> list[Generation]:
@@ -135,10 +195,15 @@ class TransformersEngine:
                               f"tokens for {self.model}'s tokenizer; use a 1-5 scale",
                               "judge.scale")
         out: list[TokenScores | None] = [None] * len(conversations)
-        for idx, enc in self._batches(conversations):
+        ids = [self.tokenizer.encode(self.render(c), add_special_tokens=False)
+               for c in conversations]
+        prefix = shared_prefix(ids) if self.share_prefix else 0
+        batches = (self._suffix_batches(ids, prefix) if prefix >= MIN_SHARED_PREFIX
+                   else self._last_logits(conversations))
+        for idx, forward in batches:
             try:
                 with torch.inference_mode():
-                    logits = self.lm(**enc).logits[:, -1, :].float()
+                    logits = forward()
             except (RuntimeError, ValueError) as exc:  # e.g. out of memory: these rows fail
                 for i in idx:
                     out[i] = TokenScores(error=f"scoring_failed: {exc}")

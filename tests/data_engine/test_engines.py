@@ -411,6 +411,39 @@ def test_hf_next_token_scores_for_a_1_to_5_scale(smollm2_engine):
         assert alone.logprobs[label] == pytest.approx(scores[0].logprobs[label], abs=1e-3)
 
 
+def test_hf_scores_through_a_shared_prefix_equal_the_plain_forward(smollm2_engine):
+    """Judge-style prompts share a long rubric: scoring continues from that prefix's KV
+    cache, batch by batch, and must give the plain left-padded forward's scores."""
+    from data_engine.engines.hf import MIN_SHARED_PREFIX, shared_prefix
+
+    rubric = ("You are grading answers. A good answer is correct, on topic, complete and "
+              "fluent; a bad one is wrong, off topic, empty or repeats itself. Read the "
+              "question and the answer, then reply with one digit from 1 (bad) to 5 (good).")
+    pairs = [("2+2?", "4"), ("Capital of France?", "Paris is the capital of France."),
+             ("Name a colour.", "the the the the"), ("Why is the sky blue?", "Bananas."),
+             ("What is ice?", "Frozen water, solid below 0 degrees Celsius.")]
+    convs = [[{"role": "system", "content": rubric},
+              {"role": "user", "content": f"Q: {q}\nA: {a}\nScore:"}] for q, a in pairs]
+    engine = smollm2_engine
+    ids = [engine.tokenizer.encode(engine.render(c), add_special_tokens=False) for c in convs]
+    assert shared_prefix(ids) >= MIN_SHARED_PREFIX  # the fast path is the one under test
+    before = engine.batch_size
+    engine.batch_size = 2  # several batches, each from its own copy of the prefix cache
+    try:
+        shared = engine.next_token_scores(convs, SCALE)
+        engine.share_prefix = False
+        plain = engine.next_token_scores(convs, SCALE)
+    finally:
+        engine.share_prefix, engine.batch_size = True, before
+    for a, b in zip(shared, plain):
+        assert a.error is None and b.error is None
+        for label in SCALE:
+            assert a.logprobs[label] == pytest.approx(b.logprobs[label], abs=1e-3)
+    assert shared_prefix([[1, 2, 3], [1, 2, 4]]) == 2
+    assert shared_prefix([[1, 2], [1, 2, 3]]) == 1  # every row keeps a token of its own
+    assert shared_prefix([[1, 2, 3]]) == 0
+
+
 # --- vllm engine -----------------------------------------------------------------------------
 
 def test_vllm_module_imports_without_vllm_and_fails_with_an_actionable_error():
