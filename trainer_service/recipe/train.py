@@ -133,7 +133,8 @@ def read_split(dataset_dir: Path, split: str) -> list[list[dict]]:
             continue
         row = json.loads(line)
         if not isinstance(row.get("messages"), list):
-            raise TrainError("dataset_row_invalid", f"{path}:{n}: row has no `messages` list", "dataset")
+            raise TrainError("dataset_row_invalid", f"{path}:{n}: row has no `messages` list",
+                             "dataset")
         rows.append([{k: v for k, v in m.items() if v is not None} for m in row["messages"]])
     return rows
 
@@ -162,8 +163,8 @@ def tokenize_rows(tokenizer, conversations: list[list[dict]], loss_on: str):
         if loss_on == "last_assistant":
             mask = last_span_only(mask)
         if 1 not in mask:
-            raise TrainError("empty_loss_mask", f"row {n} has no assistant tokens in the loss mask; "
-                             f"the chat template needs {GENERATION_MARKER} markers",
+            raise TrainError("empty_loss_mask", f"row {n} has no assistant tokens in the loss "
+                             f"mask; the chat template needs {GENERATION_MARKER} markers",
                              "chat_template")
         ids.append(list(enc["input_ids"]))
         masks.append(mask)
