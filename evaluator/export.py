@@ -225,28 +225,36 @@ def ensure_converter(log: Callable[[str], None] = print, cache: Path | None = No
     target = converter_dir(cache)
     if (target / CONVERTER_SCRIPT).is_file():
         return target
-    version = llama_cpp_version()
-    log(f"export: fetching llama.cpp's converter from the {LLAMA_CPP_PACKAGE}=={version} sdist")
+    log(f"export: fetching llama.cpp's converter from the {LLAMA_CPP_PACKAGE}=="
+        f"{llama_cpp_version()} sdist")
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="tunesmith-llama-cpp-", dir=target.parent) as tmp:
-        done = subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-             "--disable-pip-version-check", "-q", "-d", tmp, f"{LLAMA_CPP_PACKAGE}=={version}"],
-            capture_output=True, text=True)
-        archives = sorted(Path(tmp).glob("*.tar.gz"))
-        if done.returncode != 0 or not archives:
-            raise ExportError("converter_not_found", f"could not download the "
-                              f"{LLAMA_CPP_PACKAGE}=={version} sdist that carries llama.cpp's "
-                              f"converter ({(done.stderr or done.stdout).strip()[-400:]}); "
-                              f"offline, set {CONVERTER_ENV} to a llama.cpp checkout",
-                              "converter")
+        archive = download_sdist(Path(tmp))
         staging = Path(tmp) / "llama.cpp"
-        _extract_converter(archives[0], staging)
+        _extract_converter(archive, staging)
         if (target / CONVERTER_SCRIPT).is_file():  # another process won the race
             return target
         shutil.rmtree(target, ignore_errors=True)
         os.replace(staging, target)
     return target
+
+
+def download_sdist(folder: Path) -> Path:
+    """The installed llama-cpp-python version's sdist (the llama.cpp tree it compiles,
+    under vendor/llama.cpp), downloaded with pip into ``folder``; its path."""
+    version = llama_cpp_version()
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+         "--disable-pip-version-check", "-q", "-d", str(folder),
+         f"{LLAMA_CPP_PACKAGE}=={version}"], capture_output=True, text=True)
+    archives = sorted(Path(folder).glob("*.tar.gz"))
+    if done.returncode != 0 or not archives:
+        raise ExportError("converter_not_found", f"could not download the "
+                          f"{LLAMA_CPP_PACKAGE}=={version} sdist that carries llama.cpp's "
+                          f"converter ({(done.stderr or done.stdout).strip()[-400:]}); "
+                          f"offline, set {CONVERTER_ENV} to a llama.cpp checkout",
+                          "converter")
+    return archives[0]
 
 
 def _extract_converter(archive: Path, out: Path) -> None:

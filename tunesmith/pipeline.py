@@ -248,9 +248,9 @@ def train_spec(config: PipelineConfig, dataset: str) -> tuple[Any, list[Path]]:
         raise PipelineError("train", "bad_train_spec", str(exc), "train.spec") from None
     data["dataset"] = dataset
     if data.get("base_model") in (None, "", "default"):
-        from tunesmith.models import fetch_default
+        from data_engine.engines import resolve_model
 
-        data["base_model"] = str(fetch_default())
+        data["base_model"] = resolve_model("default")
     roots = [Path(dataset).parent]
     for key in ("base_model", "chat_template"):
         value = data.get(key)

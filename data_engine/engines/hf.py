@@ -93,9 +93,10 @@ class TransformersEngine:
         return self.tokenizer.apply_chat_template(conversation, add_generation_prompt=True,
                                                   tokenize=False)
 
-    def _batches(self, conversations: list[Conversation]):
-        """(indices, encoded inputs) per batch; similar lengths batched together."""
-        texts = [self.render(c) for c in conversations]
+    def _batches(self, conversations: list[Conversation], texts: list[str] | None = None):
+        """(indices, encoded inputs) per batch; similar lengths batched together. ``texts``:
+        the conversations already rendered."""
+        texts = texts if texts is not None else [self.render(c) for c in conversations]
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         for lo in range(0, len(order), self.batch_size):
             idx = order[lo:lo + self.batch_size]
@@ -103,9 +104,9 @@ class TransformersEngine:
                                  add_special_tokens=False)
             yield idx, enc.to(self.device)
 
-    def _last_logits(self, conversations: list[Conversation]):
+    def _last_logits(self, texts: list[str]):
         """(indices, a thunk giving each row's next-token logits) per padded batch."""
-        for idx, enc in self._batches(conversations):
+        for idx, enc in self._batches(texts, texts):
             yield idx, (lambda enc=enc: self.lm(**enc).logits[:, -1, :].float())
 
     def _suffix_batches(self, ids: list[list[int]], prefix: int):
@@ -195,11 +196,12 @@ class TransformersEngine:
                               f"tokens for {self.model}'s tokenizer; use a 1-5 scale",
                               "judge.scale")
         out: list[TokenScores | None] = [None] * len(conversations)
-        ids = [self.tokenizer.encode(self.render(c), add_special_tokens=False)
-               for c in conversations]
-        prefix = shared_prefix(ids) if self.share_prefix else 0
+        texts = [self.render(c) for c in conversations]
+        ids = (self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+               if self.share_prefix and len(texts) > 1 else [])
+        prefix = shared_prefix(ids)
         batches = (self._suffix_batches(ids, prefix) if prefix >= MIN_SHARED_PREFIX
-                   else self._last_logits(conversations))
+                   else self._last_logits(texts))
         for idx, forward in batches:
             try:
                 with torch.inference_mode():

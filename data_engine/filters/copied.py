@@ -27,14 +27,25 @@ def _normal(text: str) -> str:
     return " ".join(text.lower().split())
 
 
+def _missing(reply: str, prompt: str, ngram: int, stop_after: int | None = None) -> int:
+    """How many of ``reply``'s character ``ngram``-grams ``prompt`` lacks; counting stops
+    once more than ``stop_after`` are missing (most replies miss early)."""
+    missed = 0
+    for i in range(len(reply) - ngram + 1):
+        if reply[i:i + ngram] not in prompt:
+            missed += 1
+            if stop_after is not None and missed > stop_after:
+                break
+    return missed
+
+
 def copied_fraction(reply: str, prompt: str, ngram: int) -> float:
     """Share of ``reply``'s character ``ngram``-grams found in ``prompt`` (both already
     normalised); a reply shorter than one n-gram counts as found when it is a substring."""
     if len(reply) < ngram:
         return 1.0 if reply and reply in prompt else 0.0
     grams = len(reply) - ngram + 1
-    found = sum(reply[i:i + ngram] in prompt for i in range(grams))
-    return found / grams
+    return 1.0 - _missing(reply, prompt, ngram) / grams
 
 
 def is_copied(reply: str, prompt: str, config: CopiedPromptConfig) -> bool:
@@ -44,15 +55,8 @@ def is_copied(reply: str, prompt: str, config: CopiedPromptConfig) -> bool:
         return False
     if reply in prompt:
         return True
-    grams = len(reply) - config.ngram + 1
-    allowed = int(grams * (1.0 - config.min_fraction))  # misses a copied reply may have
-    missed = 0
-    for i in range(grams):  # most replies miss early: stop as soon as too many have
-        if reply[i:i + config.ngram] not in prompt:
-            missed += 1
-            if missed > allowed:
-                return False
-    return True
+    allowed = int((len(reply) - config.ngram + 1) * (1.0 - config.min_fraction))
+    return _missing(reply, prompt, config.ngram, stop_after=allowed) <= allowed
 
 
 def copied_prompt(view: MessageView, config: CleanConfig) -> Reasons:

@@ -227,25 +227,19 @@ def llama_cpp_template(name: str) -> str:
     """A real model's chat template from llama.cpp's collection (`models/templates/`), read
     from the llama-cpp-python sdist that the GGUF export also fetches, cached beside it."""
     import shutil
-    import subprocess
-    import sys
     import tarfile
     import tempfile
 
-    from evaluator.export import LLAMA_CPP_PACKAGE, llama_cpp_version
+    from evaluator.export import download_sdist, llama_cpp_version
     from tunesmith.models import cache_root
 
-    version = llama_cpp_version()
-    folder = cache_root() / "llama.cpp" / f"templates-{version}"
+    folder = cache_root() / "llama.cpp" / f"templates-{llama_cpp_version()}"
     if not (folder / name).is_file():
         folder.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=folder.parent) as tmp:
-            subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary",
-                            ":all:", "--disable-pip-version-check", "-q", "-d", tmp,
-                            f"{LLAMA_CPP_PACKAGE}=={version}"], check=True, timeout=600)
             staging = Path(tmp) / "templates"
             staging.mkdir()
-            with tarfile.open(next(Path(tmp).glob("*.tar.gz"))) as tar:
+            with tarfile.open(download_sdist(Path(tmp))) as tar:
                 for member in tar.getmembers():
                     if member.isfile() and "/vendor/llama.cpp/models/templates/" in member.name:
                         (staging / Path(member.name).name).write_bytes(

@@ -12,6 +12,7 @@ from typing import Any
 
 from data_engine.config import _help
 from data_engine.config_loader import from_dict, read_yaml
+from evaluator.export import TYPES
 
 QUANTIZATIONS = ("nf4", "int8", "none")
 LOSS_ON = ("all_assistant", "last_assistant")
@@ -107,9 +108,9 @@ class TrainingSpec:
         return problems
 
 
-# GGUF forms `export.gguf` may name (evaluator.export.TYPES; kept here so reading a spec
-# needs neither llama.cpp nor the evaluator).
-GGUF_TYPES = ("f16", "q8_0", "q6_k", "q4_k_m")
+# GGUF forms `export.gguf` may name (evaluator.export imports neither llama.cpp nor torch
+# at module level, so reading a spec stays light).
+GGUF_TYPES = TYPES
 
 
 @dataclass
