@@ -337,7 +337,8 @@ class RayConfig:
     shard_rows: int = _help("Input rows per ingest task; one block each.", 5000)
     shared_storage: bool = _help(
         "The output folder is on storage every node sees (NFS, a mounted bucket), so tasks "
-        "reading stage outputs may run anywhere; otherwise they run on the driver's node.",
+        "reading or writing stage outputs may run anywhere; otherwise they run on the "
+        "driver's node.",
         False)
 
     def check(self) -> list[str]:

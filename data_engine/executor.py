@@ -1,7 +1,8 @@
 """Where stages run: an embedded local Ray on loopback by default, or a cluster.
 
-Stages are plain functions over Arrow batches; this module only starts or joins Ray, so the
-same pipeline code runs on a laptop and on a cluster (`--ray-address` / `RAY_ADDRESS`).
+Stages are plain functions over Arrow tables; this module starts or joins Ray and maps those
+functions over stored parts as Ray tasks (`map_tasks`), so the same pipeline code runs on a
+laptop and on a cluster (`--ray-address` / `RAY_ADDRESS`).
 """
 
 from __future__ import annotations
@@ -10,10 +11,12 @@ import logging
 import os
 import shutil
 import tempfile
+from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 from data_engine.config import RayConfig
 from data_engine.errors import ClusterError
@@ -21,6 +24,8 @@ from data_engine.errors import ClusterError
 # Unix socket paths are limited to 107 bytes and Ray nests ~70 bytes of session and socket
 # names under its temp dir, so a deeper run folder falls back to a short dir in /tmp.
 _MAX_TEMP_DIR = 36
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -35,8 +40,8 @@ class RaySession:
 
     @property
     def read_args(self) -> dict:
-        """Ray remote args for tasks that read stage outputs: pinned to the driver's node,
-        whose disk holds them, unless the output folder is shared storage."""
+        """Ray remote args for tasks that read or write stage outputs: pinned to the driver's
+        node, whose disk holds them, unless the output folder is shared storage."""
         if self.shared_storage:
             return {}
         import ray
@@ -100,6 +105,29 @@ def ray_session(config: RayConfig, run_dir: Path) -> Iterator[RaySession]:
         ray.shutdown()
         if cleanup:
             shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def map_tasks(fn: Callable[..., T], calls: Iterable[tuple], remote_args: dict[str, Any],
+              window: int | None = None) -> Iterator[T]:
+    """Runs ``fn(*call)`` for each call as a Ray task of one CPU; yields results in call order.
+
+    At most ``window`` tasks run or wait unread ahead of the result being yielded (default:
+    all at once), which bounds what results hold in the object store. Stages map one stored
+    part to one output part, which is what a task is; on this project's 2-CPU machine Ray
+    Data's streaming executor ran the same clean work over 40 blocks in 17.4 s against 11.3 s
+    as tasks (its scheduling left each worker idle a third of the time).
+    """
+    import ray
+
+    remote = ray.remote(fn).options(num_cpus=1, **remote_args)
+    todo = iter(calls)
+    running = deque(remote.remote(*call) for call in islice(todo, window))
+    while running:
+        result = ray.get(running.popleft())
+        call = next(todo, None)
+        if call is not None:
+            running.append(remote.remote(*call))
+        yield result
 
 
 def _is_loopback(address: str) -> bool:

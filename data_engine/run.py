@@ -3,8 +3,10 @@ export, resumable.
 
 Reads like a recipe: plan shards, then run each stage unless its output is already on disk
 with the same key (see `stages.py`), then export the output contract, the manifest and the
-report. Row data flows through Ray Data; the stages after dedup decide on small columns
-(`_idx`, `id`, `source`, `group`) and the export pass applies every decision at once.
+report. Row data moves as Arrow tables through Ray tasks, one stored part each (one task
+per input shard reads, cleans, signs and writes its rows); the stages after dedup decide on
+small columns (`_idx`, `id`, `source`, `group`) and the export pass applies every decision
+at once.
 """
 
 from __future__ import annotations
@@ -21,22 +23,22 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from rich.console import Console
 
 from data_engine.config import DataConfig
-from data_engine.dedup.stage import REF_BASE, DedupInputs, run_dedup
+from data_engine.dedup.stage import REF_BASE, DedupInputs, run_dedup, sign_rows, signature_key
 from data_engine.errors import ConfigError, LeakError
-from data_engine.executor import ray_session
+from data_engine.executor import map_tasks, ray_session
 from data_engine.pipeline.clean import clean_batch
 from data_engine.pipeline.mix import REASON as MIX_REASON
 from data_engine.pipeline.mix import mix
 from data_engine.pipeline.split import assign_splits, leak_check
 from data_engine.progress import StageProgress
 from data_engine.readers.ingest import ingest_shards
-from data_engine.readers.shards import file_sha256, plan_shards
+from data_engine.readers.shards import Shard, file_sha256, plan_shards
 from data_engine.schema import IDX, SPLITS
-from data_engine.stages import (PartWriter, StageOutput, StageStore, stage_dataset, stage_key,
-                                write_table)
+from data_engine.stages import StageOutput, StageStore, stage_dataset, stage_key, write_table
 from data_engine.writers.outputs import DatasetWriter, finalize_batch, render_batch
 from data_engine.writers.report import write_report
 
@@ -84,7 +86,8 @@ def run(config: DataConfig, out_dir: Path, console: Console | None = None,
                             expected_rows=sum(s.rows for s in shards), console=console,
                             enabled=progress)
     with ray_session(config.ray, out_dir) as session, tracker:
-        context = _Context(config, store, keys, tracker, session.read_args, session.cpus)
+        context = _Context(config, store, keys, tracker, session.read_args, session.cpus,
+                           with_prompt=bool(ref_shards) and config.dedup.reference.match == "prompt")
         clean = context.stage("clean", lambda folder: _clean(context, shards, folder))
         rows = _Rows([clean])
         if "synth" in keys:
@@ -157,6 +160,7 @@ class _Context:
     tracker: StageProgress
     read_args: dict[str, Any]
     cpus: int
+    with_prompt: bool  # dedup also signs the user turns (to match a reference set by prompt)
 
     def stage(self, name: str, body: Any) -> StageOutput:
         """The stage's stored output when its key matches, else runs ``body`` and stores it."""
@@ -203,8 +207,6 @@ class _Rows:
     def read(self, columns: list[str]) -> pa.Table:
         """``columns`` of every stored row; a column only synthesized rows have (`origin`)
         is null for the others."""
-        import pyarrow.parquet as pq
-
         tables = []
         for f in self.files():
             present = [c for c in columns if c in pq.read_schema(f).names]
@@ -222,25 +224,33 @@ class _Rows:
                        .column("_idx").to_numpy())
 
 
-def _clean(ctx: _Context, shards: list, folder: Path) -> dict[str, Any]:
-    """Ingest + clean on Ray Data; every row (kept or not) is stored with its `_idx`."""
-    import ray.data
+def _clean(ctx: _Context, shards: list[Shard], folder: Path) -> dict[str, Any]:
+    """Ingest + clean, a Ray task per shard; every row (kept or not) is stored with its
+    `_idx`, and the kept rows' dedup signatures are stored beside them."""
+    signing = (ctx.config.dedup, ctx.with_prompt)
+    calls = [(shard.to_dict(), ctx.config.inputs, ctx.config.split.group_column,
+              ctx.config.clean, str(folder / f"rows-{number:05d}.parquet"),
+              str(folder / f"signatures-{number:05d}.parquet"), signing)
+             for number, shard in enumerate(shards)]
+    for stages in map_tasks(clean_part, calls, ctx.read_args):
+        ctx.tracker.update(stages)
+    return {"next_idx": shards[-1].base + shards[-1].rows if shards else 0,
+            "signatures": signature_key(*signing),
+            "progress": ctx.tracker.snapshot(("ingest", "clean"))}
 
-    parts = PartWriter(folder, "rows")
-    next_idx = 0
-    if shards:
-        ds = ray.data.from_items([s.to_dict() for s in shards], override_num_blocks=len(shards))
-        ds = ds.map_batches(ingest_shards, batch_size=1, batch_format="pyarrow",
-                            fn_kwargs={"inputs": ctx.config.inputs,
-                                       "group_column": ctx.config.split.group_column})
-        ds = ds.map_batches(clean_batch, batch_size=None, batch_format="pyarrow",
-                            fn_kwargs={"config": ctx.config.clean})
-        for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
-            idx = pa.array(np.arange(next_idx, next_idx + batch.num_rows), pa.int64())
-            parts.write(batch.append_column(IDX, idx))
-            next_idx += batch.num_rows
-            ctx.tracker.update(batch)
-    return {"rows": next_idx, "progress": ctx.tracker.snapshot(("ingest", "clean"))}
+
+def clean_part(shard: dict[str, Any], inputs: list, group_column: str, config: Any,
+               rows_path: str, sig_path: str, signing: tuple) -> pa.Table:
+    """Ray task: one shard read, cleaned and stored with its signatures; returns the rows'
+    `_stage` column (what the progress display counts)."""
+    table = ingest_shards(pa.Table.from_pylist([shard]), inputs, group_column)
+    table = clean_batch(table, config)
+    idx = shard["base"] + (table.column("_line").to_numpy() - shard["first_line"])
+    table = table.append_column(IDX, pa.array(idx, pa.int64()))
+    if table.num_rows:
+        pq.write_table(table, rows_path, compression="lz4")
+        sign_rows(table, Path(sig_path), *signing)
+    return table.select(["_stage"])
 
 
 def _synth(ctx: _Context, clean: StageOutput, folder: Path) -> dict[str, Any]:
@@ -248,7 +258,7 @@ def _synth(ctx: _Context, clean: StageOutput, folder: Path) -> dict[str, Any]:
 
     started = time.perf_counter()
     seeds = seed_rows(clean.read("rows", ["id", "messages", "source", "tags", "_reason"]))
-    facts = run_synth(ctx.worker(), ctx.config, seeds, clean.meta["rows"], folder, ctx.log)
+    facts = run_synth(ctx.worker(), ctx.config, seeds, clean.meta["next_idx"], folder, ctx.log)
     dropped = sum(sum(g["eliminated"].values()) for g in facts["generators"].values())
     ctx.tracker.record("synth", facts["rows"], dropped, time.perf_counter() - started)
     return {**facts, "progress": ctx.tracker.snapshot(("synth",))}
@@ -277,17 +287,20 @@ def _dedup(ctx: _Context, rows: _Rows, ref_shards: list, folder: Path) -> dict[s
     excluded = rows.judged_out()
     kept = (ctx.tracker.rows_after("clean") - len(excluded)
             + (ctx.tracker.rows_after("synth") if len(rows.parts) > 1 else 0))
-    facts = run_dedup(DedupInputs(rows.files(), reference, ctx.read_args, excluded),
+    clean = rows.parts[0]
+    signed = {}
+    if clean.meta.get("signatures") == signature_key(ctx.config.dedup, ctx.with_prompt):
+        signed = {f: str(Path(f).with_name(Path(f).name.replace("rows-", "signatures-")))
+                  for f in clean.files("rows")}
+    facts = run_dedup(DedupInputs(rows.files(), reference, ctx.read_args, excluded, signed),
                       ctx.config.dedup, ctx.config.clean, folder, ctx.cpus, ctx.log)
     removed = sum(facts["removed"].values())
     ctx.tracker.record("dedup", kept, removed, time.perf_counter() - started)
     return {**facts, "progress": ctx.tracker.snapshot(("dedup",))}
 
 
-def _reference_rows(ctx: _Context, ref_shards: list) -> Any:
+def _reference_rows(ctx: _Context, ref_shards: list) -> list[pa.Table]:
     """Reference sets are small (eval sets): read on the driver, numbered from REF_BASE."""
-    import ray.data
-
     tables, count = [], 0
     inputs = ctx.config.dedup.reference.inputs
     for shard in ref_shards:
@@ -295,7 +308,7 @@ def _reference_rows(ctx: _Context, ref_shards: list) -> Any:
         tables.append(table.append_column(IDX, pa.array(
             np.arange(REF_BASE + count, REF_BASE + count + table.num_rows), pa.int64())))
         count += table.num_rows
-    return ray.data.from_arrow(tables)
+    return tables
 
 
 def _kept_rows(stored: _Rows, dedup: StageOutput) -> pa.Table:
@@ -414,15 +427,25 @@ def _export(ctx: _Context, stored: _Rows, dedup: StageOutput, mixed: StageOutput
         plan["judged_idx"] = scores.column("_idx").to_numpy()[by]
         plan["judge_score"] = scores.column("judge_score").to_numpy(zero_copy_only=False)[by]
         plan["judge_mass"] = scores.column("judge_mass").to_numpy(zero_copy_only=False)[by]
-    ds = stage_dataset(stored.files(), ctx.read_args)
-    ds = ds.map_batches(finalize_batch, batch_size=None, batch_format="pyarrow",
-                        fn_kwargs={"plan": ray.put(plan)})
-    if ctx.config.mix.strategy != "none":
-        ds = ds.sort("_order")
-    ds = ds.map_batches(render_batch, batch_size=None, batch_format="pyarrow")
-    for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+    plan_ref = ray.put(plan)
+    if ctx.config.mix.strategy == "none":  # input order: each part's rows, part after part
+        batches = map_tasks(export_part, [(f, plan_ref) for f in stored.files()],
+                            ctx.read_args, window=2 * ctx.cpus)
+    else:  # mix order: a distributed sort by each row's position in it
+        ds = stage_dataset(stored.files(), ctx.read_args)
+        ds = ds.map_batches(finalize_batch, batch_size=None, batch_format="pyarrow",
+                            fn_kwargs={"plan": plan_ref})
+        ds = ds.sort("_order").map_batches(render_batch, batch_size=None,
+                                           batch_format="pyarrow")
+        batches = ds.iter_batches(batch_format="pyarrow", batch_size=None)
+    for batch in batches:
         writer.write(batch)
     ctx.tracker.record("export", writer.input, 0, time.perf_counter() - started)
+
+
+def export_part(path: str, plan: dict[str, Any]) -> pa.Table:
+    """Ray task: one stored part with every decision applied and each row's output line."""
+    return render_batch(finalize_batch(pq.read_table(path), plan))
 
 
 def _manifest(config: DataConfig, writer: DatasetWriter, files: list, tracker: StageProgress,

@@ -1,7 +1,9 @@
 """The dedup stage, shaped like NeMo Curator's and datatrove's: no index of all rows anywhere.
 
-1. signatures: Ray Data batches of clean rows -> exact-text hash, MinHash signature (rensa)
-   and one key per LSH band; written as Parquet parts.
+1. signatures: per stored part of clean rows, the exact-text hash, MinHash signature
+   (rensa) and one key per LSH band, as a Parquet part. The clean stage's tasks already
+   sign the rows they clean (`sign_rows`, the rows are in memory there); this stage uses
+   those parts when they were made with its signature settings and signs only the rest.
 2. buckets: one Ray task per group of bands reads only its band columns and pairs rows with
    equal keys (rows sorted by key, so a bucket is a run); the exact hash is one more "band".
 3. confirm: Ray tasks compute the exact Jaccard of each candidate pair's n-gram sets (pairs
@@ -34,7 +36,8 @@ from data_engine.dedup.graph import (WINDOW, bucket_pairs, components, cross_pai
                                      unique_pairs)
 from data_engine.dedup.minhash import band_keys, jaccard, ngram_sets, signatures
 from data_engine.dedup.text import batch_texts
-from data_engine.stages import PartWriter, stage_dataset, write_table
+from data_engine.executor import map_tasks
+from data_engine.stages import PartWriter, stage_key, write_table
 
 STAGE = "dedup"
 REASONS = ("exact_duplicate", "near_duplicate", "contaminates_reference")
@@ -54,6 +57,35 @@ JACCARD_SLICE = 4_000
 
 def key_columns(prefix: str, bands: int) -> list[str]:
     return [f"{prefix}{b}" for b in range(bands)]
+
+
+def signature_key(config: DedupConfig, with_prompt: bool) -> str:
+    """What a signature part depends on besides its rows; parts made under another key
+    (another n-gram size, seed or banding) are not reused."""
+    return stage_key("signatures", {
+        "ngram": config.ngram, "bands": config.bands, "rows_per_band": config.rows_per_band,
+        "seed": config.seed, "with_prompt": with_prompt}, None)
+
+
+def sign_rows(rows: pa.Table, path: Path, config: DedupConfig, with_prompt: bool) -> None:
+    """Writes the signature part of ``rows`` (stored rows with `_idx`) to ``path``."""
+    pq.write_table(signature_batch(rows, config, with_prompt), path, compression="lz4")
+
+
+def sign_part(rows_path: str, out_path: str, config: DedupConfig, with_prompt: bool,
+              excluded: np.ndarray, signed_path: str | None) -> int:
+    """Ray task: the signature part of one stored rows part, from the part the clean stage
+    signed (``signed_path``, minus ``excluded`` rows) or computed here; returns its rows."""
+    if signed_path is not None:
+        table = pq.read_table(signed_path)
+        if len(excluded):
+            table = table.filter(pc.invert(pc.is_in(table.column("_idx"), pa.array(excluded))))
+    else:
+        table = signature_batch(pq.read_table(rows_path, columns=["_idx", "id", "messages",
+                                                                    "_reason"]),
+                                config, with_prompt, excluded=excluded)
+    pq.write_table(table, out_path, compression="lz4")
+    return table.num_rows
 
 
 def signature_batch(batch: pa.Table, config: DedupConfig, with_prompt: bool,
@@ -258,12 +290,14 @@ def decide(config: DedupConfig, exact_pairs: np.ndarray, near_pairs: np.ndarray,
 
 @dataclass
 class DedupInputs:
-    """What the stage reads: the clean stage's parts, and reference rows (a Ray Dataset)."""
+    """What the stage reads: the stored rows' parts, and reference rows."""
 
     clean_files: list[str]
-    reference: Any | None  # ray.data.Dataset of ingested reference rows with `_idx`
+    reference: list[pa.Table] | None  # ingested reference rows with `_idx`
     read_args: dict[str, Any]  # ray_remote_args pinning reads to the node holding the files
     excluded: np.ndarray | None = None  # `_idx` of kept rows a later stage dropped (judge)
+    signed: dict[str, str] | None = None  # rows part -> its signature part, made under
+    #                                      this stage's `signature_key`
 
 
 def run_dedup(inputs: DedupInputs, config: DedupConfig, clean: CleanConfig, folder: Path,
@@ -274,30 +308,33 @@ def run_dedup(inputs: DedupInputs, config: DedupConfig, clean: CleanConfig, fold
     timings: dict[str, float] = {}
     start = time.perf_counter()
     with_prompt = bool(inputs.reference is not None and config.reference.match == "prompt")
-    ds = stage_dataset(inputs.clean_files, inputs.read_args, ["_idx", "id", "messages", "_reason"])
-    ds = ds.map_batches(signature_batch, batch_format="pyarrow", batch_size=None,
-                        fn_kwargs={"config": config, "with_prompt": with_prompt,
-                                   "excluded": inputs.excluded})
-    sig_writer = PartWriter(folder, "signatures")
-    signed = 0
-    for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
-        sig_writer.write(batch)
-        signed += batch.num_rows
-    sig_files = sorted(str(p) for p in folder.glob("signatures-*.parquet"))
+    excluded = inputs.excluded if inputs.excluded is not None else np.zeros(0, np.int64)
+    signed = inputs.signed or {}
+    excluded_ref = ray.put(excluded)
+    sig_files: list[str] = []
+    calls = []
+    for number, rows_path in enumerate(inputs.clean_files):
+        if rows_path in signed and not len(excluded):
+            sig_files.append(signed[rows_path])  # the clean stage's part, as it is
+            continue
+        sig_files.append(str(folder / f"signatures-{number:05d}.parquet"))
+        calls.append((rows_path, sig_files[-1], config, with_prompt, excluded_ref,
+                      signed.get(rows_path)))
+    for _ in map_tasks(sign_part, calls, inputs.read_args):
+        pass
+    signed_rows = sum(pq.ParquetFile(f).metadata.num_rows for f in sig_files)
     ref_files: list[str] = []
     ref_rows = 0
-    if inputs.reference is not None:
-        ref = inputs.reference.map_batches(
-            signature_batch, batch_format="pyarrow", batch_size=None,
-            fn_kwargs={"config": config, "with_prompt": False, "normalize": clean,
-                       "reference": True})
+    if inputs.reference is not None:  # reference sets are small (eval sets): on the driver
         ref_writer = PartWriter(folder, "reference")
-        for batch in ref.iter_batches(batch_format="pyarrow", batch_size=None):
-            ref_writer.write(batch)
-            ref_rows += batch.num_rows
+        for table in inputs.reference:
+            ref = signature_batch(table, config, False, normalize=clean, reference=True)
+            ref_writer.write(ref)
+            ref_rows += ref.num_rows
         ref_files = sorted(str(p) for p in folder.glob("reference-*.parquet"))
     timings["signatures"] = time.perf_counter() - start
-    log(f"dedup: {signed:,} rows signed ({config.bands} bands x {config.rows_per_band} rows)")
+    log(f"dedup: {signed_rows:,} rows signed ({config.bands} bands x {config.rows_per_band} "
+        f"rows, {len(calls)} of {len(sig_files)} parts signed here)")
 
     remote = ray.remote(num_cpus=1, **inputs.read_args)
     band = remote(band_task)
@@ -348,7 +385,7 @@ def run_dedup(inputs: DedupInputs, config: DedupConfig, clean: CleanConfig, fold
         "b": np.concatenate([candidates[:, 1], exact_pairs[:, 1]]),
         "jaccard": np.concatenate([sim, np.ones(len(exact_pairs))])}))
     timings["clusters"] = time.perf_counter() - start
-    return _facts(result, signed, len(candidates), int(near.sum()), len(exact_pairs), ref_rows,
+    return _facts(result, signed_rows, len(candidates), int(near.sum()), len(exact_pairs), ref_rows,
                   len(ref_candidates), timings)
 
 

@@ -34,6 +34,9 @@ class Shard:
     stop: int  # exclusive, same unit as start
     first_line: int  # 1-based line / row number of the shard's first row
     rows: int  # lines (JSONL, blank ones included) or rows in the shard
+    # `_idx` of the shard's first line: lines (or rows) of every shard before it, so a row's
+    # `_idx` is its position in the whole input (blank JSONL lines leave gaps)
+    base: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -57,7 +60,9 @@ def plan_shards(inputs: list[InputConfig], shard_rows: int) -> tuple[list[Shard]
         for path, kind in _files_of(item.path):
             planner = {"jsonl": _plan_jsonl, "parquet": _plan_parquet, "arrow": _plan_arrow}[kind]
             file_shards, digest = planner(index, path, shard_rows)
-            shards += file_shards
+            for shard in file_shards:
+                shard.base = shards[-1].base + shards[-1].rows if shards else 0
+                shards.append(shard)
             files.append(InputFile(index, path, kind, digest))
     return shards, files
 

@@ -145,10 +145,93 @@ def _with_model_columns(batch: pa.Table, plan: dict[str, Any]) -> pa.Table:
 
 def render_batch(batch: pa.Table) -> pa.Table:
     """Ray Data batch UDF: adds `_json`, each row's output line, so workers do the encoding
-    and the driver only appends bytes."""
-    lines = [json.dumps(rejected_row(row) if row["_reason"] else chat_row(row), ensure_ascii=False)
-             for row in batch.to_pylist()]
-    return batch.append_column("_json", pa.array(lines, pa.string()))
+    and the driver only appends bytes.
+
+    Kept rows of the common shape (text-only turns, no group, judge score or provenance)
+    are encoded with Arrow string kernels, byte for byte what `json.dumps(chat_row(row),
+    ensure_ascii=False)` writes; the others go through `chat_row` / `rejected_row`.
+    """
+    fast, lines = _plain_lines(batch)
+    slow = np.flatnonzero(~fast)
+    if len(slow):
+        rows = batch.take(pa.array(slow, pa.int64())).to_pylist()
+        encoded = pa.array([json.dumps(rejected_row(row) if row["_reason"] else chat_row(row),
+                                       ensure_ascii=False) for row in rows], pa.string())
+        lines = pc.replace_with_mask(lines, pa.array(~fast), encoded)
+    return batch.append_column("_json", lines)
+
+
+# What json.dumps(ensure_ascii=False) escapes in a string, the backslash first; it writes
+# every other control character as \u00XX, which `_plain_lines` leaves to json.dumps.
+_JSON_ESCAPES = (("\\", "\\\\"), ('"', '\\"'), ("\n", "\\n"), ("\r", "\\r"),
+                 ("\t", "\\t"), ("\b", "\\b"), ("\f", "\\f"))
+_OTHER_CONTROL = "[\\x00-\\x07\\x0b\\x0e-\\x1f]"
+
+
+def _json_string(values: pa.Array) -> pa.Array:
+    """Each string as a JSON string literal (null: `null`)."""
+    for old, new in _JSON_ESCAPES:
+        values = pc.replace_substring(values, old, new)
+    return pc.fill_null(pc.binary_join_element_wise('"', values, '"', ""), "null")
+
+
+def _json_lists(items: pa.Array, offsets: np.ndarray) -> pa.Array:
+    """Rows of JSON items (row i: items[offsets[i]:offsets[i + 1]]) as JSON arrays."""
+    rows = pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), items)
+    return pc.binary_join_element_wise("[", pc.binary_join(rows, ", "), "]", "")
+
+
+def _any_per_row(flags: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Per row: is any of its items' ``flags`` set."""
+    before = np.zeros(len(flags) + 1, dtype=np.int64)
+    np.cumsum(flags, out=before[1:])
+    return before[offsets[1:]] > before[offsets[:-1]]
+
+
+def _list_offsets(lists: pa.ChunkedArray | pa.Array) -> tuple[pa.Array, np.ndarray]:
+    if isinstance(lists, pa.ChunkedArray):
+        lists = lists.combine_chunks() if lists.num_chunks else pa.array([], lists.type)
+    lengths = pc.fill_null(pc.list_value_length(lists), 0).to_numpy(zero_copy_only=False)
+    offsets = np.zeros(len(lists) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    return pc.list_flatten(lists), offsets
+
+
+def _plain_lines(batch: pa.Table) -> tuple[np.ndarray, pa.Array]:
+    """(which rows have the common shape, every row's line as if it had): see render_batch."""
+    n = batch.num_rows
+    messages, m_offsets = _list_offsets(batch.column("messages"))
+    tags, t_offsets = _list_offsets(batch.column("tags"))
+    role, content = messages.field("role"), messages.field("content")
+
+    def control(values: Any) -> np.ndarray:
+        found = pc.match_substring_regex(values, _OTHER_CONTROL)
+        return pc.fill_null(found, False).to_numpy(zero_copy_only=False)
+
+    odd_turn = (pc.is_valid(messages.field("reasoning_content")).to_numpy(zero_copy_only=False)
+                | pc.fill_null(pc.not_equal(messages.field("tool_calls"), ""), False)
+                .to_numpy(zero_copy_only=False) | control(role) | control(content))
+    fast = (pc.is_null(batch.column("_reason")).to_numpy(zero_copy_only=False)
+            & ~_any_per_row(odd_turn, m_offsets) & ~_any_per_row(control(tags), t_offsets)
+            & ~control(batch.column("id")) & ~control(batch.column("source")))
+    for name in ("group", "judge_score", "judge_mass"):
+        if name in batch.column_names:
+            fast &= pc.is_null(batch.column(name)).to_numpy(zero_copy_only=False)
+    if "origin" in batch.column_names:
+        fast &= pc.fill_null(pc.equal(batch.column("origin"), "seed"), True).to_numpy(
+            zero_copy_only=False)
+    turns = pc.binary_join_element_wise('{"role": ', _json_string(role), ', "content": ',
+                                        _json_string(content), "}", "")
+    tokens = pc.fill_null(pc.cast(batch.column(NUM_TOKENS.name), pa.string()), "null")
+    lines = pc.binary_join_element_wise(
+        '{"id": ', _json_string(batch.column("id")),
+        ', "messages": ', _json_lists(turns, m_offsets),
+        ', "source": ', _json_string(batch.column("source")),
+        ', "tags": ', _json_lists(_json_string(tags), t_offsets),
+        ', "num_tokens": ', tokens, "}", "")
+    if isinstance(lines, pa.ChunkedArray):
+        lines = lines.combine_chunks() if lines.num_chunks else pa.array([], pa.string())
+    return fast if n else np.zeros(0, bool), lines
 
 
 def _with_defaults(table: pa.Table, fields: Any) -> pa.Table:
@@ -180,8 +263,9 @@ class DatasetWriter:
         self.sources: dict[str, Counter[str]] = defaultdict(Counter)
         self.tokens: dict[str, list[int]] = {s: [] for s in SPLITS}
         self.examples: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        self._jsonl = {s: open(out_dir / f"{s}.jsonl", "w", encoding="utf-8") for s in SPLITS}
-        self._rejected = open(out_dir / "rejected.jsonl", "w", encoding="utf-8")
+        # binary: lines are written straight from Arrow's UTF-8 buffers
+        self._jsonl = {s: open(out_dir / f"{s}.jsonl", "wb") for s in SPLITS}
+        self._rejected = open(out_dir / "rejected.jsonl", "wb")
         self._arrow = {s: pa.ipc.new_stream(str(self.work_dir / f"{s}.arrow"), OUTPUT_SCHEMA)
                        for s in SPLITS}
 
@@ -202,15 +286,14 @@ class DatasetWriter:
         kept = batch.filter(kept_mask)
         dropped = batch.filter(pc.invert(kept_mask))
         reasons = dropped.column("_reason").to_pylist()
-        lines = dropped.column("_json").to_pylist()
         self.rejected.update(reasons)
         for source, stage in zip(dropped.column("source").to_pylist(),
                                  dropped.column("_stage").to_pylist()):
             self.sources[source][f"dropped_{stage}"] += 1
-        for reason, line in zip(reasons, lines):
+        for i, reason in enumerate(reasons):
             if len(self.examples[reason]) < EXAMPLES_PER_REASON:
-                self.examples[reason].append(json.loads(line))
-        self._write_lines(self._rejected, lines)
+                self.examples[reason].append(json.loads(dropped.column("_json")[i].as_py()))
+        self._write_lines(self._rejected, dropped.column("_json"))
         for source, n in Counter(kept.column("source").to_pylist()).items():
             self.sources[source]["kept"] += n
         for split in SPLITS:
@@ -220,12 +303,19 @@ class DatasetWriter:
             self._arrow[split].write_table(_conform(part))
             self.splits[split] += part.num_rows
             self.tokens[split] += part.column("num_tokens").to_pylist()
-            self._write_lines(self._jsonl[split], part.column("_json").to_pylist())
+            self._write_lines(self._jsonl[split], part.column("_json"))
 
     @staticmethod
-    def _write_lines(fh, lines: list[str]) -> None:
-        if lines:
-            fh.write("\n".join(lines) + "\n")
+    def _write_lines(fh, lines: pa.ChunkedArray) -> None:
+        """Each line and a newline, copied from the column's data buffers."""
+        for chunk in lines.chunks:
+            if not len(chunk):
+                continue
+            chunk = pc.binary_join_element_wise(chunk, "\n", "")
+            wide = pa.types.is_large_string(chunk.type)
+            offsets = np.frombuffer(chunk.buffers()[1], dtype=np.int64 if wide else np.int32)
+            data = memoryview(chunk.buffers()[2])
+            fh.write(data[offsets[chunk.offset]:offsets[chunk.offset + len(chunk)]])
 
     def source_flow(self) -> dict[str, dict[str, int]]:
         """Rows of each source through the stages: input, after clean, after dedup, kept
