@@ -1,14 +1,21 @@
 """What every filter shares: a flattened view of a batch's messages and the filter protocol.
 
-A filter is a pure function ``(view, config) -> list[str | None]``: one entry per row, None
-to keep it or the reason code to drop it. Filters never see Ray or files.
+A filter is a pure function ``(view, config, alive=None) -> list[str | None]``: one entry per
+row, None to keep it or the reason code to drop it. ``alive`` (one bool per row) names the
+rows still kept: the clean stage passes it, and ignores the other rows' entries, so a filter
+may skip its per-row Python work for rows an earlier filter dropped (those entries are then
+None). Filters never see Ray or files.
+
+Filters work per message on the whole batch at once (Arrow compute and NumPy over the
+flattened messages), then fold to rows with ``any_per_row``; Python loops run only over
+the messages a vectorised test cannot settle.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Callable
+from typing import Callable, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -19,8 +26,17 @@ from data_engine.config import CleanConfig
 Reasons = list[str | None]
 
 
+def to_numpy_bool(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """A boolean Arrow array as NumPy, nulls read as False."""
+    return pc.fill_null(values, False).to_numpy(zero_copy_only=False)
+
+
 class MessageView:
-    """The messages of a batch flattened once: per-message Python lists plus row offsets."""
+    """The messages of a batch flattened once: per-message Python lists plus row offsets.
+
+    The Python lists (``roles``, ``contents``, ...) are built on first use; vectorised
+    filters read the Arrow columns (``column``) and the NumPy masks instead.
+    """
 
     def __init__(self, messages: pa.ListArray | pa.ChunkedArray):
         if isinstance(messages, pa.ChunkedArray):
@@ -33,6 +49,10 @@ class MessageView:
 
     def _field(self, name: str) -> list:
         return self._values.field(name).to_pylist()
+
+    def column(self, name: str) -> pa.Array:
+        """One message field as an Arrow array, one entry per message."""
+        return self._values.field(name)
 
     @cached_property
     def roles(self) -> list[str]:
@@ -50,6 +70,37 @@ class MessageView:
     def tool_calls(self) -> list[str | None]:
         return self._field("tool_calls")
 
+    @cached_property
+    def content_array(self) -> pa.Array:
+        """``contents`` as Arrow: null content reads as ""."""
+        return pc.fill_null(self.column("content"), "")
+
+    @cached_property
+    def is_assistant(self) -> np.ndarray:
+        return to_numpy_bool(pc.equal(self.column("role"), "assistant"))
+
+    @cached_property
+    def has_calls(self) -> np.ndarray:
+        """Per message: tool_calls is truthy (not null, not "")."""
+        return to_numpy_bool(pc.not_equal(self.column("tool_calls"), ""))
+
+    @cached_property
+    def reply_mask(self) -> np.ndarray:
+        """Per message: the turns ``replies`` returns."""
+        has_text = to_numpy_bool(pc.not_equal(self.content_array, ""))
+        return self.is_assistant & (has_text | ~self.has_calls)
+
+    def message_mask(self, alive: np.ndarray | None) -> np.ndarray:
+        """Per message: its row is in ``alive`` (every message when ``alive`` is None)."""
+        if alive is None:
+            return np.ones(int(self.offsets[-1]), dtype=bool)
+        return np.repeat(np.asarray(alive, dtype=bool), np.diff(self.offsets))
+
+    def any_per_row(self, flags: np.ndarray) -> np.ndarray:
+        """Per row: any of its messages' ``flags`` is set."""
+        sums = np.concatenate([[0], np.cumsum(flags, dtype=np.int64)])
+        return sums[self.offsets[1:]] > sums[self.offsets[:-1]]
+
     def span(self, row: int) -> range:
         """Indices into the per-message lists for ``row``."""
         return range(self.offsets[row], self.offsets[row + 1])
@@ -60,16 +111,41 @@ class MessageView:
                 if self.roles[i] == "assistant" and (self.contents[i] or not self.tool_calls[i])]
 
 
+class Check(Protocol):
+    """A filter's signature (see the module docstring)."""
+
+    def __call__(self, view: MessageView, config: CleanConfig,
+                 alive: np.ndarray | None = None) -> Reasons: ...
+
+
 @dataclass(frozen=True)
 class Filter:
     """A named check; ``reasons`` lists every code ``check`` can return."""
 
     name: str
     reasons: tuple[str, ...]
-    check: Callable[[MessageView, CleanConfig], Reasons]
+    check: Check
 
 
-def per_reply(view: MessageView, reason: str, bad: Callable[[str], bool]) -> Reasons:
-    """Drops a row with ``reason`` when any of its assistant replies is ``bad``."""
-    return [reason if any(bad(text) for text in view.replies(row)) else None
-            for row in range(view.num_rows)]
+def reasons_of(hit: np.ndarray, reason: str) -> Reasons:
+    """``reason`` where ``hit`` (one bool per row) is set, else None."""
+    return np.where(hit, reason, None).tolist()
+
+
+def per_reply(view: MessageView, reason: str, bad: Callable[[str], bool],
+              prefilter: Callable[[pa.Array], np.ndarray] | None = None,
+              alive: np.ndarray | None = None) -> Reasons:
+    """Drops a row with ``reason`` when any of its assistant replies is ``bad``.
+
+    ``prefilter`` maps the replies (Arrow strings) to a mask of those ``bad`` may call bad;
+    it must hold for every bad reply (a necessary condition). Rows outside ``alive`` are not
+    checked.
+    """
+    checked = np.flatnonzero(view.reply_mask & view.message_mask(alive))
+    if prefilter is not None and len(checked):
+        checked = checked[prefilter(view.content_array.take(checked))]
+    flags = np.zeros(len(view.reply_mask), dtype=bool)
+    contents = view.contents
+    for i in checked.tolist():
+        flags[i] = bad(contents[i])
+    return reasons_of(view.any_per_row(flags), reason)

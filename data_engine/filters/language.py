@@ -12,6 +12,8 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 
+import numpy as np
+
 from data_engine.config import CleanConfig
 from data_engine.filters.base import MessageView, Reasons
 
@@ -56,9 +58,11 @@ def language_ok(text: str, expected: set[str]) -> bool:
     return lang in ("zh", "ja") and bool(expected & {"zh", "ja"}) and _is_short_han(text)
 
 
-def wrong_language(view: MessageView, config: CleanConfig) -> Reasons:
+def wrong_language(view: MessageView, config: CleanConfig, alive: np.ndarray | None = None
+                   ) -> Reasons:
     expected = set(config.languages)
     if not expected:
         return [None] * view.num_rows
-    return ["wrong_language" if not language_ok("\n".join(view.replies(row)), expected)
+    return ["wrong_language" if (alive is None or alive[row])
+            and not language_ok("\n".join(view.replies(row)), expected)
             else None for row in range(view.num_rows)]

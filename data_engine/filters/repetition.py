@@ -11,6 +11,11 @@ A reply is degenerate when
   back to back (`the the the`, `ですですです`), or
 - a reply of 200+ bytes compresses (zlib) more than `max_compression_ratio` times: long
   loops of any period. Natural text compresses 1.5-3x, code up to ~4x, loops 10x and more.
+
+``is_degenerate`` is the definition, one text at a time. ``degenerate_flags`` gives the same
+answers for a batch of texts: the character-run rule exactly in NumPy, the phrase rule in
+NumPy over hashed tokens as a prefilter (a necessary condition) with ``repeated_phrase``
+deciding the few candidates, and zlib only for texts no other rule caught.
 """
 
 from __future__ import annotations
@@ -20,13 +25,19 @@ import re
 import zlib
 from functools import lru_cache
 
+import numpy as np
+
 from data_engine.config import CleanConfig, RepetitionConfig
-from data_engine.filters.base import MessageView, Reasons, per_reply
+from data_engine.filters.base import MessageView, Reasons, reasons_of
+from data_engine.normalizers.text import python_whitespace_table
 
 TOKEN = re.compile(r"[A-Za-z0-9]+|[^\sA-Za-z0-9]")
 # Digits, whitespace and the characters that tables, rules and code repeat legitimately.
 _EXEMPT_RUN = set("0123456789-=_*~#.…・─━|:+)]}> \t\n\u3000")
 _MIN_BYTES_FOR_RATIO = 200
+_HASH_BASE = np.uint64(0x9E3779B97F4A7C15)  # odd: powers never collapse to 0 mod 2**64
+_ALNUM_TAG = np.uint64(1 << 63)  # keeps word hashes apart from single-character tokens
+_SEPARATOR_TAG = np.uint64(1 << 62)  # and both apart from the ids between texts
 
 
 @lru_cache(maxsize=8)
@@ -80,6 +91,134 @@ def is_degenerate(text: str, config: RepetitionConfig) -> bool:
             and len(data) / len(zlib.compress(data)) > config.max_compression_ratio)
 
 
-def degenerate_repetition(view: MessageView, config: CleanConfig) -> Reasons:
-    return per_reply(view, "degenerate_repetition",
-                     lambda text: is_degenerate(text, config.repetition))
+def degenerate_flags(texts: list[str], config: RepetitionConfig) -> np.ndarray:
+    """``is_degenerate`` of each text, computed for the batch at once (same answers)."""
+    flags = _char_run_flags(texts, config.max_char_run)
+    candidates = _phrase_candidates([t.lower() for t in texts], config.max_phrase_tokens,
+                                    config.max_word_repeats) & ~flags
+    for i in np.flatnonzero(candidates):
+        flags[i] = repeated_phrase(TOKEN.findall(texts[i].lower()), config.max_phrase_tokens,
+                                   config.max_word_repeats)
+    for i in np.flatnonzero(~flags).tolist():
+        if len(texts[i]) * 4 < _MIN_BYTES_FOR_RATIO:  # too short in any encoding
+            continue
+        data = texts[i].encode("utf-8")
+        flags[i] = (len(data) >= _MIN_BYTES_FOR_RATIO
+                    and len(data) / len(zlib.compress(data)) > config.max_compression_ratio)
+    return flags
+
+
+def _codes(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The texts joined by "\\n" as code points, and where each text starts."""
+    codes = np.frombuffer("\n".join(texts).encode("utf-32-le"), dtype=np.uint32)
+    lengths = np.fromiter(map(len, texts), dtype=np.int64, count=len(texts))
+    starts = np.concatenate([[0], np.cumsum(lengths + 1)[:-1]]).astype(np.int64)
+    return codes, starts
+
+
+def _char_run_flags(texts: list[str], limit: int) -> np.ndarray:
+    """``has_char_run(text, limit)`` of each text, exactly: the pattern matches where a
+    non-exempt character starts a run of more than ``limit`` equal characters. No run
+    crosses from one text into the next: the "\\n" between them is exempt."""
+    if limit < 1:
+        return np.array([has_char_run(t, limit) for t in texts], dtype=bool)
+    flags = np.zeros(len(texts), dtype=bool)
+    codes, starts = _codes(texts)
+    same = (codes[1:] == codes[:-1]).tobytes()  # same[i]: codes[i + 1] == codes[i]
+    run = b"\x01" * limit
+    exempt = set(map(ord, _EXEMPT_RUN))
+    pos = same.find(run)  # codes[pos:pos + limit + 1] are one character
+    while pos >= 0:
+        if int(codes[pos]) in exempt:
+            end = same.find(b"\x00", pos)  # this run's last character
+            pos = same.find(run, end) if end >= 0 else -1
+            continue
+        text = int(np.searchsorted(starts, pos, side="right")) - 1
+        flags[text] = True
+        pos = same.find(run, int(starts[text + 1])) if text + 1 < len(texts) else -1
+    return flags
+
+
+@lru_cache(maxsize=1)
+def _char_classes() -> np.ndarray:
+    """Class of each code point for TOKEN: 1 `[A-Za-z0-9]`, 2 `\\s`, 0 any other; code
+    points past the table's end (beyond all whitespace) read its last entry, 0."""
+    table = np.zeros(len(python_whitespace_table()) + 1, dtype=np.uint8)
+    table[:-1][python_whitespace_table()] = 2
+    for first, last in ("09", "AZ", "az"):
+        table[ord(first):ord(last) + 1] = 1
+    return table
+
+
+@lru_cache(maxsize=4)
+def _hash_powers(size: int) -> np.ndarray:
+    """_HASH_BASE ** i (mod 2**64) for i < size; ``size`` a power of two."""
+    powers = np.full(size, _HASH_BASE, dtype=np.uint64)
+    powers[0] = 1
+    return np.cumprod(powers, dtype=np.uint64)
+
+
+def _token_ids(codes: np.ndarray, separators: np.ndarray) -> np.ndarray:
+    """An id for each of TOKEN's tokens of lower-cased ``codes``, in order, plus one token
+    per position in ``separators`` (where one text ends and the next begins).
+
+    Equal tokens get equal ids: a single-character token its code point, a word
+    (`[A-Za-z0-9]+`) a polynomial hash with the top bit set. Different tokens may share an
+    id (a hash collision). Each separator's id is unique.
+    """
+    table = _char_classes()
+    classes = table[np.minimum(codes, len(table) - 1)]
+    starts = classes == 0  # `[^\\sA-Za-z0-9]`: one token per character
+    ids = codes.astype(np.uint64)
+    letters = np.flatnonzero(classes == 1)  # `[A-Za-z0-9]+`: maximal runs
+    if len(letters):
+        new_run = np.diff(letters, prepend=-2) != 1
+        first = np.flatnonzero(new_run)  # where each run starts, as indices into letters
+        offset = np.arange(len(letters)) - first[np.cumsum(new_run) - 1]
+        powers = _hash_powers(1 << int(offset.max()).bit_length())
+        words = np.add.reduceat(codes[letters].astype(np.uint64) * powers[offset], first)
+        ids[letters[first]] = words | _ALNUM_TAG
+        starts[letters[first]] = True
+    ids[separators] = _SEPARATOR_TAG + np.arange(len(separators), dtype=np.uint64)
+    starts[separators] = True
+    return ids[starts]
+
+
+def _phrase_candidates(lowered: list[str], max_len: int, max_repeats: int) -> np.ndarray:
+    """A superset of the texts ``repeated_phrase`` flags (``lowered`` already lower-cased).
+
+    Necessary condition: for a phrase of ``size`` tokens the rule needs
+    ``tokens[i + size] == tokens[i]`` for ``size * max_repeats`` consecutive i (the run
+    ``repeated_phrase`` finds). Equal tokens have equal ids, and the texts' tokens are
+    consecutive in the joined id sequence, so that run is there too. A run found there lies
+    within one text: a unique separator id inside tokens i .. i + size * (max_repeats + 1)
+    would break it at i or i + size (max_repeats >= 1). ``_counts_as_phrase`` and any hash
+    collision are left to the exact check.
+    """
+    if max_repeats < 1:
+        return np.ones(len(lowered), dtype=bool)
+    candidates = np.zeros(len(lowered), dtype=bool)
+    codes, starts = _codes(lowered)
+    ids = _token_ids(codes, starts[1:] - 1)
+    boundaries = np.flatnonzero((ids >= _SEPARATOR_TAG) & (ids < _ALNUM_TAG))
+    for size in range(1, max_len + 1):
+        need = size * max_repeats
+        if len(ids) - size < need:
+            break
+        same = (ids[size:] == ids[:-size]).tobytes()
+        run = b"\x01" * need
+        pos = same.find(run)
+        while pos >= 0:
+            text = int(np.searchsorted(boundaries, pos))
+            candidates[text] = True
+            pos = same.find(run, int(boundaries[text]) + 1) if text < len(boundaries) else -1
+    return candidates
+
+
+def degenerate_repetition(view: MessageView, config: CleanConfig,
+                          alive: np.ndarray | None = None) -> Reasons:
+    checked = np.flatnonzero(view.reply_mask & view.message_mask(alive))
+    contents = view.contents
+    flags = np.zeros(len(view.reply_mask), dtype=bool)
+    flags[checked] = degenerate_flags([contents[i] for i in checked], config.repetition)
+    return reasons_of(view.any_per_row(flags), "degenerate_repetition")

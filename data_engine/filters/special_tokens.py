@@ -3,6 +3,10 @@
 The tokenizer adds `<|im_start|>`, `<|im_end|>`, `</s>` and friends around turns. Text that
 already contains them trains the model to emit them mid-reply, or breaks the template's
 parsing of turns.
+
+``special_token_literal`` matches the same strings as ``_pattern`` with Arrow over the
+whole batch: the same alternatives in RE2 syntax, with ``\\s`` spelled as Python's
+whitespace set (RE2's ``\\s`` is ASCII only) and every literal character escaped.
 """
 
 from __future__ import annotations
@@ -10,8 +14,13 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from data_engine.config import CleanConfig
-from data_engine.filters.base import MessageView, Reasons
+from data_engine.filters.base import MessageView, Reasons, reasons_of, to_numpy_bool
+from data_engine.normalizers.text import python_whitespace, re2_literal
 
 _PIPE_TOKEN = r"<\|[^|<>\s]{1,40}\|>"
 
@@ -22,12 +31,21 @@ def _pattern(literals: tuple[str, ...]) -> re.Pattern[str]:
     return re.compile("|".join(alternatives))
 
 
-def special_token_literal(view: MessageView, config: CleanConfig) -> Reasons:
-    pattern = _pattern(tuple(config.special_tokens))
-    out: Reasons = []
-    for row in range(view.num_rows):
-        hit = any(pattern.search(view.contents[i]) or
-                  (view.reasoning[i] and pattern.search(view.reasoning[i]))
-                  for i in view.span(row))
-        out.append("special_token_literal" if hit else None)
-    return out
+@lru_cache(maxsize=8)
+def _re2_pattern(literals: tuple[str, ...]) -> str:
+    """``_pattern(literals)`` in RE2 syntax."""
+    pipe = "<\\|[^" + re2_literal("|<>" + python_whitespace()) + "]{1,40}\\|>"
+    return "|".join([pipe] + [re2_literal(t) for t in literals if t])
+
+
+def _contains(texts: pa.Array, literals: tuple[str, ...]) -> np.ndarray:
+    """Per string: ``_pattern(literals).search`` finds something (nulls: False)."""
+    return to_numpy_bool(pc.match_substring_regex(texts, _re2_pattern(literals)))
+
+
+def special_token_literal(view: MessageView, config: CleanConfig,
+                          alive: np.ndarray | None = None) -> Reasons:
+    literals = tuple(config.special_tokens)
+    hit = _contains(view.column("content"), literals)
+    hit |= _contains(view.column("reasoning_content"), literals)
+    return reasons_of(view.any_per_row(hit), "special_token_literal")

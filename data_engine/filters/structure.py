@@ -1,24 +1,35 @@
-"""Conversation-shape filters: empty turns, role order, and a final assistant reply."""
+"""Conversation-shape filters: empty turns, role order, and a final assistant reply.
+
+Each is vectorised over the batch; ``role_order_ok`` is the one-row definition that the
+role-order pattern below encodes.
+"""
 
 from __future__ import annotations
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from data_engine.config import CleanConfig
-from data_engine.filters.base import MessageView, Reasons
+from data_engine.filters.base import MessageView, Reasons, reasons_of, to_numpy_bool
+from data_engine.normalizers.text import python_whitespace
 
 ROLES = frozenset({"system", "user", "assistant", "tool"})
+# One letter per turn: system, user, assistant, assistant with tool calls, tool, other.
+_ROLE_LETTERS = {"system": "s", "user": "u", "assistant": "a", "tool": "t"}
+# role_order_ok as a pattern over those letters: its states are "user" (U), "assistant" (A),
+# "tool" (T) and "tool_or_assistant" (TA); a leading system turn is skipped; from A, `c`
+# (a call) then tools and any more call+tools lead to TA, and `a` returns to U; any state may
+# end the row. So: s? (u (c t+)* a)* then optionally a last unfinished exchange.
+_ROLE_ORDER = "^s?(?:u(?:ct+)*a)*(?:u(?:ct+)*c?)?$"
 
 
-def empty_turn(view: MessageView, config: CleanConfig) -> Reasons:
+def empty_turn(view: MessageView, config: CleanConfig, alive: np.ndarray | None = None
+               ) -> Reasons:
     """`empty_turn`: a turn with no text, except an assistant turn that only calls tools."""
-    out: Reasons = []
-    for row in range(view.num_rows):
-        span = view.span(row)
-        bad = not span or any(
-            not view.contents[i].strip()
-            and not (view.roles[i] == "assistant" and view.tool_calls[i])
-            for i in span)
-        out.append("empty_turn" if bad else None)
-    return out
+    blank = pc.equal(pc.utf8_length(pc.utf8_trim(view.content_array, python_whitespace())), 0)
+    bad = to_numpy_bool(blank) & ~(view.is_assistant & view.has_calls)
+    return reasons_of(view.any_per_row(bad) | (np.diff(view.offsets) == 0), "empty_turn")
 
 
 def role_order_ok(roles: list[str], calls: list[bool]) -> bool:
@@ -54,23 +65,30 @@ def role_order_ok(roles: list[str], calls: list[bool]) -> bool:
     return True
 
 
-def bad_role_order(view: MessageView, config: CleanConfig) -> Reasons:
+def _role_letters(view: MessageView) -> pa.StringArray:
+    """Per row, one letter per turn (see ``_ROLE_LETTERS``; `c` for an assistant turn with
+    tool calls, `x` for an unknown or missing role)."""
+    names = list(_ROLE_LETTERS)
+    index = pc.fill_null(pc.index_in(view.column("role"), pa.array(names)), len(names))
+    letters = np.frombuffer(("".join(_ROLE_LETTERS.values()) + "x").encode(), np.uint8)
+    codes = letters[index.to_numpy(zero_copy_only=False)]
+    codes[view.is_assistant & view.has_calls] = ord("c")
+    offsets = pa.py_buffer(view.offsets.astype(np.int32))
+    return pa.StringArray.from_buffers(view.num_rows, offsets, pa.py_buffer(codes.tobytes()))
+
+
+def bad_role_order(view: MessageView, config: CleanConfig, alive: np.ndarray | None = None
+                   ) -> Reasons:
     """`bad_role_order`: see ``role_order_ok``."""
-    out: Reasons = []
-    for row in range(view.num_rows):
-        span = view.span(row)
-        roles = [view.roles[i] for i in span]
-        calls = [bool(view.tool_calls[i]) and view.roles[i] == "assistant" for i in span]
-        out.append(None if role_order_ok(roles, calls) else "bad_role_order")
-    return out
+    ok = to_numpy_bool(pc.match_substring_regex(_role_letters(view), _ROLE_ORDER))
+    return reasons_of(~ok, "bad_role_order")
 
 
-def no_assistant_reply(view: MessageView, config: CleanConfig) -> Reasons:
+def no_assistant_reply(view: MessageView, config: CleanConfig, alive: np.ndarray | None = None
+                       ) -> Reasons:
     """`no_assistant_reply`: the last turn is not an assistant reply (a tool call is not one)."""
-    out: Reasons = []
-    for row in range(view.num_rows):
-        span = view.span(row)
-        last = span[-1] if span else None
-        ok = last is not None and view.roles[last] == "assistant" and not view.tool_calls[last]
-        out.append(None if ok else "no_assistant_reply")
-    return out
+    reply = view.is_assistant & ~view.has_calls
+    has_turns = np.diff(view.offsets) > 0
+    last = np.maximum(view.offsets[1:] - 1, 0)
+    ok = has_turns & (reply[last] if len(reply) else False)
+    return reasons_of(~ok, "no_assistant_reply")

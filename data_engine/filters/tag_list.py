@@ -8,19 +8,29 @@ one short line and either
 - weak separators (`、 ・ / , ，`) cut it into `min_weak_segments`+ short segments,
 where every segment is a keyword: at most `max_segment_chars` long and without sentence
 punctuation. `京都・大阪・神戸を巡る旅` has three segments and stays a title.
+
+``is_tag_list`` runs only on replies that pass its cheap necessary conditions, tested over
+the batch with Arrow (see ``_may_be_tag_list``).
 """
 
 from __future__ import annotations
 
 import re
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from data_engine.config import CleanConfig, TagListConfig
-from data_engine.filters.base import MessageView, Reasons, per_reply
+from data_engine.filters.base import MessageView, Reasons, per_reply, to_numpy_bool
+from data_engine.normalizers.text import python_whitespace, re2_literal
 
 _HASHTAG = re.compile(r"[#＃][^\s#＃]+")
 _STRONG = re.compile(r"\s*[｜|]\s*")
 _WEAK = re.compile(r"\s*[、・/／,，]\s*")
 _SENTENCE = re.compile(r"[。．！？!?]|[.:;]\s|[.]$")
+# Every character a hashtag or a separator of _STRONG/_WEAK starts with.
+_MARKS = "#＃｜|、・/／,，"
 
 
 def is_tag_list(text: str, config: TagListConfig) -> bool:
@@ -43,5 +53,21 @@ def _is_keyword(segment: str, config: TagListConfig) -> bool:
     return len(segment) <= config.max_segment_chars and not _SENTENCE.search(segment)
 
 
-def tag_list(view: MessageView, config: CleanConfig) -> Reasons:
-    return per_reply(view, "tag_list", lambda text: is_tag_list(text, config.tag_list))
+def _may_be_tag_list(texts: pa.Array, config: TagListConfig) -> np.ndarray:
+    """Per text: ``is_tag_list`` may be true. Necessary conditions: the stripped text is
+    non-empty, one line and at most `max_chars` long; and, unless a single segment can be
+    enough, it holds a hashtag mark or a separator (without one, ``pattern.split`` leaves one
+    segment and ``_HASHTAG`` finds nothing)."""
+    text = pc.utf8_trim(texts, python_whitespace())  # str.strip()
+    length = pc.utf8_length(text)
+    ok = to_numpy_bool(pc.and_(pc.greater(length, 0), pc.less_equal(length, config.max_chars)))
+    ok &= ~to_numpy_bool(pc.match_substring_regex(text, "\\n"))
+    if min(config.min_strong_segments, config.min_weak_segments) >= 2:
+        ok &= to_numpy_bool(pc.match_substring_regex(text, f"[{re2_literal(_MARKS)}]"))
+    return ok
+
+
+def tag_list(view: MessageView, config: CleanConfig, alive: np.ndarray | None = None) -> Reasons:
+    return per_reply(view, "tag_list", lambda text: is_tag_list(text, config.tag_list),
+                     prefilter=lambda texts: _may_be_tag_list(texts, config.tag_list),
+                     alive=alive)

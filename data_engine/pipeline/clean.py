@@ -9,7 +9,7 @@ import pyarrow.compute as pc
 from data_engine.config import CleanConfig
 from data_engine.filters import FILTERS, MessageView
 from data_engine.filters.length import row_tokens
-from data_engine.normalizers.text import normalize_text
+from data_engine.normalizers.text import normalize_texts
 from data_engine.schema import MESSAGE_TYPE, NUM_TOKENS
 
 STAGE = "clean"
@@ -24,10 +24,7 @@ def normalize_messages(messages: pa.Array | pa.ChunkedArray, config: CleanConfig
     offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]), pa.int32())
 
     def norm(column: str) -> pa.Array:
-        texts = values.field(column).to_pylist()
-        return pa.array([t if t is None else normalize_text(t, config.fix_mojibake,
-                                                            config.normalize_width)
-                         for t in texts], pa.string())
+        return normalize_texts(values.field(column), config.fix_mojibake, config.normalize_width)
 
     struct = pa.StructArray.from_arrays(
         [norm(f.name) if f.name in ("content", "reasoning_content") else values.field(f.name)
@@ -38,26 +35,26 @@ def normalize_messages(messages: pa.Array | pa.ChunkedArray, config: CleanConfig
 def clean_batch(batch: pa.Table, config: CleanConfig) -> pa.Table:
     """Ray Data batch UDF: normalises rows still kept and records the first filter reason.
 
-    Rows rejected at ingest pass through untouched; kept rows get `num_tokens`.
+    Rows rejected at ingest pass through untouched; kept rows get `num_tokens`. Each filter
+    checks only the rows no earlier one dropped (``alive``).
     """
     messages = normalize_messages(batch.column("messages"), config)
     view = MessageView(messages)
-    reasons = batch.column("_reason").to_pylist()
-    stages = batch.column("_stage").to_pylist()
+    reasons = batch.column("_reason").combine_chunks().cast(pa.string())
+    stages = batch.column("_stage").combine_chunks().cast(pa.string())
     for flt in FILTERS:
         if flt.name in config.disable:
             continue
-        alive = [i for i, r in enumerate(reasons) if r is None]
-        if not alive:
+        alive = pc.is_null(reasons)
+        alive_np = alive.to_numpy(zero_copy_only=False)
+        if not alive_np.any():
             break
-        found = flt.check(view, config)
-        for i in alive:
-            if found[i] is not None:
-                reasons[i], stages[i] = found[i], STAGE
+        found = pa.array(flt.check(view, config, alive_np), pa.string())
+        hit = pc.and_(alive, pc.is_valid(found))
+        reasons = pc.if_else(hit, found, reasons)
+        stages = pc.if_else(hit, pa.scalar(STAGE, pa.string()), stages)
     tokens = row_tokens(view, config.length)
     out = batch.set_column(batch.schema.get_field_index("messages"), "messages", messages)
-    out = out.set_column(out.schema.get_field_index("_reason"), "_reason",
-                         pa.array(reasons, pa.string()))
-    out = out.set_column(out.schema.get_field_index("_stage"), "_stage",
-                         pa.array(stages, pa.string()))
+    out = out.set_column(out.schema.get_field_index("_reason"), "_reason", reasons)
+    out = out.set_column(out.schema.get_field_index("_stage"), "_stage", stages)
     return out.append_column(NUM_TOKENS, pa.array(tokens, pa.int64()))
