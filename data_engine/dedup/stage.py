@@ -357,9 +357,9 @@ def run_dedup(inputs: DedupInputs, config: DedupConfig, clean: CleanConfig, fold
     log(f"dedup: {len(candidates):,} candidate pairs, {len(exact_pairs):,} exact pairs")
 
     start = time.perf_counter()
-    sim = _confirm_all(confirm, candidates, sig_files, ("text", "sig"), config.ngram,
-                       config.threshold)
-    ref_sim = _confirm_all(confirm, ref_candidates, sig_files,
+    sim = _confirm_all(confirm, candidates, num_tasks, sig_files, ("text", "sig"),
+                       config.ngram, config.threshold)
+    ref_sim = _confirm_all(confirm, ref_candidates, num_tasks, sig_files,
                            ("ptext", "psig") if with_prompt else ("text", "sig"), config.ngram,
                            config.reference.threshold, ref_files)
     near = sim >= config.threshold
@@ -389,13 +389,18 @@ def run_dedup(inputs: DedupInputs, config: DedupConfig, clean: CleanConfig, fold
                   len(ref_candidates), timings)
 
 
-def _confirm_all(confirm: Any, pairs: np.ndarray, files: list[str], columns: tuple[str, str],
-                 ngram: int, threshold: float, ref_files: list[str] | None = None) -> np.ndarray:
+def _confirm_all(confirm: Any, pairs: np.ndarray, num_tasks: int, files: list[str],
+                 columns: tuple[str, str], ngram: int, threshold: float,
+                 ref_files: list[str] | None = None) -> np.ndarray:
+    """Every pair's Jaccard, from tasks of at most CONFIRM_CHUNK pairs and at least one task
+    per CPU (each task reads the columns it needs from every part, so more tasks read more;
+    fewer than CPUs would leave CPUs idle)."""
     import ray
 
     if not len(pairs):
         return np.zeros(0, dtype=np.float64)
-    chunks = [pairs[i:i + CONFIRM_CHUNK] for i in range(0, len(pairs), CONFIRM_CHUNK)]
+    count = max(min(num_tasks, len(pairs)), -(-len(pairs) // CONFIRM_CHUNK))
+    chunks = np.array_split(pairs, count)
     return np.concatenate(ray.get([confirm.remote(c, files, *columns, ngram, threshold,
                                                   ref_files) for c in chunks]))
 

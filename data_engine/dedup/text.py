@@ -25,6 +25,9 @@ from data_engine.schema import MESSAGE_TYPE
 
 # ASCII whitespace and every Unicode separator (NFKC already maps most odd spaces to U+0020).
 _SPACES = r"[\s\p{Z}]+"
+# Where replacing _SPACES with one space changes a string: two of them in a row, or one that
+# is not U+0020 (RE2's \s is [\t\n\f\r ]; [^ \P{Z}] is a separator other than the space).
+_ODD_SPACES = r"[\s\p{Z}]{2}|[\t\n\f\r]|[^ \P{Z}]"
 
 
 @dataclass
@@ -45,9 +48,24 @@ def _key(text: str) -> int:
 
 
 def _canonical(values: pa.Array) -> pa.Array:
-    """NFKC, runs of whitespace to one space, trimmed (nulls stay null)."""
-    text = pc.utf8_normalize(values, "NFKC")
-    return pc.utf8_trim(pc.replace_substring_regex(text, _SPACES, " "), " ")
+    """NFKC, runs of whitespace to one space, trimmed (nulls stay null).
+
+    Each step runs only on the strings it can change: NFKC leaves ASCII as it is, and the
+    whitespace rewrite changes only strings that `_ODD_SPACES` matches.
+    """
+    text = _where(values, pc.invert(pc.string_is_ascii(values)),
+                  lambda some: pc.utf8_normalize(some, "NFKC"))
+    text = _where(text, pc.match_substring_regex(text, _ODD_SPACES),
+                  lambda some: pc.replace_substring_regex(some, _SPACES, " "))
+    return pc.utf8_trim(text, " ")
+
+
+def _where(values: pa.Array, mask: pa.Array, change: Any) -> pa.Array:
+    """``values`` with ``change`` applied to those where ``mask`` is true."""
+    mask = pc.fill_null(mask, False)
+    if not pc.any(mask).as_py():
+        return values
+    return pc.replace_with_mask(values, mask, change(values.filter(mask)))
 
 
 def batch_texts(messages: pa.ListArray | pa.ChunkedArray) -> BatchTexts:

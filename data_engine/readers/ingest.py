@@ -13,7 +13,8 @@ import pyarrow as pa
 
 from data_engine.config import InputConfig
 from data_engine.readers.formats import UnknownFormat, row_id, row_tags, to_messages
-from data_engine.readers.shards import Shard, default_source, iter_shard
+from data_engine.readers.arrow_jsonl import read_shard
+from data_engine.readers.shards import Shard, default_source, iter_shard, read_bytes
 from data_engine.schema import WORK_SCHEMA
 
 STAGE = "ingest"
@@ -23,16 +24,26 @@ def ingest_shards(shards: pa.Table, inputs: list[InputConfig], group_column: str
                   ) -> pa.Table:
     """Ray Data batch UDF: a table of shard descriptors in, the rows they hold out.
 
-    ``group_column`` names the input column whose value becomes the row's `group`.
+    ``group_column`` names the input column whose value becomes the row's `group`. A JSONL
+    shard of plain `messages` rows is read by Arrow (`arrow_jsonl`); any other, and any
+    shard with one odd row, row by row.
     """
-    columns: dict[str, list[Any]] = {f.name: [] for f in WORK_SCHEMA}
+    tables = []
     for desc in shards.to_pylist():
         shard = Shard(**desc)
         item = inputs[shard.input_index]
         source = item.source or default_source(item.path)
+        if shard.kind == "jsonl" and item.format in ("auto", "messages") and not item.columns:
+            table = read_shard(read_bytes(shard), shard.first_line, shard.path, source,
+                               group_column)
+            if table is not None:
+                tables.append(table)
+                continue
+        columns: dict[str, list[Any]] = {f.name: [] for f in WORK_SCHEMA}
         for line, row, raw in iter_shard(shard):
             _append(columns, row, raw, line, shard.path, source, item, group_column)
-    return pa.table(columns, schema=WORK_SCHEMA)
+        tables.append(pa.table(columns, schema=WORK_SCHEMA))
+    return pa.concat_tables(tables) if tables else WORK_SCHEMA.empty_table()
 
 
 def _append(columns: dict[str, list[Any]], row: dict[str, Any] | None, raw: str, line: int,

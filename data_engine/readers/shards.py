@@ -153,12 +153,17 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def read_bytes(shard: Shard) -> bytes:
+    """The bytes of a JSONL shard."""
+    with open(shard.path, "rb") as fh:
+        fh.seek(shard.start)
+        return fh.read(shard.stop - shard.start)
+
+
 def iter_shard(shard: Shard) -> Iterator[tuple[int, dict[str, Any] | None, str]]:
     """Yields (line number, parsed row or None when malformed, raw text) for each row."""
     if shard.kind == "jsonl":
-        with open(shard.path, "rb") as fh:
-            fh.seek(shard.start)
-            data = fh.read(shard.stop - shard.start)
+        data = read_bytes(shard)
         for offset, raw in enumerate(data.split(b"\n")):
             if not raw.strip():
                 continue  # blank lines (and the final newline) are not rows

@@ -149,3 +149,69 @@ def test_bad_inputs_raise_naming_the_path(tmp_path):
     with pytest.raises(InputError, match="unsupported file type"):
         plan_shards([InputConfig(path=str(tmp_path / "data.csv"))], 10)
     assert default_source(str(tmp_path / "titles_ja.jsonl")) == "titles_ja"
+
+
+def _both_paths(path, group_column="group"):
+    """(Arrow path's table or None, per-row path's table) of a one-shard JSONL file."""
+    from data_engine.readers.arrow_jsonl import read_shard
+    from data_engine.readers.ingest import _append
+    from data_engine.readers.shards import iter_shard, read_bytes
+    from data_engine.schema import WORK_SCHEMA
+
+    item = InputConfig(path=str(path))
+    (shard,), _ = plan_shards([item], 1000)
+    fast = read_shard(read_bytes(shard), shard.first_line, shard.path, "src", group_column)
+    columns = {f.name: [] for f in WORK_SCHEMA}
+    for line, row, raw in iter_shard(shard):
+        _append(columns, row, raw, line, shard.path, "src", item, group_column)
+    return fast, pa.table(columns, schema=WORK_SCHEMA)
+
+
+PLAIN = [
+    {"id": "a", "messages": [{"role": "system", "content": "Sé breve.\r\nok"},
+                             {"role": "user", "content": "東京タワーの高さは？ \"quoted\" \\ "},
+                             {"role": "assistant", "content": "333 m です。"}], "tags": ["x", "y"]},
+    {"messages": [{"role": "user", "content": None}, {"role": "assistant"}], "source": "",
+     "tags": []},  # no id: hashed; null and missing content: ""
+    {"id": "", "messages": [{"role": "user", "content": "q"}, {"role": "tool", "content": "t"}],
+     "source": "own", "group": "g1", "extra": {"nested": [1, 2]}},
+    {"id": "d", "messages": [], "tags": None, "group": None},
+]
+
+
+def test_arrow_jsonl_path_equals_the_per_row_path(tmp_path):
+    path = tmp_path / "plain.jsonl"
+    lines = [json.dumps(r, ensure_ascii=False) for r in PLAIN]
+    # blank and whitespace-only lines, CRLF endings and no final newline
+    path.write_bytes(("\n \n".join(lines[:2]) + "\r\n\t\n" + "\r\n".join(lines[2:])).encode())
+    fast, slow = _both_paths(path)
+    assert fast is not None and fast.equals(slow), (fast.to_pylist(), slow.to_pylist())
+    assert fast.column("_line").to_pylist() == [1, 3, 5, 6]
+    # integer ids and group values read as their text; a tag given as one string
+    path.write_text(json.dumps({"id": 7, "group": 3, "tags": "one", "messages": [
+        {"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}) + "\n")
+    fast, slow = _both_paths(path)
+    assert fast is not None and fast.equals(slow)
+    assert fast.column("tags").to_pylist() == [["one"]]
+
+
+@pytest.mark.parametrize("odd", [
+    "{not json",
+    '{"id": "x", "messages": [{"role": "user", "content": "a"}]} {"id": "y"}',
+    '{"id": "x", "conversations": [{"from": "human", "value": "a"}]}',
+    '{"id": "x", "messages": [{"role": "User", "content": "a"}]}',
+    '{"id": "x", "messages": [{"role": "assistant", "content": [{"type": "text", "text": "a"}]}]}',
+    '{"id": "x", "messages": [{"role": "assistant", "content": "a", "reasoning_content": "r"}]}',
+    '{"id": "x", "messages": [{"role": "assistant", "content": "", "tool_calls": []}]}',
+    '{"id": 1.5, "messages": [{"role": "user", "content": "a"}]}',
+    '{"id": "x", "messages": [{"role": "user", "content": "a"}], "tags": ["t", null]}',
+    '{"id": "x", "messages": null}',
+])
+def test_arrow_jsonl_path_leaves_odd_shards_to_the_per_row_path(tmp_path, odd):
+    path = tmp_path / "odd.jsonl"
+    path.write_text(json.dumps(PLAIN[0], ensure_ascii=False) + "\n" + odd + "\n", encoding="utf-8")
+    fast, slow = _both_paths(path)
+    assert fast is None
+    assert slow.num_rows >= 2
+    path.write_bytes(json.dumps(PLAIN[0]).encode() + b"\n" + b'{"id": "\xff"}\n')  # bad UTF-8
+    assert _both_paths(path)[0] is None
