@@ -86,8 +86,9 @@ def run(config: DataConfig, out_dir: Path, console: Console | None = None,
                             expected_rows=sum(s.rows for s in shards), console=console,
                             enabled=progress)
     with ray_session(config.ray, out_dir) as session, tracker:
+        by_prompt = bool(ref_shards) and config.dedup.reference.match == "prompt"
         context = _Context(config, store, keys, tracker, session.read_args, session.cpus,
-                           with_prompt=bool(ref_shards) and config.dedup.reference.match == "prompt")
+                           with_prompt=by_prompt)
         clean = context.stage("clean", lambda folder: _clean(context, shards, folder))
         rows = _Rows([clean])
         if "synth" in keys:
@@ -402,24 +403,31 @@ def _export(ctx: _Context, stored: _Rows, dedup: StageOutput, mixed: StageOutput
     by_idx = np.argsort(emissions.column("_idx").to_numpy(), kind="stable")
     emit_idx = emissions.column("_idx").to_numpy()[by_idx]
     split_code = np.searchsorted(splits.column("_idx").to_numpy(), emit_idx)
-    names = np.array(splits.column("split").to_pylist(), dtype=object)
+    split_of = pc.index_in(splits.column("split"), value_set=pa.array(SPLITS)).to_numpy(
+        zero_copy_only=False).astype(np.int8)
     judged_out = stored.judged_out()
     removed_idx = np.concatenate([decisions.column("_idx").to_numpy(), surplus, judged_out])
-    order = np.argsort(removed_idx, kind="stable")
+    order = pa.array(np.argsort(removed_idx, kind="stable"))
+
+    def text(values: list[str | None], dictionary: bool = True) -> pa.Array:
+        """Arrow, not NumPy object arrays: every export task unpickles the plan."""
+        array = pa.array(values, pa.string()).take(order)
+        return array.dictionary_encode() if dictionary else array
+
     plan = {
-        "removed_idx": removed_idx[order],
-        "removed_reason": np.array(decisions.column("_reason").to_pylist()
-                                   + [MIX_REASON] * len(surplus)
-                                   + ["low_judge_score"] * len(judged_out), dtype=object)[order],
-        "removed_stage": np.array(["dedup"] * decisions.num_rows + ["mix"] * len(surplus)
-                                  + ["judge"] * len(judged_out), dtype=object)[order],
-        "duplicate_of": np.array(decisions.column("duplicate_of").to_pylist()
-                                 + [None] * (len(surplus) + len(judged_out)),
-                                 dtype=object)[order],
+        "removed_idx": removed_idx[order.to_numpy()],
+        "removed_reason": text(decisions.column("_reason").to_pylist() + [MIX_REASON]
+                               * len(surplus) + ["low_judge_score"] * len(judged_out)),
+        "removed_stage": text(["dedup"] * decisions.num_rows + ["mix"] * len(surplus)
+                              + ["judge"] * len(judged_out)),
+        "duplicate_of": text(decisions.column("duplicate_of").to_pylist()
+                             + [None] * (len(surplus) + len(judged_out)), dictionary=False),
         "emit_idx": emit_idx,
         "emit_copy": emissions.column("copy").to_numpy()[by_idx],
         "emit_order": emissions.column("_order").to_numpy()[by_idx],
-        "emit_split": names[split_code] if len(names) else np.array([], dtype=object),
+        "emit_split": pa.DictionaryArray.from_arrays(
+            pa.array(split_of[split_code] if len(split_of) else split_of, pa.int8()),
+            pa.array(SPLITS)),
     }
     if stored.judge is not None:
         scores = stored.judge.read("scores", ["_idx", "judge_score", "judge_mass"])

@@ -91,7 +91,7 @@ def sign_part(rows_path: str, out_path: str, config: DedupConfig, with_prompt: b
 def signature_batch(batch: pa.Table, config: DedupConfig, with_prompt: bool,
                     normalize: CleanConfig | None = None, reference: bool = False,
                     excluded: np.ndarray | None = None) -> pa.Table:
-    """Ray Data batch UDF: kept rows -> `_idx`, `id`, `exact`, `text`, `sig`, band keys `k0..`.
+    """Arrow batch function: kept rows -> `_idx`, `id`, `exact`, `text`, `sig`, band keys `k0..`.
 
     `sig` is the whole MinHash signature (uint32 x permutations, as bytes), used to skip the
     exact Jaccard of candidates that are clearly below the threshold. With ``with_prompt``
@@ -392,15 +392,15 @@ def run_dedup(inputs: DedupInputs, config: DedupConfig, clean: CleanConfig, fold
 def _confirm_all(confirm: Any, pairs: np.ndarray, num_tasks: int, files: list[str],
                  columns: tuple[str, str], ngram: int, threshold: float,
                  ref_files: list[str] | None = None) -> np.ndarray:
-    """Every pair's Jaccard, from tasks of at most CONFIRM_CHUNK pairs and at least one task
-    per CPU (each task reads the columns it needs from every part, so more tasks read more;
-    fewer than CPUs would leave CPUs idle)."""
+    """Every pair's Jaccard, from tasks of at most CONFIRM_CHUNK pairs, as many as a multiple
+    of the CPUs (each task reads the columns it needs from every part, so more tasks read
+    more; a last round with fewer tasks than CPUs would leave CPUs idle)."""
     import ray
 
     if not len(pairs):
         return np.zeros(0, dtype=np.float64)
-    count = max(min(num_tasks, len(pairs)), -(-len(pairs) // CONFIRM_CHUNK))
-    chunks = np.array_split(pairs, count)
+    rounds = -(-len(pairs) // (CONFIRM_CHUNK * num_tasks))  # every CPU busy in every round
+    chunks = np.array_split(pairs, min(len(pairs), rounds * num_tasks))
     return np.concatenate(ray.get([confirm.remote(c, files, *columns, ngram, threshold,
                                                   ref_files) for c in chunks]))
 

@@ -33,7 +33,7 @@ def normalize_messages(messages: pa.Array | pa.ChunkedArray, config: CleanConfig
 
 
 def clean_batch(batch: pa.Table, config: CleanConfig) -> pa.Table:
-    """Ray Data batch UDF: normalises rows still kept and records the first filter reason.
+    """Arrow batch function: normalises rows still kept and records the first filter reason.
 
     Rows rejected at ingest pass through untouched; kept rows get `num_tokens`. Each filter
     checks only the rows no earlier one dropped (``alive``).

@@ -22,7 +22,7 @@ STAGE = "ingest"
 
 def ingest_shards(shards: pa.Table, inputs: list[InputConfig], group_column: str = "group"
                   ) -> pa.Table:
-    """Ray Data batch UDF: a table of shard descriptors in, the rows they hold out.
+    """Arrow batch function: a table of shard descriptors in, the rows they hold out.
 
     ``group_column`` names the input column whose value becomes the row's `group`. A JSONL
     shard of plain `messages` rows is read by Arrow (`arrow_jsonl`); any other, and any

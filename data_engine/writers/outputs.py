@@ -78,7 +78,7 @@ def rejected_row(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def finalize_batch(batch: pa.Table, plan: Any) -> pa.Table:
-    """Ray Data batch UDF: stored rows -> output rows, every later stage's decision applied.
+    """Arrow batch function: stored rows -> output rows, every later stage's decision applied.
 
     ``plan`` (an object ref to a dict of arrays, see `run._export`): rows removed by dedup
     or mix with their reason, and the emissions of the kept rows (split, position in the
@@ -98,8 +98,9 @@ def finalize_batch(batch: pa.Table, plan: Any) -> pa.Table:
     for i in np.flatnonzero(where < len(plan["removed_idx"])).tolist():
         j = where[i]
         if plan["removed_idx"][j] == idx[i] and reasons[i] is None:
-            reasons[i], stages[i] = plan["removed_reason"][j], plan["removed_stage"][j]
-            dup_of[i] = plan["duplicate_of"][j]
+            reasons[i] = plan["removed_reason"][j].as_py()
+            stages[i] = plan["removed_stage"][j].as_py()
+            dup_of[i] = plan["duplicate_of"][j].as_py()
     batch = batch.set_column(batch.schema.get_field_index("_reason"), "_reason",
                              pa.array(reasons, pa.string()))
     batch = batch.set_column(batch.schema.get_field_index("_stage"), "_stage",
@@ -116,7 +117,8 @@ def finalize_batch(batch: pa.Table, plan: Any) -> pa.Table:
     ids = [i if c == 0 else f"{i}#{c + 1}" for i, c in zip(out.column("id").to_pylist(),
                                                           copies.tolist())]
     out = out.set_column(out.schema.get_field_index("id"), "id", pa.array(ids, pa.string()))
-    out = out.append_column("split", pa.array(plan["emit_split"][emits].tolist(), pa.string()))
+    out = out.append_column("split", plan["emit_split"].take(pa.array(emits, pa.int64()))
+                            .dictionary_decode())
     out = out.append_column("_order", pa.array(plan["emit_order"][emits], pa.int64()))
     out = out.append_column("_copy", pa.array(copies, pa.int64()))
     dropped = batch.filter(pa.array(~kept))
@@ -144,7 +146,7 @@ def _with_model_columns(batch: pa.Table, plan: dict[str, Any]) -> pa.Table:
 
 
 def render_batch(batch: pa.Table) -> pa.Table:
-    """Ray Data batch UDF: adds `_json`, each row's output line, so workers do the encoding
+    """Arrow batch function: adds `_json`, each row's output line, so workers do the encoding
     and the driver only appends bytes.
 
     Kept rows of the common shape (text-only turns, no group, judge score or provenance)

@@ -168,9 +168,10 @@ def _both_paths(path, group_column="group"):
 
 
 PLAIN = [
-    {"id": "a", "messages": [{"role": "system", "content": "Sé breve.\r\nok"},
-                             {"role": "user", "content": "東京タワーの高さは？ \"quoted\" \\ "},
-                             {"role": "assistant", "content": "333 m です。"}], "tags": ["x", "y"]},
+    {"id": "a", "messages": [
+        {"role": "system", "content": "Sé breve.\r\nok"},
+        {"role": "user", "content": "東京タワーの高さは？ \"quoted\" \\ "},
+        {"role": "assistant", "content": "333 m です。"}], "tags": ["x", "y"]},
     {"messages": [{"role": "user", "content": None}, {"role": "assistant"}], "source": "",
      "tags": []},  # no id: hashed; null and missing content: ""
     {"id": "", "messages": [{"role": "user", "content": "q"}, {"role": "tool", "content": "t"}],
@@ -209,7 +210,8 @@ def test_arrow_jsonl_path_equals_the_per_row_path(tmp_path):
 ])
 def test_arrow_jsonl_path_leaves_odd_shards_to_the_per_row_path(tmp_path, odd):
     path = tmp_path / "odd.jsonl"
-    path.write_text(json.dumps(PLAIN[0], ensure_ascii=False) + "\n" + odd + "\n", encoding="utf-8")
+    path.write_text(json.dumps(PLAIN[0], ensure_ascii=False) + "\n" + odd + "\n",
+                    encoding="utf-8")
     fast, slow = _both_paths(path)
     assert fast is None
     assert slow.num_rows >= 2
