@@ -157,6 +157,27 @@ def test_changed_mix_reruns_mix_split_and_export_only(first_run):
 
 
 @pytest.mark.slow
+def test_dedup_signs_again_when_its_signature_settings_change(first_run):
+    """The clean stage stores each part's dedup signatures and dedup reuses them; under
+    other n-grams dedup signs the stored rows itself, as a fresh run would."""
+    folder, first = first_run
+    assert list((first / ".stages" / "clean").glob("signatures-*.parquet"))
+    assert not list((first / ".stages" / "dedup").glob("signatures-*.parquet"))
+    config = two_source_config(folder)
+    config.dedup.ngram = 4
+    out = _copy(first, folder / "ngram4")
+    result = run(config, out, progress=False)
+    assert reused(result.manifest) == {"ingest": True, "clean": True, "dedup": False,
+                                       "mix": False, "split": False, "export": False}
+    assert list((out / ".stages" / "dedup").glob("signatures-*.parquet"))
+    fresh = folder / "ngram4-fresh"
+    run(config, fresh, progress=False)
+    assert outputs(out) == outputs(fresh)
+    assert json.loads((out / "manifest.json").read_text())["dedup"]["candidate_pairs"] == \
+        json.loads((fresh / "manifest.json").read_text())["dedup"]["candidate_pairs"]
+
+
+@pytest.mark.slow
 def test_junk_partial_and_stale_marker_are_cleared(first_run):
     folder, first = first_run
     out = _copy(first, folder / "junk")
