@@ -229,15 +229,21 @@ def _clean(ctx: _Context, shards: list[Shard], folder: Path) -> dict[str, Any]:
     """Ingest + clean, a Ray task per shard; every row (kept or not) is stored with its
     `_idx`, and the kept rows' dedup signatures are stored beside them."""
     signing = (ctx.config.dedup, ctx.with_prompt)
+    rows = [str(folder / f"rows-{number:05d}.parquet") for number in range(len(shards))]
     calls = [(shard.to_dict(), ctx.config.inputs, ctx.config.split.group_column,
-              ctx.config.clean, str(folder / f"rows-{number:05d}.parquet"),
-              str(folder / f"signatures-{number:05d}.parquet"), signing)
-             for number, shard in enumerate(shards)]
+              ctx.config.clean, path, _signatures_of(path), signing)
+             for shard, path in zip(shards, rows)]
     for stages in map_tasks(clean_part, calls, ctx.read_args):
         ctx.tracker.update(stages)
     return {"next_idx": shards[-1].base + shards[-1].rows if shards else 0,
             "signatures": signature_key(*signing),
             "progress": ctx.tracker.snapshot(("ingest", "clean"))}
+
+
+def _signatures_of(rows_path: str) -> str:
+    """Where the clean stage stores the signatures of a rows part: beside it."""
+    path = Path(rows_path)
+    return str(path.with_name(path.name.replace("rows-", "signatures-", 1)))
 
 
 def clean_part(shard: dict[str, Any], inputs: list, group_column: str, config: Any,
@@ -291,8 +297,7 @@ def _dedup(ctx: _Context, rows: _Rows, ref_shards: list, folder: Path) -> dict[s
     clean = rows.parts[0]
     signed = {}
     if clean.meta.get("signatures") == signature_key(ctx.config.dedup, ctx.with_prompt):
-        signed = {f: str(Path(f).with_name(Path(f).name.replace("rows-", "signatures-")))
-                  for f in clean.files("rows")}
+        signed = {f: _signatures_of(f) for f in clean.files("rows")}
     facts = run_dedup(DedupInputs(rows.files(), reference, ctx.read_args, excluded, signed),
                       ctx.config.dedup, ctx.config.clean, folder, ctx.cpus, ctx.log)
     removed = sum(facts["removed"].values())

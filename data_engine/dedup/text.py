@@ -21,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from data_engine.columns import list_offsets
 from data_engine.schema import MESSAGE_TYPE
 
 # ASCII whitespace and every Unicode separator (NFKC already maps most odd spaces to U+0020).
@@ -70,13 +71,8 @@ def _where(values: pa.Array, mask: pa.Array, change: Any) -> pa.Array:
 
 def batch_texts(messages: pa.ListArray | pa.ChunkedArray) -> BatchTexts:
     """Exact, near and prompt texts of every conversation in ``messages``."""
-    if isinstance(messages, pa.ChunkedArray):
-        messages = messages.combine_chunks() if messages.num_chunks else pa.array(
-            [], pa.list_(MESSAGE_TYPE))
-    lengths = pc.fill_null(pc.list_value_length(messages), 0).to_numpy(zero_copy_only=False)
-    offsets = np.zeros(len(messages) + 1, dtype=np.int32)
-    np.cumsum(lengths, out=offsets[1:])
-    values = pc.list_flatten(messages)
+    values, offsets = list_offsets(messages)
+    offsets = offsets.astype(np.int32)
     content = _canonical(pc.fill_null(values.field("content"), ""))
     tools = _canonical(values.field("tool_calls"))
     with_tools = pc.binary_join_element_wise(content, pc.fill_null(tools, ""), "\x1f")

@@ -21,14 +21,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from data_engine.columns import any_per_row, list_offsets, to_numpy_bool
 from data_engine.config import CleanConfig
 
 Reasons = list[str | None]
-
-
-def to_numpy_bool(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    """A boolean Arrow array as NumPy, nulls read as False."""
-    return pc.fill_null(values, False).to_numpy(zero_copy_only=False)
 
 
 class MessageView:
@@ -39,12 +35,8 @@ class MessageView:
     """
 
     def __init__(self, messages: pa.ListArray | pa.ChunkedArray):
-        if isinstance(messages, pa.ChunkedArray):
-            messages = messages.combine_chunks()
         self.num_rows = len(messages)
-        lengths = pc.fill_null(pc.list_value_length(messages), 0).to_numpy(zero_copy_only=False)
-        self.offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-        self._values = pc.list_flatten(messages)
+        self._values, self.offsets = list_offsets(messages)
         self.cache: dict = {}  # derived per-message arrays shared by filters (token counts)
 
     def _field(self, name: str) -> list:
@@ -98,8 +90,7 @@ class MessageView:
 
     def any_per_row(self, flags: np.ndarray) -> np.ndarray:
         """Per row: any of its messages' ``flags`` is set."""
-        sums = np.concatenate([[0], np.cumsum(flags, dtype=np.int64)])
-        return sums[self.offsets[1:]] > sums[self.offsets[:-1]]
+        return any_per_row(flags, self.offsets)
 
     def span(self, row: int) -> range:
         """Indices into the per-message lists for ``row``."""

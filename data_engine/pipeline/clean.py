@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from data_engine.columns import list_offsets
 from data_engine.config import CleanConfig
 from data_engine.filters import FILTERS, MessageView
 from data_engine.filters.length import row_tokens
@@ -17,11 +17,7 @@ STAGE = "clean"
 
 def normalize_messages(messages: pa.Array | pa.ChunkedArray, config: CleanConfig) -> pa.ListArray:
     """Returns ``messages`` with content and reasoning normalised (same list shape)."""
-    if isinstance(messages, pa.ChunkedArray):
-        messages = messages.combine_chunks()
-    values = pc.list_flatten(messages)
-    lengths = pc.fill_null(pc.list_value_length(messages), 0).to_numpy(zero_copy_only=False)
-    offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]), pa.int32())
+    values, offsets = list_offsets(messages)
 
     def norm(column: str) -> pa.Array:
         return normalize_texts(values.field(column), config.fix_mojibake, config.normalize_width)
@@ -29,7 +25,8 @@ def normalize_messages(messages: pa.Array | pa.ChunkedArray, config: CleanConfig
     struct = pa.StructArray.from_arrays(
         [norm(f.name) if f.name in ("content", "reasoning_content") else values.field(f.name)
          for f in MESSAGE_TYPE], fields=list(MESSAGE_TYPE))
-    return pa.ListArray.from_arrays(offsets, struct, type=pa.list_(MESSAGE_TYPE))
+    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), struct,
+                                    type=pa.list_(MESSAGE_TYPE))
 
 
 def clean_batch(batch: pa.Table, config: CleanConfig) -> pa.Table:

@@ -137,9 +137,7 @@ def _tags(column: pa.Array | None, rows: int) -> pa.ListArray | None:
         return None
     if pc.list_flatten(column).null_count:
         return None  # null tags inside a list: the per-row path drops them
-    lengths = pc.fill_null(pc.list_value_length(column), 0).to_numpy(zero_copy_only=False)
-    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
-    return pa.ListArray.from_arrays(pa.array(offsets), pc.list_flatten(column))
+    return column.fill_null(pa.scalar([], column.type))
 
 
 def _text_or_int(column: pa.Array | None, rows: int) -> pa.Array | None:

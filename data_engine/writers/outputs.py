@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from data_engine.columns import any_per_row, list_offsets, to_numpy_bool
 from data_engine.dedup.stage import REASONS as DEDUP_REASONS
 from data_engine.filters import REASONS as CLEAN_REASONS
 from data_engine.pipeline.mix import REASON as MIX_REASON
@@ -183,45 +184,27 @@ def _json_lists(items: pa.Array, offsets: np.ndarray) -> pa.Array:
     return pc.binary_join_element_wise("[", pc.binary_join(rows, ", "), "]", "")
 
 
-def _any_per_row(flags: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    """Per row: is any of its items' ``flags`` set."""
-    before = np.zeros(len(flags) + 1, dtype=np.int64)
-    np.cumsum(flags, out=before[1:])
-    return before[offsets[1:]] > before[offsets[:-1]]
-
-
-def _list_offsets(lists: pa.ChunkedArray | pa.Array) -> tuple[pa.Array, np.ndarray]:
-    if isinstance(lists, pa.ChunkedArray):
-        lists = lists.combine_chunks() if lists.num_chunks else pa.array([], lists.type)
-    lengths = pc.fill_null(pc.list_value_length(lists), 0).to_numpy(zero_copy_only=False)
-    offsets = np.zeros(len(lists) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    return pc.list_flatten(lists), offsets
-
-
 def _plain_lines(batch: pa.Table) -> tuple[np.ndarray, pa.Array]:
     """(which rows have the common shape, every row's line as if it had): see render_batch."""
     n = batch.num_rows
-    messages, m_offsets = _list_offsets(batch.column("messages"))
-    tags, t_offsets = _list_offsets(batch.column("tags"))
+    messages, m_offsets = list_offsets(batch.column("messages"))
+    tags, t_offsets = list_offsets(batch.column("tags"))
     role, content = messages.field("role"), messages.field("content")
 
     def control(values: Any) -> np.ndarray:
-        found = pc.match_substring_regex(values, _OTHER_CONTROL)
-        return pc.fill_null(found, False).to_numpy(zero_copy_only=False)
+        return to_numpy_bool(pc.match_substring_regex(values, _OTHER_CONTROL))
 
-    odd_turn = (pc.is_valid(messages.field("reasoning_content")).to_numpy(zero_copy_only=False)
-                | pc.fill_null(pc.not_equal(messages.field("tool_calls"), ""), False)
-                .to_numpy(zero_copy_only=False) | control(role) | control(content))
-    fast = (pc.is_null(batch.column("_reason")).to_numpy(zero_copy_only=False)
-            & ~_any_per_row(odd_turn, m_offsets) & ~_any_per_row(control(tags), t_offsets)
+    odd_turn = (to_numpy_bool(pc.is_valid(messages.field("reasoning_content")))
+                | to_numpy_bool(pc.not_equal(messages.field("tool_calls"), ""))
+                | control(role) | control(content))
+    fast = (to_numpy_bool(pc.is_null(batch.column("_reason")))
+            & ~any_per_row(odd_turn, m_offsets) & ~any_per_row(control(tags), t_offsets)
             & ~control(batch.column("id")) & ~control(batch.column("source")))
     for name in ("group", "judge_score", "judge_mass"):
         if name in batch.column_names:
-            fast &= pc.is_null(batch.column(name)).to_numpy(zero_copy_only=False)
+            fast &= to_numpy_bool(pc.is_null(batch.column(name)))
     if "origin" in batch.column_names:
-        fast &= pc.fill_null(pc.equal(batch.column("origin"), "seed"), True).to_numpy(
-            zero_copy_only=False)
+        fast &= ~to_numpy_bool(pc.not_equal(batch.column("origin"), "seed"))  # null: seed
     turns = pc.binary_join_element_wise('{"role": ', _json_string(role), ', "content": ',
                                         _json_string(content), "}", "")
     tokens = pc.fill_null(pc.cast(batch.column(NUM_TOKENS.name), pa.string()), "null")
