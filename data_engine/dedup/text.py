@@ -14,7 +14,9 @@ and tools, not for loops over rows).
 from __future__ import annotations
 
 import hashlib
+import unicodedata
 from dataclasses import dataclass
+from functools import cache, cached_property
 from typing import Any, Iterable
 
 import numpy as np
@@ -29,18 +31,56 @@ _SPACES = r"[\s\p{Z}]+"
 # Where replacing _SPACES with one space changes a string: two of them in a row, or one that
 # is not U+0020 (RE2's \s is [\t\n\f\r ]; [^ \P{Z}] is a separator other than the space).
 _ODD_SPACES = r"[\s\p{Z}]{2}|[\t\n\f\r]|[^ \P{Z}]"
+# `_nfkc_may_change` checks code points below this one by one and takes all from it on.
+_PLANE_2 = 0x20000
 
 
 @dataclass
 class BatchTexts:
-    exact: list[str]
-    near: list[str]
-    prompt: list[str]
+    """Exact, near and prompt texts of a batch, one Arrow string per row.
+
+    Signing reads the Arrow arrays as they are (hashes their buffers, stores them as
+    columns); the Python lists, and the prompt texts, which signing mostly does not need,
+    are made on first use.
+    """
+
+    exact_array: pa.StringArray
+    near_array: pa.StringArray
+    near_turns: pa.StringArray  # every turn's near text, flat
+    is_user: pa.BooleanArray  # per turn
+    offsets: np.ndarray  # row i's turns are near_turns[offsets[i]:offsets[i + 1]]
+
+    @cached_property
+    def prompt_array(self) -> pa.StringArray:
+        users_before = np.zeros(len(self.is_user) + 1, dtype=np.int32)
+        np.cumsum(self.is_user.to_numpy(zero_copy_only=False), out=users_before[1:])
+        user_offsets = users_before[self.offsets]  # user turns before each row's first turn
+        return _join(self.near_turns.filter(self.is_user), user_offsets, "\n")
+
+    @cached_property
+    def exact(self) -> list[str]:
+        return self.exact_array.to_pylist()
+
+    @cached_property
+    def near(self) -> list[str]:
+        return self.near_array.to_pylist()
+
+    @cached_property
+    def prompt(self) -> list[str]:
+        return self.prompt_array.to_pylist()
 
     @property
     def exact_keys(self) -> np.ndarray:
-        """A 63-bit hash of each exact text (fits an Arrow int64)."""
-        return np.array([_key(t) for t in self.exact], dtype=np.int64)
+        """A 63-bit hash of each exact text (fits an Arrow int64): the first 8 bytes of its
+        UTF-8 blake2b, read big-endian, shifted right by one."""
+        values = self.exact_array
+        offsets = np.frombuffer(values.buffers()[1], dtype=np.int32)[
+            values.offset:values.offset + len(values) + 1].tolist()
+        data = memoryview(values.buffers()[2] or b"")
+        blake2b = hashlib.blake2b
+        digests = b"".join([blake2b(data[start:end], digest_size=8).digest()
+                            for start, end in zip(offsets, offsets[1:])])
+        return (np.frombuffer(digests, dtype=">u8") >> np.uint64(1)).astype(np.int64)
 
 
 def _key(text: str) -> int:
@@ -51,14 +91,48 @@ def _key(text: str) -> int:
 def _canonical(values: pa.Array) -> pa.Array:
     """NFKC, runs of whitespace to one space, trimmed (nulls stay null).
 
-    Each step runs only on the strings it can change: NFKC leaves ASCII as it is, and the
-    whitespace rewrite changes only strings that `_ODD_SPACES` matches.
+    Each step runs only on the strings it can change: NFKC those with a character of
+    `_nfkc_may_change` (most Japanese and Chinese text has none), the whitespace rewrite
+    those that `_ODD_SPACES` matches.
     """
-    text = _where(values, pc.invert(pc.string_is_ascii(values)),
+    text = _where(values, pc.match_substring_regex(values, _nfkc_may_change()),
                   lambda some: pc.utf8_normalize(some, "NFKC"))
     text = _where(text, pc.match_substring_regex(text, _ODD_SPACES),
                   lambda some: pc.replace_substring_regex(some, _SPACES, " "))
     return pc.utf8_trim(text, " ")
+
+
+@cache
+def _nfkc_may_change() -> str:
+    """An RE2 class of the characters without which NFKC leaves a string as it is.
+
+    NFKC changes a string only where a character is not NFKC alone, has a nonzero combining
+    class, can compose with the character before it (second of a canonical pair, Hangul
+    vowel and trailing jamo) or decomposes to one that does. Characters this Python's
+    Unicode does not know, and all from U+20000 on, are in the class too: whatever Unicode
+    version Arrow's NFKC has, a string it would change is matched (decompositions of
+    assigned characters never change). Built once per process (~50 ms).
+    """
+    seconds = {*range(0x1161, 0x1176), *range(0x11A8, 0x11C3)}
+    for cp in range(0x80, _PLANE_2):
+        parts = unicodedata.decomposition(chr(cp)).split()
+        if len(parts) == 2 and not parts[0].startswith("<"):
+            seconds.add(int(parts[1], 16))
+    ranges: list[list[int]] = []
+    for cp in range(0x80, _PLANE_2):
+        if 0xD800 <= cp < 0xE000:  # surrogates are never in UTF-8
+            continue
+        char = chr(cp)
+        first = unicodedata.normalize("NFD", char)[0]
+        if (cp in seconds or ord(first) in seconds or unicodedata.combining(char)
+                or unicodedata.combining(first) or unicodedata.category(char) == "Cn"
+                or unicodedata.normalize("NFKC", char) != char):
+            if ranges and ranges[-1][1] == cp - 1:
+                ranges[-1][1] = cp
+            else:
+                ranges.append([cp, cp])
+    ranges.append([_PLANE_2, 0x10FFFF])
+    return "[" + "".join(f"\\x{{{lo:X}}}-\\x{{{hi:X}}}" for lo, hi in ranges) + "]"
 
 
 def _where(values: pa.Array, mask: pa.Array, change: Any) -> pa.Array:
@@ -83,18 +157,15 @@ def batch_texts(messages: pa.ListArray | pa.ChunkedArray) -> BatchTexts:
                                          pc.binary_join_element_wise(content, tools, " "),
                                          content))
 
-    def per_row(turns: pa.Array, sep: str, offs: np.ndarray) -> list[str]:
-        rows = pa.ListArray.from_arrays(pa.array(offs, pa.int32()), turns)
-        return pc.binary_join(rows, sep).to_pylist()
-
     is_user = pc.fill_null(pc.equal(values.field("role"), "user"), False)
-    users_before = np.zeros(len(values) + 1, dtype=np.int32)
-    np.cumsum(is_user.to_numpy(zero_copy_only=False), out=users_before[1:])
-    user_offsets = users_before[offsets]  # user turns before each row's first turn
-    prompt_turns = near_turn.filter(is_user)
-    return BatchTexts(exact=per_row(exact_turn, "\x1e", offsets),
-                      near=per_row(near_turn, "\n", offsets),
-                      prompt=per_row(prompt_turns, "\n", user_offsets))
+    return BatchTexts(exact_array=_join(exact_turn, offsets, "\x1e"),
+                      near_array=_join(near_turn, offsets, "\n"),
+                      near_turns=near_turn, is_user=is_user, offsets=offsets)
+
+
+def _join(turns: pa.Array, offsets: np.ndarray, sep: str) -> pa.StringArray:
+    """Row i's ``turns[offsets[i]:offsets[i + 1]]`` joined by ``sep``, one string a row."""
+    return pc.binary_join(pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), turns), sep)
 
 
 def _one(messages: Iterable[dict[str, Any]]) -> BatchTexts:

@@ -14,8 +14,8 @@ import pyarrow as pa
 import pytest
 
 from data_engine.config import DataConfig, DedupConfig, InputConfig
-from data_engine.dedup.graph import bucket_pairs, components, unique_pairs
-from data_engine.dedup.minhash import jaccard, ngram_sets
+from data_engine.dedup.graph import bucket_pairs, components, pair_jaccard, unique_pairs
+from data_engine.dedup.minhash import jaccard, ngram_hashes, ngram_sets
 from data_engine.dedup.stage import decide, key_columns, signature_batch
 from data_engine.dedup.text import exact_key, exact_text, near_text, prompt_text
 from data_engine.run import run
@@ -52,10 +52,10 @@ def dedup_rows(conversations: list[list[dict]], ids: list[str] | None = None,
     near = sim >= config.threshold if len(sim) else np.zeros(0, bool)
     row_ids = signed.column("id").to_pylist()
     result = decide(config, exact_pairs, candidates[near], sim[near], np.zeros((0, 2), np.int64),
-                    dict(zip(idx.tolist(), row_ids)),
-                    dict(zip(idx.tolist(), signed.column("exact").to_pylist())))
-    verdict = {row_ids[i]: (r, d) for i, r, d in zip(result.idx.tolist(), result.reason,
-                                                     result.duplicate_of)}
+                    idx, signed.column("id"), signed.column("exact").to_numpy())
+    verdict = {row_ids[i]: (r, d) for i, r, d in zip(result.idx.tolist(),
+                                                     result.reason.to_pylist(),
+                                                     result.duplicate_of.to_pylist())}
     return result, verdict
 
 
@@ -314,6 +314,113 @@ def test_components_chains_stars_and_separate_clusters():
     assert _pairs(unique_pairs(np.array([[3, 1], [1, 3], [2, 2], [1, 3]]))) == {(1, 3)}
 
 
+def test_unique_pairs_sorted_and_distinct():
+    rng = np.random.default_rng(4)
+    pairs = rng.integers(0, 30, (500, 2))
+    got = unique_pairs(pairs)
+    want = sorted({(min(a, b), max(a, b)) for a, b in pairs.tolist() if a != b})
+    assert got.dtype == np.int64 and got.tolist() == [list(p) for p in want]
+    assert unique_pairs(np.zeros((0, 2), np.int64)).shape == (0, 2)
+
+
+def test_pair_jaccard_equals_jaccard_of_distinct_values():
+    rng = np.random.default_rng(2)
+    fill = np.iinfo(np.uint64).max  # the value padding uses: still counted as a value
+    for _ in range(200):
+        segments = []
+        for _ in range(int(rng.integers(1, 12))):
+            pool = rng.integers(0, int(rng.choice([3, 50, 1 << 62])), 64).astype(np.uint64)
+            pool[:int(rng.integers(0, 3))] = fill
+            segments.append(rng.choice(pool, int(rng.choice([0, 1, 2, 3, 5, 17, 40, 130]))))
+        offsets = np.zeros(len(segments) + 1, np.int64)
+        np.cumsum([len(v) for v in segments], out=offsets[1:])
+        pairs = rng.integers(0, len(segments), (int(rng.integers(0, 20)), 2))
+        got = pair_jaccard(np.concatenate(segments).astype(np.uint64), offsets, pairs)
+        want = [jaccard(np.unique(segments[a]), np.unique(segments[b])) for a, b in pairs.tolist()]
+        assert got.dtype == np.float64 and got.tolist() == want  # the same numbers, not close
+    texts = ["the cat sat on the mat", "the cat sat on a mat", "", "x", "the cat sat on the mat"]
+    hashes, offsets = ngram_hashes(texts, 5)
+    pairs = np.array([[0, 1], [0, 4], [2, 3], [1, 2], [3, 3]])
+    sets = ngram_sets(texts, 5)
+    assert pair_jaccard(hashes, offsets, pairs).tolist() == [jaccard(sets[a], sets[b])
+                                                             for a, b in pairs.tolist()]
+
+
+def _plain_decide(config: DedupConfig, exact_pairs, near_pairs, near_sim, ref_pairs, ids, exact):
+    """The keep rule row by row in Python: what `decide` computes with arrays."""
+    nodes, roots = components(np.concatenate([exact_pairs, near_pairs]))
+    contaminated = {int(a): int(b) for a, b in ref_pairs.tolist()}
+    root_of = dict(zip(nodes.tolist(), roots.tolist()))
+    kept_of: dict[int, int] = {}
+    for node in nodes.tolist():
+        if root_of[node] not in kept_of and node not in contaminated:
+            kept_of[root_of[node]] = node
+    sim = dict.fromkeys(set(root_of) | set(contaminated), 0.0)
+    for (a, b), s in zip(np.concatenate([near_pairs, exact_pairs]).tolist(),
+                         np.concatenate([near_sim, np.ones(len(exact_pairs))]).tolist()):
+        sim[a], sim[b] = max(sim[a], s), max(sim[b], s)
+    out = {}
+    for node in sorted(sim):
+        root = root_of.get(node, -1)
+        keeper = kept_of.get(root)
+        if node in contaminated:
+            verdict = ("contaminates_reference", ids[contaminated[node]])
+        elif keeper is None or node == keeper:
+            verdict = (None, None)
+        elif exact[node] == exact[keeper]:
+            verdict = ("exact_duplicate" if config.exact else None, ids[keeper])
+        else:
+            verdict = ("near_duplicate" if config.near else None, ids[keeper])
+        out[node] = (root, *verdict, sim[node])
+    return out
+
+
+@pytest.mark.parametrize("exact,near", [(True, True), (False, True), (True, False)])
+def test_decide_matches_the_plain_keep_rule(exact, near):
+    config = DedupConfig(exact=exact, near=near)
+    # Hand-made: 1-2-3 (3 an exact copy of 1), 5-6 with 5 contaminated (6 is kept), 8-9 both
+    # contaminated (no row kept), 11 contaminated by two reference rows (names the last).
+    base = 1 << 40
+    exact_pairs = np.array([[1, 3]])
+    near_pairs = np.array([[1, 2], [2, 3], [5, 6], [8, 9]])
+    near_sim = np.array([0.9, 0.85, 0.8, 0.95])
+    ref_pairs = np.array([[5, base], [8, base + 1], [9, base], [11, base], [11, base + 1]])
+    idx = np.array([1, 2, 3, 5, 6, 8, 9, 11, base, base + 1])
+    ids = pa.array([f"r{i}" for i in idx.tolist()])
+    hashes = np.array([10, 20, 10, 30, 40, 50, 60, 70, 80, 90])
+    result = decide(config, exact_pairs, near_pairs, near_sim, ref_pairs, idx, ids, hashes)
+    got = dict(zip(result.idx.tolist(), zip(result.cluster.tolist(), result.reason.to_pylist(),
+                                            result.duplicate_of.to_pylist(),
+                                            result.similarity.tolist())))
+    want = _plain_decide(config, exact_pairs, near_pairs, near_sim, ref_pairs,
+                         dict(zip(idx.tolist(), ids.to_pylist())),
+                         dict(zip(idx.tolist(), hashes.tolist())))
+    assert got == want
+    assert got[3][1:3] == ("exact_duplicate" if exact else None, "r1")
+    assert got[6][1:3] == (None, None) and got[11] == (-1, "contaminates_reference",
+                                                       f"r{base + 1}", 0.0)
+    # Random graphs, reference rows and exact hashes against the plain rule.
+    rng = np.random.default_rng(9)
+    for _ in range(30):
+        rows = np.unique(rng.integers(0, 60, 40))
+        pairs = unique_pairs(rng.choice(rows, (int(rng.integers(0, 40)), 2)))
+        is_exact = rng.random(len(pairs)) < 0.3
+        count = int(rng.integers(0, 6))
+        refs = np.stack([rng.choice(rows, count), base + rng.integers(0, 3, count)], axis=1)
+        idx = np.concatenate([rows, base + np.arange(3)])
+        ids = pa.array([f"r{i}" for i in idx.tolist()])
+        hashes = rng.integers(0, 3, len(idx))
+        sim = rng.random(int((~is_exact).sum()))
+        result = decide(config, pairs[is_exact], pairs[~is_exact], sim, refs, idx, ids, hashes)
+        got = dict(zip(result.idx.tolist(), zip(result.cluster.tolist(),
+                                                result.reason.to_pylist(),
+                                                result.duplicate_of.to_pylist(),
+                                                result.similarity.tolist())))
+        assert got == _plain_decide(config, pairs[is_exact], pairs[~is_exact], sim, refs,
+                                    dict(zip(idx.tolist(), ids.to_pylist())),
+                                    dict(zip(idx.tolist(), hashes.tolist())))
+
+
 # --- end to end through run() -----------------------------------------------------------------
 
 LONG_1 = JA_TITLE + (
@@ -516,3 +623,87 @@ def test_run_on_existing_ray_keeps_first_row_in_input_order(ray_local, tmp_path)
     rejected = {r["id"]: r for r in read_jsonl(result.out_dir / "rejected.jsonl")}
     assert "orig" not in rejected, rejected["orig"]
     assert {rejected[f"copy{s}"]["duplicate_of"] for s in range(1, 4)} == {"orig"}
+
+
+# --- the signing fast paths against their plain definitions ------------------------------------
+
+def _random_texts(seed: int, count: int) -> list[str]:
+    """ASCII, Latin with accents, kana with (combining) voicing marks, CJK, full-width forms,
+    odd spaces, astral characters (emoji, CJK extension B), and empty strings."""
+    rng = random.Random(seed)
+    pools = ["abc xyz\t\n", "éèüÅ\u0301\u0308", "かがてでカガ\u3099\u309a", "東京塔中文字",
+             "ＴＯＫＹＯ１２\u3000ｶﾞ", "\U0001F600\U00020000\U0002F800", "가\u11a8\u1161ᄀ"]
+    return ["".join(rng.choice(rng.choice(pools)) for _ in range(rng.choice([0, 1, 3, 40, 700])))
+            for _ in range(count)]
+
+
+def test_ngram_hashes_match_their_definition():
+    from data_engine.dedup.minhash import _FNV_PRIME, _MIX_1, _MIX_2, ngram_hashes
+
+    def plain(text: str, n: int) -> list[int]:  # FNV-1a over code points, then a mixer
+        framed = "\x00" * (n - 1) + text + "\x00" * (n - 1)
+        out = []
+        for i in range(len(framed) - n + 1):
+            h = 0
+            for ch in framed[i:i + n]:
+                h = ((h ^ ord(ch)) * int(_FNV_PRIME)) % 2**64
+            for shift, mix in ((31, int(_MIX_1)), (29, int(_MIX_2)), (32, 1)):
+                h = ((h ^ (h >> shift)) * mix) % 2**64
+            out.append(h)
+        return out
+
+    texts = _random_texts(0, 120) + ["", "a" * 70_000]  # the long one spans several blocks
+    for n in (1, 2, 5):
+        hashes, offsets = ngram_hashes(texts, n)
+        assert len(offsets) == len(texts) + 1 and offsets[-1] == len(hashes)
+        for i, text in enumerate(texts):
+            assert hashes[offsets[i]:offsets[i + 1]].tolist() == plain(text, n)
+    hashes, offsets = ngram_hashes([], 5)
+    assert len(hashes) == 0 and offsets.tolist() == [0]
+
+
+def test_nfkc_is_skipped_only_where_it_changes_nothing():
+    import pyarrow.compute as pc
+
+    from data_engine.dedup.text import _PLANE_2, _canonical, _nfkc_may_change
+
+    # Every character outside the class is NFKC on its own ...
+    outside = pa.array([chr(c) for c in range(0x80, _PLANE_2) if not 0xD800 <= c < 0xE000])
+    outside = outside.filter(pc.invert(pc.match_substring_regex(outside, _nfkc_may_change())))
+    assert len(outside) > 50_000
+    assert pc.utf8_normalize(outside, "NFKC").equals(outside)
+    # ... and in strings of them; strings with any character are canonicalised as if NFKC ran
+    # on all of them.
+    rng = random.Random(1)
+    chars = outside.to_pylist()
+    texts = ["".join(rng.choice(chars) for _ in range(rng.randint(1, 8))) for _ in range(20_000)]
+    texts += _random_texts(2, 3000)
+    values = pa.array(texts)
+    plain = pc.utf8_trim(pc.replace_substring_regex(pc.utf8_normalize(values, "NFKC"),
+                                                    r"[\s\p{Z}]+", " "), " ")
+    assert _canonical(values).equals(plain)
+
+
+def test_exact_keys_and_signatures_match_their_definitions():
+    import hashlib
+
+    from rensa import RMinHash
+
+    from data_engine.dedup.minhash import ngram_hashes, signatures
+    from data_engine.dedup.text import BatchTexts, batch_texts
+    from data_engine.schema import MESSAGE_TYPE
+
+    texts = _random_texts(3, 300)
+    rows = pa.array([[{"role": "user", "content": t, "reasoning_content": None,
+                       "tool_calls": None}] for t in texts], pa.list_(MESSAGE_TYPE))
+    batch = batch_texts(rows)
+    sliced = BatchTexts(batch.exact_array.slice(7, 100), batch.near_array, batch.near_turns,
+                        batch.is_user, batch.offsets)
+    for exact_texts, keys in ((batch.exact, batch.exact_keys), (sliced.exact, sliced.exact_keys)):
+        assert keys.tolist() == [int.from_bytes(hashlib.blake2b(
+            t.encode("utf-8"), digest_size=8).digest(), "big") >> 1 for t in exact_texts]
+    hashes, offsets = ngram_hashes(batch.near, 5)
+    matrix = RMinHash.digest_matrix_from_flat_token_hashes(hashes, offsets.astype(np.uint64),
+                                                           num_perm=128, seed=7)
+    assert np.array_equal(signatures(batch.near, 5, 128, 7),
+                          np.asarray(matrix.to_rows(), dtype=np.uint32))
