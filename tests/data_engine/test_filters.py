@@ -316,3 +316,82 @@ def test_each_filter_module_imports_first_in_a_fresh_interpreter(module):
     done = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def _plain_copied_prompt(conversation, config):
+    """The rule row by row, without the batch filter's shortcuts."""
+    from data_engine.filters.copied import PROMPT_ROLES, is_copied
+
+    prompt = []
+    for turn in conversation:
+        if turn["role"] in PROMPT_ROLES:
+            prompt.append(turn["content"] or "")
+        elif turn["role"] == "assistant" and turn["content"] and is_copied(
+                turn["content"], "\n".join(prompt), config.copied_prompt):
+            return "copied_prompt"
+    return None
+
+
+def _random_conversation(rng):
+    pieces = ["ab", "ba", "aab", " ", "  ", "\n", "\t", "\u3000", "\xa0", "İ", "Σ", "ς", "A",
+              "猫の", "食事", "。", "the cat", "THE CAT", "x"]
+    conversation = []
+    for _ in range(rng.randint(1, 5)):
+        role = rng.choice(["system", "user", "user", "assistant", "assistant"])
+        source = [t["content"] for t in conversation if t["role"] != "assistant"]
+        if role == "assistant" and source and rng.random() < 0.6:
+            text = rng.choice(source)
+            start = rng.randrange(len(text) + 1)
+            text = text[start:start + rng.randint(0, 40)]
+            for _ in range(rng.randint(0, 2)):
+                at = rng.randrange(len(text) + 1)
+                text = text[:at] + rng.choice(pieces) + text[at:]
+        else:
+            text = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 20)))
+        conversation.append(msg(role, text))
+    return conversation
+
+
+@pytest.mark.parametrize("copied", [{}, {"ngram": 4, "min_fraction": 0.8}, {"min_chars": 1},
+                                    {"ngram": 2, "min_fraction": 1.0, "min_chars": 3},
+                                    {"ngram": 3, "min_fraction": 0.5, "min_chars": 5}])
+def test_copied_prompt_matches_the_plain_rule_on_random_rows(copied):
+    """The batch filter's shortcuts (length bound, prompts only for long replies, pieces
+    ruling out n-grams) never change an answer, with or without ``alive``."""
+    import random
+
+    import numpy as np
+
+    from data_engine.config import CopiedPromptConfig
+    from data_engine.filters.copied import copied_prompt
+
+    rng = random.Random(7)
+    config = CleanConfig(copied_prompt=CopiedPromptConfig(**copied))
+    rows = [_random_conversation(rng) for _ in range(3000)]
+    expected = [_plain_copied_prompt(row, config) for row in rows]
+    assert "copied_prompt" in expected and None in expected
+    assert copied_prompt(view_of(rows), config) == expected
+    alive = np.array([rng.random() < 0.7 for _ in rows])
+    assert copied_prompt(view_of(rows), config, alive) == [
+        reason if keep else None for reason, keep in zip(expected, alive)]
+
+
+def test_copied_prompt_counts_a_reply_at_its_lower_cased_length():
+    """"İ" lower-cases to two characters: 8 of them make a 16-character reply."""
+    from data_engine.filters.copied import copied_prompt
+
+    assert reasons(copied_prompt, [chat("Say İİİİİİİİ twice", "İİİİİİİİ")]) == ["copied_prompt"]
+
+
+def test_many_missing_never_exceeds_the_missing_count():
+    import random
+
+    from data_engine.filters.copied import _many_missing, _missing
+
+    rng = random.Random(3)
+    for _ in range(20000):
+        prompt = "".join(rng.choice("abc ") for _ in range(rng.randint(0, 30)))
+        reply = "".join(rng.choice("abcd ") for _ in range(rng.randint(0, 30)))
+        ngram, allowed = rng.randint(2, 9), rng.randint(-1, 6)
+        if _many_missing(reply, prompt, ngram, allowed):
+            assert _missing(reply, prompt, ngram) > allowed
