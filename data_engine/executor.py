@@ -11,6 +11,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -37,6 +38,14 @@ class RaySession:
     owned: bool  # we started it, so we shut it down
 
     shared_storage: bool = False
+    _stopping: threading.Thread | None = None
+
+    def wait_stopped(self) -> None:
+        """Returns once the embedded Ray this session started has shut down (its shutdown
+        runs in the background after the session's block, while the caller writes files)."""
+        if self._stopping is not None:
+            self._stopping.join()
+            self._stopping = None
 
     @property
     def read_args(self) -> dict:
@@ -74,7 +83,6 @@ def ray_session(config: RayConfig, run_dir: Path) -> Iterator[RaySession]:
 
     _quiet_logs()
     if ray.is_initialized():
-        _quiet_data_context()  # row order (and so `_idx`) must not depend on who started Ray
         yield RaySession(address="existing", temp_dir=None, owned=False,
                          shared_storage=config.shared_storage)
         return
@@ -97,14 +105,43 @@ def ray_session(config: RayConfig, run_dir: Path) -> Iterator[RaySession]:
         ray.init(num_cpus=config.num_cpus, _temp_dir=temp_dir, include_dashboard=False,
                  _node_ip_address="127.0.0.1", logging_level=logging.WARNING,
                  log_to_driver=False, configure_logging=True)
-    _quiet_data_context()
-    try:
-        yield RaySession(address=address or "local", temp_dir=temp_dir, owned=True,
+    session = RaySession(address=address or "local", temp_dir=temp_dir, owned=True,
                          shared_storage=config.shared_storage)
-    finally:
-        ray.shutdown()
-        if cleanup:
-            shutil.rmtree(temp_dir, ignore_errors=True)
+    try:
+        yield session
+    except BaseException:
+        _shutdown(temp_dir if cleanup else None)
+        raise
+    # Stopping Ray's processes takes ~1.3 s (each gets a second to exit after SIGTERM); the
+    # caller writes its outputs meanwhile and waits with `wait_stopped`.
+    session._stopping = threading.Thread(target=_shutdown, args=(temp_dir if cleanup else None,),
+                                         name="ray-shutdown")
+    session._stopping.start()
+
+
+def _shutdown(temp_dir: str | None) -> None:
+    import ray
+
+    ray.shutdown()
+    if temp_dir is not None:
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def ray_data() -> Any:
+    """The `ray.data` module, its context set for this project: ordered, deterministic
+    output, and no progress bars of its own (ours replace them). Imported only by the stages
+    that use Ray Data (model stages, embeddings, the export's sort when mixing): the import
+    costs ~0.5 s."""
+    import ray.data
+
+    # Ray Data configures its loggers on import; quieten them after that.
+    for name in ("ray.data", "ray.data._internal.execution.streaming_executor"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    ctx = ray.data.DataContext.get_current()
+    ctx.execution_options.preserve_order = True
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    return ray.data
 
 
 def map_tasks(fn: Callable[..., T], calls: Iterable[tuple], remote_args: dict[str, Any],
@@ -142,15 +179,3 @@ def _quiet_logs() -> None:
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
 
-
-def _quiet_data_context() -> None:
-    """Ordered, deterministic output; our own progress display replaces Ray's bars."""
-    from ray.data import DataContext
-
-    # Ray Data configures its loggers on import; quieten them after that.
-    for name in ("ray.data", "ray.data._internal.execution.streaming_executor"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    ctx = DataContext.get_current()
-    ctx.execution_options.preserve_order = True
-    ctx.enable_progress_bars = False
-    ctx.print_on_execution_start = False

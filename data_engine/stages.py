@@ -123,8 +123,8 @@ def stage_dataset(files: list[str], read_args: dict[str, Any], columns: list[str
     The parts are read by tasks carrying ``read_args`` (pinned to the node that holds them
     unless the output folder is shared storage).
     """
-    import ray.data
+    from data_engine.executor import ray_data
 
-    ds = ray.data.from_items([{"path": f} for f in files], override_num_blocks=len(files))
+    ds = ray_data().from_items([{"path": f} for f in files], override_num_blocks=len(files))
     return ds.map_batches(read_parts, batch_size=1, batch_format="pyarrow",
                           fn_kwargs={"columns": columns}, **read_args)

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from matplotlib.ticker import MaxNLocator
 
-from data_engine.writers.report import STYLE, html_table, png_img
+from data_engine.writers.report import STYLE, figure, html_table, png_img
 from evaluator.gate import FAILURE_KINDS
 
 REPORT_FILE = "report.html"
@@ -149,8 +149,6 @@ def _summary_rows(metrics: dict[str, Any]) -> list[tuple[str, ...]]:
 
 
 def _score_plot(judge: dict[str, Any] | None) -> str:
-    import matplotlib.pyplot as plt
-
     pointwise = (judge or {}).get("pointwise") or {}
     scores = {side: pointwise[side]["scores"] for side in SIDES
               if pointwise.get(side) and pointwise[side].get("scores")}
@@ -159,7 +157,8 @@ def _score_plot(judge: dict[str, Any] | None) -> str:
     everything = [s for values in scores.values() for s in values]
     low, high = math.floor(min(everything)), math.ceil(max(everything))
     bins = np.linspace(low, max(high, low + 1), 4 * max(high - low, 1) + 1)
-    fig, ax = plt.subplots(figsize=(7, 3))
+    fig = figure(figsize=(7, 3))
+    ax = fig.subplots()
     for side, values in scores.items():
         ax.hist(values, bins=bins, alpha=0.6, color=COLORS[side],
                 label=f"{side}: {len(values)} scored, mean {np.mean(values):.2f}")
@@ -171,8 +170,6 @@ def _score_plot(judge: dict[str, Any] | None) -> str:
 
 
 def _pair_plot(judge: dict[str, Any] | None) -> str:
-    import matplotlib.pyplot as plt
-
     pair = (judge or {}).get("pairwise")
     if pair is None:
         return NOT_MEASURED
@@ -180,7 +177,8 @@ def _pair_plot(judge: dict[str, Any] | None) -> str:
     counts = [pair[label] for label in labels]
     if not any(counts):
         return f"<p class='bad'>No pair was judged ({pair.get('errors', 0)} errors).</p>"
-    fig, ax = plt.subplots(figsize=(7, 2.2))
+    fig = figure(figsize=(7, 2.2))
+    ax = fig.subplots()
     ax.barh(labels, counts, color=["#4caf50", "#9e9e9e", "#c0504d"])
     for y, n in enumerate(counts):
         ax.text(n, y, f" {n}", va="center")
@@ -194,8 +192,6 @@ def _pair_plot(judge: dict[str, Any] | None) -> str:
 
 
 def _ppl_plot(perplexity: dict[str, Any] | None) -> str:
-    import matplotlib.pyplot as plt
-
     measured = [side for side in SIDES if (perplexity or {}).get(side)]
     if not measured:
         return NOT_MEASURED
@@ -209,7 +205,8 @@ def _ppl_plot(perplexity: dict[str, Any] | None) -> str:
     groups = sources + ["all"]
     x = np.arange(len(groups))
     width = 0.8 / len(measured)
-    fig, ax = plt.subplots(figsize=(max(5, 1.4 * len(groups) + 2), 3))
+    fig = figure(figsize=(max(5, 1.4 * len(groups) + 2), 3))
+    ax = fig.subplots()
     for i, side in enumerate(measured):
         overall = perplexity[side].get("ppl")
         heights = [value(side, s) for s in sources] + [math.nan if overall is None else overall]
@@ -224,8 +221,6 @@ def _ppl_plot(perplexity: dict[str, Any] | None) -> str:
 
 
 def _failure_plot(usability: dict[str, Any] | None) -> str:
-    import matplotlib.pyplot as plt
-
     measured = [side for side in SIDES if (usability or {}).get(side)]
     if not measured:
         return NOT_MEASURED
@@ -233,7 +228,8 @@ def _failure_plot(usability: dict[str, Any] | None) -> str:
         return "<p>Every reply was usable.</p>"
     x = np.arange(len(FAILURE_KINDS))
     width = 0.8 / len(measured)
-    fig, ax = plt.subplots(figsize=(7, 3))
+    fig = figure(figsize=(7, 3))
+    ax = fig.subplots()
     for i, side in enumerate(measured):
         failures = usability[side].get("failures") or {}
         bars = ax.bar(x + (i - (len(measured) - 1) / 2) * width,
@@ -273,9 +269,6 @@ def _failure_examples(samples: list[dict[str, Any]]) -> str:
 
 def write_report(eval_dir: Path, metrics: dict[str, Any], samples: list[dict[str, Any]]) -> Path:
     """Writes EVAL_DIR/report.html and returns its path."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # before the helpers import pyplot: no display on servers
     eval_dir = Path(eval_dir)
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>"

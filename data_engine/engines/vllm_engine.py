@@ -110,11 +110,11 @@ class VLLMEngine:
     def _run(self, conversations: list[Conversation], sampling: dict[str, Any]
              ) -> list[dict[str, Any] | None]:
         """One output row per conversation, in input order (None where one went missing)."""
-        import ray
+        from data_engine.executor import ray_data
 
         if not conversations:
             return []
-        ds = ray.data.from_items([{ROW_INDEX: i, "messages": conv, "sampling_params": sampling}
+        ds = ray_data().from_items([{ROW_INDEX: i, "messages": conv, "sampling_params": sampling}
                                   for i, conv in enumerate(conversations)])
         by_index = {int(row[ROW_INDEX]): row for row in self.processor(ds).take_all()}
         return [by_index.get(i) for i in range(len(conversations))]

@@ -95,10 +95,7 @@ def assign_splits(ids: list[str], sources: list[str], weights: np.ndarray,
     targets, warnings = split_targets(total, config)
     # Each row's seeded hash; a unit is ranked by, and belongs to the source of, its member
     # with the smallest hash, so neither depends on the order rows came in.
-    salt = str(seed).encode()
-    row_rank = np.array([int.from_bytes(hashlib.blake2b(i.encode("utf-8"), digest_size=8,
-                                                        key=salt).digest(), "big") >> 1
-                         for i in ids], dtype=np.int64)
+    row_rank = _id_ranks(ids, seed)
     unit_ids, inverse = np.unique(unit, return_inverse=True)
     by_rank = np.lexsort((row_rank, inverse))
     first = by_rank[np.r_[True, inverse[by_rank][1:] != inverse[by_rank][:-1]][:n]]
@@ -107,16 +104,7 @@ def assign_splits(ids: list[str], sources: list[str], weights: np.ndarray,
     unit_source = source_code[first]
     cells = _cell_targets(np.bincount(unit_source, weights=unit_weight,
                                       minlength=len(names)).astype(np.int64), targets)
-    visit = np.lexsort((rank, -unit_weight))
-    left = cells.astype(np.float64)
-    order = sorted(range(len(SPLITS)), key=lambda k: _PRIORITY[SPLITS[k]])
-    unit_split = np.zeros(len(unit_ids), dtype=np.int64)
-    for u in visit.tolist():
-        row = left[unit_source[u]]
-        k = max(order, key=lambda j: (row[j], -order.index(j)))
-        unit_split[u] = k
-        row[k] -= unit_weight[u]
-    split = unit_split[inverse]
+    split = _greedy_splits(unit_source, unit_weight, rank, cells)[inverse]
     counts = np.bincount(split, weights=weights, minlength=len(SPLITS)).astype(np.int64)
     by_source = {name: {SPLITS[k]: int(np.sum(weights[(source_code == s) & (split == k)]))
                         for k in range(len(SPLITS))} for s, name in enumerate(names.tolist())}
@@ -126,6 +114,49 @@ def assign_splits(ids: list[str], sources: list[str], weights: np.ndarray,
              "units": int(len(unit_ids)),
              "largest_unit": int(unit_weight.max()) if len(unit_weight) else 0}
     return SplitResult(split, dict(zip(SPLITS, targets.tolist())), facts, warnings)
+
+
+def _id_ranks(ids: list[str], seed: int) -> np.ndarray:
+    """A seeded 63-bit hash of each id (keyed BLAKE2b)."""
+    keyed = hashlib.blake2b(digest_size=8, key=str(seed).encode())
+
+    def digest(row_id: str) -> bytes:
+        h = keyed.copy()  # copying the keyed state is ~2x cheaper than keying anew
+        h.update(row_id.encode("utf-8"))
+        return h.digest()
+
+    digests = np.frombuffer(b"".join(map(digest, ids)), dtype=">u8")
+    return (digests >> np.uint64(1)).astype(np.int64)
+
+
+def _greedy_splits(unit_source: np.ndarray, unit_weight: np.ndarray, rank: np.ndarray,
+                   cells: np.ndarray) -> np.ndarray:
+    """Each unit's split: units visited largest first, then by rank, each going to the split
+    its source is furthest from filling (``cells``: source x split targets; ties go to
+    validation, then test, then train).
+
+    Sources fill independently, and for a run of one source's units of equal weight w the
+    visits take, in turn, the largest of the splits' next free values ``left[k] - i * w``:
+    the run's splits are those values merged in descending order, the first as many as the
+    run has units. So the loop over units is a sort per (source, weight) run.
+    """
+    priority = np.array([_PRIORITY[name] for name in SPLITS])
+    splits = len(SPLITS)
+    left = cells.astype(np.int64)
+    visit = np.lexsort((rank, -unit_weight, unit_source))
+    source, weight = unit_source[visit], unit_weight[visit]
+    starts = np.flatnonzero(np.r_[len(visit) > 0, (source[1:] != source[:-1])
+                                  | (weight[1:] != weight[:-1])])
+    out = np.zeros(len(visit), dtype=np.int64)
+    for lo, hi in zip(starts.tolist(), np.r_[starts[1:], len(visit)].tolist()):
+        s, w, m = int(source[lo]), int(weight[lo]), hi - lo
+        step = np.arange(m)
+        values = (left[s][:, None] - w * step[None, :]).ravel()  # split-major
+        split_of = np.repeat(np.arange(splits), m)
+        picks = split_of[np.lexsort((np.tile(step, splits), priority[split_of], -values))[:m]]
+        out[visit[lo:hi]] = picks
+        left[s] -= w * np.bincount(picks, minlength=splits)
+    return out
 
 
 def leak_check(a: np.ndarray, b: np.ndarray, similarity: np.ndarray, threshold: float,

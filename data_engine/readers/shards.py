@@ -67,6 +67,13 @@ def plan_shards(inputs: list[InputConfig], shard_rows: int) -> tuple[list[Shard]
     return shards, files
 
 
+def check_inputs(inputs: list[InputConfig]) -> None:
+    """Raises InputError for an input that does not exist or is of no kind we read, without
+    reading any file (planning reads and hashes them all)."""
+    for item in inputs:
+        _files_of(item.path)
+
+
 def default_source(path: str) -> str:
     """The `source` of rows from ``path``: the file's stem, or the folder's name."""
     p = Path(path)

@@ -135,7 +135,7 @@ def embed_with_ray(texts: list[str], queries: np.ndarray | None = None, concurre
                    ) -> np.ndarray:
     """Embeddings (or, given ``queries``, similarity scores) of ``texts`` computed by
     ``concurrency`` Ray actors, returned in input order as a float32 array."""
-    import ray.data
+    from data_engine.executor import ray_data
 
     n = len(texts)
     width = DIM if queries is None else len(queries)
@@ -146,11 +146,12 @@ def embed_with_ray(texts: list[str], queries: np.ndarray | None = None, concurre
     # Several blocks per actor, so every actor gets work and slow blocks balance out.
     block = max(batch_size, -(-n // (concurrency * 4)))
     blocks = [table.slice(lo, block) for lo in range(0, n, block)]
-    ds = ray.data.from_arrow(blocks).map_batches(
+    data = ray_data()
+    ds = data.from_arrow(blocks).map_batches(
         EmbedBatch, fn_constructor_kwargs={"text_column": "text", "queries": queries,
                                            "batch_size": batch_size},
         batch_size=batch_size, batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=concurrency),
+        compute=data.ActorPoolStrategy(size=concurrency),
         **(ray_remote_args or {}))
     out = np.zeros((n, width), dtype=np.float32)
     name = "embedding" if queries is None else "scores"

@@ -92,22 +92,26 @@ def finalize_batch(batch: pa.Table, plan: Any) -> pa.Table:
         plan = ray.get(plan)
     batch = _with_model_columns(batch, plan)
     idx = batch.column("_idx").to_numpy()
-    reasons = batch.column("_reason").to_pylist()
-    stages = batch.column("_stage").to_pylist()
-    dup_of: list[str | None] = [None] * batch.num_rows
-    where = np.searchsorted(plan["removed_idx"], idx)
-    for i in np.flatnonzero(where < len(plan["removed_idx"])).tolist():
-        j = where[i]
-        if plan["removed_idx"][j] == idx[i] and reasons[i] is None:
-            reasons[i] = plan["removed_reason"][j].as_py()
-            stages[i] = plan["removed_stage"][j].as_py()
-            dup_of[i] = plan["duplicate_of"][j].as_py()
-    batch = batch.set_column(batch.schema.get_field_index("_reason"), "_reason",
-                             pa.array(reasons, pa.string()))
+    removed = plan["removed_idx"]
+    where = np.minimum(np.searchsorted(removed, idx), max(len(removed) - 1, 0))
+    hit = np.zeros(len(idx), bool) if not len(removed) else \
+        (removed[where] == idx) & to_numpy_bool(pc.is_null(batch.column("_reason")))
+    rows_hit, mask = pa.array(where[hit], pa.int64()), pa.array(hit)
+
+    def decided(values: Any, plan_values: pa.Array) -> pa.Array:
+        """``values`` where no later stage removed the row, else that stage's value."""
+        if isinstance(plan_values.type, pa.DictionaryType):
+            plan_values = plan_values.dictionary_decode()
+        return pc.replace_with_mask(values, mask, plan_values.take(rows_hit))
+
+    reason = decided(batch.column("_reason").combine_chunks(), plan["removed_reason"])
+    batch = batch.set_column(batch.schema.get_field_index("_reason"), "_reason", reason)
     batch = batch.set_column(batch.schema.get_field_index("_stage"), "_stage",
-                             pa.array(stages, pa.string()))
-    batch = batch.append_column("_dup_of", pa.array(dup_of, pa.string()))
-    kept = np.array([r is None for r in reasons], dtype=bool)
+                             decided(batch.column("_stage").combine_chunks(),
+                                     plan["removed_stage"]))
+    batch = batch.append_column("_dup_of", decided(pa.nulls(len(idx), pa.string()),
+                                                   plan["duplicate_of"]))
+    kept = to_numpy_bool(pc.is_null(reason))
     first = np.searchsorted(plan["emit_idx"], idx, side="left")
     count = np.where(kept, np.searchsorted(plan["emit_idx"], idx, side="right") - first, 0)
     rows = np.repeat(np.arange(batch.num_rows), count)
@@ -115,9 +119,12 @@ def finalize_batch(batch: pa.Table, plan: Any) -> pa.Table:
                                                                         count))
     out = batch.take(pa.array(rows, pa.int64()))
     copies = plan["emit_copy"][emits]
-    ids = [i if c == 0 else f"{i}#{c + 1}" for i, c in zip(out.column("id").to_pylist(),
-                                                          copies.tolist())]
-    out = out.set_column(out.schema.get_field_index("id"), "id", pa.array(ids, pa.string()))
+    if copies.any():
+        ids, repeat = out.column("id").combine_chunks(), pa.array(copies > 0)
+        numbered = pc.binary_join_element_wise(ids.filter(repeat), "#", pa.array(
+            (copies[copies > 0] + 1).astype(str)), "")
+        out = out.set_column(out.schema.get_field_index("id"), "id",
+                             pc.replace_with_mask(ids, repeat, numbered))
     out = out.append_column("split", plan["emit_split"].take(pa.array(emits, pa.int64()))
                             .dictionary_decode())
     out = out.append_column("_order", pa.array(plan["emit_order"][emits], pa.int64()))
@@ -147,8 +154,8 @@ def _with_model_columns(batch: pa.Table, plan: dict[str, Any]) -> pa.Table:
 
 
 def render_batch(batch: pa.Table) -> pa.Table:
-    """Arrow batch function: adds `_json`, each row's output line, so workers do the encoding
-    and the driver only appends bytes.
+    """Arrow batch function: adds `_jsonl`, each row's output line with its newline, so workers
+    do the encoding and the driver only appends bytes.
 
     Kept rows of the common shape (text-only turns, no group, judge score or provenance)
     are encoded with Arrow string kernels, byte for byte what `json.dumps(chat_row(row),
@@ -159,9 +166,9 @@ def render_batch(batch: pa.Table) -> pa.Table:
     if len(slow):
         rows = batch.take(pa.array(slow, pa.int64())).to_pylist()
         encoded = pa.array([json.dumps(rejected_row(row) if row["_reason"] else chat_row(row),
-                                       ensure_ascii=False) for row in rows], pa.string())
+                                       ensure_ascii=False) + "\n" for row in rows], pa.string())
         lines = pc.replace_with_mask(lines, pa.array(~fast), encoded)
-    return batch.append_column("_json", lines)
+    return batch.append_column("_jsonl", lines)
 
 
 # What json.dumps(ensure_ascii=False) escapes in a string, the backslash first; it writes
@@ -213,7 +220,7 @@ def _plain_lines(batch: pa.Table) -> tuple[np.ndarray, pa.Array]:
         ', "messages": ', _json_lists(turns, m_offsets),
         ', "source": ', _json_string(batch.column("source")),
         ', "tags": ', _json_lists(_json_string(tags), t_offsets),
-        ', "num_tokens": ', tokens, "}", "")
+        ', "num_tokens": ', tokens, "}\n", "")
     if isinstance(lines, pa.ChunkedArray):
         lines = lines.combine_chunks() if lines.num_chunks else pa.array([], pa.string())
     return fast if n else np.zeros(0, bool), lines
@@ -227,6 +234,12 @@ def _with_defaults(table: pa.Table, fields: Any) -> pa.Table:
             value = "seed" if f.name == "origin" else None
             table = table.append_column(f, pa.array([value] * table.num_rows, f.type))
     return table
+
+
+def _counts(values: pa.Array | pa.ChunkedArray) -> dict[Any, int]:
+    """How many times each value occurs."""
+    found = pc.value_counts(values)
+    return dict(zip(found.field("values").to_pylist(), found.field("counts").to_pylist()))
 
 
 def _conform(table: pa.Table) -> pa.Table:
@@ -249,54 +262,63 @@ class DatasetWriter:
         self.tokens: dict[str, list[int]] = {s: [] for s in SPLITS}
         self.examples: dict[str, list[dict[str, Any]]] = defaultdict(list)
         # binary: lines are written straight from Arrow's UTF-8 buffers
-        self._jsonl = {s: open(out_dir / f"{s}.jsonl", "wb") for s in SPLITS}
+        self._split_files = {s: open(out_dir / f"{s}.jsonl", "wb") for s in SPLITS}
         self._rejected = open(out_dir / "rejected.jsonl", "wb")
         self._arrow = {s: pa.ipc.new_stream(str(self.work_dir / f"{s}.arrow"), OUTPUT_SCHEMA)
                        for s in SPLITS}
 
     def write(self, batch: pa.Table) -> None:
-        if "_json" not in batch.column_names:
+        """Appends a batch of finalized rows (`finalize_batch`) to the outputs and counts.
+
+        Only the lines and, per split, the output columns are copied (a whole-batch filter
+        would copy the raw text and messages of every row several times).
+        """
+        if "_jsonl" not in batch.column_names:
             batch = render_batch(batch)
-        originals = batch
+        source = batch.column("source")
         if "_copy" in batch.column_names:  # resampled repeats are output rows, not input rows
             repeat = pc.greater(batch.column("_copy"), 0)
-            self.repeats += pc.sum(repeat).as_py() or 0
-            originals = batch.filter(pc.invert(repeat))
-            for source, n in Counter(batch.filter(repeat).column("source").to_pylist()).items():
-                self.sources[source]["repeats"] += n
-        self.input += originals.num_rows
-        for source, n in Counter(originals.column("source").to_pylist()).items():
-            self.sources[source]["input"] += n
+            for name, n in _counts(source.filter(repeat)).items():
+                self.sources[name]["repeats"] += n
+                self.repeats += n
+            source_in = source.filter(pc.invert(repeat))
+        else:
+            source_in = source
+        for name, n in _counts(source_in).items():
+            self.sources[name]["input"] += n
+            self.input += n
         kept_mask = pc.is_null(batch.column("_reason"))
-        kept = batch.filter(kept_mask)
-        dropped = batch.filter(pc.invert(kept_mask))
-        reasons = dropped.column("_reason").to_pylist()
-        self.rejected.update(reasons)
-        for source, stage in zip(dropped.column("source").to_pylist(),
-                                 dropped.column("_stage").to_pylist()):
-            self.sources[source][f"dropped_{stage}"] += 1
-        for i, reason in enumerate(reasons):
-            if len(self.examples[reason]) < EXAMPLES_PER_REASON:
-                self.examples[reason].append(json.loads(dropped.column("_json")[i].as_py()))
-        self._write_lines(self._rejected, dropped.column("_json"))
-        for source, n in Counter(kept.column("source").to_pylist()).items():
-            self.sources[source]["kept"] += n
+        dropped_mask = pc.invert(kept_mask)
+        dropped = batch.select(["source", "_stage", "_reason"]).filter(dropped_mask)
+        if dropped.num_rows:
+            lines = batch.column("_jsonl").filter(dropped_mask)
+            self.rejected.update(_counts(dropped.column("_reason")))
+            for row in dropped.group_by(["source", "_stage"]).aggregate(
+                    [([], "count_all")]).to_pylist():
+                self.sources[row["source"]][f"dropped_{row['_stage']}"] += row["count_all"]
+            for i, reason in enumerate(dropped.column("_reason").to_pylist()):
+                if len(self.examples[reason]) < EXAMPLES_PER_REASON:
+                    self.examples[reason].append(json.loads(lines[i].as_py()))
+            self._write_lines(self._rejected, lines)
+        for name, n in _counts(source.filter(kept_mask)).items():
+            self.sources[name]["kept"] += n
+        output = batch.select([c for c in OUTPUT_SCHEMA.names if c in batch.column_names])
         for split in SPLITS:
-            part = kept.filter(pc.equal(kept.column("split"), split))
+            mask = pc.fill_null(pc.equal(batch.column("split"), split), False)
+            part = output.filter(mask)
             if not part.num_rows:
                 continue
             self._arrow[split].write_table(_conform(part))
             self.splits[split] += part.num_rows
             self.tokens[split] += part.column("num_tokens").to_pylist()
-            self._write_lines(self._jsonl[split], part.column("_json"))
+            self._write_lines(self._split_files[split], batch.column("_jsonl").filter(mask))
 
     @staticmethod
-    def _write_lines(fh, lines: pa.ChunkedArray) -> None:
-        """Each line and a newline, copied from the column's data buffers."""
-        for chunk in lines.chunks:
+    def _write_lines(fh, lines: pa.ChunkedArray | pa.Array) -> None:
+        """The lines (each ends with its newline), copied from the column's data buffers."""
+        for chunk in lines.chunks if isinstance(lines, pa.ChunkedArray) else [lines]:
             if not len(chunk):
                 continue
-            chunk = pc.binary_join_element_wise(chunk, "\n", "")
             wide = pa.types.is_large_string(chunk.type)
             offsets = np.frombuffer(chunk.buffers()[1], dtype=np.int64 if wide else np.int32)
             data = memoryview(chunk.buffers()[2])
@@ -320,7 +342,7 @@ class DatasetWriter:
 
     def close(self) -> None:
         """Closes the files and saves `hf/` as a datasets DatasetDict."""
-        for fh in [*self._jsonl.values(), self._rejected]:
+        for fh in [*self._split_files.values(), self._rejected]:
             fh.close()
         for writer in self._arrow.values():
             writer.close()

@@ -14,6 +14,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:2em;max-width:1100px;color:#222}
 table{border-collapse:collapse;margin:0.5em 0 1.5em}
@@ -24,22 +26,26 @@ pre{background:#f6f6f6;padding:6px;white-space:pre-wrap;font-size:12px;max-heigh
 """
 
 
-def png_img(fig: Any) -> str:
-    import matplotlib.pyplot as plt
+def figure(**kwargs: Any) -> Any:
+    """A matplotlib Figure outside pyplot: no GUI backend or global registry of figures to
+    close, and its import is ~0.25 s lighter than pyplot's."""
+    from matplotlib.figure import Figure
 
+    return Figure(**kwargs)
+
+
+def png_img(fig: Any) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
     return f'<img alt="plot" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
 
 
 def _reasons_plot(rejected: dict[str, int]) -> str:
-    import matplotlib.pyplot as plt
-
     items = sorted(((r, n) for r, n in rejected.items() if n), key=lambda x: x[1])
     if not items:
         return "<p>No rows were rejected.</p>"
-    fig, ax = plt.subplots(figsize=(7, 0.35 * len(items) + 1))
+    fig = figure(figsize=(7, 0.35 * len(items) + 1))
+    ax = fig.subplots()
     ax.barh([r for r, _ in items], [n for _, n in items], color="#c0504d")
     for y, (_, n) in enumerate(items):
         ax.text(n, y, f" {n}", va="center")
@@ -48,31 +54,30 @@ def _reasons_plot(rejected: dict[str, int]) -> str:
 
 
 def _length_plot(tokens: dict[str, list[int]], max_tokens: int) -> str:
-    import matplotlib.pyplot as plt
-
     present = {s: v for s, v in tokens.items() if v}
     if not present:
         return "<p>No kept rows.</p>"
     longest = max(max(v) for v in present.values())
-    fig, axes = plt.subplots(1, len(present), figsize=(4 * len(present), 3), squeeze=False,
-                             sharex=True)
+    fig = figure(figsize=(4 * len(present), 3))
+    axes = fig.subplots(1, len(present), squeeze=False, sharex=True)
     for ax, (split, values) in zip(axes[0], present.items()):
-        ax.hist(values, bins=min(40, max(5, len(set(values)))), color="#4f81bd")
+        values = np.asarray(values)  # a list costs matplotlib ~3 us an item
+        ax.hist(values, bins=min(40, max(5, len(np.unique(values)))), color="#4f81bd")
         if longest >= max_tokens / 2:  # the limit only helps where rows come near it
             ax.axvline(max_tokens, color="#c0504d", linestyle="--", label=f"max_tokens {max_tokens}")
             ax.legend(fontsize=8)
-        ax.set_title(f"{split}: {len(values)} rows, median {sorted(values)[len(values) // 2]}")
+        ax.set_title(f"{split}: {len(values)} rows, median "
+                     f"{np.partition(values, len(values) // 2)[len(values) // 2]}")
         ax.set_xlabel("tokens per conversation")
     return png_img(fig)
 
 
 def _cluster_plot(sizes: dict[str, int]) -> str:
-    import matplotlib.pyplot as plt
-
     if not sizes:
         return "<p>No duplicate clusters.</p>"
     items = sorted((int(k), v) for k, v in sizes.items())
-    fig, ax = plt.subplots(figsize=(6, 2.5))
+    fig = figure(figsize=(6, 2.5))
+    ax = fig.subplots()
     ax.bar([str(k) for k, _ in items], [v for _, v in items], color="#9bbb59")
     ax.set_xlabel("rows per cluster")
     ax.set_ylabel("clusters")
@@ -96,11 +101,10 @@ def _dedup_section(dedup: dict[str, Any]) -> list[str]:
 
 
 def _score_plot(histogram: dict[str, int]) -> str:
-    import matplotlib.pyplot as plt
-
     if not histogram:
         return ""
-    fig, ax = plt.subplots(figsize=(6, 2.5))
+    fig = figure(figsize=(6, 2.5))
+    ax = fig.subplots()
     ax.bar(list(histogram), list(histogram.values()), color="#8064a2")
     ax.set_xlabel("expected judge score (half-point buckets)")
     ax.set_ylabel("rows")
@@ -167,9 +171,6 @@ def html_table(rows: list[tuple[Any, ...]], header: tuple[str, ...]) -> str:
 def write_report(path: Path, manifest: dict[str, Any], tokens: dict[str, list[int]],
                  examples: dict[str, list[dict[str, Any]]]) -> None:
     """Writes the HTML report for one run."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     counts = manifest["counts"]
     rejected_total = sum(counts["rejected"].values())
     share = rejected_total / counts["input"] if counts["input"] else 0.0

@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 from data_engine.config import DataConfig, InputConfig, MixConfig, SplitConfig
 from data_engine.errors import ConfigError
 from data_engine.pipeline.mix import apportion, mix
-from data_engine.pipeline.split import assign_splits, leak_check, split_targets
+from data_engine.pipeline.split import (_PRIORITY, _greedy_splits, _id_ranks, assign_splits,
+                                        leak_check, split_targets)
 from data_engine.run import _same_value_links, run
 from data_engine.schema import SPLITS
 
@@ -178,6 +179,42 @@ def test_validation_floor_respects_an_explicit_zero():
 
 def _split_of(ids, result) -> dict[str, str]:
     return {i: SPLITS[k] for i, k in zip(ids, result.split.tolist())}
+
+
+def _greedy_one_unit_at_a_time(unit_source, unit_weight, rank, cells) -> np.ndarray:
+    """The split rule as its definition reads: units largest first, then by rank, each to
+    the split its source is furthest from filling, ties by priority."""
+    left = cells.astype(np.float64)
+    out = np.zeros(len(unit_source), dtype=np.int64)
+    for u in np.lexsort((rank, -unit_weight)).tolist():
+        row = left[unit_source[u]]
+        out[u] = min(range(len(SPLITS)), key=lambda k: (-row[k], _PRIORITY[SPLITS[k]]))
+        row[out[u]] -= unit_weight[u]
+    return out
+
+
+def test_greedy_splits_sorted_per_run_equal_the_unit_by_unit_rule():
+    rng = np.random.default_rng(0)
+    for trial in range(200):
+        n, sources = int(rng.integers(1, 300)), int(rng.integers(1, 5))
+        source = rng.integers(0, sources, n)
+        weight = rng.choice([1, 1, 1, 2, 3, 7], n) if trial % 2 else np.ones(n, np.int64)
+        rank = rng.permutation(n).astype(np.int64)
+        cells = rng.integers(-3, n // sources + 5, (sources, len(SPLITS)))  # ties, overfull
+        assert np.array_equal(_greedy_splits(source, weight, rank, cells),
+                              _greedy_one_unit_at_a_time(source, weight, rank, cells)), trial
+    empty = np.zeros(0, np.int64)
+    assert _greedy_splits(empty, empty, empty, np.zeros((0, len(SPLITS)), np.int64)).size == 0
+
+
+def test_id_ranks_are_keyed_blake2b():
+    import hashlib
+
+    ids = ["a", "", "日本語", "row-0001"]
+    expected = [int.from_bytes(hashlib.blake2b(i.encode(), digest_size=8, key=b"3").digest(),
+                               "big") >> 1 for i in ids]
+    assert _id_ranks(ids, 3).tolist() == expected
+    assert _id_ranks([], 3).tolist() == []
 
 
 def test_split_is_stratified_by_source():

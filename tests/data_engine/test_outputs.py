@@ -63,10 +63,10 @@ def _batch() -> pa.Table:
 
 def test_render_batch_writes_what_json_dumps_writes():
     batch = _batch()
-    lines = render_batch(batch).column("_json").to_pylist()
+    lines = render_batch(batch).column("_jsonl").to_pylist()
     for row, line in zip(batch.to_pylist(), lines):
         expected = rejected_row(row) if row["_reason"] else chat_row(row)
-        assert line == json.dumps(expected, ensure_ascii=False), row["id"]
+        assert line == json.dumps(expected, ensure_ascii=False) + "\n", row["id"]
         assert json.loads(line) == expected
 
 

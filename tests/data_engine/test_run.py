@@ -142,12 +142,43 @@ def test_cli_version_and_errors(tmp_path):
     assert _cli("--version", cwd=tmp_path).stdout.startswith("tunesmith ")
     missing = _cli("data", "run", "--input", "nope.jsonl", "--out", "o", cwd=tmp_path)
     assert missing.returncode == 2 and "nope.jsonl: no such file" in missing.stderr
+    assert not (tmp_path / "o" / ".ray").exists()  # refused before Ray was started
     (tmp_path / "bad.yaml").write_text("clean:\n  lenght: {}\nsplit: {train: 2}\n")
     bad = _cli("data", "run", "--config", "bad.yaml", "--out", "o", cwd=tmp_path)
     assert bad.returncode == 2
     assert "clean.lenght: unknown key" in bad.stderr
     none = _cli("data", "run", "--out", "o", cwd=tmp_path)
     assert none.returncode == 2 and "inputs:" in none.stderr
+
+
+_SESSION_PROBE = """
+import sys
+from pathlib import Path
+
+import ray
+
+from data_engine.config import RayConfig
+from data_engine.executor import ray_session
+
+with ray_session(RayConfig(num_cpus=1), Path(sys.argv[1])) as session:
+    assert ray.is_initialized()
+session.wait_stopped()  # the shutdown ran in the background since the block ended
+assert not ray.is_initialized()
+try:
+    with ray_session(RayConfig(num_cpus=1), Path(sys.argv[1])):
+        raise KeyError("boom")
+except KeyError:
+    assert not ray.is_initialized()  # a failed block stops Ray before the error leaves it
+print("stopped")
+"""
+
+
+def test_embedded_ray_stops_after_the_session_and_on_errors(tmp_path):
+    env = {**os.environ}
+    env.pop("RAY_ADDRESS", None)
+    done = subprocess.run([sys.executable, "-c", _SESSION_PROBE, str(tmp_path)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "stopped", done.stderr[-2000:]
 
 
 @pytest.mark.slow

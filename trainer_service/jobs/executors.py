@@ -208,7 +208,8 @@ class RayExecutor:
         # The data engine's session: joins ADDRESS, or starts a loopback head whose temp
         # dir lives in the state dir; shut down by close().
         self._session = ExitStack()
-        self._session.enter_context(ray_session(RayConfig(address=address), self.state_dir))
+        self._ray = self._session.enter_context(ray_session(RayConfig(address=address),
+                                                            self.state_dir))
         self._channel = _channel_class()
         self._task = ray.remote(run_in_ray_task)
 
@@ -229,3 +230,4 @@ class RayExecutor:
 
     def close(self) -> None:
         self._session.close()
+        self._ray.wait_stopped()
