@@ -107,15 +107,15 @@ def ray_session(config: RayConfig, run_dir: Path) -> Iterator[RaySession]:
                  log_to_driver=False, configure_logging=True)
     session = RaySession(address=address or "local", temp_dir=temp_dir, owned=True,
                          shared_storage=config.shared_storage)
+    removed = temp_dir if cleanup else None  # a temp dir of our own in /tmp goes with Ray
     try:
         yield session
     except BaseException:
-        _shutdown(temp_dir if cleanup else None)
+        _shutdown(removed)
         raise
     # Stopping Ray's processes takes ~1.3 s (each gets a second to exit after SIGTERM); the
     # caller writes its outputs meanwhile and waits with `wait_stopped`.
-    session._stopping = threading.Thread(target=_shutdown, args=(temp_dir if cleanup else None,),
-                                         name="ray-shutdown")
+    session._stopping = threading.Thread(target=_shutdown, args=(removed,), name="ray-shutdown")
     session._stopping.start()
 
 
