@@ -4,14 +4,16 @@
 workers. Batches then arrive on the driver in output order; kept rows go to their split's
 JSONL file and an Arrow stream that `hf/` is saved from (memory-mapped, so no split is held
 in memory), rejected rows to `rejected.jsonl` with their file, line, reason and original
-text.
+text (the row's own JSON text where it can be embedded as it is, see `rejected_line`).
 """
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -66,16 +68,52 @@ def chat_row(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def rejected_row(row: dict[str, Any]) -> dict[str, Any]:
-    """A rejected row: why, where from, and the original row (or the raw line)."""
-    out = {"id": row["id"], "reason": row["_reason"], "stage": row["_stage"],
-           "source": {"file": row["_file"], "line": row["_line"]}}
-    if row.get("_dup_of"):
-        out["duplicate_of"] = row["_dup_of"]
+    """A rejected row: why, where from, and the original row, parsed (or the raw line): what
+    json.loads reads back from its `rejected_line`."""
+    out = _rejected_head(row)
     if row["_reason"] == "malformed_json":
         out["raw"] = row["_raw"]
     else:
         out["row"] = json.loads(row["_raw"])
     return out
+
+
+def rejected_line(row: dict[str, Any]) -> str:
+    """A rejected row's line: `rejected_row` as JSON, its `row` the input line's own JSON text
+    where that is safe to embed (`_row_text`), so the row reads exactly as the user wrote it
+    (for a line json.dumps wrote, the same bytes as re-serialising it)."""
+    text = _row_text(row)
+    if text is None:
+        return json.dumps(rejected_row(row), ensure_ascii=False)
+    return json.dumps(_rejected_head(row), ensure_ascii=False)[:-1] + ', "row": ' + text + "}"
+
+
+def _rejected_head(row: dict[str, Any]) -> dict[str, Any]:
+    """A rejected row's fields before its `row` / `raw`."""
+    out = {"id": row["id"], "reason": row["_reason"], "stage": row["_stage"],
+           "source": {"file": row["_file"], "line": row["_line"]}}
+    if row.get("_dup_of"):
+        out["duplicate_of"] = row["_dup_of"]
+    return out
+
+
+_CONTROL = re.compile(r"[\x00-\x1f]")  # bytes below 0x20
+
+
+def _row_text(row: dict[str, Any]) -> str | None:
+    """The raw line to embed as the rejected row's `row`, or None: it is re-serialised.
+
+    Only a line that parsed at ingest (every reason but `malformed_json`) qualifies, and only
+    if without the spaces and tabs around it, it is an object with no byte below 0x20: no
+    control character left raw in a string (json.loads refuses those) and no tab, CR or
+    other control byte between tokens, so the rejected line is one line json.loads reads.
+    """
+    if row["_reason"] == "malformed_json":
+        return None
+    text = row["_raw"].strip(" \t")
+    if text.startswith("{") and text.endswith("}") and not _CONTROL.search(text):
+        return text
+    return None
 
 
 def finalize_batch(batch: pa.Table, plan: Any) -> pa.Table:
@@ -157,73 +195,194 @@ def render_batch(batch: pa.Table) -> pa.Table:
     """Arrow batch function: adds `_jsonl`, each row's output line with its newline, so workers
     do the encoding and the driver only appends bytes.
 
-    Kept rows of the common shape (text-only turns, no group, judge score or provenance)
-    are encoded with Arrow string kernels, byte for byte what `json.dumps(chat_row(row),
-    ensure_ascii=False)` writes; the others go through `chat_row` / `rejected_row`.
+    Lines are built with Arrow string kernels and NumPy, byte for byte what the per-row
+    definitions write: kept rows of the common shape (text-only turns, no group, judge score
+    or provenance) as `json.dumps(chat_row(row), ensure_ascii=False)`, rejected rows whose
+    raw line is embedded as it is (`_row_text`) as `rejected_line(row)`. The other rows go
+    through those definitions in Python.
     """
-    fast, lines = _plain_lines(batch)
-    slow = np.flatnonzero(~fast)
-    if len(slow):
-        rows = batch.take(pa.array(slow, pa.int64())).to_pylist()
-        encoded = pa.array([json.dumps(rejected_row(row) if row["_reason"] else chat_row(row),
-                                       ensure_ascii=False) + "\n" for row in rows], pa.string())
-        lines = pc.replace_with_mask(lines, pa.array(~fast), encoded)
+    kept = to_numpy_bool(pc.is_null(batch.column("_reason")))
+    order = np.concatenate([np.flatnonzero(kept), np.flatnonzero(~kept)])
+    split = int(kept.sum())
+    lines = pa.chunked_array([
+        _encoded(_rows(batch, order[:split]), _plain_lines,
+                 lambda row: json.dumps(chat_row(row), ensure_ascii=False)),
+        _encoded(_rows(batch, order[split:]), _rejected_lines, rejected_line)], pa.string())
+    if not kept[:split].all():  # kept and rejected rows interleave
+        lines = lines.take(pa.array(np.argsort(order), pa.int64()))
     return batch.append_column("_jsonl", lines)
 
 
-# What json.dumps(ensure_ascii=False) escapes in a string, the backslash first; it writes
-# every other control character as \u00XX, which `_plain_lines` leaves to json.dumps.
-_JSON_ESCAPES = (("\\", "\\\\"), ('"', '\\"'), ("\n", "\\n"), ("\r", "\\r"),
-                 ("\t", "\\t"), ("\b", "\\b"), ("\f", "\\f"))
-_OTHER_CONTROL = "[\\x00-\\x07\\x0b\\x0e-\\x1f]"
+def _rows(table: pa.Table, rows: np.ndarray) -> pa.Table:
+    """``table``'s ``rows`` (ascending): a slice, no copy, when they are consecutive (in an
+    export batch the kept rows come first)."""
+    if len(rows) and rows[-1] - rows[0] == len(rows) - 1:
+        return table.slice(rows[0], len(rows))
+    return table.take(pa.array(rows, pa.int64()))
 
 
-def _json_string(values: pa.Array) -> pa.Array:
-    """Each string as a JSON string literal (null: `null`)."""
-    for old, new in _JSON_ESCAPES:
-        values = pc.replace_substring(values, old, new)
-    return pc.fill_null(pc.binary_join_element_wise('"', values, '"', ""), "null")
+def _encoded(rows: pa.Table, arrow_lines: Callable[[pa.Table], tuple[np.ndarray, pa.Array]],
+             line: Callable[[dict[str, Any]], str]) -> pa.Array:
+    """The lines of ``rows``: ``arrow_lines`` gives (which rows it encodes, every row's line
+    as if it did), ``line`` (a row as a dict -> its line) the others."""
+    if not rows.num_rows:
+        return pa.array([], pa.string())
+    fast, lines = arrow_lines(rows)
+    slow = np.flatnonzero(~fast)
+    if len(slow):
+        encoded = pa.array([line(row) + "\n" for row in
+                            rows.take(pa.array(slow, pa.int64())).to_pylist()], pa.string())
+        lines = pc.replace_with_mask(lines, pa.array(~fast), encoded)
+    return lines
 
 
-def _json_lists(items: pa.Array, offsets: np.ndarray) -> pa.Array:
-    """Rows of JSON items (row i: items[offsets[i]:offsets[i + 1]]) as JSON arrays."""
-    rows = pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), items)
-    return pc.binary_join_element_wise("[", pc.binary_join(rows, ", "), "]", "")
-
-
-def _plain_lines(batch: pa.Table) -> tuple[np.ndarray, pa.Array]:
-    """(which rows have the common shape, every row's line as if it had): see render_batch."""
-    n = batch.num_rows
-    messages, m_offsets = list_offsets(batch.column("messages"))
-    tags, t_offsets = list_offsets(batch.column("tags"))
-    role, content = messages.field("role"), messages.field("content")
-
-    def control(values: Any) -> np.ndarray:
-        return to_numpy_bool(pc.match_substring_regex(values, _OTHER_CONTROL))
-
+def _plain_lines(rows: pa.Table) -> tuple[np.ndarray, pa.Array]:
+    """(which kept rows have the common shape, every row's line as if it had): see
+    render_batch."""
+    messages, m_offsets = list_offsets(_array(rows.column("messages")))
+    tags, t_offsets = list_offsets(_array(rows.column("tags")))
     odd_turn = (to_numpy_bool(pc.is_valid(messages.field("reasoning_content")))
-                | to_numpy_bool(pc.not_equal(messages.field("tool_calls"), ""))
-                | control(role) | control(content))
-    fast = (to_numpy_bool(pc.is_null(batch.column("_reason")))
-            & ~any_per_row(odd_turn, m_offsets) & ~any_per_row(control(tags), t_offsets)
-            & ~control(batch.column("id")) & ~control(batch.column("source")))
+                | to_numpy_bool(pc.not_equal(messages.field("tool_calls"), "")))
+    fast = ~any_per_row(odd_turn, m_offsets)
     for name in ("group", "judge_score", "judge_mass"):
-        if name in batch.column_names:
-            fast &= to_numpy_bool(pc.is_null(batch.column(name)))
-    if "origin" in batch.column_names:
-        fast &= ~to_numpy_bool(pc.not_equal(batch.column("origin"), "seed"))  # null: seed
-    turns = pc.binary_join_element_wise('{"role": ', _json_string(role), ', "content": ',
-                                        _json_string(content), "}", "")
-    tokens = pc.fill_null(pc.cast(batch.column(NUM_TOKENS.name), pa.string()), "null")
+        if name in rows.column_names:
+            fast &= to_numpy_bool(pc.is_null(rows.column(name)))
+    if "origin" in rows.column_names:
+        fast &= ~to_numpy_bool(pc.not_equal(rows.column("origin"), "seed"))  # null: seed
+    # each turn with the separator before it, so a row's turns lie one after the other
+    separator = _separators(m_offsets)
+    role, content = _escaped(messages.field("role")), _escaped(messages.field("content"))
+    turns = pc.binary_join_element_wise(separator, '{"role": "', role, '", "content": "',
+                                        content, '"}', "")
+    if role.null_count or content.null_count:  # null: written without quotes
+        turns = pc.if_else(pc.is_null(turns), pc.binary_join_element_wise(
+            separator, '{"role": ', _quoted(role), ', "content": ', _quoted(content), "}", ""),
+            turns)
+    tags = pc.binary_join_element_wise(_separators(t_offsets), _json_strings(tags), "")
+    tokens = pc.fill_null(pc.cast(rows.column(NUM_TOKENS.name), pa.string()), "null")
     lines = pc.binary_join_element_wise(
-        '{"id": ', _json_string(batch.column("id")),
-        ', "messages": ', _json_lists(turns, m_offsets),
-        ', "source": ', _json_string(batch.column("source")),
-        ', "tags": ', _json_lists(_json_string(tags), t_offsets),
-        ', "num_tokens": ', tokens, "}\n", "")
-    if isinstance(lines, pa.ChunkedArray):
-        lines = lines.combine_chunks() if lines.num_chunks else pa.array([], pa.string())
-    return fast if n else np.zeros(0, bool), lines
+        '{"id": ', _json_strings(rows.column("id")),
+        ', "messages": [', _spans(turns, m_offsets),
+        '], "source": ', _json_strings(rows.column("source")),
+        ', "tags": [', _spans(tags, t_offsets),
+        '], "num_tokens": ', tokens, "}\n", "")
+    return fast, _array(lines)
+
+
+def _rejected_lines(rows: pa.Table) -> tuple[np.ndarray, pa.Array]:
+    """(which rejected rows have their raw line embedded, every row's line as if it had): the
+    lines `rejected_line` writes (`_row_text` says which)."""
+    raw = _array(pc.utf8_trim(rows.column("_raw"), " \t"))
+    offsets, data = _text(raw)
+    below = np.flatnonzero(data[offsets[0]:offsets[-1]] < 0x20) + offsets[0]
+    control = np.zeros(len(raw), bool)
+    control[np.searchsorted(offsets, below, side="right") - 1] = True
+    fast = (~to_numpy_bool(pc.equal(rows.column("_reason"), "malformed_json"))
+            & to_numpy_bool(pc.starts_with(raw, "{")) & to_numpy_bool(pc.ends_with(raw, "}"))
+            & ~control)
+    duplicate = ""  # no `_dup_of` column (rows no later stage saw): none
+    if "_dup_of" in rows.column_names:
+        duplicate = pc.if_else(
+            pc.fill_null(pc.greater(pc.binary_length(rows.column("_dup_of")), 0), False),
+            pc.binary_join_element_wise(', "duplicate_of": ',
+                                        _json_strings(rows.column("_dup_of")), ""), "")
+    line = pc.fill_null(pc.cast(rows.column("_line"), pa.string()), "null")
+    lines = pc.binary_join_element_wise(
+        '{"id": ', _json_strings(rows.column("id")),
+        ', "reason": ', _json_strings(rows.column("_reason")),
+        ', "stage": ', _json_strings(rows.column("_stage")),
+        ', "source": {"file": ', _json_strings(rows.column("_file")), ', "line": ', line, "}",
+        duplicate, ', "row": ', raw, "}\n", "")
+    return fast, _array(lines)
+
+
+# How json.dumps(ensure_ascii=False) writes each ASCII character inside a string: `"`, the
+# backslash and the control characters escaped, the others as they are.
+_ESCAPED = pa.array([json.dumps(chr(c), ensure_ascii=False)[1:-1] for c in range(128)])
+# Bytes looked at a block at a time: temporaries the size of a batch's text are given back
+# to the OS when freed, and page faults on every call cost more than the compares.
+_BLOCK = 1 << 18
+_SEPARATORS = pa.array([", ", ""])
+
+
+def _json_strings(values: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """Each string as a JSON string literal, byte for byte what json.dumps(ensure_ascii=False)
+    writes (null: `null`)."""
+    return _quoted(_escaped(values))
+
+
+def _quoted(escaped: pa.Array) -> pa.Array:
+    """`_escaped` strings in quotes (null: `null`)."""
+    return pc.fill_null(pc.binary_join_element_wise('"', escaped, '"', ""), "null")
+
+
+def _escaped(values: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """Each string as it is written between the quotes of its JSON string literal (null
+    stays null).
+
+    The bytes to escape (a few in a thousand in chat text) are found with NumPy. The text is
+    cut into pieces at them and each such byte's piece is swapped for its escape: the new
+    pieces lie one after the other, so they are the strings again. One copy of the text
+    however many escapes it holds (`replace_substring` copies it once per kind of escape).
+    """
+    values = _array(values)
+    if not len(values):
+        return values
+    offsets, data = _text(values)
+    at = []
+    for start in range(offsets[0], offsets[-1], _BLOCK):
+        block = data[start:min(start + _BLOCK, offsets[-1])]
+        escape = block < 0x20
+        escape |= block == ord('"')
+        escape |= block == ord("\\")
+        at.append(np.flatnonzero(escape) + start)
+    at = np.concatenate(at) if at else np.zeros(0, np.int64)
+    if not len(at):
+        return values
+    # piece bounds: the strings', and each escaped byte's; a byte's own bound goes last among
+    # equal ones, so that its piece is the byte (the stable sort merges the sorted runs)
+    bounds = np.sort(np.concatenate([offsets, at + 1, at]), kind="stable")
+    pieces = pa.Array.from_buffers(values.type, len(bounds) - 1, [
+        None, pa.py_buffer(bounds.astype(offsets.dtype)), values.buffers()[2]])
+    swap = np.zeros(len(pieces), bool)
+    swap[np.searchsorted(bounds, at, side="right") - 1] = True
+    pieces = pc.replace_with_mask(pieces, pa.array(swap), _ESCAPED.take(pa.array(data[at])))
+    valid = pc.is_valid(values).buffers()[1] if values.null_count else None
+    return _spans(pieces, np.searchsorted(bounds, offsets), valid, values.null_count)
+
+
+def _separators(offsets: np.ndarray) -> pa.Array:
+    """`, ` for each item (row i: items offsets[i]:offsets[i + 1]) but the first of its row."""
+    first = np.zeros(offsets[-1], np.int8)
+    first[offsets[:-1][offsets[:-1] < offsets[1:]]] = 1
+    return _SEPARATORS.take(pa.array(first))
+
+
+def _spans(values: pa.Array, offsets: np.ndarray, valid: pa.Buffer | None = None,
+           null_count: int = 0) -> pa.Array:
+    """Row i: the strings values[offsets[i]:offsets[i + 1]] one after the other, without a
+    copy (that is how they lie in ``values``' data)."""
+    starts = _text(values)[0][offsets]
+    return pa.Array.from_buffers(values.type, len(offsets) - 1, [
+        valid, pa.py_buffer(starts), values.buffers()[2]], null_count)
+
+
+def _text(values: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """A string array's value offsets (string i: ``data[offsets[i]:offsets[i + 1]]``) and
+    its data, as NumPy views."""
+    wide = pa.types.is_large_string(values.type)
+    offsets = np.frombuffer(values.buffers()[1], np.int64 if wide else np.int32)[
+        values.offset:values.offset + len(values) + 1]
+    return offsets, np.frombuffer(values.buffers()[2] or b"", np.uint8)
+
+
+def _array(values: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """``values`` as one array (a copy only when it has several chunks)."""
+    if not isinstance(values, pa.ChunkedArray):
+        return values
+    if values.num_chunks == 1:
+        return values.chunk(0)
+    return values.combine_chunks() if values.num_chunks else pa.array([], values.type)
 
 
 def _with_defaults(table: pa.Table, fields: Any) -> pa.Table:
@@ -259,7 +418,7 @@ class DatasetWriter:
         self.rejected: Counter[str] = Counter({r: 0 for r in REASONS})
         self.splits: Counter[str] = Counter({s: 0 for s in SPLITS})
         self.sources: dict[str, Counter[str]] = defaultdict(Counter)
-        self.tokens: dict[str, list[int]] = {s: [] for s in SPLITS}
+        self._tokens: dict[str, list[np.ndarray]] = {s: [] for s in SPLITS}
         self.examples: dict[str, list[dict[str, Any]]] = defaultdict(list)
         # binary: lines are written straight from Arrow's UTF-8 buffers
         self._split_files = {s: open(out_dir / f"{s}.jsonl", "wb") for s in SPLITS}
@@ -296,9 +455,11 @@ class DatasetWriter:
             for row in dropped.group_by(["source", "_stage"]).aggregate(
                     [([], "count_all")]).to_pylist():
                 self.sources[row["source"]][f"dropped_{row['_stage']}"] += row["count_all"]
-            for i, reason in enumerate(dropped.column("_reason").to_pylist()):
-                if len(self.examples[reason]) < EXAMPLES_PER_REASON:
-                    self.examples[reason].append(json.loads(lines[i].as_py()))
+            reasons = dropped.column("_reason")
+            for reason in pc.unique(reasons).to_pylist():  # in order of first appearance
+                wanted = EXAMPLES_PER_REASON - len(self.examples[reason])
+                rows = np.flatnonzero(to_numpy_bool(pc.equal(reasons, reason)))[:wanted]
+                self.examples[reason] += [json.loads(lines[i].as_py()) for i in rows.tolist()]
             self._write_lines(self._rejected, lines)
         for name, n in _counts(source.filter(kept_mask)).items():
             self.sources[name]["kept"] += n
@@ -310,7 +471,7 @@ class DatasetWriter:
                 continue
             self._arrow[split].write_table(_conform(part))
             self.splits[split] += part.num_rows
-            self.tokens[split] += part.column("num_tokens").to_pylist()
+            self._tokens[split].append(part.column("num_tokens").to_numpy())
             self._write_lines(self._split_files[split], batch.column("_jsonl").filter(mask))
 
     @staticmethod
@@ -335,6 +496,12 @@ class DatasetWriter:
                           "after_dedup": after_clean - c["dropped_judge"] - c["dropped_dedup"],
                           "repeats": c["repeats"], "kept": c["kept"]}
         return flow
+
+    @property
+    def tokens(self) -> dict[str, np.ndarray]:
+        """Each split's `num_tokens`, in output order."""
+        return {split: np.concatenate(parts) if parts else np.zeros(0, np.int64)
+                for split, parts in self._tokens.items()}
 
     @property
     def kept(self) -> int:
