@@ -23,7 +23,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from data_engine.columns import list_offsets
+from data_engine.columns import list_offsets, to_numpy_bool
+from data_engine.normalizers.text import has_bytes
 from data_engine.schema import MESSAGE_TYPE
 
 # ASCII whitespace and every Unicode separator (NFKC already maps most odd spaces to U+0020).
@@ -33,6 +34,10 @@ _SPACES = r"[\s\p{Z}]+"
 _ODD_SPACES = r"[\s\p{Z}]{2}|[\t\n\f\r]|[^ \P{Z}]"
 # `_nfkc_may_change` checks code points below this one by one and takes all from it on.
 _PLANE_2 = 0x20000
+# Every UTF-8 byte from 0xC0 but the lead bytes of the CJK and Hangul blocks U+3000-U+9FFF
+# and U+B000-U+CFFF: the characters that utf8_lower changes, ASCII aside, start with one (a
+# test checks every code point).
+_CASED_STARTS = ((0xC0, 0xE2), (0xEA, 0xEA), (0xED, 0xFF))
 
 
 @dataclass
@@ -87,14 +92,25 @@ def _canonical(values: pa.Array) -> pa.Array:
     """NFKC, runs of whitespace to one space, trimmed (nulls stay null).
 
     Each step runs only on the strings it can change: NFKC those with a character of
-    `_nfkc_may_change` (most Japanese and Chinese text has none), the whitespace rewrite
-    those that `_ODD_SPACES` matches.
+    `_nfkc_may_change` (most Japanese and Chinese text has none; the class has no ASCII
+    character, so only non-ASCII strings are tested), the whitespace rewrite those that
+    `_ODD_SPACES` matches.
     """
-    text = _where(values, pc.match_substring_regex(values, _nfkc_may_change()),
-                  lambda some: pc.utf8_normalize(some, "NFKC"))
-    text = _where(text, pc.match_substring_regex(text, _ODD_SPACES),
+    may_change = to_numpy_bool(pc.invert(pc.string_is_ascii(values)))
+    if may_change.any():
+        may_change[may_change] = to_numpy_bool(pc.match_substring_regex(
+            values.filter(pa.array(may_change)), _nfkc_may_change()))
+    text = _where(values, may_change, lambda some: pc.utf8_normalize(some, "NFKC"))
+    text = _where(text, to_numpy_bool(pc.match_substring_regex(text, _ODD_SPACES)),
                   lambda some: pc.replace_substring_regex(some, _SPACES, " "))
     return pc.utf8_trim(text, " ")
+
+
+def _lower(values: pa.Array) -> pa.Array:
+    """``pc.utf8_lower``, one code point at a time: ``pc.ascii_lower`` (~15x faster) does
+    the same to the strings without a byte of `_CASED_STARTS`, and the rest are lowered
+    again with utf8_lower."""
+    return _where(pc.ascii_lower(values), has_bytes(values, _CASED_STARTS), pc.utf8_lower)
 
 
 @cache
@@ -130,11 +146,11 @@ def _nfkc_may_change() -> str:
     return "[" + "".join(f"\\x{{{lo:X}}}-\\x{{{hi:X}}}" for lo, hi in ranges) + "]"
 
 
-def _where(values: pa.Array, mask: pa.Array, change: Any) -> pa.Array:
+def _where(values: pa.Array, mask: np.ndarray, change: Any) -> pa.Array:
     """``values`` with ``change`` applied to those where ``mask`` is true."""
-    mask = pc.fill_null(mask, False)
-    if not pc.any(mask).as_py():
+    if not mask.any():
         return values
+    mask = pa.array(mask)
     return pc.replace_with_mask(values, mask, change(values.filter(mask)))
 
 
@@ -148,9 +164,8 @@ def batch_texts(messages: pa.ListArray | pa.ChunkedArray) -> BatchTexts:
     content_all = pc.if_else(pc.is_valid(tools), with_tools, content)
     exact_turn = pc.binary_join_element_wise(pc.fill_null(values.field("role"), ""),
                                              content_all, "\x1f")
-    near_turn = pc.utf8_lower(pc.if_else(pc.is_valid(tools),
-                                         pc.binary_join_element_wise(content, tools, " "),
-                                         content))
+    near_turn = _lower(pc.if_else(pc.is_valid(tools),
+                                  pc.binary_join_element_wise(content, tools, " "), content))
 
     is_user = pc.fill_null(pc.equal(values.field("role"), "user"), False)
     return BatchTexts(exact_array=_join(exact_turn, offsets, "\x1e"),

@@ -31,7 +31,8 @@ class MessageView:
     """The messages of a batch flattened once: per-message Python lists plus row offsets.
 
     The Python lists (``roles``, ``contents``, ...) are built on first use; vectorised
-    filters read the Arrow columns (``column``) and the NumPy masks instead.
+    filters read the Arrow columns (``column``) and the NumPy masks instead, and take the
+    Python strings of only the messages they check (``texts``).
     """
 
     def __init__(self, messages: pa.ListArray | pa.ChunkedArray):
@@ -61,6 +62,10 @@ class MessageView:
     @cached_property
     def tool_calls(self) -> list[str | None]:
         return self._field("tool_calls")
+
+    def texts(self, where: np.ndarray) -> list[str]:
+        """``contents`` of the messages at ``where`` (indices), made only for those."""
+        return self.content_array.take(where).to_pylist()
 
     @cached_property
     def content_array(self) -> pa.Array:
@@ -136,7 +141,5 @@ def per_reply(view: MessageView, reason: str, bad: Callable[[str], bool],
     if prefilter is not None and len(checked):
         checked = checked[prefilter(view.content_array.take(checked))]
     flags = np.zeros(len(view.reply_mask), dtype=bool)
-    contents = view.contents
-    for i in checked.tolist():
-        flags[i] = bad(contents[i])
+    flags[checked] = [bad(text) for text in view.texts(checked)]
     return reasons_of(view.any_per_row(flags), reason)

@@ -51,9 +51,8 @@ def _normals(view: MessageView, where: np.ndarray) -> dict[int, str]:
         pc.match_substring_regex(text, _NOT_SINGLE_SPACES))))
     out = pc.utf8_trim(pc.ascii_lower(text.filter(simple)), " ").to_pylist()
     normals = dict(zip(where[simple].tolist(), out))
-    contents = view.contents
-    for i in where[~simple].tolist():
-        normals[i] = _normal(contents[i])
+    normals.update(zip(where[~simple].tolist(),
+                       map(_normal, text.filter(pa.array(~simple)).to_pylist())))
     return normals
 
 
@@ -61,7 +60,7 @@ def _normal_prompt(parts: list[str]) -> str:
     """``_normal("\\n".join(texts))`` from ``parts``, the ``_normal`` of each of the texts:
     lower-casing goes character by character (its one context rule, final sigma, does not
     look across a newline), and splitting the joined text splits each text in turn."""
-    return " ".join(part for part in parts if part)
+    return " ".join(filter(None, parts))
 
 
 def _missing(reply: str, prompt: str, ngram: int, stop_after: int | None = None) -> int:
@@ -105,16 +104,16 @@ def _copied_normal(reply: str, prompt: str, config: CopiedPromptConfig) -> bool:
 def _many_missing(reply: str, prompt: str, ngram: int, allowed: int) -> bool:
     """True when surely more than ``allowed`` of ``reply``'s n-grams are missing from
     ``prompt``, found with fewer searches than ``_missing``: a piece of ``_PIECE``
-    characters the prompt lacks is missing from every n-gram holding it, and pieces
-    ``ngram - _PIECE + 1`` apart lie in disjoint sets of n-grams. False proves nothing."""
+    characters the prompt lacks is missing from every n-gram holding it. The pieces start
+    at ``step - 1``, ``2 * step - 1``, ... (``step = ngram - _PIECE + 1``) up to the last
+    n-gram's start, so each lies in ``step`` n-grams that no other piece lies in. False
+    proves nothing."""
     piece = min(_PIECE, ngram)
-    grams = len(reply) - ngram + 1
-    if grams < 1:
-        return False
+    step = ngram - piece + 1
     missed = 0
-    for start in range(0, len(reply) - piece + 1, ngram - piece + 1):
+    for start in range(step - 1, len(reply) - ngram + 1, step):
         if reply[start:start + piece] not in prompt:
-            missed += min(start, grams - 1) - max(start + piece - ngram, 0) + 1
+            missed += step
             if missed > allowed:
                 return True
     return False
@@ -130,8 +129,9 @@ def copied_prompt(view: MessageView, config: CleanConfig, alive: np.ndarray | No
     most = pc.add(pc.utf8_length(text), pc.count_substring(text, "İ")).to_numpy()
     normals = _normals(view, replies[most >= max(cfg.min_chars, 1)])
     checked = np.zeros(len(view.is_assistant), dtype=bool)
-    for i, value in normals.items():
-        checked[i] = len(value) >= cfg.min_chars
+    where = np.fromiter(normals, dtype=np.int64, count=len(normals))
+    lengths = np.fromiter(map(len, normals.values()), dtype=np.int64, count=len(normals))
+    checked[where[lengths >= cfg.min_chars]] = True
     has_reply = view.any_per_row(checked)
     normals.update(_normals(view, np.flatnonzero(view.message_mask(has_reply) & to_numpy_bool(
         pc.is_in(view.column("role"), pa.array(PROMPT_ROLES))))))

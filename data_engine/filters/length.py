@@ -18,10 +18,16 @@ import pyarrow.compute as pc
 
 from data_engine.config import CleanConfig, LengthConfig
 from data_engine.filters.base import MessageView, Reasons
-from data_engine.normalizers.text import re2_class_pattern
+from data_engine.normalizers.text import has_bytes, re2_class_pattern
 
-_CJK = re.compile("[\u1100-\u11ff\u2e80-\u9fff\uac00-\ud7af\uf900-\ufaff\ufe30-\ufe4f"
-                  "\uff00-\uffef\U00020000-\U0003ffff]")
+_CJK_RANGES = ((0x1100, 0x11FF), (0x2E80, 0x9FFF), (0xAC00, 0xD7AF), (0xF900, 0xFAFF),
+               (0xFE30, 0xFE4F), (0xFF00, 0xFFEF), (0x20000, 0x3FFFF))
+_CJK = re.compile("[" + "".join(f"{chr(lo)}-{chr(hi)}" for lo, hi in _CJK_RANGES) + "]")
+# UTF-8 lead bytes whose every character (a 4096 block of 3-byte ones) is CJK; any other byte
+# from 0xC0 on starts a character that is not ASCII and not such a CJK one.
+_CJK_LEADS = {0xE0 | block >> 12 for block in range(0, 0x10000, 0x1000)
+              if any(lo <= block and block + 0xFFF <= hi for lo, hi in _CJK_RANGES)}
+_OTHER_STARTS = [(b, b) for b in range(0xC0, 0x100) if b not in _CJK_LEADS]
 
 
 def estimate_tokens(text: str) -> int:
@@ -38,22 +44,26 @@ def estimate_tokens_array(*parts: pa.Array) -> np.ndarray:
     """``estimate_tokens`` of each concatenation ``parts[0][i] + parts[1][i] + ...`` (null
     parts read as ""), vectorised. The estimate needs only the text's length and CJK count,
     both sums over the parts; ASCII and empty text have no CJK, so one formula covers all.
-    The CJK count is the length that deleting every run of CJK characters removes (one
-    regex match per run, not per character), taken only for non-ASCII strings."""
+
+    A string whose characters are all ASCII (1 byte) or start with a byte of ``_CJK_LEADS``
+    (3 bytes, CJK) has (bytes - characters) / 2 CJK characters: only the strings holding a
+    byte of ``_OTHER_STARTS`` need counting. There the CJK count is the length that deleting
+    every run of CJK characters removes (one regex match per run, not per character)."""
     length = np.zeros(len(parts[0]), dtype=np.int64)
     cjk = np.zeros(len(parts[0]), dtype=np.int64)
     runs = re2_class_pattern(_CJK.pattern) + "+"
     for part in parts:
         part = pc.fill_null(part, "")
-        chars = pc.utf8_length(part)
-        length += chars.to_numpy(zero_copy_only=False)
-        wide = pc.not_equal(pc.binary_length(part), chars)
-        if pc.any(wide).as_py():
-            some = part.filter(wide)
+        chars = pc.utf8_length(part).to_numpy(zero_copy_only=False)
+        length += chars
+        other = has_bytes(part, _OTHER_STARTS)
+        cjk += np.where(other, 0, (pc.binary_length(part).to_numpy(zero_copy_only=False)
+                                   - chars) // 2)
+        if other.any():
+            some = part.filter(pa.array(other))
             removed = pc.subtract(pc.utf8_length(some),
                                   pc.utf8_length(pc.replace_substring_regex(some, runs, "")))
-            cjk[np.flatnonzero(wide.to_numpy(zero_copy_only=False))] += removed.to_numpy(
-                zero_copy_only=False)
+            cjk[other] += removed.to_numpy(zero_copy_only=False)
     return cjk + (length - cjk + 3) // 4
 
 

@@ -150,12 +150,13 @@ def _char_classes() -> np.ndarray:
     return table
 
 
-@lru_cache(maxsize=4)
-def _hash_powers(size: int) -> np.ndarray:
-    """_HASH_BASE ** i (mod 2**64) for i < size; ``size`` a power of two."""
+@lru_cache(maxsize=2)
+def _hash_powers(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """_HASH_BASE ** i and _HASH_BASE ** -i (mod 2**64) for i < ``size``."""
     powers = np.full(size, _HASH_BASE, dtype=np.uint64)
-    powers[0] = 1
-    return np.cumprod(powers, dtype=np.uint64)
+    inverses = np.full(size, pow(int(_HASH_BASE), -1, 1 << 64), dtype=np.uint64)
+    powers[0] = inverses[0] = 1
+    return np.cumprod(powers, dtype=np.uint64), np.cumprod(inverses, dtype=np.uint64)
 
 
 def _token_ids(codes: np.ndarray, separators: np.ndarray) -> np.ndarray:
@@ -163,22 +164,24 @@ def _token_ids(codes: np.ndarray, separators: np.ndarray) -> np.ndarray:
     per position in ``separators`` (where one text ends and the next begins).
 
     Equal tokens get equal ids: a single-character token its code point, a word
-    (`[A-Za-z0-9]+`) a polynomial hash with the top bit set. Different tokens may share an
-    id (a hash collision). Each separator's id is unique.
+    (`[A-Za-z0-9]+`) the polynomial hash sum(code[k] * _HASH_BASE ** k) with the top bit
+    set, read off prefix sums of code[j] * _HASH_BASE ** j as (sums[end] - sums[start]) *
+    _HASH_BASE ** -start. Different tokens may share an id (a hash collision). Each
+    separator's id is unique.
     """
     table = _char_classes()
-    classes = table[np.minimum(codes, len(table) - 1)]
+    classes = table.take(codes, mode="clip")  # past the table's end: its last entry, 0
     starts = classes == 0  # `[^\\sA-Za-z0-9]`: one token per character
     ids = codes.astype(np.uint64)
-    letters = np.flatnonzero(classes == 1)  # `[A-Za-z0-9]+`: maximal runs
-    if len(letters):
-        new_run = np.diff(letters, prepend=-2) != 1
-        first = np.flatnonzero(new_run)  # where each run starts, as indices into letters
-        offset = np.arange(len(letters)) - first[np.cumsum(new_run) - 1]
-        powers = _hash_powers(1 << int(offset.max()).bit_length())
-        words = np.add.reduceat(codes[letters].astype(np.uint64) * powers[offset], first)
-        ids[letters[first]] = words | _ALNUM_TAG
-        starts[letters[first]] = True
+    edges = np.diff((classes == 1).view(np.int8), prepend=np.int8(0), append=np.int8(0))
+    first, end = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)  # `[A-Za-z0-9]+`
+    if len(first):
+        size = 1 << len(codes).bit_length()  # tables up to 2M positions (32 MB) are kept
+        powers, inverses = (_hash_powers if size <= 1 << 21 else _hash_powers.__wrapped__)(size)
+        sums = np.zeros(len(codes) + 1, dtype=np.uint64)
+        np.cumsum(ids * powers[:len(codes)], out=sums[1:])
+        ids[first] = (sums[end] - sums[first]) * inverses[first] | _ALNUM_TAG
+        starts[first] = True
     ids[separators] = _SEPARATOR_TAG + np.arange(len(separators), dtype=np.uint64)
     starts[separators] = True
     return ids[starts]
@@ -218,7 +221,6 @@ def _phrase_candidates(lowered: list[str], max_len: int, max_repeats: int) -> np
 def degenerate_repetition(view: MessageView, config: CleanConfig,
                           alive: np.ndarray | None = None) -> Reasons:
     checked = np.flatnonzero(view.reply_mask & view.message_mask(alive))
-    contents = view.contents
     flags = np.zeros(len(view.reply_mask), dtype=bool)
-    flags[checked] = degenerate_flags([contents[i] for i in checked], config.repetition)
+    flags[checked] = degenerate_flags(view.texts(checked), config.repetition)
     return reasons_of(view.any_per_row(flags), "degenerate_repetition")

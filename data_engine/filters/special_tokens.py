@@ -16,11 +16,10 @@ from functools import lru_cache
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from data_engine.config import CleanConfig
-from data_engine.filters.base import MessageView, Reasons, reasons_of, to_numpy_bool
-from data_engine.normalizers.text import python_whitespace, re2_literal
+from data_engine.filters.base import MessageView, Reasons, reasons_of
+from data_engine.normalizers.text import matches_where, python_whitespace, re2_literal
 
 _PIPE_TOKEN = r"<\|[^|<>\s]{1,40}\|>"
 
@@ -39,8 +38,10 @@ def _re2_pattern(literals: tuple[str, ...]) -> str:
 
 
 def _contains(texts: pa.Array, literals: tuple[str, ...]) -> np.ndarray:
-    """Per string: ``_pattern(literals).search`` finds something (nulls: False)."""
-    return to_numpy_bool(pc.match_substring_regex(texts, _re2_pattern(literals)))
+    """Per string: ``_pattern(literals).search`` finds something (nulls: False). Every match
+    starts with `<` or a literal's first character: RE2 runs only where one of those is."""
+    starts = [(b, b) for b in {ord("<")} | {t.encode("utf-8")[0] for t in literals if t}]
+    return matches_where(texts, _re2_pattern(literals), starts)
 
 
 def special_token_literal(view: MessageView, config: CleanConfig,

@@ -16,6 +16,7 @@ import re
 import sys
 import unicodedata
 from functools import cache
+from typing import Iterable
 
 import ftfy
 import numpy as np
@@ -56,10 +57,11 @@ def normalize_texts(texts: pa.Array, fix_mojibake: bool = True,
                     normalize_width: bool = True) -> pa.Array:
     """``normalize_text`` of every string of ``texts`` (nulls stay null), vectorised.
 
-    Most strings only need ``str.strip()``, which Arrow does for all of them. One regex
-    pass picks the strings that need more: a carriage return or an invisible character
-    (Arrow replaces those), or a mojibake hint (when repairing) or a foldable character
-    (when folding); those go through ``normalize_text``. A string without hint or foldable
+    Most strings only need ``str.strip()``, which Arrow does for all of them. A regex picks
+    the strings that need more (run only on those holding a byte its matches start with,
+    ``matches_where``): a carriage return or an invisible character (Arrow replaces those),
+    or a mojibake hint (when repairing) or a foldable character (when folding); those go
+    through ``normalize_text``. A string without hint or foldable
     character is exactly what ``normalize_text`` handles without ftfy and folding. The
     replacements only delete characters or turn CR into LF, outside the hint and width
     classes, so testing the raw string, as ``normalize_text`` tests the partly normalised
@@ -68,9 +70,10 @@ def normalize_texts(texts: pa.Array, fix_mojibake: bool = True,
     hints = ([_MOJIBAKE_HINT.pattern] if fix_mojibake else []) + (
         [_WIDTH_HINT.pattern] if normalize_width else [])
     invisible = _INVISIBLE.pattern[:-1] + "\r]"  # the class, plus CR
-    work = pc.fill_null(pc.match_substring_regex(
-        texts, "|".join(re2_class_pattern(p) for p in [invisible] + hints)), False)
-    if pc.any(work).as_py():
+    work = matches_where(texts, "|".join(re2_class_pattern(p) for p in [invisible] + hints),
+                         [r for p in [invisible] + hints for r in first_bytes(p)])
+    if work.any():
+        work = pa.array(work)
         some = texts.filter(work)
         fixed = pc.replace_substring(pc.replace_substring(some, "\r\n", "\n"), "\r", "\n")
         fixed = pc.replace_substring_regex(fixed, re2_class_pattern(_INVISIBLE.pattern), "")
@@ -90,8 +93,13 @@ def normalize_texts(texts: pa.Array, fix_mojibake: bool = True,
 def python_whitespace() -> str:
     """Every character ``str.isspace`` accepts: what ``str.strip()``, ``str.split()`` and
     the ``\\s`` of ``re`` treat as whitespace. Arrow's own whitespace tables (utf8proc)
-    differ, so vectorised code trims and matches with this set spelled out."""
-    return "".join(filter(str.isspace, map(chr, range(sys.maxunicode + 1))))
+    differ, so vectorised code trims and matches with this set spelled out.
+
+    Found by ``re``'s ``\\s`` in one string of every code point: CPython defines both by
+    ``Py_UNICODE_ISSPACE`` (a test checks every code point); ~10x faster than calling
+    ``str.isspace`` a million times (surrogates are no whitespace, and not UTF-32)."""
+    codes = np.r_[0:0xD800, 0xE000:sys.maxunicode + 1].astype("<u4")
+    return "".join(re.findall(r"\s", codes.tobytes().decode("utf-32-le")))
 
 
 @cache
@@ -101,6 +109,94 @@ def python_whitespace_table() -> np.ndarray:
     table = np.zeros(max(codes) + 1, dtype=bool)
     table[codes] = True
     return table
+
+
+def first_bytes(pattern: str) -> list[tuple[int, int]]:
+    """The first UTF-8 bytes of the characters that ``pattern``, as ``re2_class_pattern``
+    takes it, can start a match with (its first character or ``[...]`` class, no ``^``), as
+    inclusive ranges, maybe more: among characters of one UTF-8 length the first byte never
+    decreases as the code point grows."""
+    if pattern[0] != "[":
+        return [(pattern.encode("utf-8")[0],) * 2]
+    body = pattern[1:pattern.index("]", 2)]
+    if body[0] == "^":
+        raise ValueError(f"negated class: {pattern!r}")
+    out, i = [], 0
+    while i < len(body):
+        if i + 2 < len(body) and body[i + 1] == "-":
+            lo, hi, i = ord(body[i]), ord(body[i + 2]), i + 3
+        else:
+            lo, hi, i = ord(body[i]), ord(body[i]), i + 1
+        for first, last in ((0, 0x7F), (0x80, 0x7FF), (0x800, 0xFFFF), (0x10000, 0x10FFFF)):
+            if lo <= last and hi >= first:
+                out.append((_first_byte(max(lo, first)), _first_byte(min(hi, last))))
+    return out
+
+
+def _first_byte(code: int) -> int:
+    """The first byte of the UTF-8 of code point ``code``."""
+    if code < 0x80:
+        return code
+    if code < 0x800:
+        return 0xC0 | code >> 6
+    return 0xE0 | code >> 12 if code < 0x10000 else 0xF0 | code >> 18
+
+
+def has_bytes(texts: pa.Array, ranges: Iterable[tuple[int, int]]) -> np.ndarray:
+    """Per string of ``texts``: its UTF-8 holds a byte in one of the inclusive ``ranges``
+    (nulls: False). Byte compares in NumPy over the data buffer: a fraction of an RE2 scan.
+
+    A byte below 0x80 or from 0xC0 on only ever starts a character, so with such ranges this
+    says whether the string has a character starting with one of those bytes: a necessary
+    condition for a regex whose every match starts with one (see ``matches_where``)."""
+    out = np.zeros(len(texts), dtype=bool)
+    if not len(texts):
+        return out
+    width = np.int64 if pa.types.is_large_string(texts.type) else np.int32
+    offsets = np.frombuffer(texts.buffers()[1], dtype=width)[
+        texts.offset:texts.offset + len(texts) + 1]
+    data = np.frombuffer(texts.buffers()[2] or b"", dtype=np.uint8)[offsets[0]:offsets[-1]]
+    merged: list[list[int]] = []
+    for lo, hi in sorted(ranges):
+        if merged and lo <= merged[-1][1] + 1:
+            merged[-1][1] = max(merged[-1][1], hi)
+        else:
+            merged.append([lo, hi])
+    # Byte-sized scratch from Arrow's pool, which keeps freed memory: fresh NumPy arrays of
+    # this size come from the OS each call, and zeroing their pages costs more than the work.
+    hit, shifted, flag = (np.frombuffer(pa.allocate_buffer(len(data) + 1), dtype=dtype)
+                          for dtype in (np.bool_, np.uint8, np.bool_))
+    hit[-1] = False  # past the last string, for reduceat
+    for number, (lo, hi) in enumerate(merged):  # data - lo wraps below lo: one compare
+        into = hit[:-1] if number == 0 else flag[:-1]
+        if lo == hi:
+            np.equal(data, lo, out=into)
+        else:
+            np.less_equal(np.subtract(data, np.uint8(lo), out=shifted[:-1]), hi - lo, out=into)
+        if number:
+            np.logical_or(hit[:-1], into, out=hit[:-1])
+    count = np.count_nonzero(hit)
+    if not count:
+        return out
+    if count < len(data) // 32:  # few: find each one's string
+        out[np.searchsorted(offsets, np.flatnonzero(hit) + offsets[0], side="right") - 1] = True
+    else:  # many: one pass over all of them (an empty string's segment is its next byte)
+        out = np.logical_or.reduceat(hit, offsets[:-1] - offsets[0]) & (offsets[1:] > offsets[:-1])
+    if texts.null_count:
+        out &= pc.is_valid(texts).to_numpy(zero_copy_only=False)
+    return out
+
+
+def matches_where(texts: pa.Array, pattern: str, starts: Iterable[tuple[int, int]]
+                  ) -> np.ndarray:
+    """Per string: ``pc.match_substring_regex(texts, pattern)``, nulls False, where every
+    match of ``pattern`` starts with a byte of ``starts`` (ranges as ``has_bytes`` takes
+    them): RE2 runs only on the strings that hold such a byte."""
+    out = has_bytes(texts, starts)
+    if out.any():
+        out[out] = pc.fill_null(pc.match_substring_regex(texts.filter(pa.array(out)), pattern),
+                                False).to_numpy(zero_copy_only=False)
+    return out
 
 
 def re2_literal(text: str) -> str:

@@ -707,3 +707,32 @@ def test_exact_keys_and_signatures_match_their_definitions():
                                                            num_perm=128, seed=7)
     assert np.array_equal(signatures(batch.near, 5, 128, 7),
                           np.asarray(matrix.to_rows(), dtype=np.uint32))
+
+
+def test_lower_equals_utf8_lower():
+    """`_lower` uses ascii_lower where no byte of `_CASED_STARTS` is: no other character
+    changes under utf8_lower (every code point), and mixed strings agree too."""
+    import pyarrow.compute as pc
+
+    from data_engine.dedup.text import _CASED_STARTS, _lower
+
+    chars = pa.array([chr(c) for c in range(0x80, 0x110000) if not 0xD800 <= c < 0xE000])
+    changed = chars.filter(pc.not_equal(pc.utf8_lower(chars), chars)).to_pylist()
+    assert len(changed) > 1000
+    assert all(any(lo <= ch.encode()[0] <= hi for lo, hi in _CASED_STARTS) for ch in changed)
+    texts = _random_texts(4, 3000) + ["ÀBC", "ＡＢＣ", "ΣΑΣ", "İ", None, ""]
+    values = pa.array(texts, pa.string())
+    assert _lower(values).equals(pc.utf8_lower(values))
+    assert _lower(values.slice(5, 100)).equals(pc.utf8_lower(values.slice(5, 100)))
+
+
+def test_canonical_keeps_nulls_and_skips_ascii_for_nfkc():
+    import pyarrow.compute as pc
+
+    from data_engine.dedup.text import _canonical
+
+    values = pa.array(["ＡＢ  c", None, "", " a\tb ", "ﬁ", None, "x\u3000y"], pa.string())
+    plain = pc.utf8_trim(pc.replace_substring_regex(pc.utf8_normalize(values, "NFKC"),
+                                                    r"[\s\p{Z}]+", " "), " ")
+    assert _canonical(values).equals(plain)
+    assert _canonical(pa.array(["a", None], pa.string())).to_pylist() == ["a", None]

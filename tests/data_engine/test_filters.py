@@ -99,6 +99,25 @@ def test_special_token_literal_checks_reasoning_and_keeps_plain_markup():
     assert reasons(special_token_literal, [with_reasoning, plain]) == ["special_token_literal", None]
 
 
+def test_special_tokens_batch_match_equals_the_pattern():
+    """RE2 runs only on strings holding a byte a match starts with; same answers as
+    ``_pattern`` (literals starting with a non-ASCII character included), nulls False."""
+    import random
+
+    import pyarrow as pa
+
+    from data_engine.filters.special_tokens import _contains, _pattern
+
+    rng = random.Random(5)
+    pools = ["<|", "|>", "im_end", " \u3000", "</s>", "[INST]", "｜END｜", "子育て", "ab", "<", "["]
+    texts = ["".join(rng.choice(pools) for _ in range(rng.randint(0, 6))) for _ in range(3000)]
+    texts += [None, ""]
+    for literals in (("<s>", "</s>", "[INST]"), ("｜END｜", "", "</s>"), ()):
+        expected = [t is not None and _pattern(literals).search(t) is not None for t in texts]
+        assert True in expected and False in expected
+        assert _contains(pa.array(texts, pa.string()), literals).tolist() == expected
+
+
 # tag_list ----------------------------------------------------------------------------------
 
 TAGS = TagListConfig()
@@ -168,6 +187,48 @@ def test_char_runs_skip_exempt_characters():
     assert has_char_run("」」」」」", 4) and not has_char_run("12222222", 4)
 
 
+def test_degenerate_flags_equal_is_degenerate_on_random_texts():
+    """The batch rules (char runs, phrase candidates from hashed token ids, zlib last) give
+    ``is_degenerate``'s answers; repeated words, phrases and runs across case and scripts."""
+    import random
+
+    from data_engine.filters.repetition import degenerate_flags
+
+    rng = random.Random(11)
+    words = ["the", "The", "THE", "cat", "a1", "ですです", "」", "八", "…", "-", " ", "\n", "。",
+             "ab", "Ab", "x" * 30, "12"]
+    texts = []
+    for _ in range(3000):
+        phrase = [rng.choice(words) for _ in range(rng.randint(1, 4))]
+        text = rng.choice(["", " ", "\n"]).join(phrase * rng.randint(1, 5))
+        texts.append(rng.choice(words) + " " + text if rng.random() < 0.5 else text)
+    texts += ["", "a" * 300, "ab " * 100, "子育て" * 80]
+    expected = [is_degenerate(t, REP) for t in texts]
+    assert True in expected and False in expected
+    assert degenerate_flags(texts, REP).tolist() == expected
+
+
+def test_token_ids_are_the_polynomial_hash_of_each_token():
+    import re
+
+    from data_engine.filters.repetition import (TOKEN, _ALNUM_TAG, _HASH_BASE, _SEPARATOR_TAG,
+                                                _codes, _token_ids)
+
+    texts = ["the cat sat", "", "ab12 , ですA", "x" * 5000 + " y", "  ", "42"]
+    codes, starts = _codes(texts)
+    expected = []
+    for number, text in enumerate(texts):
+        for token in TOKEN.findall(text):
+            if re.fullmatch("[A-Za-z0-9]+", token):
+                expected.append(sum(ord(c) * pow(int(_HASH_BASE), k, 1 << 64)
+                                    for k, c in enumerate(token)) % (1 << 64) | int(_ALNUM_TAG))
+            else:
+                expected.append(ord(token))
+        if number < len(texts) - 1:
+            expected.append(int(_SEPARATOR_TAG) + number)
+    assert _token_ids(codes, starts[1:] - 1).tolist() == expected
+
+
 # too_short / too_long ----------------------------------------------------------------------
 
 def test_estimate_tokens_counts_cjk_per_character():
@@ -177,6 +238,26 @@ def test_estimate_tokens_counts_cjk_per_character():
     assert estimate_tokens("子育て") == 3
     assert estimate_tokens("３加５") == 3  # full-width forms are CJK-width characters
     assert estimate_tokens("AI时代") == 3
+
+
+def test_estimate_tokens_array_equals_estimate_tokens():
+    """The (bytes - characters) / 2 shortcut and the regex count agree with the per-string
+    estimate: CJK at every range's ends, other non-ASCII of 2, 3 and 4 bytes, nulls."""
+    import random
+
+    import pyarrow as pa
+
+    from data_engine.filters.length import _CJK_RANGES, estimate_tokens_array
+
+    rng = random.Random(9)
+    edges = [chr(c) for lo, hi in _CJK_RANGES for c in (lo - 1, lo, hi, hi + 1)]
+    pools = ["abc 12", "子育て。", "éü", "…—※", "\U0001F600", "한국어", "ＡＩ！", "".join(edges)]
+    parts = [[None if rng.random() < 0.1 else
+              "".join(rng.choice(rng.choice(pools)) for _ in range(rng.randint(0, 12)))
+              for _ in range(2000)] for _ in range(3)]
+    got = estimate_tokens_array(*(pa.array(p, pa.string()) for p in parts))
+    assert got.tolist() == [estimate_tokens("".join(t or "" for t in texts))
+                            for texts in zip(*parts)]
 
 
 def test_length_bounds_short_long_and_fine():

@@ -47,3 +47,83 @@ def test_normalize_messages_keeps_shape_and_tool_calls():
     assert out[1][1]["tool_calls"] == '[{"a": 1}]' and out[1][3]["reasoning_content"] == "ガ"
     sliced = normalize_messages(table.column("messages").slice(1), CleanConfig()).to_pylist()
     assert sliced == out[1:]
+
+
+# --- the vectorised paths against their one-string definitions -------------------------------
+
+def _random_strings(seed: int, count: int) -> list[str | None]:
+    """ASCII with controls and whitespace, mojibake, full-width and half-width forms,
+    invisible characters, CJK, Latin with accents, astral characters; nulls and empties."""
+    import random
+
+    rng = random.Random(seed)
+    pools = ["abc XYZ 09", " \t\n\r\x0b\x0c\x1c\x85\xa0\u3000", "â€™Ã©Â", "ＡＩ２ｶﾞｲﾄﾞ",
+             "\u200b\ufeff\x07\x7f\x9f", "子育て東京、。", "éüÅ", "\U0001F600\U00020000", "<|#"]
+    out: list[str | None] = []
+    for _ in range(count):
+        if rng.random() < 0.05:
+            out.append(None)
+            continue
+        chosen = rng.sample(pools, rng.randint(1, 3))
+        size = rng.choice([0, 1, 5, 30])
+        out.append("".join(rng.choice(rng.choice(chosen)) for _ in range(size)))
+    return out
+
+
+@pytest.mark.parametrize("fix_mojibake, normalize_width", [(True, True), (False, True),
+                                                           (True, False), (False, False)])
+def test_normalize_texts_equals_normalize_text(fix_mojibake, normalize_width):
+    import pyarrow as pa
+
+    from data_engine.normalizers.text import normalize_texts
+
+    texts = _random_strings(1, 3000) + ["", None, "plain ascii", "  trim me \n"]
+    values = pa.array(texts, pa.string())
+    for array, expected in ((values, texts), (values.slice(17, 900), texts[17:917])):
+        got = normalize_texts(array, fix_mojibake, normalize_width).to_pylist()
+        assert got == [None if t is None else normalize_text(t, fix_mojibake, normalize_width)
+                       for t in expected]
+
+
+def test_python_whitespace_is_str_isspace_over_every_code_point():
+    import sys
+
+    from data_engine.normalizers.text import python_whitespace
+
+    assert python_whitespace() == "".join(
+        filter(str.isspace, map(chr, range(sys.maxunicode + 1))))
+
+
+def test_has_bytes_matches_a_byte_search_per_string():
+    import pyarrow as pa
+
+    from data_engine.normalizers.text import has_bytes
+
+    texts = _random_strings(2, 2000) + ["", None, ""]
+    for kind in (pa.string(), pa.large_string()):
+        values = pa.array(texts, kind)
+        # sparse and dense hits (the two ways of finding the strings), sliced arrays
+        for ranges in ([(0x1C, 0x1C)], [(ord("<"), ord("<")), (0xF0, 0xF4)],
+                       [(0x80, 0xFF)], [(0x00, 0x7F), (0xC0, 0xFF)], [(0x30, 0x39), (0x35, 0x41)]):
+            for lo, hi in ((0, len(texts)), (13, 1500), (1999, 2003)):
+                got = has_bytes(values.slice(lo, hi - lo), ranges)
+                assert got.tolist() == [t is not None and any(
+                    a <= b <= z for b in t.encode() for a, z in ranges) for t in texts[lo:hi]]
+    assert has_bytes(pa.array([], pa.string()), [(0, 255)]).tolist() == []
+
+
+def test_first_bytes_cover_every_character_of_the_class():
+    import re
+    import sys
+
+    from data_engine.normalizers.text import _INVISIBLE, _MOJIBAKE_HINT, _WIDTH_HINT, first_bytes
+
+    everything = "".join(chr(c) for c in range(sys.maxunicode + 1) if not 0xD800 <= c < 0xE000)
+    for pattern in (_INVISIBLE.pattern[:-1] + "\r]", _MOJIBAKE_HINT.pattern, _WIDTH_HINT.pattern,
+                    "a-", "<|x"):
+        first = pattern[:pattern.index("]") + 1] if pattern[0] == "[" else re.escape(pattern[0])
+        ranges = first_bytes(pattern)
+        for ch in re.findall(first, everything):
+            assert any(lo <= ch.encode()[0] <= hi for lo, hi in ranges), (pattern, ch)
+    # ranges split where the UTF-8 length changes: no continuation byte is a first byte
+    assert first_bytes("[\x7f-\x9f]") == [(0x7F, 0x7F), (0xC2, 0xC2)]
