@@ -130,8 +130,7 @@ def _shutdown(temp_dir: str | None) -> None:
 def ray_data() -> Any:
     """The `ray.data` module, its context set for this project: ordered, deterministic
     output, and no progress bars of its own (ours replace them). Imported only by the stages
-    that use Ray Data (model stages, embeddings, the export's sort when mixing): the import
-    costs ~0.5 s."""
+    that use Ray Data (the model stages and embeddings): the import costs ~0.5 s."""
     import ray.data
 
     # Ray Data configures its loggers on import; quieten them after that.

@@ -107,24 +107,3 @@ class PartWriter:
 
 def write_table(folder: Path, name: str, table: pa.Table) -> None:
     pq.write_table(table, folder / f"{name}.parquet", compression="lz4")
-
-
-
-def read_parts(paths: pa.Table, columns: list[str] | None = None) -> pa.Table:
-    """Ray Data batch UDF: a table of Parquet paths in, their rows out."""
-    tables = [pq.read_table(p, columns=columns) for p in paths.column("path").to_pylist()]
-    return pa.concat_tables(tables) if len(tables) > 1 else tables[0]
-
-
-def stage_dataset(files: list[str], read_args: dict[str, Any], columns: list[str] | None = None
-                  ) -> Any:
-    """A Ray Dataset over a stage's Parquet parts, one block per part, in order.
-
-    The parts are read by tasks carrying ``read_args`` (pinned to the node that holds them
-    unless the output folder is shared storage).
-    """
-    from data_engine.executor import ray_data
-
-    ds = ray_data().from_items([{"path": f} for f in files], override_num_blocks=len(files))
-    return ds.map_batches(read_parts, batch_size=1, batch_format="pyarrow",
-                          fn_kwargs={"columns": columns}, **read_args)

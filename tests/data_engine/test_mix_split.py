@@ -442,3 +442,58 @@ def test_run_groups_resample_repeats_and_conserved_counts(ray_local, tmp_path):
     for split, want in {"train": 180, "validation": 60, "test": 60}.items():
         assert manifest["split"]["targets"][split] == want
         assert abs(counts["splits"][split] - want) <= 6, counts["splits"]
+
+
+@pytest.mark.slow
+def test_mixed_export_merges_ranges_in_the_mix_order(ray_local, tmp_path, monkeypatch):
+    """The mixed export sorts by ranges: rows from many parts merged in ranges of 7 output
+    positions give the same files as one range holding every row, in the mix's order."""
+    import pyarrow.parquet as pq
+
+    import data_engine.run as run_module
+
+    rng = random.Random(4)
+    vocab = ["".join(rng.choice("abcdefghij") for _ in range(6)) for _ in range(300)]
+
+    def text(k: int) -> str:
+        return " ".join(rng.choices(vocab, k=k))
+
+    for name, rows in (("big", 120), ("small", 30)):
+        lines = [_chat_line(f"{name}{i}", text(8) + "?", text(20) + ".") for i in range(rows)]
+        lines.insert(rows // 2, "{not json")  # a rejected row in the middle of each source
+        (tmp_path / f"{name}.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    config = DataConfig(inputs=[InputConfig(path=str(tmp_path / "big.jsonl")),
+                                InputConfig(path=str(tmp_path / "small.jsonl"))])
+    config.mix = MixConfig(strategy="resample", weights={"big": 1, "small": 1}, total=200)
+    config.ray.shard_rows = 16  # 10 parts: 121 + 31 lines
+    tasks: Counter[tuple[int, str]] = Counter()
+    real_map_tasks = run_module.map_tasks
+
+    def counted(fn, calls, *args, **kwargs):
+        calls = list(calls)
+        tasks[merge_rows, fn.__name__] += len(calls)
+        return real_map_tasks(fn, calls, *args, **kwargs)
+
+    monkeypatch.setattr(run_module, "map_tasks", counted)
+    files = {}
+    for merge_rows in (10 ** 9, 7):
+        monkeypatch.setattr(run_module, "MERGE_ROWS", merge_rows)
+        out = run(config, tmp_path / f"out{merge_rows}", progress=False).out_dir
+        files[merge_rows] = {name: (out / f"{name}.jsonl").read_bytes()
+                             for name in (*SPLITS, "rejected")}
+    assert tasks[10 ** 9, "export_ordered_part"] == tasks[7, "export_ordered_part"] == 10
+    assert tasks[10 ** 9, "export_range"] == 1 and tasks[7, "export_range"] >= 30
+    assert files[7] == files[10 ** 9]
+
+    stages = out / ".stages"
+    ids = {}
+    for part in (stages / "clean").glob("rows-*.parquet"):
+        ids.update(zip(*pq.read_table(part, columns=["_idx", "id"]).to_pydict().values()))
+    emitted = pq.read_table(stages / "mix" / "emissions.parquet").sort_by("_order").to_pylist()
+    in_order = [ids[e["_idx"]] + (f"#{e['copy'] + 1}" if e["copy"] else "") for e in emitted]
+    assert len(in_order) == 200 and len(set(in_order)) == 200
+    for split in SPLITS:
+        written = [r["id"] for r in read_jsonl(out / f"{split}.jsonl")]
+        assert written and written == [i for i in in_order if i in set(written)]
+    rejected = [r["source"]["line"] for r in read_jsonl(out / "rejected.jsonl")]
+    assert len(rejected) >= 2
