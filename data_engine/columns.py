@@ -1,5 +1,6 @@
 """Helpers over Arrow columns that the stages share: list columns as flat values plus row
-offsets, per-row folds of per-item flags, boolean columns as NumPy."""
+offsets, string columns as NumPy views of their buffers, per-row folds of per-item flags,
+boolean columns as NumPy."""
 
 from __future__ import annotations
 
@@ -8,11 +9,28 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 
+def one_array(values: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """``values`` as one array (a copy only when it has several chunks)."""
+    if not isinstance(values, pa.ChunkedArray):
+        return values
+    if values.num_chunks == 1:
+        return values.chunk(0)
+    return values.combine_chunks() if values.num_chunks else pa.array([], values.type)
+
+
+def string_buffers(values: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """A string array's value offsets (string i: ``data[offsets[i]:offsets[i + 1]]``) and
+    its whole data buffer, as NumPy views (no copy)."""
+    wide = pa.types.is_large_string(values.type)
+    offsets = np.frombuffer(values.buffers()[1], np.int64 if wide else np.int32)[
+        values.offset:values.offset + len(values) + 1]
+    return offsets, np.frombuffer(values.buffers()[2] or b"", np.uint8)
+
+
 def list_offsets(lists: pa.Array | pa.ChunkedArray) -> tuple[pa.Array, np.ndarray]:
     """A list column's items, flat, and row offsets into them: row i holds
     ``items[offsets[i]:offsets[i + 1]]`` (a null row holds none)."""
-    if isinstance(lists, pa.ChunkedArray):
-        lists = lists.combine_chunks() if lists.num_chunks else pa.array([], lists.type)
+    lists = one_array(lists)
     lengths = pc.fill_null(pc.list_value_length(lists), 0).to_numpy(zero_copy_only=False)
     offsets = np.zeros(len(lists) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])

@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from data_engine.columns import list_offsets, to_numpy_bool
+from data_engine.columns import list_offsets, string_buffers, to_numpy_bool
 from data_engine.normalizers.text import has_bytes
 from data_engine.schema import MESSAGE_TYPE
 
@@ -78,10 +78,8 @@ class BatchTexts:
     def exact_keys(self) -> np.ndarray:
         """A 63-bit hash of each exact text (fits an Arrow int64): the first 8 bytes of its
         UTF-8 blake2b, read big-endian, shifted right by one."""
-        values = self.exact_array
-        offsets = np.frombuffer(values.buffers()[1], dtype=np.int32)[
-            values.offset:values.offset + len(values) + 1].tolist()
-        data = memoryview(values.buffers()[2] or b"")
+        offsets, data = string_buffers(self.exact_array)
+        offsets, data = offsets.tolist(), memoryview(data)
         blake2b = hashlib.blake2b
         digests = b"".join([blake2b(data[start:end], digest_size=8).digest()
                             for start, end in zip(offsets, offsets[1:])])

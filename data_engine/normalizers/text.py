@@ -23,6 +23,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from data_engine.columns import string_buffers
+
 # Characters that UTF-8 mis-decoded as Latin-1/cp1252 produces; text without any of them
 # cannot hold that mojibake, so ftfy (slow) runs only when one is present.
 _MOJIBAKE_HINT = re.compile("[\u00c2-\u00f0][\u0080-\u00bf\u0152\u0153\u0160\u0161\u0178"
@@ -152,10 +154,8 @@ def has_bytes(texts: pa.Array, ranges: Iterable[tuple[int, int]]) -> np.ndarray:
     out = np.zeros(len(texts), dtype=bool)
     if not len(texts):
         return out
-    width = np.int64 if pa.types.is_large_string(texts.type) else np.int32
-    offsets = np.frombuffer(texts.buffers()[1], dtype=width)[
-        texts.offset:texts.offset + len(texts) + 1]
-    data = np.frombuffer(texts.buffers()[2] or b"", dtype=np.uint8)[offsets[0]:offsets[-1]]
+    offsets, data = string_buffers(texts)
+    data = data[offsets[0]:offsets[-1]]
     merged: list[list[int]] = []
     for lo, hi in sorted(ranges):
         if merged and lo <= merged[-1][1] + 1:

@@ -21,7 +21,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from data_engine.columns import any_per_row, list_offsets, to_numpy_bool
+from data_engine.columns import any_per_row, list_offsets, one_array, string_buffers, \
+    to_numpy_bool
 from data_engine.dedup.stage import REASONS as DEDUP_REASONS
 from data_engine.filters import REASONS as CLEAN_REASONS
 from data_engine.pipeline.mix import REASON as MIX_REASON
@@ -239,8 +240,8 @@ def _encoded(rows: pa.Table, arrow_lines: Callable[[pa.Table], tuple[np.ndarray,
 def _plain_lines(rows: pa.Table) -> tuple[np.ndarray, pa.Array]:
     """(which kept rows have the common shape, every row's line as if it had): see
     render_batch."""
-    messages, m_offsets = list_offsets(_array(rows.column("messages")))
-    tags, t_offsets = list_offsets(_array(rows.column("tags")))
+    messages, m_offsets = list_offsets(rows.column("messages"))
+    tags, t_offsets = list_offsets(rows.column("tags"))
     odd_turn = (to_numpy_bool(pc.is_valid(messages.field("reasoning_content")))
                 | to_numpy_bool(pc.not_equal(messages.field("tool_calls"), "")))
     fast = ~any_per_row(odd_turn, m_offsets)
@@ -266,14 +267,14 @@ def _plain_lines(rows: pa.Table) -> tuple[np.ndarray, pa.Array]:
         '], "source": ', _json_strings(rows.column("source")),
         ', "tags": [', _spans(tags, t_offsets),
         '], "num_tokens": ', tokens, "}\n", "")
-    return fast, _array(lines)
+    return fast, one_array(lines)
 
 
 def _rejected_lines(rows: pa.Table) -> tuple[np.ndarray, pa.Array]:
     """(which rejected rows have their raw line embedded, every row's line as if it had): the
     lines `rejected_line` writes (`_row_text` says which)."""
-    raw = _array(pc.utf8_trim(rows.column("_raw"), " \t"))
-    offsets, data = _text(raw)
+    raw = one_array(pc.utf8_trim(rows.column("_raw"), " \t"))
+    offsets, data = string_buffers(raw)
     below = np.flatnonzero(data[offsets[0]:offsets[-1]] < 0x20) + offsets[0]
     control = np.zeros(len(raw), bool)
     control[np.searchsorted(offsets, below, side="right") - 1] = True
@@ -293,7 +294,7 @@ def _rejected_lines(rows: pa.Table) -> tuple[np.ndarray, pa.Array]:
         ', "stage": ', _json_strings(rows.column("_stage")),
         ', "source": {"file": ', _json_strings(rows.column("_file")), ', "line": ', line, "}",
         duplicate, ', "row": ', raw, "}\n", "")
-    return fast, _array(lines)
+    return fast, one_array(lines)
 
 
 # How json.dumps(ensure_ascii=False) writes each ASCII character inside a string: `"`, the
@@ -325,10 +326,10 @@ def _escaped(values: pa.Array | pa.ChunkedArray) -> pa.Array:
     pieces lie one after the other, so they are the strings again. One copy of the text
     however many escapes it holds (`replace_substring` copies it once per kind of escape).
     """
-    values = _array(values)
+    values = one_array(values)
     if not len(values):
         return values
-    offsets, data = _text(values)
+    offsets, data = string_buffers(values)
     at = []
     for start in range(offsets[0], offsets[-1], _BLOCK):
         block = data[start:min(start + _BLOCK, offsets[-1])]
@@ -362,27 +363,9 @@ def _spans(values: pa.Array, offsets: np.ndarray, valid: pa.Buffer | None = None
            null_count: int = 0) -> pa.Array:
     """Row i: the strings values[offsets[i]:offsets[i + 1]] one after the other, without a
     copy (that is how they lie in ``values``' data)."""
-    starts = _text(values)[0][offsets]
+    starts = string_buffers(values)[0][offsets]
     return pa.Array.from_buffers(values.type, len(offsets) - 1, [
         valid, pa.py_buffer(starts), values.buffers()[2]], null_count)
-
-
-def _text(values: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """A string array's value offsets (string i: ``data[offsets[i]:offsets[i + 1]]``) and
-    its data, as NumPy views."""
-    wide = pa.types.is_large_string(values.type)
-    offsets = np.frombuffer(values.buffers()[1], np.int64 if wide else np.int32)[
-        values.offset:values.offset + len(values) + 1]
-    return offsets, np.frombuffer(values.buffers()[2] or b"", np.uint8)
-
-
-def _array(values: pa.Array | pa.ChunkedArray) -> pa.Array:
-    """``values`` as one array (a copy only when it has several chunks)."""
-    if not isinstance(values, pa.ChunkedArray):
-        return values
-    if values.num_chunks == 1:
-        return values.chunk(0)
-    return values.combine_chunks() if values.num_chunks else pa.array([], values.type)
 
 
 def _with_defaults(table: pa.Table, fields: Any) -> pa.Table:
@@ -480,10 +463,8 @@ class DatasetWriter:
         for chunk in lines.chunks if isinstance(lines, pa.ChunkedArray) else [lines]:
             if not len(chunk):
                 continue
-            wide = pa.types.is_large_string(chunk.type)
-            offsets = np.frombuffer(chunk.buffers()[1], dtype=np.int64 if wide else np.int32)
-            data = memoryview(chunk.buffers()[2])
-            fh.write(data[offsets[chunk.offset]:offsets[chunk.offset + len(chunk)]])
+            offsets, data = string_buffers(chunk)
+            fh.write(memoryview(data)[offsets[0]:offsets[-1]])
 
     def source_flow(self) -> dict[str, dict[str, int]]:
         """Rows of each source through the stages: input, after clean, after dedup, kept
