@@ -15,12 +15,17 @@ replies (benchmarks/planted.py), then runs on the same file, each as its own pro
   exact-Jaccard confirmation. The exact keys and near texts come from the project's batch
   form (`batch_texts`, 1000 rows a call): its one-row helpers cost ~0.4 ms a call.
 
-Printed: rows/s of each (N / wall time of the whole process), their ratio, peak memory (PSS
-summed over the process tree, so Ray's shared object store counts once, and the largest
-single process's RSS), clean reject counts per reason, whether the planted defects were
-caught, and dedup precision and recall against the planted clusters (a cluster of k rows
-is right when k-1 of them are removed as duplicates). `results.json` in the workdir holds
-the same numbers.
+Printed: rows/s of each (N / wall time of the whole process), their ratio, peak memory, clean
+reject counts per reason, whether the planted defects were caught, and dedup precision and
+recall against the planted clusters (a cluster of k rows is right when k-1 of them are
+removed as duplicates). `results.json` in the workdir holds the same numbers.
+
+Each side's time comes from a run that nothing samples. Memory is measured apart from it:
+tunesmith runs a second time while its process tree's PSS is sampled 5 times a second (so
+Ray's shared object store counts once), because reading `/proc/PID/smaps_rollup` of its ~10
+processes costs ~5 ms a process, 3.4 s of CPU over a 200k-row run on 2 cores, which would be
+charged to tunesmith's time. The reference is one process, so the kernel's peak RSS for it,
+taken from its timed run, is its memory.
 """
 
 from __future__ import annotations
@@ -134,15 +139,24 @@ def reference(rows_path: Path, out_dir: Path) -> None:
 # --- measuring a process tree -----------------------------------------------------------------
 
 @dataclass
-class Measured:
-    """One side's process: wall time and peak memory, bytes."""
+class Timed:
+    """One side's timed run: wall time, and the kernel's peak RSS of the process (or of a
+    child it reaped, whichever is larger)."""
 
     returncode: int
     seconds: float
+    max_rss: int  # bytes
+    load_before: float  # the machine's 1-minute load average at the start: others' work
+
+
+@dataclass
+class Memory:
+    """Peak memory of a run whose process tree was sampled, bytes."""
+
+    seconds: float  # that run's wall time, sampling included
     peak_pss: int  # PSS summed over the process and all its descendants
     peak_rss: int  # RSS of the largest single process
     peak_processes: int
-    load_before: float  # the machine's 1-minute load average at the start: others' work
     at_peak: list[tuple[str, int]]  # (process, PSS) at the peak-PSS sample, largest first
 
 
@@ -193,11 +207,23 @@ def _label(pid: int) -> str:
     return Path(named[0]).name[:40] if named else "?"
 
 
-def run_measured(command: list[str], log: Path) -> Measured:
-    """Runs ``command`` (output to ``log``), sampling its process tree's memory as it runs."""
+def run_timed(command: list[str], log: Path) -> Timed:
+    """Runs ``command`` (output to ``log``) with nothing sampling it."""
+    load = os.getloadavg()[0]
+    with log.open("w", encoding="utf-8") as out:
+        start = time.perf_counter()
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
+    return Timed(proc.returncode, seconds, usage.ru_maxrss * 1024, load)
+
+
+def run_sampled(command: list[str], log: Path) -> tuple[int, Memory]:
+    """Runs ``command`` (output to ``log``), sampling its process tree's memory as it runs;
+    its exit status and what was measured."""
     peak_pss = peak_rss = peak_processes = 0
     at_peak: list[tuple[str, int]] = []
-    load = os.getloadavg()[0]
     with log.open("w", encoding="utf-8") as out:
         start = time.perf_counter()
         proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
@@ -212,8 +238,7 @@ def run_measured(command: list[str], log: Path) -> Measured:
             peak_processes = max(peak_processes, len(tree))
             time.sleep(SAMPLE_SECONDS)
         seconds = time.perf_counter() - start
-    return Measured(proc.returncode, seconds, peak_pss, peak_rss, peak_processes, load,
-                    at_peak)
+    return proc.returncode, Memory(seconds, peak_pss, peak_rss, peak_processes, at_peak)
 
 
 # --- the two sides ----------------------------------------------------------------------------
@@ -223,7 +248,8 @@ class Side:
     """One side's measurements and what it removed."""
 
     name: str
-    measured: Measured
+    timed: Timed
+    memory: Memory | None  # tunesmith's sampled run; the reference has the kernel's peak RSS
     removed: dict[str, tuple[str, str | None]]  # id -> (reason, duplicate_of)
     counts: dict[str, Any]
     phases: dict[str, float]  # seconds per stage or phase
@@ -236,27 +262,34 @@ def _removed(rejected: Path) -> dict[str, tuple[str, str | None]]:
         return {r["id"]: (r["reason"], r.get("duplicate_of")) for r in rows}
 
 
-def _fail(name: str, measured: Measured, log: Path) -> NoReturn:
-    tail = log.read_text(encoding="utf-8", errors="replace")[-3000:]
-    raise SystemExit(f"{name} failed (exit {measured.returncode}); end of {log}:\n{tail}")
+def _check(name: str, returncode: int, log: Path) -> None:
+    if returncode != 0:
+        tail = log.read_text(encoding="utf-8", errors="replace")[-3000:]
+        raise SystemExit(f"{name} failed (exit {returncode}); end of {log}:\n{tail}")
 
 
 def run_tunesmith(rows_path: Path, workdir: Path, num_cpus: int) -> Side:
-    out = workdir / "tunesmith"
-    shutil.rmtree(out, ignore_errors=True)  # stage outputs of an earlier run would be reused
+    """tunesmith timed, then again with its memory sampled (into a folder removed after)."""
     config = workdir / "tunesmith.yaml"
     config.write_text(f"ray:\n  num_cpus: {num_cpus}\n", encoding="utf-8")
-    command = [str(Path(sys.executable).with_name("tunesmith")), "data", "run",
-               "--input", str(rows_path), "--out", str(out), "--config", str(config),
-               "--no-progress"]
-    log = workdir / "tunesmith.log"
-    measured = run_measured(command, log)
-    if measured.returncode != 0:
-        _fail("tunesmith", measured, log)
+
+    def command(out: Path) -> list[str]:
+        shutil.rmtree(out, ignore_errors=True)  # stage outputs of an earlier run are reused
+        return [str(Path(sys.executable).with_name("tunesmith")), "data", "run",
+                "--input", str(rows_path), "--out", str(out), "--config", str(config),
+                "--no-progress"]
+
+    out, log = workdir / "tunesmith", workdir / "tunesmith.log"
+    timed = run_timed(command(out), log)
+    _check("tunesmith", timed.returncode, log)
+    sampled_out, sampled_log = workdir / "tunesmith-sampled", workdir / "tunesmith-sampled.log"
+    returncode, memory = run_sampled(command(sampled_out), sampled_log)
+    _check("tunesmith (memory run)", returncode, sampled_log)
+    shutil.rmtree(sampled_out, ignore_errors=True)
     manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
     phases = {s["name"]: s["seconds"] for s in manifest.get("stages", [])}
-    return Side("tunesmith", measured, _removed(out / "rejected.jsonl"), manifest["counts"],
-                phases)
+    return Side("tunesmith", timed, memory, _removed(out / "rejected.jsonl"),
+                manifest["counts"], phases)
 
 
 def run_reference(rows_path: Path, workdir: Path) -> Side:
@@ -266,11 +299,10 @@ def run_reference(rows_path: Path, workdir: Path) -> Side:
     command = [sys.executable, str(Path(__file__).resolve()), "--reference-run",
                str(rows_path), str(out)]
     log = workdir / "reference.log"
-    measured = run_measured(command, log)
-    if measured.returncode != 0:
-        _fail("reference", measured, log)
+    timed = run_timed(command, log)
+    _check("reference", timed.returncode, log)
     summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
-    return Side("reference", measured, _removed(out / "rejected.jsonl"), summary["counts"],
+    return Side("reference", timed, None, _removed(out / "rejected.jsonl"), summary["counts"],
                 summary["phases"])
 
 
@@ -339,15 +371,23 @@ def defects_caught(truth: dict[str, Any], side: Side) -> dict[str, Any]:
 # --- report -----------------------------------------------------------------------------------
 
 def _side_result(truth: dict[str, Any], side: Side, rows: int) -> dict[str, Any]:
-    m = side.measured
-    return {"seconds": round(m.seconds, 2), "rows_per_s": round(rows / m.seconds, 1),
-            "peak_pss_bytes": m.peak_pss, "peak_rss_largest_process_bytes": m.peak_rss,
-            "peak_processes": m.peak_processes, "load_before": m.load_before,
-            "at_peak": [[label, round(pss / GIB, 3)] for label, pss in m.at_peak[:8]],
+    t, m = side.timed, side.memory
+    memory = {"peak_pss_bytes": None, "peak_rss_largest_process_bytes": t.max_rss,
+              "sampled_seconds": None, "peak_processes": 1, "at_peak": []}
+    if m is not None:
+        memory = {"peak_pss_bytes": m.peak_pss, "peak_rss_largest_process_bytes": m.peak_rss,
+                  "sampled_seconds": round(m.seconds, 2), "peak_processes": m.peak_processes,
+                  "at_peak": [[label, round(pss / GIB, 3)] for label, pss in m.at_peak[:8]]}
+    return {"seconds": round(t.seconds, 2), "rows_per_s": round(rows / t.seconds, 1),
+            "load_before": t.load_before, **memory,
             "counts": side.counts, "phases": side.phases,
             "clean_rejects": dict(sorted(clean_rejects(side).items())),
             "defects": defects_caught(truth, side),
             "dedup": {k: s.to_dict() for k, s in score_dedup(truth, side).items()}}
+
+
+def _gib(value: int) -> str:
+    return f"{value / GIB:.2f}"
 
 
 def _pct(value: float | None) -> str:
@@ -374,9 +414,16 @@ def print_report(results: dict[str, Any]) -> None:
     row("load average at start", [f"{sides[n]['load_before']:.1f}" for n in names])
     row("wall time, whole process (s)", [f"{sides[n]['seconds']:,.1f}" for n in names])
     row("rows/s", [f"{sides[n]['rows_per_s']:,.0f}" for n in names])
-    row("peak PSS, process tree (GiB)", [f"{sides[n]['peak_pss_bytes'] / GIB:.2f}" for n in names])
+    row("wall time, memory sampled (s)",
+        ["-" if sides[n]["sampled_seconds"] is None else f"{sides[n]['sampled_seconds']:,.1f}"
+         for n in names])
+    # a one-process side's peak memory is its RSS, from the kernel
+    row("peak memory (GiB)", [f"{_gib(sides[n]['peak_pss_bytes'])} PSS of tree"
+                              if sides[n]["peak_pss_bytes"] is not None else
+                              f"{_gib(sides[n]['peak_rss_largest_process_bytes'])} RSS"
+                              for n in names])
     row("peak RSS, largest process (GiB)",
-        [f"{sides[n]['peak_rss_largest_process_bytes'] / GIB:.2f}" for n in names])
+        [_gib(sides[n]["peak_rss_largest_process_bytes"]) for n in names])
     row("kept rows", [f"{sides[n]['counts']['kept']:,}" for n in names])
     for kind in (*KINDS, "all"):
         row(f"dedup {kind}: precision / recall",
@@ -399,8 +446,8 @@ def print_report(results: dict[str, Any]) -> None:
     for n in names:
         phases = ", ".join(f"{k} {v:.1f} s" for k, v in sides[n]["phases"].items())
         print(f"{n} phases: {phases}")
-        heaviest = ", ".join(f"{label} {gib:.2f}" for label, gib in sides[n]["at_peak"][:5])
-        print(f"{n} at peak PSS (GiB): {heaviest}")
+        if heaviest := ", ".join(f"{label} {gib:.2f}" for label, gib in sides[n]["at_peak"][:5]):
+            print(f"{n} at peak PSS (GiB): {heaviest}")
     if "ratio" in results:
         print(f"ratio, tunesmith rows/s / reference rows/s: {results['ratio']:.2f}x")
         print(f"clean reject counts {'match' if results['clean_rejects_match'] else 'DIFFER'}")
@@ -417,10 +464,11 @@ def benchmark(rows: int, seed: int, workdir: Path, num_cpus: int, skip_reference
           flush=True)
     truth = json.loads(truth_path.read_text(encoding="utf-8"))
     sides = [run_tunesmith(rows_path, workdir, num_cpus)]
-    print(f"tunesmith: {sides[0].measured.seconds:.1f} s", flush=True)
+    print(f"tunesmith: {sides[0].timed.seconds:.1f} s ({sides[0].memory.seconds:.1f} s while "
+          "its memory was sampled)", flush=True)
     if not skip_reference:
         sides.append(run_reference(rows_path, workdir))
-        print(f"reference: {sides[1].measured.seconds:.1f} s", flush=True)
+        print(f"reference: {sides[1].timed.seconds:.1f} s", flush=True)
     results: dict[str, Any] = {
         "rows": rows, "seed": seed, "num_cpus": num_cpus, "planted": truth["counts"],
         "near_copy_jaccard": truth["near_copy_jaccard"],
