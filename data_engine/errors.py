@@ -57,3 +57,14 @@ class LeakError(DataEngineError):
         super().__init__(f"{field}: leak check failed: {leaks} near-duplicate pair(s) straddle "
                          f"splits:\n{shown}\nThis is a bug in tunesmith; please report it with "
                          "the config.")
+
+
+class OutputError(DataEngineError):
+    """An output could not be written (the rows were processed; the run can be re-run)."""
+
+    exit_code = 1
+
+    def __init__(self, path: str, message: str, field: str = "out"):
+        self.path = path
+        self.field = field
+        super().__init__(f"{field}: {path}: {message}")

@@ -98,14 +98,11 @@ def run(config: DataConfig, out_dir: Path, console: Console | None = None,
             writer, rows, dedup, mixed, split = _stages(config, out_dir, plan, tracker,
                                                         session)
     try:  # while an embedded Ray shuts down
-        # `hf/` (mostly Arrow I/O) is saved on a thread while the report (Python) is drawn.
-        with ThreadPoolExecutor(1, thread_name_prefix="hf") as saving:
-            saved = saving.submit(writer.close)
+        with writer.closing():  # `hf/` is saved by a child process while the report is drawn
             manifest = _manifest(config, writer, plan.files, tracker, session.address, dedup,
                                  mixed, split, time.perf_counter() - started, rows)
             manifest["stage_keys"] = plan.keys
             write_report(out_dir / "report.html", manifest, writer.tokens, writer.examples)
-            saved.result()
         partial = out_dir / "manifest.json.partial"
         partial.write_text(json.dumps(manifest, ensure_ascii=False, indent=2), encoding="utf-8")
         partial.replace(out_dir / "manifest.json")
@@ -528,15 +525,16 @@ def _in_mix_order(ctx: _Context, files: list[str], plan_ref: Any, folder: Path
 
 
 def export_part(path: str, plan: dict[str, Any]) -> pa.Table:
-    """Ray task: one stored part with every decision applied and each row's output line."""
-    return render_batch(finalize_batch(pq.read_table(path), plan))
+    """Ray task: one stored part with every decision applied and each row's output line,
+    only the columns the writer reads (the raw input text, as large as the rows, stays)."""
+    batch = render_batch(finalize_batch(pq.read_table(path), plan))
+    return batch.select([c for c in _WRITTEN if c in batch.column_names])
 
 
 def export_ordered_part(path: str, plan: dict[str, Any], out_path: str) -> np.ndarray:
     """Ray task: `export_part`'s rows, only what the writer reads, stored at ``out_path``
     (Arrow IPC, memory-mapped by `export_range`) in output order; returns their `_order`."""
     batch = export_part(path, plan)
-    batch = batch.select([c for c in _WRITTEN if c in batch.column_names])
     order = batch.column("_order").to_numpy()
     by = np.argsort(order, kind="stable")
     batch = batch.take(pa.array(by, pa.int64()))

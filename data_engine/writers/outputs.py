@@ -13,7 +13,8 @@ import json
 import re
 import shutil
 from collections import Counter, defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ from data_engine.synth.craft import CRAFT_REASONS
 from data_engine.synth.evol import EVOL_REASONS
 from data_engine.synth.judge import LOW_SCORE as JUDGE_REASON
 from data_engine.synth.self_instruct import SELF_INSTRUCT_REASONS
+from data_engine.writers.hf import HfSave
 
 # Every reason a row can be dropped for, in pipeline order (synthesis, then the judge).
 REASONS = tuple(dict.fromkeys(CLEAN_REASONS + EVOL_REASONS + SELF_INSTRUCT_REASONS
@@ -488,21 +490,21 @@ class DatasetWriter:
     def kept(self) -> int:
         return sum(self.splits.values())
 
-    def close(self) -> None:
-        """Closes the files and saves `hf/` as a datasets DatasetDict."""
+    @contextmanager
+    def closing(self) -> Iterator[None]:
+        """Closes the files and saves `hf/` from them in a child process (`writers.hf`) while
+        the block runs; waits for it after the block (the child is stopped if the block
+        fails), then removes the work files."""
         for fh in [*self._split_files.values(), self._rejected]:
             fh.close()
         for writer in self._arrow.values():
             writer.close()
-        import datasets  # import costs ~1 s: only at the end
-
-        datasets.disable_progress_bars()
-        dataset = datasets.DatasetDict({
-            split: datasets.Dataset.from_file(str(self.work_dir / f"{split}.arrow"))
-            for split in SPLITS})
-        hf_dir = self.out_dir / "hf"
-        if hf_dir.exists():
-            shutil.rmtree(hf_dir)
-        dataset.save_to_disk(str(hf_dir))
-        del dataset  # release the memory maps before removing their files
+        saving = HfSave({split: self.work_dir / f"{split}.arrow" for split in SPLITS},
+                        self.out_dir / "hf")
+        try:
+            yield
+        except BaseException:
+            saving.cancel()
+            raise
+        saving.wait()
         shutil.rmtree(self.work_dir, ignore_errors=True)
