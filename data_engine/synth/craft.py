@@ -259,13 +259,24 @@ class Retrieved:
     nearest_fewshot: int
 
 
+# Cosines this close are a tie: the same text embedded in batches of other lengths moves by
+# up to ~1e-6 (padding changes the kernels' rounding), which must not reorder a document and
+# its copy between an in-process and a Ray run.
+_TIE_DECIMALS = 5
+
+
 def _top(scores: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the k highest scores, best first; ties go to the earlier document."""
+    """Indices of the k highest scores, best first; ties (to 1e-5) go to the earlier
+    document, also at the k-th place."""
     k = min(k, len(scores))
     if k <= 0:
         return np.zeros(0, dtype=np.int64)
-    part = np.argpartition(-scores, k - 1)[:k] if k < len(scores) else np.arange(len(scores))
-    return part[np.lexsort((part, -scores[part]))]
+    key = np.round(scores, _TIE_DECIMALS)
+    if k < len(key):  # every document as good as the k-th one, its ties included
+        part = np.flatnonzero(key >= np.partition(key, len(key) - k)[len(key) - k])
+    else:
+        part = np.arange(len(key))
+    return part[np.lexsort((part, -key[part]))][:k]
 
 
 def select_documents(scores: np.ndarray, texts: list[str], config: CraftConfig

@@ -276,3 +276,13 @@ def test_craft_end_to_end_with_the_embedded_model(smollm2_engine):
         else:
             assert row["_detail"]
     assert len({r["id"] for r in rows}) == len(rows)
+
+
+def test_near_equal_cosines_are_ties_that_go_to_the_earlier_document():
+    from data_engine.synth.craft import _top
+
+    # A document and its copy, embedded in batches of other lengths, differ by ~1e-7.
+    scores = np.array([0.2, 0.6547322, 0.9, 0.65473225, 0.6547321])
+    assert _top(scores, 2).tolist() == [2, 1]
+    assert _top(scores, 4).tolist() == [2, 1, 3, 4]
+    assert _top(np.array([0.5, 0.50002, 0.1]), 1).tolist() == [1]  # 2e-5 apart: no tie
