@@ -21,15 +21,23 @@ class ConfigError(DataEngineError):
         super().__init__(f"invalid {origin} ({len(self.problems)} problem(s)):\n{lines}")
 
 
-class InputError(DataEngineError):
+class PathError(DataEngineError):
+    """A file or folder the run reads or writes, what went wrong with it, and the config
+    field that names it (``field`` defaults to the class's)."""
+
+    field = ""
+
+    def __init__(self, path: str, message: str, field: str | None = None):
+        self.path = path
+        self.field = field or self.field
+        super().__init__(f"{self.field}: {path}: {message}")
+
+
+class InputError(PathError):
     """An input path cannot be read as any supported dataset layout."""
 
     exit_code = 2
-
-    def __init__(self, path: str, message: str, field: str = "inputs"):
-        self.path = path
-        self.field = field
-        super().__init__(f"{field}: {path}: {message}")
+    field = "inputs"
 
 
 class ClusterError(DataEngineError):
@@ -59,12 +67,8 @@ class LeakError(DataEngineError):
                          "the config.")
 
 
-class OutputError(DataEngineError):
-    """An output could not be written (the rows were processed; the run can be re-run)."""
+class OutputError(PathError):
+    """An output could not be written (no manifest is written, so a re-run redoes it from the
+    stored stages)."""
 
-    exit_code = 1
-
-    def __init__(self, path: str, message: str, field: str = "out"):
-        self.path = path
-        self.field = field
-        super().__init__(f"{field}: {path}: {message}")
+    field = "out"

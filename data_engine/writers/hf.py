@@ -34,10 +34,12 @@ class HfSave:
 
     def __init__(self, streams: dict[str, Path], hf_dir: Path):
         self.hf_dir = hf_dir
-        command = [sys.executable, "-m", __name__, str(hf_dir),
+        # -P: the module comes from where the driver's does, never from the working folder
+        command = [sys.executable, "-P", "-m", __name__, str(hf_dir),
                    *(f"{split}={path}" for split, path in streams.items())]
         self._process = subprocess.Popen(command, stdout=subprocess.DEVNULL,
-                                         stderr=subprocess.PIPE, text=True)
+                                         stderr=subprocess.PIPE, encoding="utf-8",
+                                         errors="replace")
 
     def wait(self) -> None:
         """Returns once `hf/` is saved; raises OutputError with the child's last words when
