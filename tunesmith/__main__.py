@@ -1,3 +1,3 @@
-from tunesmith.cli import app
+from tunesmith.cli import entry
 
-app(prog_name="tunesmith")
+entry(prog_name="tunesmith")

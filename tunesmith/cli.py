@@ -6,6 +6,7 @@ commands, so `tunesmith --help` answers at once.
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -365,3 +366,14 @@ def train_run(
 from tunesmith import service_cli  # noqa: E402,F401 - registers `trainer serve`, `train submit|...`
 from tunesmith import serve_cli  # noqa: E402,F401 - registers `serve`
 from tunesmith import eval_cli  # noqa: E402,F401 - registers `eval run|compare`
+
+
+def entry(prog_name: str | None = None) -> None:
+    """The `tunesmith` command (console script and `python -m tunesmith`)."""
+    try:
+        app(prog_name=prog_name)
+    finally:
+        # Every object alive now lives until the process ends. Frozen, the interpreter's last
+        # collection skips them instead of walking all of pyarrow's, pandas', datasets',
+        # matplotlib's and Ray's: 0.4-0.5 s of CPU at the exit of a data run.
+        gc.freeze()
