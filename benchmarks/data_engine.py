@@ -20,7 +20,10 @@ reject counts per reason, whether the planted defects were caught, and dedup pre
 recall against the planted clusters (a cluster of k rows is right when k-1 of them are
 removed as duplicates). `results.json` in the workdir holds the same numbers.
 
-Each side's time comes from a run that nothing samples. Memory is measured apart from it:
+Each side's time comes from a run that nothing samples. tunesmith is timed before the
+reference and again after it, and its time is the median of those runs (of two, their
+mean): this machine's speed drifts by 10-20% within minutes, which the reference's minutes
+average over and one 20 s run does not. Memory is measured apart from the timed runs:
 tunesmith runs a second time while its process tree's PSS is sampled 5 times a second (so
 Ray's shared object store counts once), because reading `/proc/PID/smaps_rollup` of its ~10
 processes costs ~5 ms a process, 3.4 s of CPU over a 200k-row run on 2 cores, which would be
@@ -34,6 +37,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -248,11 +252,16 @@ class Side:
     """One side's measurements and what it removed."""
 
     name: str
-    timed: Timed
+    runs: list[Timed]  # tunesmith: before and after the reference, which takes 10x as long
     memory: Memory | None  # tunesmith's sampled run; the reference has the kernel's peak RSS
     removed: dict[str, tuple[str, str | None]]  # id -> (reason, duplicate_of)
     counts: dict[str, Any]
     phases: dict[str, float]  # seconds per stage or phase
+
+    @property
+    def seconds(self) -> float:
+        """The median of the timed runs (of two: their mean)."""
+        return statistics.median(run.seconds for run in self.runs)
 
 
 def _removed(rejected: Path) -> dict[str, tuple[str, str | None]]:
@@ -268,27 +277,36 @@ def _check(name: str, returncode: int, log: Path) -> None:
         raise SystemExit(f"{name} failed (exit {returncode}); end of {log}:\n{tail}")
 
 
-def run_tunesmith(rows_path: Path, workdir: Path, num_cpus: int) -> Side:
-    """tunesmith timed, then again with its memory sampled (into a folder removed after)."""
+def _tunesmith_command(rows_path: Path, workdir: Path, num_cpus: int, out: Path) -> list[str]:
     config = workdir / "tunesmith.yaml"
     config.write_text(f"ray:\n  num_cpus: {num_cpus}\n", encoding="utf-8")
+    shutil.rmtree(out, ignore_errors=True)  # stage outputs of an earlier run would be reused
+    return [str(Path(sys.executable).with_name("tunesmith")), "data", "run",
+            "--input", str(rows_path), "--out", str(out), "--config", str(config),
+            "--no-progress"]
 
-    def command(out: Path) -> list[str]:
-        shutil.rmtree(out, ignore_errors=True)  # stage outputs of an earlier run are reused
-        return [str(Path(sys.executable).with_name("tunesmith")), "data", "run",
-                "--input", str(rows_path), "--out", str(out), "--config", str(config),
-                "--no-progress"]
 
-    out, log = workdir / "tunesmith", workdir / "tunesmith.log"
-    timed = run_timed(command(out), log)
+def time_tunesmith(rows_path: Path, workdir: Path, num_cpus: int, run: int) -> Timed:
+    """One timed run of tunesmith into ``workdir / "tunesmith"``."""
+    log = workdir / f"tunesmith-{run}.log"
+    timed = run_timed(_tunesmith_command(rows_path, workdir, num_cpus, workdir / "tunesmith"),
+                      log)
     _check("tunesmith", timed.returncode, log)
+    return timed
+
+
+def run_tunesmith(rows_path: Path, workdir: Path, num_cpus: int) -> Side:
+    """tunesmith timed, then again with its memory sampled (into a folder removed after)."""
+    timed = time_tunesmith(rows_path, workdir, num_cpus, 1)
     sampled_out, sampled_log = workdir / "tunesmith-sampled", workdir / "tunesmith-sampled.log"
-    returncode, memory = run_sampled(command(sampled_out), sampled_log)
+    returncode, memory = run_sampled(
+        _tunesmith_command(rows_path, workdir, num_cpus, sampled_out), sampled_log)
     _check("tunesmith (memory run)", returncode, sampled_log)
     shutil.rmtree(sampled_out, ignore_errors=True)
+    out = workdir / "tunesmith"
     manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
     phases = {s["name"]: s["seconds"] for s in manifest.get("stages", [])}
-    return Side("tunesmith", timed, memory, _removed(out / "rejected.jsonl"),
+    return Side("tunesmith", [timed], memory, _removed(out / "rejected.jsonl"),
                 manifest["counts"], phases)
 
 
@@ -302,7 +320,7 @@ def run_reference(rows_path: Path, workdir: Path) -> Side:
     timed = run_timed(command, log)
     _check("reference", timed.returncode, log)
     summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
-    return Side("reference", timed, None, _removed(out / "rejected.jsonl"), summary["counts"],
+    return Side("reference", [timed], None, _removed(out / "rejected.jsonl"), summary["counts"],
                 summary["phases"])
 
 
@@ -371,15 +389,17 @@ def defects_caught(truth: dict[str, Any], side: Side) -> dict[str, Any]:
 # --- report -----------------------------------------------------------------------------------
 
 def _side_result(truth: dict[str, Any], side: Side, rows: int) -> dict[str, Any]:
-    t, m = side.timed, side.memory
-    memory = {"peak_pss_bytes": None, "peak_rss_largest_process_bytes": t.max_rss,
+    m = side.memory
+    memory = {"peak_pss_bytes": None,
+              "peak_rss_largest_process_bytes": max(run.max_rss for run in side.runs),
               "sampled_seconds": None, "peak_processes": 1, "at_peak": []}
     if m is not None:
         memory = {"peak_pss_bytes": m.peak_pss, "peak_rss_largest_process_bytes": m.peak_rss,
                   "sampled_seconds": round(m.seconds, 2), "peak_processes": m.peak_processes,
                   "at_peak": [[label, round(pss / GIB, 3)] for label, pss in m.at_peak[:8]]}
-    return {"seconds": round(t.seconds, 2), "rows_per_s": round(rows / t.seconds, 1),
-            "load_before": t.load_before, **memory,
+    return {"seconds": round(side.seconds, 2), "rows_per_s": round(rows / side.seconds, 1),
+            "runs_seconds": [round(run.seconds, 2) for run in side.runs],
+            "load_before": [run.load_before for run in side.runs], **memory,
             "counts": side.counts, "phases": side.phases,
             "clean_rejects": dict(sorted(clean_rejects(side).items())),
             "defects": defects_caught(truth, side),
@@ -411,8 +431,11 @@ def print_report(results: dict[str, Any]) -> None:
         print(f"{label:<34}" + "".join(f"{v:>18}" for v in values))
 
     row("", names)
-    row("load average at start", [f"{sides[n]['load_before']:.1f}" for n in names])
+    row("load average at start", [", ".join(f"{x:.1f}" for x in sides[n]["load_before"])
+                                  for n in names])
     row("wall time, whole process (s)", [f"{sides[n]['seconds']:,.1f}" for n in names])
+    row("  each timed run (s)", [", ".join(f"{x:,.1f}" for x in sides[n]["runs_seconds"])
+                                 for n in names])
     row("rows/s", [f"{sides[n]['rows_per_s']:,.0f}" for n in names])
     row("wall time, memory sampled (s)",
         ["-" if sides[n]["sampled_seconds"] is None else f"{sides[n]['sampled_seconds']:,.1f}"
@@ -464,11 +487,15 @@ def benchmark(rows: int, seed: int, workdir: Path, num_cpus: int, skip_reference
           flush=True)
     truth = json.loads(truth_path.read_text(encoding="utf-8"))
     sides = [run_tunesmith(rows_path, workdir, num_cpus)]
-    print(f"tunesmith: {sides[0].timed.seconds:.1f} s ({sides[0].memory.seconds:.1f} s while "
+    print(f"tunesmith: {sides[0].seconds:.1f} s ({sides[0].memory.seconds:.1f} s while "
           "its memory was sampled)", flush=True)
     if not skip_reference:
         sides.append(run_reference(rows_path, workdir))
-        print(f"reference: {sides[1].timed.seconds:.1f} s", flush=True)
+        print(f"reference: {sides[1].seconds:.1f} s", flush=True)
+        # The machine's speed drifts over minutes: tunesmith is timed again after the
+        # reference, and the median of its runs is taken (of two: their mean).
+        sides[0].runs.append(time_tunesmith(rows_path, workdir, num_cpus, 2))
+        print(f"tunesmith again: {sides[0].runs[-1].seconds:.1f} s", flush=True)
     results: dict[str, Any] = {
         "rows": rows, "seed": seed, "num_cpus": num_cpus, "planted": truth["counts"],
         "near_copy_jaccard": truth["near_copy_jaccard"],
