@@ -278,9 +278,11 @@ def _check(name: str, returncode: int, log: Path) -> None:
 
 
 def _tunesmith_command(rows_path: Path, workdir: Path, num_cpus: int, out: Path) -> list[str]:
+    """The `tunesmith data run` command into ``out``, which it empties first (stage outputs
+    of an earlier run would be reused), with its config file written."""
     config = workdir / "tunesmith.yaml"
     config.write_text(f"ray:\n  num_cpus: {num_cpus}\n", encoding="utf-8")
-    shutil.rmtree(out, ignore_errors=True)  # stage outputs of an earlier run would be reused
+    shutil.rmtree(out, ignore_errors=True)
     return [str(Path(sys.executable).with_name("tunesmith")), "data", "run",
             "--input", str(rows_path), "--out", str(out), "--config", str(config),
             "--no-progress"]
