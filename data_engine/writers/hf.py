@@ -3,8 +3,8 @@
 It is saved from the Arrow streams the writer filled by a child process
 (`python -P -m data_engine.writers.hf HF_DIR SPLIT=STREAM ...`). Importing `datasets`
 costs ~1.4 s of CPU and saving 200k rows ~0.7 s; in a process of its own that runs on
-another core while the driver draws the report and Ray stops. On a thread of the driver the two took turns on the GIL, and the
-end of a 200k-row run took ~3 s on one core.
+another core while the driver draws the report and Ray stops. On a thread of the driver
+the two took turns on the GIL, and the end of a 200k-row run took ~3 s on one core.
 """
 
 from __future__ import annotations
