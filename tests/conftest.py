@@ -52,6 +52,21 @@ def smollm2_dir():
 
 
 @pytest.fixture(scope="session")
+def polite_model_dir(tmp_path_factory, smollm2_dir):
+    """A scripted tiny Llama (SmolLM2's tokenizer, 2 layers, hidden 128) that answers
+    "Hello there" and stops (tests/evaluator/models.py): for tests of the services and the
+    pipeline around a model, where SmolLM2's ~40 tokens a second of QLoRA on CPU would be
+    most of their time. The real model's recipe is tested in test_recipe_run.py."""
+    from transformers import AutoTokenizer
+
+    from tests.evaluator import models
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
+    return models.scripted_model(tokenizer, tmp_path_factory.mktemp("polite") / "polite",
+                                 models.chain_of(tokenizer, "Hello there"))
+
+
+@pytest.fixture(scope="session")
 def smollm2_engine(smollm2_dir):
     """A transformers engine on the default model, on CPU, shared by the session."""
     from data_engine.engines.hf import TransformersEngine

@@ -15,19 +15,6 @@ TOPICS = ["tea", "rain", "maps", "bread", "owls", "trains", "snow", "ink", "kite
           "vines"]
 
 
-@pytest.fixture(scope="module")
-def polite_model_dir(tmp_path_factory):
-    """A scripted tiny Llama that answers "Hello there" and stops (tests/evaluator/models.py)."""
-    from transformers import AutoTokenizer
-
-    from tests.evaluator import models
-    from tunesmith.models import fetch_default
-
-    tokenizer = AutoTokenizer.from_pretrained(fetch_default())
-    return models.scripted_model(tokenizer, tmp_path_factory.mktemp("polite") / "polite",
-                                 models.chain_of(tokenizer, "Hello there"))
-
-
 @pytest.fixture
 def pipeline_dir(tmp_path, polite_model_dir):
     rows = [{"id": f"r{i}", "messages": [
@@ -120,10 +107,11 @@ def test_the_bundled_demo_pipeline_is_valid():
 
 
 @pytest.mark.slow
+@pytest.mark.demo
 def test_the_demo_runs_the_whole_chain_and_the_model_learns_to_stop(tmp_path):
-    """`tunesmith demo` itself (about 4 minutes on 2 idle cores): every stage passes, the
-    planted defects are rejected, the fine-tune stops on every held-out prompt and beats the
-    base model's perplexity, and the served model answers with a title."""
+    """`tunesmith demo` itself (4-7 minutes on 2 cores; `make test-demo`): every stage
+    passes, the planted defects are rejected, the fine-tune stops on every held-out prompt
+    and beats the base model's perplexity, and the served model answers with a title."""
     done = subprocess.run([sys.executable, "-m", "tunesmith", "demo", "--workdir",
                            str(tmp_path / "demo")], capture_output=True, text=True,
                           timeout=1500)

@@ -26,8 +26,8 @@ ORDER = [pb.JOB_STATE_QUEUED, pb.JOB_STATE_VALIDATING, pb.JOB_STATE_RUNNING,
 
 
 @pytest.fixture
-def roots(tmp_path, smollm2_dir):
-    return data_root(tmp_path), smollm2_dir
+def roots(tmp_path, polite_model_dir):
+    return data_root(tmp_path), polite_model_dir
 
 
 def _server(tmp_path, roots, **overrides):
