@@ -490,15 +490,19 @@ class DatasetWriter:
     def kept(self) -> int:
         return sum(self.splits.values())
 
+    def close(self) -> None:
+        """Closes the JSONL outputs and the work files `closing` saves `hf/` from."""
+        for fh in [*self._split_files.values(), self._rejected]:
+            fh.close()
+        for writer in self._arrow.values():
+            writer.close()
+
     @contextmanager
     def closing(self) -> Iterator[None]:
         """Closes the files and saves `hf/` from them in a child process (`writers.hf`) while
         the block runs; waits for it after the block (the child is stopped if the block
         fails), then removes the work files."""
-        for fh in [*self._split_files.values(), self._rejected]:
-            fh.close()
-        for writer in self._arrow.values():
-            writer.close()
+        self.close()
         saving = HfSave({split: self.work_dir / f"{split}.arrow" for split in SPLITS},
                         self.out_dir / "hf")
         try:
