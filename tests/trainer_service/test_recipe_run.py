@@ -1,11 +1,13 @@
 """`tunesmith train run` end to end on the real SmolLM2-135M-Instruct, on CPU: preflight,
 a few QLoRA steps, merge into the 16-bit base, parity and the sanity generation; and the
-failures that must stop a run before its first step."""
+failures that must stop a run before its first step. The NF4 path on a scripted model of
+Qwen3's architecture with Qwen's tokenizer, on CPU and (marked `gpu`) on CUDA."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -101,17 +103,47 @@ def test_dry_run_and_missing_validation_stop_before_training(smollm2_dir, tmp_pa
     assert not (tmp_path / "bare" / "checkpoints").exists()
 
 
-@pytest.mark.gpu
-def test_nf4_recipe_on_cuda(smollm2_dir, tmp_path):
-    """The 4-bit path as users run it: NF4 base on the GPU, bf16 compute, then the same
-    merge (into a bf16 base, never the 4-bit weights) and checks."""
+@pytest.fixture(scope="module")
+def polite_qwen3_dir(tmp_path_factory):
+    """A scripted 2-layer model of Qwen3's architecture with Qwen's real tokenizer (built
+    offline) that answers "Hello there" and stops (tests/evaluator/models.py): small enough
+    to travel to a GPU machine, unlike SmolLM2's 98 MB GGUF."""
+    from tests.evaluator import models
+    from tests.trainer_service.test_chat_format import qwen_tokenizer
+
+    tokenizer = qwen_tokenizer()
+    return models.scripted_model(tokenizer, tmp_path_factory.mktemp("qwen3") / "polite",
+                                 models.chain_of(tokenizer, "Hello there"), arch="qwen3")
+
+
+def check_nf4_recipe(model_dir: Path, tmp_path: Path, device: str) -> None:
+    """The 4-bit path as users run it: an NF4 base (bf16 compute on a GPU), LoRA on every
+    linear layer, then the merge into the 16-bit base (never the 4-bit weights), parity and
+    the sanity generation."""
     data = dataset(tmp_path / "data")
-    done = train_run(str(spec(tmp_path / "spec.yaml", smollm2_dir, data,
+    done = train_run(str(spec(tmp_path / "spec.yaml", model_dir, data,
                               "quantization: nf4\n")), "--out", "run", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
+    base = re.search(r"base: nf4, (\d+) bitsandbytes linear layers, (\w+)",
+                     done.stdout + done.stderr)
+    assert base and int(base[1]) >= 14 and base[2] == device  # 2 layers x 7 projections
     state = json.loads((tmp_path / "run" / "run.json").read_text())
-    assert state["status"] == "succeeded"
+    assert state["status"] == "succeeded" and state["global_step"] == 3
     adapter = json.loads((tmp_path / "run" / "adapter" / "adapter_config.json").read_text())
     assert adapter["r"] == 16 and adapter["lora_alpha"] == 32
+    projections = {m.rsplit(".", 1)[-1] for m in adapter["target_modules"]}
+    assert projections >= {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                           "down_proj"}
+    assert not list((tmp_path / "run" / "merged").glob("adapter_*"))
     verify = json.loads((tmp_path / "run" / "verify.json").read_text())
-    assert verify["sanity"]["stop_rate"] >= 0.8
+    assert verify["parity"]["mean_kl"] <= verify["parity"]["mean_kl_tol"]
+    assert verify["sanity"]["stop_rate"] >= 0.8 and verify["sanity"]["degenerate"] == 0
+
+
+def test_nf4_recipe_on_a_qwen3_model(polite_qwen3_dir, tmp_path):
+    check_nf4_recipe(polite_qwen3_dir, tmp_path, "CPU")
+
+
+@pytest.mark.gpu
+def test_nf4_recipe_on_cuda(polite_qwen3_dir, tmp_path):
+    check_nf4_recipe(polite_qwen3_dir, tmp_path, "CUDA")
