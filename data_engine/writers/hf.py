@@ -26,7 +26,10 @@ def save_hf(streams: dict[str, Path], hf_dir: Path) -> None:
                                     for split, path in streams.items()})
     if hf_dir.exists():
         shutil.rmtree(hf_dir)
-    dataset.save_to_disk(str(hf_dir))
+    # An empty split left to datasets' sharding gets no data file, and load_from_disk then
+    # fails on the whole dict (IndexError); one shard holds its schema.
+    dataset.save_to_disk(str(hf_dir), num_shards={split: 1 if len(part) == 0 else None
+                                                  for split, part in dataset.items()})
 
 
 class HfSave:

@@ -13,7 +13,8 @@ from data_engine.writers.hf import HfSave
 
 
 def _stream(path, ids: list[str]) -> None:
-    table = pa.table({"id": ids, "n": list(range(len(ids)))})
+    table = pa.table({"id": pa.array(ids, pa.string()),
+                      "n": pa.array(range(len(ids)), pa.int64())})
     with pa.ipc.new_stream(str(path), table.schema) as sink:
         sink.write_table(table)
 
@@ -28,6 +29,16 @@ def test_the_child_saves_each_stream_as_a_split(tmp_path):
     saved = load_from_disk(str(tmp_path / "hf"))
     assert saved["train"]["id"] == ["x", "y"] and saved["test"]["n"] == [0]
     assert not (tmp_path / "hf" / "stale.txt").exists()
+
+
+def test_an_empty_split_loads_with_its_columns(tmp_path):
+    _stream(tmp_path / "a.arrow", ["x", "y", "z"])
+    _stream(tmp_path / "b.arrow", [])  # e.g. 3 kept rows: validation and test get none
+    HfSave({"train": tmp_path / "a.arrow", "validation": tmp_path / "b.arrow"},
+           tmp_path / "hf").wait()
+    saved = load_from_disk(str(tmp_path / "hf"))
+    assert saved["train"].num_rows == 3 and saved["validation"].num_rows == 0
+    assert saved["validation"].column_names == ["id", "n"]
 
 
 def test_a_failed_save_raises_with_the_childs_error(tmp_path):
