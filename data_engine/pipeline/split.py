@@ -48,12 +48,32 @@ def split_targets(total: int, config: SplitConfig) -> tuple[np.ndarray, list[str
             targets[0] -= min(moved, targets[0])
             if targets.sum() > total:
                 targets[2] -= targets.sum() - total
-    elif config.validation > 0 and targets[1] < config.validation_floor:
-        warnings.append(
-            f"validation has {targets[1]} rows: the data has {total} rows, fewer than the "
-            f"{config.floor_min_rows} the floor of {config.validation_floor} applies from; "
-            "eval loss on so few rows is noisy")
+    else:
+        warnings += _small_validation(int(targets[1]), total, config)
     return targets, warnings
+
+
+def _small_validation(rows: int, total: int, config: SplitConfig) -> list[str]:
+    """The warning for a validation split of ``rows`` below the floor, in data too small for
+    the floor to apply."""
+    if total >= config.floor_min_rows or config.validation <= 0 \
+            or rows >= config.validation_floor:
+        return []
+    return [f"validation has {rows} rows: the data has {total} rows, fewer than the "
+            f"{config.floor_min_rows} the floor of {config.validation_floor} applies from; "
+            "eval loss on so few rows is noisy"]
+
+
+def _unit_drift(sizes: np.ndarray, targets: np.ndarray, largest_unit: int) -> list[str]:
+    """The warning for split sizes off their targets: units (a group, a kept duplicate
+    cluster, a row and its repeats) are never divided."""
+    if np.array_equal(sizes, targets):
+        return []
+    off = ", ".join(f"{name} {int(size)} (target {int(target)})"
+                    for name, size, target in zip(SPLITS, sizes, targets) if size != target)
+    return [f"split sizes differ from the ratios' targets: {off}; rows that share a group, a "
+            f"kept duplicate cluster or a row's repeats stay together (largest unit: "
+            f"{largest_unit} rows)"]
 
 
 def _cell_targets(per_source: np.ndarray, totals: np.ndarray) -> np.ndarray:
@@ -92,7 +112,7 @@ def assign_splits(ids: list[str], sources: list[str], weights: np.ndarray,
     names, source_code = np.unique(np.asarray(sources, dtype=object).astype(str),
                                    return_inverse=True)
     total = int(weights.sum())
-    targets, warnings = split_targets(total, config)
+    targets, _ = split_targets(total, config)  # its warning is about the sizes reached
     # Each row's seeded hash; a unit is ranked by, and belongs to the source of, its member
     # with the smallest hash, so neither depends on the order rows came in.
     row_rank = _id_ranks(ids, seed)
@@ -108,11 +128,14 @@ def assign_splits(ids: list[str], sources: list[str], weights: np.ndarray,
     counts = np.bincount(split, weights=weights, minlength=len(SPLITS)).astype(np.int64)
     by_source = {name: {SPLITS[k]: int(np.sum(weights[(source_code == s) & (split == k)]))
                         for k in range(len(SPLITS))} for s, name in enumerate(names.tolist())}
+    largest = int(unit_weight.max()) if len(unit_weight) else 0
     facts = {"targets": dict(zip(SPLITS, targets.tolist())),
              "sizes": dict(zip(SPLITS, counts.tolist())),
              "by_source": by_source,
              "units": int(len(unit_ids)),
-             "largest_unit": int(unit_weight.max()) if len(unit_weight) else 0}
+             "largest_unit": largest}
+    warnings = _small_validation(int(counts[1]), total, config) \
+        + _unit_drift(counts, targets, largest)
     return SplitResult(split, dict(zip(SPLITS, targets.tolist())), facts, warnings)
 
 

@@ -227,7 +227,7 @@ def test_split_is_stratified_by_source():
     targets = np.array([result.targets[s] for s in SPLITS])
     assert targets.sum() == len(ids)
     assert np.all(np.abs(targets - len(ids) * np.array([0.8, 0.1, 0.1])) < 1)
-    assert result.facts["sizes"] == result.targets
+    assert result.facts["sizes"] == result.targets and result.warnings == []
     total = sum(counts.values())
     for name, n in counts.items():
         got = result.facts["by_source"][name]
@@ -254,6 +254,23 @@ def test_groups_never_straddle_splits():
     sizes = result.facts["sizes"]
     for split in SPLITS:
         assert abs(sizes[split] - result.targets[split]) <= 15, sizes
+
+
+def test_units_that_cannot_meet_the_targets_are_warned_with_the_sizes_reached():
+    ids = [f"r{i}" for i in range(99)]
+    links = np.array([[i, i + k] for i in range(0, 99, 3) for k in (1, 2)])  # 33 units of 3
+    result = assign_splits(ids, ["s"] * 99, np.ones(99, np.int64), links,
+                           SplitConfig(0.7, 0.2, 0.1), seed=0)
+    sizes, targets = result.facts["sizes"], result.targets
+    assert targets == {"train": 69, "validation": 20, "test": 10}
+    assert all(v % 3 == 0 for v in sizes.values()) and sum(sizes.values()) == 99
+    off = [s for s in SPLITS if sizes[s] != targets[s]]
+    drift = [w for w in result.warnings if w.startswith("split sizes differ")]
+    assert off and len(drift) == 1 and "largest unit: 3 rows" in drift[0]
+    assert all(f"{s} {sizes[s]} (target {targets[s]})" in drift[0] for s in off)
+    # the small-validation warning gives the size reached, not the target
+    assert any(w.startswith(f"validation has {sizes['validation']} rows")
+               for w in result.warnings)
 
 
 def test_weights_count_repeats():
