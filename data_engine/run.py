@@ -31,6 +31,7 @@ from data_engine.config import DataConfig
 from data_engine.dedup.stage import REF_BASE, DedupInputs, run_dedup, sign_rows, signature_key
 from data_engine.errors import ConfigError, LeakError
 from data_engine.executor import RaySession, map_tasks, ray_session
+from data_engine.filters.length import tokenizer_problem
 from data_engine.pipeline.clean import clean_batch
 from data_engine.pipeline.mix import REASON as MIX_REASON
 from data_engine.pipeline.mix import mix
@@ -77,6 +78,9 @@ def run(config: DataConfig, out_dir: Path, console: Console | None = None,
     # Planning reads and hashes every input file (~2 s a GB): it runs while Ray starts,
     # unless a finished run is there, which it may show to be up to date (no Ray needed).
     check_inputs(config.inputs + config.dedup.reference.inputs)  # fail before Ray starts
+    problem = tokenizer_problem(config.clean.length.tokenizer)
+    if problem:
+        raise ConfigError([problem])
     pool = ThreadPoolExecutor(1, thread_name_prefix="plan")
     planned = pool.submit(_plan, config)
     pool.shutdown(wait=False)

@@ -74,6 +74,20 @@ def _tokenizer(name: str):
     return AutoTokenizer.from_pretrained(name)
 
 
+def tokenizer_problem(name: str | None) -> str | None:
+    """Why the configured tokenizer cannot be loaded here (None when it can, or when none is
+    configured): checked in the driver before any worker would fail on it."""
+    if name is None:
+        return None
+    try:
+        _tokenizer(name)
+    except Exception as exc:  # noqa: BLE001 - any load failure is the config's problem
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return (f"clean.length.tokenizer: cannot load {name!r} (a tokenizer folder, or a hub "
+                f"id when the hub is reachable): {reason}")
+    return None
+
+
 def count_tokens(texts: list[str], tokenizer: str | None) -> np.ndarray:
     """Token count of each text, by ``tokenizer`` (folder or hub id) or the estimate."""
     if tokenizer is None:

@@ -149,6 +149,13 @@ def test_cli_version_and_errors(tmp_path):
     assert "clean.lenght: unknown key" in bad.stderr
     none = _cli("data", "run", "--out", "o", cwd=tmp_path)
     assert none.returncode == 2 and "inputs:" in none.stderr
+    (tmp_path / "rows.jsonl").write_text('{"messages": [{"role": "user", "content": "Hi"}, '
+                                         '{"role": "assistant", "content": "Hello"}]}\n')
+    (tmp_path / "tok.yaml").write_text(f"clean:\n  length: {{tokenizer: {tmp_path / 'no'}}}\n")
+    tok = _cli("data", "run", "--config", "tok.yaml", "--input", "rows.jsonl", "--out", "t",
+               cwd=tmp_path)
+    assert tok.returncode == 2 and "clean.length.tokenizer: cannot load" in tok.stderr
+    assert "Traceback" not in tok.stderr and not (tmp_path / "t" / ".ray").exists()
 
 
 _SESSION_PROBE = """
