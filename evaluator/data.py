@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 SPLITS = ("train", "validation", "test")
+# Codes of a server that failed a valid request; every other code means "fix the input".
+SERVER_FAILURES = frozenset({"server_logprobs_failed"})
 
 
 class EvalError(Exception):
@@ -22,6 +24,10 @@ class EvalError(Exception):
     def __init__(self, code: str, message: str, field: str):
         self.code, self.message, self.field = code, message, field
         super().__init__(f"{field}: {code}: {message}")
+
+    @property
+    def bad_input(self) -> bool:
+        return self.code not in SERVER_FAILURES
 
 
 @dataclass

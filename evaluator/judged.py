@@ -37,9 +37,16 @@ def parse_engine_spec(spec: str):
 
 
 def build_judge(spec: str, config: JudgeConfig | None = None) -> Judge:
+    """The judge of a `--judge` spec; an engine that cannot be built (a model that does not
+    load, a server that is down) is an `EvalError` of the field `judge`."""
     from data_engine.engines import build_engine
+    from data_engine.engines.base import EngineError
 
-    return Judge(build_engine(parse_engine_spec(spec)), config or JudgeConfig())
+    try:
+        engine = build_engine(parse_engine_spec(spec))
+    except EngineError as exc:
+        raise EvalError(exc.code, exc.message, "judge") from None
+    return Judge(engine, config or JudgeConfig())
 
 
 def score_replies(judge: Judge, rows: Sequence[EvalRow], replies: Sequence[dict[str, Any]]

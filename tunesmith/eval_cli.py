@@ -42,7 +42,7 @@ def eval_run(
         "--baseline", help="A model folder or /v1 URL to compare against; default: the run's "
         "base model (RUN_DIR/run.json); `none` for no baseline.")] = None,
     judge: Annotated[Optional[str], typer.Option(
-        "--judge", help="Judge engine KIND:MODEL[@BASE_URL], e.g. transformers:default or "
+        "--judge", help="Judge engine KIND:MODEL\\[@BASE_URL], e.g. transformers:default or "
         "openai:judge@http://127.0.0.1:8001/v1.")] = None,
     gate: Annotated[Optional[Path], typer.Option(
         "--gate", help="Gate thresholds (YAML); the exit code follows the verdict.")] = None,
@@ -79,9 +79,9 @@ def eval_run(
     try:
         metrics = run_eval(options, log=lambda line: console.print(line, highlight=False,
                                                                    markup=False))
-    except (EvalError, GateError) as exc:
+    except GateError as exc:
         raise _bad_input(exc) from None
-    except ServeError as exc:
+    except (EvalError, ServeError) as exc:
         typer.secho(f"error: {exc}", err=True, fg="red")
         raise typer.Exit(EXIT_BAD_INPUT if exc.bad_input else 1) from None
     _print_summary(metrics)

@@ -68,6 +68,7 @@ class EngineError(Exception):
 
     def __init__(self, code: str, message: str, field: str = "engine"):
         self.code = code
+        self.message = message
         self.field = field
         super().__init__(f"{field}: {code}: {message}")
 

@@ -129,6 +129,10 @@ def test_bad_input_exits_2_before_serving_anything(data_dir, tmp_path, polite_mo
     done = _cli("--model", str(polite_model_dir), "--data", str(data_dir), "--judge",
                 "nonsense", "--out", str(tmp_path / "e"))
     assert done.returncode == 2 and "bad_engine_spec" in done.stderr
+    done = _cli("--model", str(polite_model_dir), "--data", str(data_dir), "--judge",
+                f"transformers:{tmp_path / 'no-judge'}", "--out", str(tmp_path / "e"))
+    assert done.returncode == 2 and "error: judge: model_not_loadable" in done.stderr
+    assert "Traceback" not in done.stderr
     bad_gate = tmp_path / "gate.yaml"
     bad_gate.write_text("usability_min: 2\n")
     done = _cli("--model", str(polite_model_dir), "--data", str(data_dir), "--gate",

@@ -274,6 +274,10 @@ def test_bad_folders_are_refused_before_anything_starts(tiny, tmp_path):
             pass
     assert (err.value.code, err.value.field) == ("adapter_not_found", "adapter")
     assert err.value.bad_input and _processes_mentioning(str(tmp_path)) == before == []
+    with pytest.raises(ServeError) as err:
+        with serve_model(tmp_path / "model.gguf", adapter=tiny[0]):  # a .gguf is served as is
+            pass
+    assert err.value.code == "adapter_with_gguf" and err.value.bad_input
     # the app itself refuses too, when started directly
     run = subprocess.run([sys.executable, "-m", "evaluator.serving.hf_app",
                           str(tmp_path / "no-config")], capture_output=True, text=True, timeout=60)
