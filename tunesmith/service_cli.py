@@ -105,7 +105,8 @@ def _load_spec(path: Path, dataset: Optional[Path], base_model: Optional[str],
     from data_engine.config_loader import read_yaml
     from data_engine.errors import ConfigError
     from trainer_service.errors import InvalidArgument
-    from trainer_service.jobs.validate import TEMPLATE_KEYWORDS, spec_from_mapping
+    from trainer_service.jobs.validate import (TEMPLATE_KEYWORDS, spec_from_mapping,
+                                               to_train_spec)
 
     try:
         data, base, _ = read_yaml(path, "train spec")
@@ -125,7 +126,9 @@ def _load_spec(path: Path, dataset: Optional[Path], base_model: Optional[str],
     if dry_run is not None:
         data["dry_run"] = dry_run
     try:
-        return spec_from_mapping(data)
+        spec = spec_from_mapping(data)
+        to_train_spec(spec)  # the values too, as the server will: exit 2 before any call
+        return spec
     except InvalidArgument as exc:
         for field, message in exc.problems:
             typer.secho(f"error: {path}: {field}: {message}", err=True, fg="red")

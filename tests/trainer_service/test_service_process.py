@@ -123,6 +123,9 @@ def test_client_commands_and_their_exit_codes(setup):
         typo.write_text(f"base_model: {model}\ndataset: root/data\ntraining: {{epoch: 2}}\n")
         bad = _cli("submit", str(typo), *auth)
         assert bad.returncode == 2 and "training.epoch: unknown key" in bad.stderr
+        typo.write_text(f"base_model: {model}\ndataset: root/data\nlora: {{r: 0}}\n")
+        bad = _cli("submit", str(typo), *auth)  # a bad value, found before any call
+        assert bad.returncode == 2 and "lora.r: must be >= 1" in bad.stderr
 
         listed = _cli("list", *auth, "--state", "succeeded")
         assert listed.returncode == 0 and listed.stdout.split()[0] == job_id
