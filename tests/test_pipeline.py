@@ -74,6 +74,19 @@ def test_the_gate_stops_the_chain_and_resume_continues_from_there(pipeline_dir):
     assert 'href="eval/report.html"' in summary and 'href="data/report.html"' in summary
 
 
+@pytest.mark.slow
+def test_a_train_stage_that_leaves_no_model_stops_the_chain(pipeline_dir):
+    train = pipeline_dir / "train.yaml"
+    train.write_text(train.read_text() + "dry_run: true\n")  # preflight only: no model
+    failed = _run(pipeline_dir)
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    assert "train: no_merged_model" in failed.stderr and "Traceback" not in failed.stderr
+    stages = json.loads((pipeline_dir / "work" / "pipeline.json").read_text())["stages"]
+    assert [stages[s]["status"] for s in ("data", "train", "eval")] == [
+        "succeeded", "failed", "pending"]
+    assert stages["train"]["error"]["fix"]
+
+
 def test_a_bad_pipeline_file_lists_every_problem(tmp_path):
     (tmp_path / "pipeline.yaml").write_text("wrkdir: x\ndata: {config: nope.yaml}\n"
                                             "eval: {limt: 3}\n")

@@ -332,7 +332,12 @@ def train_stage(chain: Chain, stage: dict[str, Any]) -> None:
                             f"job {job.id} ended {state_name(job.state)}",
                             error.field, error.fix or f"see {job.artifacts.get('log', '')}")
     merged = job.artifacts.get("merged")
-    check(stage, "merged_model", bool(merged) and Path(merged).is_dir(), f"merged model {merged}")
+    if not check(stage, "merged_model", bool(merged) and Path(merged).is_dir(),
+                 f"merged model {merged}"):
+        raise PipelineError("train", "no_merged_model", f"job {job.id} succeeded but left no "
+                            f"merged model ({merged or 'none reported'}); eval needs one",
+                            "train.spec", "a spec with `dry_run: true` stops before training: "
+                            "remove it to run the chain")
 
 
 def eval_stage(chain: Chain, stage: dict[str, Any]) -> None:
