@@ -1,12 +1,15 @@
 """Builds config dataclasses from plain YAML data, collecting every problem at once.
 
 Unknown keys are errors (a typo must not silently fall back to a default), and each
-problem names the dotted field it concerns.
+problem names the dotted field it concerns. Unknown keys, wrong types and bad values are
+reported together; only an object with a wrongly typed field of its own skips its value
+checks (they would compare against the wrong type).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from pathlib import Path
@@ -41,28 +44,53 @@ def from_dict(cls: type[T], data: Any, origin: str = "config") -> T:
     """Returns ``cls`` built from ``data`` or raises ConfigError listing every problem."""
     problems: list[str] = []
     value = _build(cls, data, "", problems)
-    if not problems:
-        problems.extend(validate(value))
+    mistyped = [p.split(": ", 1)[0] for p in problems if ": unknown key" not in p]
+    problems.extend(validate(value, skip=mistyped))
     if problems:
         raise ConfigError(problems, origin)
     return value
 
 
-def validate(obj: Any, prefix: str = "") -> list[str]:
-    """Runs ``check()`` of every nested config dataclass; returns the problems found."""
+def validate(obj: Any, prefix: str = "", skip: list[str] | tuple[str, ...] = ()) -> list[str]:
+    """Runs ``check()`` of every nested config dataclass; returns the problems found.
+
+    ``skip``: the fields (dotted paths) whose value has the wrong type; the objects holding
+    one are not checked, their nested objects are.
+    """
     problems: list[str] = []
     if not dataclasses.is_dataclass(obj):
         return problems
     check = getattr(obj, "check", None)
-    if check is not None:
+    if check is not None and not _holds_any(obj, prefix, skip):
         problems.extend(f"{prefix}{p}" for p in check())
     for f in dataclasses.fields(obj):
         child = getattr(obj, f.name)
         items = child if isinstance(child, list) else [child]
         for i, item in enumerate(items):
             where = f"{prefix}{f.name}[{i}]." if isinstance(child, list) else f"{prefix}{f.name}."
-            problems.extend(validate(item, where))
+            problems.extend(validate(item, where, skip))
     return problems
+
+
+def _holds_any(obj: Any, prefix: str, paths: list[str] | tuple[str, ...]) -> bool:
+    """Whether ``obj`` itself (a default put in place of a wrong value) or one of its fields
+    (or an item or key of one), rather than a config object nested in it, is in ``paths``."""
+    if not paths:
+        return False
+    if (prefix[:-1] if prefix else "<root>") in paths:
+        return True
+    for f in dataclasses.fields(obj):
+        key = f"{prefix}{f.name}"
+        child = getattr(obj, f.name)
+        nested = dataclasses.is_dataclass(child) or (
+            isinstance(child, list) and any(dataclasses.is_dataclass(c) for c in child))
+        for path in paths:
+            if path == key:
+                return True
+            rest = path[len(key):] if path.startswith(key) else ""
+            if rest[:1] in (".", "[") and (not nested or re.fullmatch(r"\[\d+\]", rest)):
+                return True  # inside a plain value, or a whole list item replaced
+    return False
 
 
 def _type_name(tp: Any) -> str:
