@@ -93,6 +93,20 @@ def _holds_any(obj: Any, prefix: str, paths: list[str] | tuple[str, ...]) -> boo
     return False
 
 
+def _optional_section(tp: Any) -> type | None:
+    """The config class of an optional section (``X | None``) that builds with no
+    arguments, else None."""
+    args = typing.get_args(tp)
+    inner = [a for a in args if a is not type(None)]
+    if type(None) not in args or len(inner) != 1 or not dataclasses.is_dataclass(inner[0]):
+        return None
+    try:
+        inner[0]()
+    except TypeError:  # required fields: no defaults to show
+        return None
+    return inner[0]
+
+
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
@@ -151,17 +165,26 @@ def _build(tp: Any, data: Any, where: str, problems: list[str]) -> Any:
 
 
 def to_yaml_comments(obj: Any, indent: int = 0) -> str:
-    """Renders a config dataclass as YAML with each field's help as a comment."""
+    """Renders a config dataclass as YAML with each field's help as a comment. A section
+    that is off (null) is followed by its fields with their defaults, commented out."""
     pad = "  " * indent
     out: list[str] = []
+    hints = typing.get_type_hints(type(obj))
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
         help_text = f.metadata.get("help")
         if help_text:
             out.append(f"{pad}# {help_text}")
+        section = _optional_section(hints[f.name]) if value is None else None
         if dataclasses.is_dataclass(value):
             out.append(f"{pad}{f.name}:")
             out.append(to_yaml_comments(value, indent + 1))
+        elif section is not None:
+            out.append(f"{pad}{f.name}: null")
+            out.append(f"{pad}# on, with its defaults (uncomment to edit):")
+            out.append(f"{pad}# {f.name}:")
+            out += [f"{pad}# {line[len(pad):]}"
+                    for line in to_yaml_comments(section(), indent + 1).splitlines()]
         else:
             import yaml
 

@@ -18,6 +18,27 @@ def test_defaults_are_valid_and_round_trip_through_commented_yaml():
     assert from_dict(DataConfig, yaml.safe_load(rendered)) == DataConfig()
 
 
+def test_sections_that_are_off_show_their_fields_commented_out():
+    from data_engine.synth.evol import EvolConfig
+    from data_engine.synth.judge import JudgeConfig
+
+    lines = to_yaml_comments(DataConfig()).splitlines()
+
+    def uncommented(header: str, pad: str) -> dict:
+        start = lines.index(f"{pad}# {header}:")
+        block = [f"{header}:"]
+        for line in lines[start + 1:]:
+            if not line.startswith(f"{pad}#   "):
+                break
+            block.append(line[len(pad) + 2:])  # what removing the "# " leaves, unindented
+        return yaml.safe_load("\n".join(block))
+
+    judge = uncommented("judge", "")
+    assert from_dict(DataConfig, judge).judge == JudgeConfig()
+    evol = uncommented("evol", "  ")
+    assert from_dict(DataConfig, {"synth": evol}).synth.evol == EvolConfig()
+
+
 def test_all_problems_reported_at_once():
     data = {"clean": {"lenght": {}, "disable": ["nope"], "languages": ["japanese"],
                       "repetition": {"max_char_run": "5"}},
