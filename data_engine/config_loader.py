@@ -186,8 +186,6 @@ def to_yaml_comments(obj: Any, indent: int = 0) -> str:
             out += [f"{pad}# {line[len(pad):]}"
                     for line in to_yaml_comments(section(), indent + 1).splitlines()]
         else:
-            import yaml
-
             rendered = yaml.safe_dump({f.name: value}, default_flow_style=True,
                                       allow_unicode=True, width=10_000).strip()
             if rendered.startswith("{") and rendered.endswith("}"):
