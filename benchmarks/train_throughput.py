@@ -14,12 +14,15 @@ data engine folder with train.jsonl and validation.jsonl; tokenized with the rec
 `tokenize_rows`, truncated to --max-seq-len), with the same LoRA config, quantization and
 TrainingArguments:
 
-- recipe: `build_recipe` + TRL SFTTrainer exactly as trainer_service/recipe/train.py builds
-  them: BFD packing into --max-seq-len blocks, padding-free, per-row position ids.
+- recipe: `build_recipe`, `load_base` + TRL SFTTrainer exactly as trainer_service/recipe/train.py
+  builds them: BFD packing into --max-seq-len blocks, padding-free, per-row position ids,
+  attention row by row (training.attention auto = varlen: torch's variable-length flash kernel
+  on CUDA, SDPA per row on CPU; --attention sdpa shows the dense-mask alternative).
   --batch is packed blocks per step.
 - padded: transformers Trainer + `peft.get_peft_model` with the recipe's LoraConfig and
-  TrainingArguments (SFTConfig), --batch rows per step in random order, padded to the
-  longest row of the batch, labels -100 outside the assistant masks, no packing.
+  TrainingArguments (SFTConfig), sdpa attention, --batch rows per step in random order,
+  padded to the longest row of the batch, labels -100 outside the assistant masks, no
+  packing.
 
 Each side runs in its own process (so peak memory is its own), the two alternating when
 --repeats > 1 so that a change in the machine's load hits both alike. The first optimizer
@@ -159,12 +162,11 @@ def _param_count(model) -> int:
 
 def run_side(side: str, args: argparse.Namespace, out_path: Path) -> None:
     import torch
-    from transformers import (AutoModelForCausalLM, AutoTokenizer, PrinterCallback, Trainer,
-                              TrainerCallback)
+    from transformers import AutoTokenizer, PrinterCallback, Trainer, TrainerCallback
 
     from trainer_service.recipe.chat_format import resolve_template
     from trainer_service.recipe.spec import LoraSpec, TrainingSpec, TrainSpec
-    from trainer_service.recipe.train import build_recipe, read_split, tokenize_rows
+    from trainer_service.recipe.train import build_recipe, load_base, read_split, tokenize_rows
 
     cuda = torch.cuda.is_available() and not args.cpu
     steps = args.steps + 1  # + the warm-up step
@@ -175,7 +177,9 @@ def run_side(side: str, args: argparse.Namespace, out_path: Path) -> None:
                                            max_seq_len=args.max_seq_len, max_steps=steps,
                                            eval_every_steps=10 ** 6, logging_steps=1,
                                            gradient_checkpointing=args.gradient_checkpointing,
-                                           packing=(side == "recipe"), seed=args.seed))
+                                           packing=(side == "recipe"), seed=args.seed,
+                                           attention=(args.attention if side == "recipe"
+                                                      else "sdpa")))
     tokenizer = AutoTokenizer.from_pretrained(spec.base_model)
     tokenizer.chat_template = resolve_template(tokenizer, spec.chat_template).text
     ds = tokenize_rows(tokenizer, read_split(Path(spec.dataset), "train"), spec.loss_on)
@@ -184,9 +188,7 @@ def run_side(side: str, args: argparse.Namespace, out_path: Path) -> None:
                            "assistant_masks": r["assistant_masks"][:limit]})
     recipe = build_recipe(spec, Path(args.workdir) / f"out-{side}", use_cpu=not cuda,
                           has_validation=False)
-    model = AutoModelForCausalLM.from_pretrained(
-        spec.base_model, quantization_config=recipe.quantization, dtype=recipe.torch_dtype,
-        device_map={"": 0} if cuda and recipe.quantization is not None else None)
+    model, attention = load_base(spec, recipe, use_cpu=not cuda)
     params = _param_count(model)
     rss_loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
@@ -274,7 +276,7 @@ def run_side(side: str, args: argparse.Namespace, out_path: Path) -> None:
         "padded_slots_total": (counts["slots"] if side == "padded"
                                else None),
         "block_fill": block_fill, "train_items": blocks, "train_rows": len(ds),
-        "params": params, "last_loss": losses[-1] if losses else None,
+        "params": params, "last_loss": losses[-1] if losses else None, "attention": attention,
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         "rss_after_load_bytes": rss_loaded,
         "cuda_max_allocated_bytes": torch.cuda.max_memory_allocated() if cuda else None,
@@ -314,6 +316,7 @@ def _combine(runs: list[dict[str, Any]], batch: int, max_seq_len: int) -> dict[s
         "last_loss": [r["last_loss"] for r in runs],
         "load_before": [r["load_before"] for r in runs],
         "params": runs[0]["params"], "device": runs[0]["device"],
+        "attention": runs[0]["attention"],
     }
 
 
@@ -351,6 +354,8 @@ def print_report(results: dict[str, Any]) -> None:
         row(f"MFU (peak {results['peak_tflops']:g} TFLOPS)", get("mfu", lambda v: f"{v:.1%}"))
     row("last train loss", get("last_loss", lambda v: " / ".join(f"{x:.3f}" for x in v)))
     row("load average at start", get("load_before", lambda v: " / ".join(f"{x:.1f}" for x in v)))
+    print(f"attention: recipe {sides['recipe']['attention']}; padded "
+          f"{sides['padded']['attention']}")
     print(f"recipe BFD blocks: {sides['recipe']['train_items']} holding "
           f"{results['train_rows']} rows, fill {sides['recipe']['block_fill_whole_dataset']:.3f}")
     print(f"ratio, recipe / padded trained tokens/s (steady): {results['ratio']:.2f}x")
@@ -378,6 +383,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--no-gradient-checkpointing", dest="gradient_checkpointing",
                         action="store_false", help="(the recipe's default is on)")
+    parser.add_argument("--attention", default="auto",
+                        choices=("auto", "varlen", "sdpa", "eager", "flash_attention_2"),
+                        help="the recipe side's training.attention (default auto: varlen); "
+                             "the padded side always uses sdpa, transformers' default")
     parser.add_argument("--cpu", action="store_true", help="stay on CPU even with CUDA")
     parser.add_argument("--peak-tflops", type=float,
                         help="accelerator peak dense TFLOPS for MFU (default: guessed from "
@@ -426,7 +435,7 @@ def main() -> None:
                 "--model", str(args.model), "--steps", str(args.steps),
                 "--batch", str(args.batch), "--max-seq-len", str(args.max_seq_len),
                 "--quantization", args.quantization, "--seed", str(args.seed),
-                "--workdir", str(workdir)]
+                "--attention", args.attention, "--workdir", str(workdir)]
         if not args.gradient_checkpointing:
             base.append("--no-gradient-checkpointing")
         if args.cpu:

@@ -129,6 +129,7 @@ def check_nf4_recipe(model_dir: Path, tmp_path: Path, device: str) -> None:
     assert base and int(base[1]) >= 14 and base[2] == device  # 2 layers x 7 projections
     state = json.loads((tmp_path / "run" / "run.json").read_text())
     assert state["status"] == "succeeded" and state["global_step"] == 3
+    assert state["attention"].startswith("varlen")  # packed rows, attended row by row
     adapter = json.loads((tmp_path / "run" / "adapter" / "adapter_config.json").read_text())
     assert adapter["r"] == 16 and adapter["lora_alpha"] == 32
     projections = {m.rsplit(".", 1)[-1] for m in adapter["target_modules"]}

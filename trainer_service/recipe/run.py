@@ -179,7 +179,8 @@ def _run(spec: TrainSpec, run_dir: Path, state: dict[str, Any],
     state["warnings"] += [w for w in result.warnings if w not in state["warnings"]]
     state.update(best_checkpoint=result.best_checkpoint, best_eval_loss=result.best_eval_loss,
                  global_step=result.global_step, metrics=result.final_metrics,
-                 stopped_early=result.stopped_early, resumed_from=result.resumed_from)
+                 stopped_early=result.stopped_early, resumed_from=result.resumed_from,
+                 attention=result.attention)
     state["artifacts"].update(adapter=str(result.adapter_dir),
                               metrics=str(result.metrics_path),
                               report=str(run_dir / "report.html"))

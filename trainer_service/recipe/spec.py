@@ -15,6 +15,7 @@ from data_engine.config_loader import from_dict, read_yaml
 from evaluator.export import TYPES
 
 QUANTIZATIONS = ("nf4", "int8", "none")
+ATTENTIONS = ("auto", "varlen", "sdpa", "eager", "flash_attention_2")
 LOSS_ON = ("all_assistant", "last_assistant")
 SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup", "cosine_with_restarts")
 LORA_RANK_RANGE = (16, 64)
@@ -85,6 +86,12 @@ class TrainingSpec:
     gradient_checkpointing: bool = _help("Recompute activations in backward: much less memory, "
                                          "about 30% slower.", True)
     max_steps: int | None = _help("Optimizer steps; overrides epochs when set.")
+    attention: str = _help(
+        "Attention kernel: auto | varlen | sdpa | eager | flash_attention_2. auto = varlen when "
+        "packing: each packed row attends only to itself, by torch's variable-length flash "
+        "kernel on CUDA (SDPA per row elsewhere), where sdpa computes a dense mask over the "
+        "whole step's tokens; else sdpa. flash_attention_2 needs the flash-attn package.",
+        "auto")
 
     def check(self) -> list[str]:
         problems = []
@@ -105,6 +112,8 @@ class TrainingSpec:
             problems.append("max_steps: must be >= 1 or null")
         if self.overfit_train_loss < 0:
             problems.append("overfit_train_loss: must be >= 0")
+        if self.attention not in ATTENTIONS:
+            problems.append(f"attention: {self.attention!r} is not one of {', '.join(ATTENTIONS)}")
         return problems
 
 

@@ -40,6 +40,7 @@ class TrainResult:
     resumed_from: str | None = None
     metrics_path: Path | None = None
     report_path: Path | None = None
+    attention: str | None = None  # the attention kernel used, and why
 
 
 def quantized_layers(model: Any) -> int:
@@ -94,9 +95,10 @@ def build_recipe(spec: TrainSpec, output_dir: Path, *, use_cpu: bool, has_valida
         gradient_checkpointing=t.gradient_checkpointing,
         max_length=t.max_seq_len,
         packing=t.packing,
-        # BFD packing is padding-free: no attention mask, position ids restart per row, so
-        # attention (flash varlen, or the block-diagonal mask transformers derives from
-        # position ids for sdpa/eager) never crosses row boundaries.
+        # BFD packing is padding-free: no attention mask, position ids restart per row and
+        # the rows' bounds come with the batch, so attention (varlen row by row, flash varlen,
+        # or the block-diagonal mask transformers derives from position ids for sdpa/eager)
+        # never crosses row boundaries.
         packing_strategy="bfd",
         padding_free=t.packing,
         # Rows arrive tokenized with our own assistant masks (loss_on), which TRL folds into
@@ -120,6 +122,33 @@ def build_recipe(spec: TrainSpec, output_dir: Path, *, use_cpu: bool, has_valida
         disable_tqdm=True,
     )
     return Recipe(quantization=quant, lora=lora, sft=sft, torch_dtype=compute_dtype)
+
+
+def load_base(spec: TrainSpec, recipe: Recipe, *, use_cpu: bool) -> tuple[Any, str]:
+    """The base model, quantized as the recipe says, with the attention kernel of
+    ``training.attention`` (see recipe/attention.py); returns (model, the kernel and why)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from trainer_service.recipe import attention
+
+    t = spec.training
+    try:
+        config = AutoConfig.from_pretrained(spec.base_model)
+    except (OSError, ValueError):
+        config = None  # from_pretrained below reports it
+    kernel, why = attention.resolve(t.attention, t.packing, config, t.max_seq_len)
+    if kernel == "flash_attention_2":
+        from transformers.utils import is_flash_attn_2_available
+
+        if not is_flash_attn_2_available():
+            raise TrainError("attention_unavailable", "flash_attention_2 needs the flash-attn "
+                             "package and a CUDA GPU", "training.attention",
+                             fix="install flash-attn, or use auto (torch's own varlen kernel)")
+    kwargs = dict(quantization_config=recipe.quantization, dtype=recipe.torch_dtype,
+                  device_map={"": 0} if not use_cpu and recipe.quantization is not None else None)
+    model = AutoModelForCausalLM.from_pretrained(spec.base_model, attn_implementation=kernel,
+                                                 **kwargs)
+    return model, why
 
 
 def read_split(dataset_dir: Path, split: str) -> list[list[dict]]:
@@ -239,7 +268,8 @@ def finished_result(spec: TrainSpec, run_dir: Path) -> TrainResult | None:
         best_eval_loss=done.get("best_eval_loss"), global_step=done.get("global_step", 0),
         final_metrics=done.get("final_metrics") or {}, warnings=done.get("warnings") or [],
         stopped_early=bool(done.get("stopped_early")), resumed_from=done.get("resumed_from"),
-        metrics_path=run_dir / METRICS_FILE, report_path=run_dir / "report.html")
+        metrics_path=run_dir / METRICS_FILE, report_path=run_dir / "report.html",
+        attention=done.get("attention"))
 
 
 def train(spec: TrainSpec, run_dir: str | Path,
@@ -250,8 +280,7 @@ def train(spec: TrainSpec, run_dir: str | Path,
     under `run_dir`; resumes from the newest checkpoint there. Raises RecipeStopped when the
     hooks ask it to stop."""
     import torch
-    from transformers import (AutoModelForCausalLM, AutoTokenizer, EarlyStoppingCallback,
-                              PrinterCallback)
+    from transformers import AutoTokenizer, EarlyStoppingCallback, PrinterCallback
     from trl import SFTTrainer
 
     run_dir = Path(run_dir)
@@ -283,11 +312,10 @@ def train(spec: TrainSpec, run_dir: str | Path,
     out_dir = run_dir / CHECKPOINTS_DIR
     recipe = build_recipe(spec, out_dir, use_cpu=use_cpu, has_validation=val_ds is not None,
                           trainable_token_indices=trainable_token_indices)
-    model = AutoModelForCausalLM.from_pretrained(
-        spec.base_model, quantization_config=recipe.quantization, dtype=recipe.torch_dtype,
-        device_map={"": 0} if not use_cpu and recipe.quantization is not None else None)
+    model, attention = load_base(spec, recipe, use_cpu=use_cpu)
     log(f"base: {spec.quantization}, {quantized_layers(model)} bitsandbytes linear layers, "
         f"{'CPU' if use_cpu else 'CUDA'}")
+    log(f"attention {attention}")
 
     hooks = hooks or RunHooks()
     metrics_cb = MetricsCallback(run_dir / METRICS_FILE, log=log, on_row=hooks.metrics)
@@ -333,11 +361,12 @@ def train(spec: TrainSpec, run_dir: str | Path,
         adapter_dir=adapter_dir, best_checkpoint=state.best_model_checkpoint,
         best_eval_loss=state.best_metric, global_step=state.global_step, final_metrics=final,
         warnings=warnings, stopped_early=stopped_early, resumed_from=resume,
-        metrics_path=run_dir / METRICS_FILE)
+        metrics_path=run_dir / METRICS_FILE, attention=attention)
     summary = {"base_model": spec.base_model, "dataset": spec.dataset,
                "train_rows": len(train_rows), "validation_rows": len(val_rows),
                "global_step": state.global_step, "max_steps": max_steps,
-               "stopped_early": stopped_early, "best_checkpoint": state.best_model_checkpoint,
+               "stopped_early": stopped_early, "attention": attention,
+               "best_checkpoint": state.best_model_checkpoint,
                "best_eval_loss": state.best_metric, **final}
     result.report_path = write_report(run_dir, warnings, summary)
     (run_dir / TRAIN_RESULT).write_text(json.dumps(

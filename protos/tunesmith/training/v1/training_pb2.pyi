@@ -65,7 +65,7 @@ class LoraSpec(_message.Message):
     def __init__(self, r: _Optional[int] = ..., alpha: _Optional[int] = ..., dropout: _Optional[float] = ..., target_modules: _Optional[_Iterable[str]] = ..., use_rslora: _Optional[bool] = ...) -> None: ...
 
 class TrainingSpec(_message.Message):
-    __slots__ = ("epochs", "learning_rate", "lr_scheduler", "warmup_ratio", "per_device_batch", "grad_accum", "max_seq_len", "packing", "eval_every_steps", "logging_steps", "early_stopping_patience", "overfit_train_loss", "seed", "gradient_checkpointing", "max_steps")
+    __slots__ = ("epochs", "learning_rate", "lr_scheduler", "warmup_ratio", "per_device_batch", "grad_accum", "max_seq_len", "packing", "eval_every_steps", "logging_steps", "early_stopping_patience", "overfit_train_loss", "seed", "gradient_checkpointing", "max_steps", "attention")
     EPOCHS_FIELD_NUMBER: _ClassVar[int]
     LEARNING_RATE_FIELD_NUMBER: _ClassVar[int]
     LR_SCHEDULER_FIELD_NUMBER: _ClassVar[int]
@@ -81,6 +81,7 @@ class TrainingSpec(_message.Message):
     SEED_FIELD_NUMBER: _ClassVar[int]
     GRADIENT_CHECKPOINTING_FIELD_NUMBER: _ClassVar[int]
     MAX_STEPS_FIELD_NUMBER: _ClassVar[int]
+    ATTENTION_FIELD_NUMBER: _ClassVar[int]
     epochs: float
     learning_rate: float
     lr_scheduler: str
@@ -96,7 +97,8 @@ class TrainingSpec(_message.Message):
     seed: int
     gradient_checkpointing: bool
     max_steps: int
-    def __init__(self, epochs: _Optional[float] = ..., learning_rate: _Optional[float] = ..., lr_scheduler: _Optional[str] = ..., warmup_ratio: _Optional[float] = ..., per_device_batch: _Optional[int] = ..., grad_accum: _Optional[int] = ..., max_seq_len: _Optional[int] = ..., packing: _Optional[bool] = ..., eval_every_steps: _Optional[int] = ..., logging_steps: _Optional[int] = ..., early_stopping_patience: _Optional[int] = ..., overfit_train_loss: _Optional[float] = ..., seed: _Optional[int] = ..., gradient_checkpointing: _Optional[bool] = ..., max_steps: _Optional[int] = ...) -> None: ...
+    attention: str
+    def __init__(self, epochs: _Optional[float] = ..., learning_rate: _Optional[float] = ..., lr_scheduler: _Optional[str] = ..., warmup_ratio: _Optional[float] = ..., per_device_batch: _Optional[int] = ..., grad_accum: _Optional[int] = ..., max_seq_len: _Optional[int] = ..., packing: _Optional[bool] = ..., eval_every_steps: _Optional[int] = ..., logging_steps: _Optional[int] = ..., early_stopping_patience: _Optional[int] = ..., overfit_train_loss: _Optional[float] = ..., seed: _Optional[int] = ..., gradient_checkpointing: _Optional[bool] = ..., max_steps: _Optional[int] = ..., attention: _Optional[str] = ...) -> None: ...
 
 class Resources(_message.Message):
     __slots__ = ("gpus",)
