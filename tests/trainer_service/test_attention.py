@@ -157,7 +157,9 @@ def test_kernel_only_where_it_runs(monkeypatch):
 
 
 def test_auto_picks_varlen_only_where_it_applies():
-    from transformers import Gemma2Config, MistralConfig, Qwen2Config, Qwen3Config
+    from transformers import FalconConfig, Gemma2Config, MistralConfig, Qwen2Config, Qwen3Config
+
+    from trainer_service.recipe.errors import TrainError
 
     name, why = attention.resolve("auto", True, Qwen3Config(), 2048)
     assert name == attention.ATTENTION and why.startswith("varlen")
@@ -173,6 +175,12 @@ def test_auto_picks_varlen_only_where_it_applies():
     assert name == "sdpa" and "soft-caps" in why
     assert attention.resolve("sdpa", True, Qwen3Config(), 2048)[0] == "sdpa"
     assert attention.resolve("varlen", False, None, None)[0] == attention.ATTENTION
+    # Falcon's code runs its own attention: the bounds would be ignored, rows would mix
+    name, why = attention.resolve("auto", True, FalconConfig(), 2048)
+    assert name == "sdpa" and "attention interface" in why
+    with pytest.raises(TrainError) as err:
+        attention.resolve("varlen", True, FalconConfig(), 2048)
+    assert (err.value.code, err.value.field) == ("attention_unsupported", "training.attention")
 
 
 def test_spec_rejects_an_unknown_attention(tmp_path):

@@ -44,6 +44,13 @@ def resolve(choice: str, packing: bool, config: Any = None, max_seq_len: int | N
     do (attention-logit soft-capping; a sliding window shorter than ``max_seq_len``), else
     ``sdpa`` (transformers' default)."""
     if choice == "varlen":
+        if takes_interface(config) is False:
+            from trainer_service.recipe.errors import TrainError
+
+            raise TrainError("attention_unsupported", f"{type(config).__name__}'s model code "
+                             "does not call transformers' attention interface, so it cannot "
+                             "use varlen", "training.attention", fix="set training.attention: "
+                             "sdpa")
         return register(), "varlen (training.attention)"
     if choice != "auto":
         return choice, f"{choice} (training.attention)"
@@ -55,9 +62,26 @@ def resolve(choice: str, packing: bool, config: Any = None, max_seq_len: int | N
     return register(), "varlen: each packed row attends only to itself, row by row"
 
 
+def takes_interface(config: Any) -> bool | None:
+    """Whether the causal-LM class for ``config`` dispatches attention through transformers'
+    AttentionInterface (``_supports_attention_backend``); None when unknown (no config,
+    remote code). A class that does not would run its own attention and ignore the bounds."""
+    if config is None:
+        return None
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    try:
+        model_class = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]
+    except (KeyError, ValueError, ImportError):
+        return None
+    return bool(getattr(model_class, "_supports_attention_backend", False))
+
+
 def _unsupported(config: Any, max_seq_len: int | None) -> str | None:
     if config is None:
         return None
+    if takes_interface(config) is False:
+        return "the model's code does not call transformers' attention interface"
     if getattr(config, "attn_logit_softcapping", None):
         return "the model soft-caps attention logits"
     window = getattr(config, "sliding_window", None)
