@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 
@@ -91,6 +92,31 @@ def test_masks_cover_assistant_and_end_of_turn_only(tiny_model):
     tok.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
     with pytest.raises(TrainError):
         tokenize_rows(tok, [conv], "all_assistant")
+
+
+@pytest.mark.parametrize("loss_on", ["all_assistant", "last_assistant"])
+def test_training_rows_are_the_rows_preflight_checked(loss_on):
+    """The ids and mask that train equal preflight's for every kind of row, tool calls stored
+    as the data engine stores them (JSON strings) included."""
+    from tests.trainer_service.test_chat_format import (MULTI_TURN, TOOL_ROW, WITH_SYSTEM,
+                                                        smol_tokenizer)
+    from trainer_service.recipe.chat_format import encode_row, resolve_template
+
+    tok = smol_tokenizer()
+    template = resolve_template(tok, "auto")
+    tok = copy.copy(tok)
+    tok.chat_template = template.text
+    rows = [MULTI_TURN, WITH_SYSTEM, TOOL_ROW]
+    trained = tokenize_rows(tok, read_split_like(rows), loss_on)
+    for row, messages in zip(trained, rows):
+        checked = encode_row(tok, template, messages, loss_on)
+        assert row["input_ids"] == checked.input_ids
+        assert row["assistant_masks"] == checked.mask == checked.expected_mask
+
+
+def read_split_like(rows):
+    """Rows as read_split returns them: null fields dropped, nothing else changed."""
+    return [[{k: v for k, v in m.items() if v is not None} for m in row] for row in rows]
 
 
 def test_train_loss_falls_metrics_report_and_resume(tiny_model, tmp_path):

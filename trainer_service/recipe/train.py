@@ -181,13 +181,17 @@ def last_span_only(mask: list[int]) -> list[int]:
 
 
 def tokenize_rows(tokenizer, conversations: list[list[dict]], loss_on: str):
-    """A datasets.Dataset of input_ids + assistant_masks rendered with the tokenizer's template."""
+    """A datasets.Dataset of input_ids + assistant_masks rendered with the tokenizer's template,
+    from the messages as preflight checks them (`normalize_messages`: tool calls stored as
+    JSON strings parsed, as templates and inference servers expect)."""
     from datasets import Dataset
+
+    from trainer_service.recipe.chat_format import normalize_messages
 
     ids, masks = [], []
     for n, messages in enumerate(conversations):
-        enc = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True,
-                                            return_assistant_tokens_mask=True)
+        enc = tokenizer.apply_chat_template(normalize_messages(messages), tokenize=True,
+                                            return_dict=True, return_assistant_tokens_mask=True)
         mask = list(enc["assistant_masks"])
         if loss_on == "last_assistant":
             mask = last_span_only(mask)
