@@ -70,6 +70,33 @@ def test_overfitting_alarm_on_synthetic_history():
     collapse = [EvalPoint(10, 0.5, 1.0), EvalPoint(20, 0.25, 1.0)]
     assert "< 0.3" in overfitting_alarm(collapse, 3, 0.3)
     assert overfitting_alarm([EvalPoint(10, 0.5, 0.9), EvalPoint(20, 0.25, 0.6)], 3, 0.3) is None
+    # train loss low and the gap widening, but eval loss still improving: not yet
+    improving = [EvalPoint(10, 0.407, 0.127), EvalPoint(20, 0.069, 0.082)]
+    assert overfitting_alarm(improving, 3, 0.3) is None
+    # ... and once eval loss stops improving, the alarm
+    stalled = improving + [EvalPoint(30, 0.02, 0.09)]
+    assert "no better than its best (0.0820)" in overfitting_alarm(stalled, 3, 0.3)
+
+
+def test_overfitting_window_survives_a_resume():
+    """Evaluations before the checkpoint count after a resume: two rising evaluations before
+    it and one after make the three that raise the alarm."""
+    from transformers import TrainerControl, TrainerState
+
+    from trainer_service.recipe.metrics import OverfittingCallback
+
+    state = TrainerState()
+    state.log_history = [{"loss": 1.4, "step": 10}, {"eval_loss": 1.70, "step": 10},
+                         {"loss": 1.3, "step": 20}, {"eval_loss": 1.75, "step": 20},
+                         {"loss": 1.2, "step": 30}, {"eval_loss": 1.80, "step": 30}]
+    state.global_step = 40
+    alarm = OverfittingCallback(patience=3, train_loss_floor=0.3, log=lambda _: None)
+    control = TrainerControl()
+    alarm.on_train_begin(None, state, control)
+    assert [p.step for p in alarm.history] == [10, 20, 30]
+    alarm.on_log(None, state, control, logs={"loss": 1.1})
+    alarm.on_evaluate(None, state, control, metrics={"eval_loss": 1.85})
+    assert control.should_training_stop and "rose for 3 evaluations" in alarm.warnings[0]
 
 
 def test_last_span_only_keeps_final_reply():

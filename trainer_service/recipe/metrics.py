@@ -36,7 +36,9 @@ def overfitting_alarm(history: list[EvalPoint], patience: int,
 
     Two signs of overfitting: eval loss rising for `patience` evaluations in a row while
     train loss falls; or train loss under `train_loss_floor` with the eval-train gap widening
-    (the failed run reached 0.25 train loss with nobody watching validation).
+    and eval loss no better than its best so far (the failed run reached 0.25 train loss with
+    nobody watching validation). While eval loss still improves, a low train loss alone does
+    not stop the run: the model is still getting better on held-out rows.
     """
     if len(history) >= patience + 1:
         window = history[-(patience + 1):]
@@ -51,10 +53,13 @@ def overfitting_alarm(history: list[EvalPoint], patience: int,
         prev, last = history[-2], history[-1]
         gap_prev = prev.eval_loss - prev.train_loss
         gap_last = last.eval_loss - last.train_loss
-        if last.train_loss < train_loss_floor and gap_last > gap_prev and gap_last > 0:
+        best = min(p.eval_loss for p in history[:-1])
+        if last.train_loss < train_loss_floor and gap_last > gap_prev and gap_last > 0 \
+                and last.eval_loss >= best:
             return (f"overfitting: train loss {last.train_loss:.4f} < {train_loss_floor} at step "
-                    f"{last.step} and the eval-train gap widened "
-                    f"({gap_prev:.4f} -> {gap_last:.4f})")
+                    f"{last.step}, the eval-train gap widened ({gap_prev:.4f} -> "
+                    f"{gap_last:.4f}) and eval loss {last.eval_loss:.4f} is no better than its "
+                    f"best ({best:.4f})")
     return None
 
 
@@ -117,6 +122,17 @@ class OverfittingCallback(TrainerCallback):
         self.history: list[EvalPoint] = []
         self.warnings: list[str] = []
         self._train_loss: float | None = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        """On a resume, the evaluations before the checkpoint (its trainer state's log
+        history) count: the alarm's window does not restart from zero."""
+        self.history, self._train_loss = [], None
+        for entry in state.log_history:
+            if "loss" in entry:
+                self._train_loss = float(entry["loss"])
+            if "eval_loss" in entry and self._train_loss is not None:
+                self.history.append(EvalPoint(int(entry.get("step", 0)), self._train_loss,
+                                              float(entry["eval_loss"])))
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs and "loss" in logs:

@@ -80,8 +80,9 @@ class TrainingSpec:
         "Stop after this many evaluations without a better eval loss (HF EarlyStoppingCallback "
         "norm: 3).", 3)
     overfit_train_loss: float = _help(
-        "Train loss below this with a widening train/eval gap raises the overfitting alarm; "
-        "train loss < 0.3 is a sure overfitting sign (the failed run ended at 0.25).", 0.3)
+        "Train loss below this with a widening train/eval gap, while eval loss is no better "
+        "than its best, raises the overfitting alarm; train loss < 0.3 is a sure overfitting "
+        "sign (the failed run ended at 0.25).", 0.3)
     seed: int = _help("Seed for data order, LoRA init and dropout.", 42)
     gradient_checkpointing: bool = _help("Recompute activations in backward: much less memory, "
                                          "about 30% slower.", True)
