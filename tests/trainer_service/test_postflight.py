@@ -210,3 +210,25 @@ def test_looping_model_fails_degenerate(tiny_base, tokenizer, tmp_path):
     samples = err.value.details["samples"]
     assert all(s["degenerate"] and not s["stopped"] for s in samples)
     assert samples[0]["output"].split()[:3] == ["the", "the", "the"]
+
+
+def test_sanity_prompts_keep_earlier_tool_calls(tmp_path):
+    """Held-out prompts are the rows' messages up to the last reply, whole: a tool call
+    stored as a JSON string stays a call (parsed, as preflight and training see it), not an
+    empty assistant turn."""
+    from tests.trainer_service.test_chat_format import MULTI_TURN, TOOL_ROW, smol_tokenizer
+    from trainer_service.recipe.chat_format import resolve_template
+    from trainer_service.recipe.run import _prompts
+
+    with (tmp_path / "test.jsonl").open("w") as f:
+        for row in (TOOL_ROW, MULTI_TURN):
+            f.write(json.dumps({"messages": row}) + "\n")
+    tool_prompt, multi_prompt = _prompts(tmp_path)
+    assert [m["role"] for m in tool_prompt] == ["user", "assistant", "tool"]
+    call = tool_prompt[1]["tool_calls"][0]["function"]
+    assert call == {"name": "get_weather", "arguments": {"city": "Kyoto"}}
+    assert multi_prompt == MULTI_TURN[:3]
+    tok = smol_tokenizer()
+    text = tok.apply_chat_template(tool_prompt, chat_template=resolve_template(tok).text,
+                                   tokenize=False, add_generation_prompt=True)
+    assert "get_weather" in text and "Kyoto" in text

@@ -149,6 +149,76 @@ def test_untrained_stop_token_becomes_trainable_with_a_warning():
     assert any("trainable_token_indices" in w for w in report.warnings)
 
 
+@pytest.mark.parametrize("tie", [False, True])
+def test_embedding_rows_read_alone_from_safetensors(tmp_path, tie):
+    """The check reads only the two embedding matrices from the saved shards (any model
+    size), and still finds a planted untrained stop token."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from trainer_service.recipe.preflight import read_embedding_rows
+
+    tok = smol_tokenizer()
+    eot = tok.convert_tokens_to_ids("<|im_end|>")
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(
+        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+        num_attention_heads=4, num_key_value_heads=4, tie_word_embeddings=tie))
+    with torch.no_grad():
+        emb = model.get_input_embeddings().weight
+        emb[eot] = emb[1000:40000].mean(dim=0)
+        if not tie:
+            model.get_output_embeddings().weight[eot] = 0.0
+    model.save_pretrained(tmp_path, max_shard_size="1MB")  # several shards and an index
+    assert len(list(tmp_path.glob("*.safetensors"))) > 1
+    rows = read_embedding_rows(tmp_path)
+    assert torch.equal(rows.input, model.get_input_embeddings().weight.detach())
+    if tie:
+        assert rows.output is None
+    else:
+        assert torch.equal(rows.output, model.get_output_embeddings().weight.detach())
+    report = run_preflight(tok, rows, ROWS[:2], ROWS[:1], resolve_template(tok),
+                           "all_assistant", 512, generation_config=gen_config(eot))
+    assert report.trainable_token_ids == [eot]
+    assert report.embedding_check["<|im_end|>"]["input"]["untrained"]
+    assert ("tied" in report.embedding_check["<|im_end|>"]["output"]) == tie
+
+
+def test_embedding_check_that_cannot_run_is_a_warning(tmp_path):
+    from transformers import LlamaConfig
+
+    from trainer_service.recipe.preflight import read_embedding_rows
+
+    LlamaConfig(vocab_size=100, hidden_size=64, num_hidden_layers=1).save_pretrained(tmp_path)
+    (tmp_path / "pytorch_model.bin").write_bytes(b"")
+    with pytest.raises(LookupError, match="no .safetensors weights") as err:
+        read_embedding_rows(tmp_path)
+    with pytest.raises(LookupError, match="not a local folder"):
+        read_embedding_rows(tmp_path / "Qwen" / "Qwen2.5-7B")
+    report = run_preflight(**qwen_args(embedding_skip=str(err.value)))
+    assert report.embedding_check == {"skipped": str(err.value)}
+    assert any("embedding check skipped" in w and "no .safetensors" in w
+               for w in report.warnings)
+
+
+def test_reasoning_the_template_drops_is_a_warning():
+    """Qwen3's rule renders reasoning only after the last user message: an earlier turn's
+    reasoning is not trained, and preflight says how many turns lose it."""
+    from trainer_service.recipe.chat_format import _chatml, chatml_template
+
+    template = _chatml(chatml_template(None, think_blocks=True), "chatml", True)
+    row = [{"role": "user", "content": "2+2?"},
+           {"role": "assistant", "content": "4", "reasoning_content": "early thought"},
+           {"role": "user", "content": "3+3?"},
+           {"role": "assistant", "content": "6", "reasoning_content": "add three twice"}]
+    report = run_preflight(**qwen_args(template=template, train_rows=[row, row]))
+    assert any(w.startswith("2 assistant turns have reasoning_content that the template does "
+                            "not render") for w in report.warnings)
+    kept = [row[0], row[3]]  # reasoning only on the last turn: all of it rendered
+    report = run_preflight(**qwen_args(template=template, train_rows=[kept]))
+    assert not any("reasoning_content" in w for w in report.warnings)
+
+
 def test_stats_tokens_truncation_and_packing():
     tok = qwen_tokenizer()
     template = resolve_template(tok)

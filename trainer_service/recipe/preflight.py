@@ -127,6 +127,82 @@ def _row_verdict(matrix, token_id: int, ordinary) -> dict[str, Any]:
                    ("near the mean row (initialisation)" if near_mean else "")}
 
 
+@dataclass
+class EmbeddingRows:
+    """A base model's input and output embedding matrices without the rest of its weights,
+    read from its safetensors files (`read_embedding_rows`): all the stop-token check needs,
+    whatever the model's size. Quacks like a model for `run_preflight`."""
+
+    config: Any
+    input: Any  # torch.Tensor (vocab, hidden)
+    output: Any | None = None  # None: tied to the input embeddings
+    generation_config: Any = None
+
+    def get_input_embeddings(self):
+        return _Weight(self.input)
+
+    def get_output_embeddings(self):
+        return None if self.output is None else _Weight(self.output)
+
+
+@dataclass
+class _Weight:
+    weight: Any
+
+
+def read_embedding_rows(folder, config=None) -> EmbeddingRows:
+    """Only the embedding matrices of the causal LM in ``folder``, read lazily from its
+    safetensors shards (a 7B model's two matrices are ~1.1 GB of its 15). Raises LookupError
+    saying why when they cannot be read (no folder, no safetensors, names not found)."""
+    from pathlib import Path
+
+    import torch
+    from safetensors import safe_open
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise LookupError(f"{folder} is not a local folder (a hub id: download it and pass "
+                          "the folder to have it checked)")
+    shards = sorted(folder.glob("*.safetensors"))
+    if not shards:
+        raise LookupError(f"{folder} has no .safetensors weights")
+    config = config or AutoConfig.from_pretrained(folder)
+    with torch.device("meta"):  # parameter names only, no memory
+        skeleton = AutoModelForCausalLM.from_config(config)
+    names: dict[int, str] = {}
+    for name, param in skeleton.named_parameters(remove_duplicate=False):
+        names.setdefault(id(param), name)  # a tied matrix: its first (saved) name
+    inp = skeleton.get_input_embeddings().weight
+    out_layer = skeleton.get_output_embeddings()
+    wanted = {"input": names[id(inp)]}
+    if out_layer is not None and out_layer.weight is not inp:
+        wanted["output"] = names[id(out_layer.weight)]
+    where: dict[str, Any] = {}
+    for shard in shards:
+        with safe_open(str(shard), framework="pt") as f:
+            for key in f.keys():
+                where[key] = shard
+    found: dict[str, Any] = {}
+    for kind, name in wanted.items():
+        key = name if name in where else _unique_suffix_match(name, where)
+        if key is None:
+            if kind == "output" and getattr(config, "tie_word_embeddings", False):
+                continue  # tied in the checkpoint although the classes keep two modules
+            raise LookupError(f"no tensor named {name!r} in {folder}'s safetensors")
+        with safe_open(str(where[key]), framework="pt") as f:
+            found[kind] = f.get_tensor(key)
+    return EmbeddingRows(config=config, input=found["input"], output=found.get("output"))
+
+
+def _unique_suffix_match(name: str, keys) -> str | None:
+    """The one checkpoint key ending like ``name`` (its last two parts, e.g.
+    ``embed_tokens.weight``), for checkpoints saved with another prefix."""
+    tail = ".".join(name.split(".")[-2:])
+    hits = [k for k in keys if k == tail or k.endswith("." + tail)]
+    return hits[0] if len(hits) == 1 else None
+
+
 def check_embeddings(tokenizer, model, token_ids: list[int]) -> tuple[dict[str, Any], list[int]]:
     """Per token and matrix (input, output), whether its row looks trained; ids to train."""
     import torch
@@ -173,11 +249,13 @@ def _pack_efficiency(lengths: list[int], max_seq_len: int, packing: bool, batch_
 def run_preflight(tokenizer, model_config_or_model, train_rows, validation_rows,
                   template: ChatTemplate, loss_on: str, max_seq_len: int,
                   allow_no_validation: bool = False, packing: bool = False,
-                  generation_config=None, batch_size: int = 8) -> PreflightReport:
+                  generation_config=None, batch_size: int = 8,
+                  embedding_skip: str = "no weights given (a config only)") -> PreflightReport:
     """Run every check; raise PreflightError on the first failure, else return the report.
 
     Rows are dicts with `messages` (and optional `tools`, `id`) or bare message lists.
-    `model_config_or_model`: a model enables the embedding check; a config skips it.
+    `model_config_or_model`: a model (or `EmbeddingRows`) enables the embedding check; a
+    config skips it, with `embedding_skip` as the reason, and a warning.
     `generation_config` defaults to the model's (or one built from the config).
     """
     warnings: list[str] = []
@@ -233,8 +311,12 @@ def run_preflight(tokenizer, model_config_or_model, train_rows, validation_rows,
             raise PreflightError(err.code, f"row {row_id or index}: {err.message}", err.field,
                                  err.fix or "fix the row or the template") from err
         turns += _check_row(tokenizer, encoded, eot_id, row_id or str(index))
-        if not template.supports_reasoning:
-            dropped_reasoning += sum(bool(m.get("reasoning_content")) for m in messages)
+        # reasoning the rendered text lacks: a template without thinking blocks, or one
+        # that, like Qwen3's, renders them only after the last user message
+        dropped_reasoning += sum(
+            1 for m in messages if m.get("role") == "assistant"
+            and isinstance(m.get("reasoning_content"), str) and m["reasoning_content"].strip()
+            and m["reasoning_content"].strip() not in encoded.text)
         n = len(encoded.input_ids)
         lengths.append(n)
         if n > max_seq_len and any(encoded.mask[max_seq_len:]):
@@ -248,7 +330,9 @@ def run_preflight(tokenizer, model_config_or_model, train_rows, validation_rows,
             sample += encoded.text[cuts[-1]:]
     if dropped_reasoning:
         warnings.append(f"{dropped_reasoning} assistant turns have reasoning_content that the "
-                        "template does not render; it is not trained")
+                        "template does not render (it has no thinking blocks, or, like "
+                        "Qwen3's, renders them only after the last user message); it is not "
+                        "trained")
     rate = truncated / len(lengths)
     if rate > TRUNCATION_WARN_RATE:
         warnings.append(f"{truncated} of {len(lengths)} rows ({rate:.1%}) lose supervised tokens, "
@@ -267,7 +351,10 @@ def run_preflight(tokenizer, model_config_or_model, train_rows, validation_rows,
             warnings.append(f"embedding rows of {names} look untrained (base model never saw "
                             f"them); training them too: trainable_token_indices={trainable}")
     else:
-        embedding_check = {"skipped": "no weights given (a config only)"}
+        embedding_check = {"skipped": embedding_skip}
+        warnings.append(f"stop-token embedding check skipped: {embedding_skip}; if the base "
+                        f"never trained {eot!r}'s rows (Qwen2.5 base models), they stay "
+                        "untrained")
     return PreflightReport(
         template_source=template.source, end_of_turn_token=eot, end_of_turn_id=eot_id,
         eos_token=tokenizer.eos_token, generation_eos_ids=gen_ids, loss_on=loss_on,

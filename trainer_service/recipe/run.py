@@ -13,18 +13,15 @@ import json
 from pathlib import Path
 from typing import Any, Callable
 
-from trainer_service.recipe.chat_format import resolve_template
+from trainer_service.recipe.chat_format import normalize_messages, resolve_template
 from trainer_service.recipe.errors import RecipeError, VerifyError
 from trainer_service.recipe.hooks import RunHooks, check_stop
 from trainer_service.recipe.postflight import (check_parity, merge_adapter,
                                                sanity_generate)
-from trainer_service.recipe.preflight import run_preflight
+from trainer_service.recipe.preflight import read_embedding_rows, run_preflight
 from trainer_service.recipe.spec import TrainSpec
 from trainer_service.recipe.train import read_split, train
 
-# Bases up to this size are loaded on CPU for the stop-token embedding check; larger ones
-# are checked on the training device by the run itself (the report says it was skipped).
-EMBEDDING_CHECK_MAX_BYTES = 4 << 30
 SANITY_PROMPTS = 10
 # The sanity budget: 1.5x the 95th percentile of the training replies' lengths (a model that
 # learned to stop ends within its data's lengths), at least 64 and at most 1,024 tokens.
@@ -36,21 +33,27 @@ def _write(path: Path, data: Any) -> None:
                     encoding="utf-8")
 
 
-def _weights_bytes(model: str) -> int | None:
-    folder = Path(model)
-    if not folder.is_dir():
-        return None  # a hub id: size unknown until downloaded
-    return sum(p.stat().st_size for p in folder.glob("*.safetensors")) or None
+def _preflight_model(spec: TrainSpec) -> tuple[Any, str]:
+    """The base's embedding matrices for the stop-token check (read alone from its
+    safetensors, whatever its size), or its config and why the check cannot run."""
+    from transformers import AutoConfig
 
+    config = AutoConfig.from_pretrained(spec.base_model)
+    folder = spec.base_model
+    if not Path(folder).is_dir():
+        # a hub id: its safetensors into the hub cache now, where training loads them from
+        from huggingface_hub import snapshot_download
 
-def _preflight_model(spec: TrainSpec) -> Any:
-    """The base model for the embedding check when it is small enough, else its config."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    size = _weights_bytes(spec.base_model)
-    if size is not None and size <= EMBEDDING_CHECK_MAX_BYTES:
-        return AutoModelForCausalLM.from_pretrained(spec.base_model)
-    return AutoConfig.from_pretrained(spec.base_model)
+        try:
+            folder = snapshot_download(spec.base_model, allow_patterns=["*.safetensors",
+                                                                        "*.json"])
+        except Exception as exc:  # offline, gated, no such repo: the check cannot run
+            return config, (f"{spec.base_model}'s weights could not be fetched "
+                            f"({type(exc).__name__}); download it and pass the folder")
+    try:
+        return read_embedding_rows(folder, config), ""
+    except LookupError as exc:
+        return config, str(exc)
 
 
 def _prompts(dataset: Path) -> list[list[dict[str, Any]]]:
@@ -60,9 +63,8 @@ def _prompts(dataset: Path) -> list[list[dict[str, Any]]]:
     for row in rows:
         messages = row["messages"] if isinstance(row, dict) else row
         last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=None)
-        if last:
-            prompts.append([{"role": m["role"], "content": m.get("content") or ""}
-                            for m in messages[:last]])
+        if last:  # whole messages: earlier tool calls and their results are part of it
+            prompts.append(normalize_messages(messages[:last]))
         if len(prompts) == SANITY_PROMPTS:
             break
     return prompts
@@ -157,10 +159,13 @@ def _run(spec: TrainSpec, run_dir: Path, state: dict[str, Any],
     template = resolve_template(tokenizer, spec.chat_template)
     tokenizer.chat_template = template.text
     log(f"preflight: template {template.source}, end of turn {template.end_of_turn}")
-    report = run_preflight(tokenizer, _preflight_model(spec), read_split(dataset, "train"),
+    base, embedding_skip = _preflight_model(spec)
+    report = run_preflight(tokenizer, base, read_split(dataset, "train"),
                            read_split(dataset, "validation"), template, spec.loss_on,
                            spec.training.max_seq_len, spec.allow_no_validation,
-                           spec.training.packing, generation)
+                           spec.training.packing, generation,
+                           batch_size=spec.training.per_device_batch,
+                           embedding_skip=embedding_skip)
     (run_dir / "preflight.json").write_text(report.to_json(), encoding="utf-8")
     state["artifacts"]["preflight"] = str(run_dir / "preflight.json")
     state["warnings"] += report.warnings
