@@ -116,6 +116,25 @@ def polite_qwen3_dir(tmp_path_factory):
                                  models.chain_of(tokenizer, "Hello there"), arch="qwen3")
 
 
+def test_minimal_spec_runs_on_the_defaults_and_says_what_they_do_to_16_rows(polite_qwen3_dir,
+                                                                            tmp_path):
+    """`base_model` and `dataset` alone: every default applies (NF4, packing into 2,048-token
+    blocks, an effective batch of 16 blocks, eval every 50 steps). 16 short rows fill one
+    block, so the run is one optimizer step, all warmup at learning rate 0: the adapter
+    cannot change anything, and the run says so before training and fails after."""
+    data = dataset(tmp_path / "data")
+    (tmp_path / "spec.yaml").write_text(f"base_model: {polite_qwen3_dir}\ndataset: {data}\n")
+    done = train_run("spec.yaml", "--out", "run", cwd=tmp_path)
+    assert done.returncode == 4, done.stderr[-3000:]
+    state = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert state["spec"]["quantization"] == "nf4" and state["spec"]["training"]["packing"]
+    assert state["error"]["code"] == "merge_noop"
+    assert any(w.startswith("training: only 1 optimizer step (16 train rows in 1 packed block, "
+                            "2 x 8 packed blocks a step)") for w in state["warnings"])
+    assert any(w.startswith("training.eval_every_steps: 50 > the run's 1 optimizer step")
+               for w in state["warnings"])
+
+
 def check_nf4_recipe(model_dir: Path, tmp_path: Path, device: str) -> None:
     """The 4-bit path as users run it: an NF4 base (bf16 compute on a GPU), LoRA on every
     linear layer, then the merge into the 16-bit base (never the 4-bit weights), parity and

@@ -99,6 +99,30 @@ def test_overfitting_window_survives_a_resume():
     assert control.should_training_stop and "rose for 3 evaluations" in alarm.warnings[0]
 
 
+@pytest.mark.parametrize("items, batch, accum, epochs, max_steps", [
+    (1, 2, 8, 1.0, None), (47, 2, 8, 1.0, None), (48, 2, 8, 1.0, None), (49, 2, 8, 2.0, None),
+    (100, 3, 4, 0.5, None), (5, 2, 8, 1.0, 7)])
+def test_planned_steps_count_as_transformers_does(tiny_model, items, batch, accum, epochs,
+                                                  max_steps, tmp_path):
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
+
+    from trainer_service.recipe.spec import TrainingSpec
+    from trainer_service.recipe.train import planned_steps
+
+    trainer = Trainer(model=AutoModelForCausalLM.from_pretrained(tiny_model),
+                      args=TrainingArguments(str(tmp_path), per_device_train_batch_size=batch,
+                                             gradient_accumulation_steps=accum,
+                                             num_train_epochs=epochs, use_cpu=True,
+                                             max_steps=max_steps or -1, report_to="none"),
+                      train_dataset=Dataset.from_dict({"input_ids": [[1, 2]] * items}))
+    *_, expected = trainer.set_initial_training_values(trainer.args,
+                                                       trainer.get_train_dataloader())
+    t = TrainingSpec(per_device_batch=batch, grad_accum=accum, epochs=epochs,
+                     max_steps=max_steps)
+    assert planned_steps(t, items) == expected
+
+
 def test_last_span_only_keeps_final_reply():
     assert last_span_only([0, 1, 1, 0, 0, 1, 1, 0]) == [0, 0, 0, 0, 0, 1, 1, 0]
     assert last_span_only([0, 0]) == [0, 0]

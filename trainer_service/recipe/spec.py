@@ -62,12 +62,16 @@ class TrainingSpec:
                           "and the failed run overfit with 3 on 638 rows.", 1.0)
     learning_rate: float = _help("Peak learning rate; 2e-4 is the QLoRA norm (LoRA's best LR is "
                                  "about 10x full fine-tuning's).", 2e-4)
-    lr_scheduler: str = _help("Learning-rate schedule: " + " | ".join(SCHEDULERS) + ".", "cosine")
-    warmup_ratio: float = _help("Fraction of steps spent warming up linearly.", 0.03)
+    lr_scheduler: str = _help("Learning-rate schedule: " + " | ".join(SCHEDULERS) + ". Cosine "
+                              "decays to zero by the last step (Llama 2's SFT used cosine).",
+                              "cosine")
+    warmup_ratio: float = _help("Fraction of steps spent warming up linearly; 0.03 is the "
+                                "QLoRA and Alpaca training scripts' value.", 0.03)
     per_device_batch: int = _help("Rows (packed blocks when packing) per device per step; "
                                   "memory grows linearly with it.", 2)
     grad_accum: int = _help("Gradient accumulation steps; effective batch = per_device_batch x "
-                            "grad_accum x devices (2 x 8 = 16 by default).", 8)
+                            "grad_accum x devices (2 x 8 = 16 by default, QLoRA's batch for "
+                            "7B-13B models at lr 2e-4).", 8)
     max_seq_len: int = _help("Tokens per sequence (packed block). Keep it equal to the data "
                              "engine's length.max_tokens so no reply loses its end-of-turn token.",
                              2048)
@@ -75,7 +79,8 @@ class TrainingSpec:
                           "per-row position ids, so packed rows never attend to each other.", True)
     eval_every_steps: int = _help("Evaluate on the validation split every N optimizer steps "
                                   "(also the logging and checkpoint interval).", 50)
-    logging_steps: int = _help("Log train loss every N steps (capped at eval_every_steps).", 10)
+    logging_steps: int = _help("Log train loss every N steps (capped at eval_every_steps); "
+                               "each point averages its N steps, smoothing batch noise.", 10)
     early_stopping_patience: int = _help(
         "Stop after this many evaluations without a better eval loss (HF EarlyStoppingCallback "
         "norm: 3).", 3)
@@ -83,7 +88,8 @@ class TrainingSpec:
         "Train loss below this with a widening train/eval gap, while eval loss is no better "
         "than its best, raises the overfitting alarm; train loss < 0.3 is a sure overfitting "
         "sign (the failed run ended at 0.25).", 0.3)
-    seed: int = _help("Seed for data order, LoRA init and dropout.", 42)
+    seed: int = _help("Seed for data order, LoRA init and dropout; fixed so a rerun repeats "
+                      "the run (42 is transformers' default).", 42)
     gradient_checkpointing: bool = _help("Recompute activations in backward: much less memory, "
                                          "about 30% slower.", True)
     max_steps: int | None = _help("Optimizer steps; overrides epochs when set.")
@@ -144,11 +150,13 @@ class TrainSpec:
     base_model: str = _help("Base model: a local HF folder, a hub id, or `default` (the "
                             "embedded SmolLM2-135M-Instruct; `train run` and pipelines).", "")
     dataset: str = _help("A data engine output folder with train.jsonl and validation.jsonl.", "")
-    chat_template: str = _help("auto (the tokenizer's, checked by preflight) | chatml | a path to "
-                               "a Jinja file.", "auto")
+    chat_template: str = _help("auto (the tokenizer's, checked by preflight: training renders "
+                               "what inference servers render) | chatml | a path to a Jinja "
+                               "file.", "auto")
     quantization: str = _help(
-        "nf4 (QLoRA: 4-bit NF4, double quant, bf16 compute on GPU) | int8 | none (16-bit base).",
-        "nf4")
+        "nf4 (QLoRA: 4-bit NF4, double quant, bf16 compute on GPU; the QLoRA paper matched "
+        "16-bit LoRA quality at about a quarter of the base's memory) | int8 | none (16-bit "
+        "base).", "nf4")
     lora: LoraSpec = _help("LoRA adapter settings.", factory=LoraSpec)
     loss_on: str = _help("Which tokens carry loss: all_assistant (every assistant turn) | "
                          "last_assistant (only the final reply; earlier turns are context).",
