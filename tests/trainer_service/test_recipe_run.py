@@ -61,7 +61,8 @@ def test_recipe_trains_merges_and_verifies(smollm2_dir, tmp_path):
     state = json.loads((run / "run.json").read_text())
     assert state["status"] == "succeeded" and state["global_step"] == 3
     assert state["best_eval_loss"] is not None
-    for name in ("preflight", "adapter", "merged", "verify", "metrics", "report"):
+    for name in ("preflight", "adapter", "checkpoints", "train_result", "merged", "verify",
+                 "metrics", "report"):
         assert Path(state["artifacts"][name]).exists(), name
 
     preflight = json.loads((run / "preflight.json").read_text())

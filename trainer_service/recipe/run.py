@@ -20,7 +20,7 @@ from trainer_service.recipe.postflight import (check_parity, merge_adapter,
                                                sanity_generate)
 from trainer_service.recipe.preflight import read_embedding_rows, run_preflight
 from trainer_service.recipe.spec import TrainSpec
-from trainer_service.recipe.train import read_split, train
+from trainer_service.recipe.train import CHECKPOINTS_DIR, TRAIN_RESULT, read_split, train
 
 SANITY_PROMPTS = 10
 # The sanity budget: 1.5x the 95th percentile of the training replies' lengths (a model that
@@ -187,6 +187,8 @@ def _run(spec: TrainSpec, run_dir: Path, state: dict[str, Any],
                  stopped_early=result.stopped_early, resumed_from=result.resumed_from,
                  attention=result.attention)
     state["artifacts"].update(adapter=str(result.adapter_dir),
+                              checkpoints=str(run_dir / CHECKPOINTS_DIR),
+                              train_result=str(run_dir / TRAIN_RESULT),
                               metrics=str(result.metrics_path),
                               report=str(run_dir / "report.html"))
 
