@@ -362,6 +362,8 @@ def print_report(results: dict[str, Any]) -> None:
 
 
 def main() -> None:
+    from trainer_service.recipe.spec import ATTENTIONS
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=None,
                         help="timed optimizer steps per run, after one warm-up step "
@@ -383,8 +385,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--no-gradient-checkpointing", dest="gradient_checkpointing",
                         action="store_false", help="(the recipe's default is on)")
-    parser.add_argument("--attention", default="auto",
-                        choices=("auto", "varlen", "sdpa", "eager", "flash_attention_2"),
+    parser.add_argument("--attention", default="auto", choices=ATTENTIONS,
                         help="the recipe side's training.attention (default auto: varlen); "
                              "the padded side always uses sdpa, transformers' default")
     parser.add_argument("--cpu", action="store_true", help="stay on CPU even with CUDA")
