@@ -349,8 +349,6 @@ def train_run(
         from data_engine.engines import resolve_model
 
         loaded.base_model = resolve_model("default")
-    for warning in loaded.warnings(None):
-        typer.secho(f"warning: {warning}", err=True, fg="yellow")
     try:
         state = run_recipe(loaded, out, log=lambda line: console.print(line, highlight=False))
     except RecipeError as exc:

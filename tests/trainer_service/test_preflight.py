@@ -16,7 +16,8 @@ from tests.trainer_service.test_chat_format import (
     smol_tokenizer,
 )
 from trainer_service.recipe.chat_format import align_stop_tokens, encode_row, resolve_template
-from trainer_service.recipe.preflight import PreflightError, _pack_efficiency, run_preflight
+from trainer_service.recipe.preflight import (PreflightError, _pack_efficiency, pack_blocks,
+                                              run_preflight)
 
 ROWS = [{"id": "a", "messages": MULTI_TURN}, {"id": "b", "messages": WITH_SYSTEM},
         {"id": "c", "messages": TOOL_ROW, "tools": TOOLS}]
@@ -238,8 +239,11 @@ def test_stats_tokens_truncation_and_packing():
     assert 0 < report.packing_efficiency <= 1
 
 
-def test_packing_efficiency_first_fit_decreasing_and_padding():
+def test_packing_efficiency_best_fit_decreasing_and_padding():
     assert _pack_efficiency([6, 5, 4, 3, 2], 10, True, 8) == pytest.approx(1.0)
+    assert pack_blocks([12, 3, 0], 10) == 2  # cut to 10; an empty row takes no block
+    # blocks never mix rows of two 1,000-row batches (TRL packs in a batched map)
+    assert pack_blocks([5] * 999 + [9, 5], 10) == 502
     assert _pack_efficiency([7, 7, 7], 10, True, 8) == pytest.approx(0.7)
     # unpacked: each batch pads to its longest row
     assert _pack_efficiency([10, 2, 4, 4], 16, False, 2) == pytest.approx(20 / 28)

@@ -134,6 +134,34 @@ def test_minimal_spec_runs_on_the_defaults_and_says_what_they_do_to_16_rows(poli
                             "2 x 8 packed blocks a step)") for w in state["warnings"])
     assert any(w.startswith("training.eval_every_steps: 50 > the run's 1 optimizer step")
                for w in state["warnings"])
+    # said by preflight, before the base was loaded for training, and said once
+    preflight = json.loads((tmp_path / "run" / "preflight.json").read_text())
+    assert preflight["plan"] == {"train_items": 1, "unit": "packed block", "optimizer_steps": 1,
+                                 "warmup_steps": 1, "evaluations": 1}
+    assert sum(w.startswith(("training: only", "training.eval_every_steps"))
+               for w in preflight["warnings"]) == 2
+    log = re.sub(r"\s+", " ", done.stderr)  # the run log goes to stderr
+    assert log.count("only 1 optimizer step") == 1 and log.count("> the run's 1") == 1
+    assert log.index("preflight: plan 1 packed block, 1 optimizer step (1 warmup), 1 evaluation") < log.index("base: nf4")
+
+
+def test_dry_run_counts_the_steps_of_the_founding_mistake(polite_qwen3_dir, tmp_path):
+    """3 epochs on a small dataset, checked without training: the dry run says what the
+    run would be (3 optimizer steps over one packed block) and what is wrong with it."""
+    data = dataset(tmp_path / "data")
+    (tmp_path / "spec.yaml").write_text(f"base_model: {polite_qwen3_dir}\ndataset: {data}\n"
+                                        "dry_run: true\ntraining: {epochs: 3}\n")
+    done = train_run("spec.yaml", "--out", "run", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    state = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert state["status"] == "validated"
+    assert json.loads((tmp_path / "run" / "preflight.json").read_text())["plan"][
+        "optimizer_steps"] == 3
+    said = "\n".join(state["warnings"])
+    assert "training.epochs: 3 epochs on 16 train rows (< 1000)" in said
+    assert "training: only 3 optimizer steps (16 train rows in 1 packed block" in said
+    assert "training.eval_every_steps: 50 > the run's 3 optimizer steps" in said
+    assert not (tmp_path / "run" / "checkpoints").exists()
 
 
 def check_nf4_recipe(model_dir: Path, tmp_path: Path, device: str) -> None:

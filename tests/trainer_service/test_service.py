@@ -176,6 +176,11 @@ def test_concurrent_creates_with_one_request_id_make_one_job(client, roots):
     job = client.get(ids[0])
     assert job.state == pb.JOB_STATE_SUCCEEDED and "preflight" in job.artifacts
     assert "adapter" not in job.artifacts
+    # the dry run's plan, in the job's numbers: 16 rows of ~60 tokens (SmolLM2's template adds
+    # its system prompt) in 8 blocks of 128; 3 steps (max_steps), an evaluation each
+    assert {k: v for k, v in job.metrics.items() if k.startswith("planned_")} == {
+        "planned_train_items": 8, "planned_optimizer_steps": 3, "planned_warmup_steps": 1,
+        "planned_evaluations": 3}
 
 
 @pytest.mark.slow

@@ -108,7 +108,6 @@ def test_planned_steps_count_as_transformers_does(tiny_model, items, batch, accu
     from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
 
     from trainer_service.recipe.spec import TrainingSpec
-    from trainer_service.recipe.train import planned_steps
 
     trainer = Trainer(model=AutoModelForCausalLM.from_pretrained(tiny_model),
                       args=TrainingArguments(str(tmp_path), per_device_train_batch_size=batch,
@@ -120,7 +119,59 @@ def test_planned_steps_count_as_transformers_does(tiny_model, items, batch, accu
                                                        trainer.get_train_dataloader())
     t = TrainingSpec(per_device_batch=batch, grad_accum=accum, epochs=epochs,
                      max_steps=max_steps)
-    assert planned_steps(t, items) == expected
+    assert t.planned_steps(items) == expected
+
+
+@pytest.mark.parametrize("packing", [True, False])
+def test_preflight_plans_the_items_the_trainer_gets(tiny_model, packing, tmp_path):
+    """Preflight's plan counts what SFTTrainer makes of the rows: packed blocks (best fit,
+    rows cut to max_seq_len, batch by batch of 1,000 rows), or the rows left with a
+    supervised token after truncation. 2,300 rows of 2-80 words at max_seq_len 128, 1 in 20
+    with a 150-word prompt, cut and left with no supervised token."""
+    import random
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTTrainer
+
+    from trainer_service.recipe.chat_format import resolve_template
+    from trainer_service.recipe.preflight import run_preflight
+    from trainer_service.recipe.spec import TrainingSpec
+    from trainer_service.recipe.train import build_recipe
+
+    rng = random.Random(7)
+    rows = [[{"role": "user", "content": " ".join(["ask"] * (
+                 150 if rng.random() < 0.05 else rng.randint(1, 60)))},
+             {"role": "assistant", "content": " ".join(["so"] * rng.randint(1, 20))}]
+            for _ in range(2300)]
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    tok.chat_template = CHATML
+    template = resolve_template(tok, "auto")
+    training = TrainingSpec(max_seq_len=128, packing=packing, per_device_batch=2, grad_accum=4,
+                            eval_every_steps=1000)
+    report = run_preflight(tok, AutoModelForCausalLM.from_pretrained(tiny_model).config, rows,
+                           rows[:4], template, "all_assistant", 999, training=training)
+    assert report.truncated_rows > 0
+    spec = load_spec(None, {"base_model": str(tiny_model), "dataset": str(tmp_path),
+                            "quantization": "none", "training": vars(training)})
+    recipe = build_recipe(spec, tmp_path / "out", use_cpu=True, has_validation=True)
+    trainer = SFTTrainer(model=AutoModelForCausalLM.from_pretrained(tiny_model),
+                         args=recipe.sft, train_dataset=tokenize_rows(tok, rows, "all_assistant"),
+                         eval_dataset=tokenize_rows(tok, rows[:4], "all_assistant"),
+                         processing_class=tok)
+    plan = report.plan
+    assert plan["train_items"] == len(trainer.train_dataset)
+    assert plan["unit"] == ("packed block" if packing else "row")
+    *_, steps = trainer.set_initial_training_values(trainer.args, trainer.get_train_dataloader())
+    assert plan["optimizer_steps"] == steps
+    assert plan["evaluations"] == 1  # eval_every_steps is beyond the run: at the end only
+    assert any(w.startswith("training.eval_every_steps: 1000 > the run's") for w in
+               report.warnings)
+    if packing:
+        assert len(trainer.train_dataset) < 2300 / 2
+        real = sum(sum(block) for block in trainer.train_dataset["seq_lengths"])
+        assert report.packing_efficiency == pytest.approx(real / (len(trainer.train_dataset) * 128))
+    else:
+        assert 0 < 2300 - len(trainer.train_dataset) < 2300
 
 
 def test_last_span_only_keeps_final_reply():
@@ -265,3 +316,4 @@ def test_missing_validation_is_refused(tiny_model, tmp_path):
     assert err.value.to_json() == {"code": "no_validation", "message": err.value.message,
                                    "field": "dataset", "fix": err.value.fix}
     assert "allow_no_validation" in err.value.fix
+

@@ -76,6 +76,11 @@ class JobHooks(RunHooks):
     def stage(self, name: str) -> None:
         self.sink.emit(state_event(STAGE_STATES[name], name))
 
+    def planned(self, plan: dict[str, Any]) -> None:
+        # before the first step: the job's metrics say how long the run will be
+        self.sink.update(metrics={f"planned_{k}": float(v) for k, v in plan.items()
+                                  if isinstance(v, int)})
+
     def metrics(self, row: dict[str, Any]) -> None:
         step = int(row.get("step") or 0)
         if row.get("eval_loss") is not None:

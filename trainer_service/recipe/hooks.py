@@ -27,6 +27,9 @@ class RunHooks:
     def stage(self, name: str) -> None:
         """The run enters one of STAGES."""
 
+    def planned(self, plan: dict[str, Any]) -> None:
+        """Preflight's plan of the run: train items, optimizer steps, warmup, evaluations."""
+
     def metrics(self, row: dict[str, Any]) -> None:
         """One metrics.jsonl row: a train log (`loss`) or an evaluation (`eval_loss`)."""
 

@@ -4,21 +4,28 @@ Checks eos == end-of-turn (tokenizer and generation config), that every supervis
 turn ends with that token inside the loss mask and no prompt token is in it, that a
 validation split exists, and whether the stop token's embeddings were ever trained (Qwen2.5
 base models never trained `<|im_start|>`/`<|im_end|>`). Reports length, truncation and
-packing statistics. The caller writes `report.to_json()` to RUN_DIR/preflight.json.
+packing statistics, and the run's plan: packed blocks, optimizer steps, warmup and
+evaluations, counted as the trainer will count them, so a dry run shows a run too short to
+learn or to be evaluated. The caller writes `report.to_json()` to RUN_DIR/preflight.json.
 """
 
 from __future__ import annotations
 
+import bisect
 import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from trainer_service.recipe.chat_format import ChatFormatError, ChatTemplate, encode_row
 from trainer_service.recipe.errors import PreflightError
+from trainer_service.recipe.spec import TrainingSpec
 
 TRUNCATION_WARN_RATE = 0.03  # a few % of rows losing their stop token is already visible
 UNTRAINED_PERCENTILE = 1.0  # a stop-token row below this percentile of ordinary rows' norms
 NEAR_MEAN_RATIO = 0.1  # ... or this close to the mean row, relative to the median distance
+# TRL packs through datasets' batched map, whose batches hold 1,000 rows: blocks never mix
+# rows of two batches.
+PACK_MAP_BATCH = 1000
 
 
 @dataclass
@@ -40,6 +47,7 @@ class PreflightReport:
     truncated_rows: int
     truncation_rate: float
     packing_efficiency: float
+    plan: dict[str, Any] = field(default_factory=dict)  # blocks, steps, warmup, evaluations
     trainable_token_ids: list[int] = field(default_factory=list)
     embedding_check: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
@@ -227,20 +235,35 @@ def check_embeddings(tokenizer, model, token_ids: list[int]) -> tuple[dict[str, 
     return result, untrained
 
 
+def pack_blocks(lengths: list[int], max_seq_len: int) -> int:
+    """Blocks that TRL's best-fit-decreasing packing (`packing_strategy="bfd"`) makes of rows of
+    these token lengths: each row cut to max_seq_len, then, batch by batch of the map, the
+    longest first into the open block with the least room that fits it. The count does not
+    depend on which of equally full blocks is picked, so it equals TRL's."""
+    blocks = 0
+    for start in range(0, len(lengths), PACK_MAP_BATCH):
+        room: list[int] = []  # free tokens of the open blocks, ascending
+        batch = (min(n, max_seq_len) for n in lengths[start:start + PACK_MAP_BATCH] if n > 0)
+        for n in sorted(batch, reverse=True):
+            i = bisect.bisect_left(room, n)
+            if i < len(room):
+                left = room.pop(i) - n
+            else:
+                blocks += 1
+                left = max_seq_len - n
+            if left:
+                bisect.insort(room, left)
+    return blocks
+
+
 def _pack_efficiency(lengths: list[int], max_seq_len: int, packing: bool, batch_size: int) -> float:
+    """Real tokens over the slots they take: packed blocks, or batches padded to their
+    longest row."""
     if not lengths:
         return 0.0
     lengths = [min(n, max_seq_len) for n in lengths]
-    if packing:  # first-fit decreasing into max_seq_len bins
-        bins: list[int] = []
-        for n in sorted(lengths, reverse=True):
-            for i, free in enumerate(bins):
-                if free >= n:
-                    bins[i] -= n
-                    break
-            else:
-                bins.append(max_seq_len - n)
-        return sum(lengths) / (len(bins) * max_seq_len)
+    if packing:
+        return sum(lengths) / (pack_blocks(lengths, max_seq_len) * max_seq_len)
     slots = sum(max(lengths[i:i + batch_size]) * len(lengths[i:i + batch_size])
                 for i in range(0, len(lengths), batch_size))  # padded to each batch's longest
     return sum(lengths) / slots
@@ -250,14 +273,20 @@ def run_preflight(tokenizer, model_config_or_model, train_rows, validation_rows,
                   template: ChatTemplate, loss_on: str, max_seq_len: int,
                   allow_no_validation: bool = False, packing: bool = False,
                   generation_config=None, batch_size: int = 8,
-                  embedding_skip: str = "no weights given (a config only)") -> PreflightReport:
+                  embedding_skip: str = "no weights given (a config only)",
+                  training: TrainingSpec | None = None) -> PreflightReport:
     """Run every check; raise PreflightError on the first failure, else return the report.
 
     Rows are dicts with `messages` (and optional `tools`, `id`) or bare message lists.
     `model_config_or_model`: a model (or `EmbeddingRows`) enables the embedding check; a
     config skips it, with `embedding_skip` as the reason, and a warning.
     `generation_config` defaults to the model's (or one built from the config).
+    `training` (the spec's section, whose packing, batch and max_seq_len then apply) adds the
+    run's plan and the warnings of a run with too few steps.
     """
+    if training is not None:
+        max_seq_len, packing = training.max_seq_len, training.packing
+        batch_size = training.per_device_batch
     warnings: list[str] = []
     eot = template.end_of_turn
     eot_id = tokenizer.convert_tokens_to_ids(eot)
@@ -302,7 +331,7 @@ def run_preflight(tokenizer, model_config_or_model, train_rows, validation_rows,
         raise PreflightError("no_train_rows", "the train split is empty", "dataset.train",
                              "point the job at a data engine output folder with train.jsonl")
 
-    lengths, truncated, turns, dropped_reasoning, sample = [], 0, 0, 0, ""
+    lengths, truncated, unsupervised, turns, dropped_reasoning, sample = [], 0, 0, 0, 0, ""
     for index, row in enumerate(train_rows):
         messages, tools, row_id = _messages(row)
         try:
@@ -321,6 +350,7 @@ def run_preflight(tokenizer, model_config_or_model, train_rows, validation_rows,
         lengths.append(n)
         if n > max_seq_len and any(encoded.mask[max_seq_len:]):
             truncated += 1
+            unsupervised += not any(encoded.mask[:max_seq_len])
         if not sample:
             cuts = [0]
             for a, b in encoded.spans:
@@ -338,6 +368,13 @@ def run_preflight(tokenizer, model_config_or_model, train_rows, validation_rows,
         warnings.append(f"{truncated} of {len(lengths)} rows ({rate:.1%}) lose supervised tokens, "
                         f"their stop token included, at max_seq_len {max_seq_len}; raise "
                         "max_seq_len or filter long rows (data engine clean.length.max_tokens)")
+    plan: dict[str, Any] = {}
+    if training is not None:
+        # packed: every row takes its place in a block; padded: the trainer drops the rows
+        # that truncation leaves without a supervised token
+        items = pack_blocks(lengths, max_seq_len) if packing else len(lengths) - unsupervised
+        plan = training.plan(items, bool(validation_rows))
+        warnings += training.step_warnings(items, len(lengths), bool(validation_rows))
 
     embedding_check: dict[str, Any] = {}
     trainable: list[int] = []
@@ -364,5 +401,6 @@ def run_preflight(tokenizer, model_config_or_model, train_rows, validation_rows,
                         "p95": _percentile(lengths, 95), "max": max(lengths)},
         truncated_rows=truncated, truncation_rate=rate,
         packing_efficiency=_pack_efficiency(lengths, max_seq_len, packing, batch_size),
+        plan=plan,
         trainable_token_ids=trainable, embedding_check=embedding_check, warnings=warnings,
         sample=sample)

@@ -160,17 +160,26 @@ def _run(spec: TrainSpec, run_dir: Path, state: dict[str, Any],
     tokenizer.chat_template = template.text
     log(f"preflight: template {template.source}, end of turn {template.end_of_turn}")
     base, embedding_skip = _preflight_model(spec)
-    report = run_preflight(tokenizer, base, read_split(dataset, "train"),
-                           read_split(dataset, "validation"), template, spec.loss_on,
-                           spec.training.max_seq_len, spec.allow_no_validation,
-                           spec.training.packing, generation,
-                           batch_size=spec.training.per_device_batch,
-                           embedding_skip=embedding_skip)
+    train_rows = read_split(dataset, "train")
+    report = run_preflight(tokenizer, base, train_rows, read_split(dataset, "validation"),
+                           template, spec.loss_on, spec.training.max_seq_len,
+                           spec.allow_no_validation, generation_config=generation,
+                           embedding_skip=embedding_skip, training=spec.training)
     (run_dir / "preflight.json").write_text(report.to_json(), encoding="utf-8")
     state["artifacts"]["preflight"] = str(run_dir / "preflight.json")
-    state["warnings"] += report.warnings
-    for warning in report.warnings:
-        log(f"WARNING preflight: {warning}")
+    if report.plan:
+        state["plan"] = report.plan
+        hooks.planned(report.plan)
+        items, steps, evals = (report.plan[k] for k in ("train_items", "optimizer_steps",
+                                                         "evaluations"))
+        log(f"preflight: plan {items} {report.plan['unit']}{'s' * (items != 1)}, {steps} "
+            f"optimizer step{'s' * (steps != 1)} ({report.plan['warmup_steps']} warmup), "
+            f"{evals} evaluation{'s' * (evals != 1)}")
+    # the spec's own advice, now that the rows are counted (3 epochs on 638 rows)
+    for warning in spec.warnings(len(train_rows)) + report.warnings:
+        if warning not in state["warnings"]:
+            state["warnings"].append(warning)
+            log(f"WARNING preflight: {warning}")
     _export_ready(spec, run_dir, log)
     if spec.dry_run:
         state["status"] = "validated"
@@ -180,7 +189,8 @@ def _run(spec: TrainSpec, run_dir: Path, state: dict[str, Any],
     check_stop(hooks, "validating")
     hooks.stage("training")
     result = train(spec, run_dir, trainable_token_indices=report.trainable_token_ids or None,
-                   chat_template=template.text, log=log, hooks=hooks)
+                   chat_template=template.text, log=log, hooks=hooks,
+                   announced=tuple(state["warnings"]))
     state["warnings"] += [w for w in result.warnings if w not in state["warnings"]]
     state.update(best_checkpoint=result.best_checkpoint, best_eval_loss=result.best_eval_loss,
                  global_step=result.global_step, metrics=result.final_metrics,

@@ -6,6 +6,7 @@ from published fine-tuning practice, with the reason in its help string.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,8 @@ LORA_RANK_RANGE = (16, 64)
 # Unsloth's and other published SFT guidance agree on 1-3 SFT epochs; the failed run did 3 on 638 rows.
 MAX_EPOCHS = 3
 SMALL_TRAIN_ROWS = 1000
+# Fewer optimizer steps than this leave warmup, the schedule and evaluation nothing to act on.
+MIN_USEFUL_STEPS = 10
 
 
 @dataclass
@@ -122,6 +125,42 @@ class TrainingSpec:
         if self.attention not in ATTENTIONS:
             problems.append(f"attention: {self.attention!r} is not one of {', '.join(ATTENTIONS)}")
         return problems
+
+    def planned_steps(self, items: int) -> int:
+        """Optimizer steps of a run over ``items`` train items (packed blocks, or rows), as
+        transformers counts them on one device: partial batches and accumulations count."""
+        batches = math.ceil(items / self.per_device_batch)
+        per_epoch = max(math.ceil(batches / self.grad_accum), 1)
+        return self.max_steps if self.max_steps is not None else math.ceil(self.epochs * per_epoch)
+
+    def plan(self, items: int, has_validation: bool) -> dict[str, Any]:
+        """The run's schedule over ``items`` train items: optimizer steps, warmup steps (as
+        transformers rounds a ratio) and evaluations (every eval_every_steps, and one at the
+        last step when it falls between)."""
+        steps = self.planned_steps(items)
+        return {"train_items": items, "unit": "packed block" if self.packing else "row",
+                "optimizer_steps": steps, "warmup_steps": math.ceil(steps * self.warmup_ratio),
+                "evaluations": math.ceil(steps / self.eval_every_steps) if has_validation else 0}
+
+    def step_warnings(self, items: int, train_rows: int, has_validation: bool) -> list[str]:
+        """What the run's optimizer-step count makes useless: packing puts many rows in a block
+        and the effective batch is per_device_batch x grad_accum blocks, so a small dataset can
+        train for a handful of steps, mostly warmup, with no evaluation before the end."""
+        plan = self.plan(items, has_validation)
+        steps, unit = plan["optimizer_steps"], plan["unit"]
+        where = (f"{train_rows} train rows in {items} {unit}{'s' * (items != 1)}, "
+                 f"{self.per_device_batch} x {self.grad_accum} {unit}s a step")
+        out = []
+        if self.max_steps is None and steps < MIN_USEFUL_STEPS:
+            out.append(f"training: only {steps} optimizer step{'s' * (steps != 1)} ({where}); "
+                       f"warmup takes {plan['warmup_steps']} of them. Lower grad_accum (or "
+                       "per_device_batch), or add rows")
+        if has_validation and steps < self.eval_every_steps:
+            out.append(f"training.eval_every_steps: {self.eval_every_steps} > the run's {steps} "
+                       f"optimizer step{'s' * (steps != 1)} ({where}): validation runs only at "
+                       "the end, so early stopping and the overfitting alarm cannot act; set "
+                       f"eval_every_steps to {max(1, steps // 5)} or lower")
+        return out
 
 
 # GGUF forms `export.gguf` may name (evaluator.export imports neither llama.cpp nor torch

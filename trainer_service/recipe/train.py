@@ -8,7 +8,6 @@ base, wrap it with LoRA, train with eval/early stopping/overfitting alarm, save 
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,8 +24,6 @@ CHECKPOINTS_DIR = "checkpoints"
 TRAIN_RESULT = "train_result.json"
 ADAPTER_DIR = "adapter"
 GENERATION_MARKER = "{% generation %}"
-# Fewer optimizer steps than this leave warmup, the schedule and evaluation nothing to act on.
-MIN_USEFUL_STEPS = 10
 
 
 @dataclass
@@ -246,37 +243,6 @@ class HooksCallback(TrainerCallback):
             self.hooks.checkpoint(state.global_step, str(path))
 
 
-def planned_steps(t, items: int) -> int:
-    """Optimizer steps of a run over ``items`` train items (packed blocks, or rows), as
-    transformers counts them on one device: partial batches and accumulations count."""
-    batches = math.ceil(items / t.per_device_batch)
-    per_epoch = max(math.ceil(batches / t.grad_accum), 1)
-    return t.max_steps if t.max_steps is not None else math.ceil(t.epochs * per_epoch)
-
-
-def step_warnings(spec: TrainSpec, items: int, train_rows: int, has_validation: bool
-                  ) -> list[str]:
-    """What the run's optimizer-step count makes useless: packing puts many rows in a block
-    and the effective batch is per_device_batch x grad_accum blocks, so a small dataset can
-    train for a handful of steps, all of them warmup, with no evaluation before the end."""
-    t = spec.training
-    steps = planned_steps(t, items)
-    unit = "packed block" if t.packing else "row"
-    where = (f"{train_rows} train rows in {items} {unit}{'s' * (items != 1)}, "
-             f"{t.per_device_batch} x {t.grad_accum} {unit}s a step")
-    out = []
-    if t.max_steps is None and steps < MIN_USEFUL_STEPS:
-        out.append(f"training: only {steps} optimizer step{'s' * (steps != 1)} ({where}); "
-                   f"warmup alone takes {max(1, math.ceil(t.warmup_ratio * steps))} of them. "
-                   "Lower grad_accum (or per_device_batch), or add rows")
-    if has_validation and steps < t.eval_every_steps:
-        out.append(f"training.eval_every_steps: {t.eval_every_steps} > the run's {steps} "
-                   f"optimizer step{'s' * (steps != 1)} ({where}): validation runs only at "
-                   "the end, so early stopping and the overfitting alarm cannot act; set "
-                   f"eval_every_steps to {max(1, steps // 5)} or lower")
-    return out
-
-
 def _latest_checkpoint(output_dir: Path) -> str | None:
     from transformers.trainer_utils import get_last_checkpoint
 
@@ -313,10 +279,11 @@ def finished_result(spec: TrainSpec, run_dir: Path) -> TrainResult | None:
 def train(spec: TrainSpec, run_dir: str | Path,
           trainable_token_indices: list[int] | dict[str, list[int]] | None = None,
           chat_template: str | None = None, log=print,
-          hooks: RunHooks | None = None) -> TrainResult:
+          hooks: RunHooks | None = None, announced: tuple[str, ...] = ()) -> TrainResult:
     """Runs QLoRA SFT for `spec`, writing checkpoints, metrics.jsonl, report.html and adapter/
     under `run_dir`; resumes from the newest checkpoint there. Raises RecipeStopped when the
-    hooks ask it to stop."""
+    hooks ask it to stop. Warnings in ``announced`` (preflight's) are returned, not logged
+    again."""
     import torch
     from transformers import AutoTokenizer, EarlyStoppingCallback, PrinterCallback
     from trl import SFTTrainer
@@ -339,7 +306,8 @@ def train(spec: TrainSpec, run_dir: str | Path,
                          "true to insist")
     warnings = spec.warnings(len(train_rows))
     for w in warnings:
-        log(f"WARNING {w}")
+        if w not in announced:
+            log(f"WARNING {w}")
 
     tokenizer = AutoTokenizer.from_pretrained(spec.base_model)
     tokenizer.chat_template = _resolve_template(spec, tokenizer, chat_template)
@@ -367,9 +335,10 @@ def train(spec: TrainSpec, run_dir: str | Path,
                          eval_dataset=val_ds, processing_class=tokenizer,
                          peft_config=recipe.lora, callbacks=callbacks)
     trainer.remove_callback(PrinterCallback)  # MetricsCallback reports each log line
-    for w in step_warnings(spec, len(trainer.train_dataset), len(train_rows),
-                           val_ds is not None):
-        log(f"WARNING {w}")
+    for w in spec.training.step_warnings(len(trainer.train_dataset), len(train_rows),
+                                         val_ds is not None):
+        if w not in announced:  # preflight's plan counts the same blocks and said it already
+            log(f"WARNING {w}")
         warnings.append(w)
     if spec.dry_run:
         log("dry run: trainer built, no step taken")
