@@ -317,3 +317,39 @@ def test_missing_validation_is_refused(tiny_model, tmp_path):
                                    "field": "dataset", "fix": err.value.fix}
     assert "allow_no_validation" in err.value.fix
 
+
+def test_overfitting_alarm_stops_a_real_run_at_its_best_checkpoint(smollm2_dir, tmp_path):
+    """SmolLM2-135M learns 16 capitals; validation asks for 8 of the same countries and
+    answers with the wrong cities. Train loss collapses while eval loss turns and rises: the
+    alarm (train loss under 0.3, the gap widening, eval loss no better than its best) stops
+    the run, which ends at its best checkpoint. Early stopping's patience is set beyond the
+    run, so only the alarm can stop it."""
+    from tests.trainer_service.test_recipe_run import CAPITALS
+
+    def rows(pairs, shift):
+        return [{"messages": [{"role": "user", "content": f"What is the capital of {country}?"},
+                              {"role": "assistant", "content": pairs[(i + shift) % len(pairs)][1]}]}
+                for i, (country, _) in enumerate(pairs)]
+
+    data = _write(tmp_path / "ds", rows(CAPITALS[:16], 0), rows(CAPITALS[:8], 1))
+    spec = load_spec(None, {"base_model": str(smollm2_dir), "dataset": str(data),
+                            "quantization": "none", "training": {
+                                "learning_rate": 1e-3, "per_device_batch": 4, "grad_accum": 1,
+                                "max_seq_len": 64, "packing": False, "warmup_ratio": 0.0,
+                                "gradient_checkpointing": False, "max_steps": 16,
+                                "eval_every_steps": 1, "early_stopping_patience": 16}})
+    logged: list[str] = []
+    result = train(spec, tmp_path / "run", chat_template=CHATML, log=logged.append)
+    alarms = [w for w in result.warnings if w.startswith("overfitting: train loss")]
+    assert len(alarms) == 1, (result.warnings, logged)
+    assert any("stopping at the best checkpoint" in line for line in logged)
+    assert result.stopped_early and result.global_step < 16
+    points = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl")]
+    evals = [(r["step"], r["eval_loss"]) for r in points if r["eval_loss"] is not None]
+    best_step, best = min(evals, key=lambda e: e[1])
+    assert evals[-1][0] == result.global_step and evals[-1][1] > best
+    assert [r["loss"] for r in points if r["loss"] is not None][-1] < 0.3
+    assert result.best_checkpoint.endswith(f"checkpoint-{best_step}")
+    assert result.best_eval_loss == pytest.approx(best)
+    # the saved adapter is the best checkpoint's: evaluated again, it gives the best eval loss
+    assert result.final_metrics["eval_loss"] == pytest.approx(best, rel=1e-4)
