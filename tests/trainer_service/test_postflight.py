@@ -11,7 +11,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from trainer_service.recipe.postflight import (
-    ADAPTER_FILES, VerifyError, check_parity, merge_adapter, sanity_generate, save_adapter)
+    ADAPTER_FILES, VerifyError, check_parity, merge_adapter, placement, sanity_generate,
+    save_adapter)
 
 EOT = "<|im_end|>"
 # Short prompts SmolLM2-135M-Instruct answers in 7-14 tokens, then stops.
@@ -96,6 +97,7 @@ def test_parity_of_merged_and_base_plus_adapter(tiny_base, tiny_run, tokenizer):
     assert report.rows == 8 and report.tokens > 8 * 10
     assert report.max_abs_diff <= report.max_abs_tol
     assert report.mean_kl <= report.mean_kl_tol
+    assert report.device == ("cuda" if torch.cuda.is_available() else "cpu")
     # the adapter's effect dwarfs the merge's rounding
     assert report.base_max_abs_diff > 10 * report.max_abs_diff
     json.dumps(report.to_json())
@@ -127,6 +129,23 @@ def test_zero_adapter_is_a_merge_noop(tiny_base, tokenizer, tmp_path):
         check_parity(tiny_base, adapter, merged, ROWS, tokenizer, n=4)
     assert err.value.code == "merge_noop"
     assert err.value.details["base_max_abs_diff"] == 0.0
+
+
+def test_placement_takes_the_gpu_only_with_room_for_the_weights(tiny_base, monkeypatch):
+    """Verification runs on the GPU when its free memory holds the weights in the compute
+    dtype with a quarter to spare, else on the CPU (never out of GPU memory). The decision
+    is checked here against a stated amount of free GPU memory."""
+    params = AutoModelForCausalLM.from_pretrained(tiny_base).num_parameters()
+    assert placement(tiny_base, torch.float32) == ("cuda" if torch.cuda.is_available()
+                                                   else "cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    free = {"bytes": 0}
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *a: (free["bytes"], 80 * 2**30))
+    for dtype, size in ((torch.float32, 4), (torch.bfloat16, 2)):
+        free["bytes"] = int(params * size * 1.25) + 1
+        assert placement(tiny_base, dtype) == "cuda"
+        free["bytes"] = int(params * size * 1.2)
+        assert placement(tiny_base, dtype) == "cpu"
 
 
 def test_sanity_passes_for_smollm2(smollm2_dir, tokenizer):

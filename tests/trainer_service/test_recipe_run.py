@@ -187,6 +187,9 @@ def check_nf4_recipe(model_dir: Path, tmp_path: Path, device: str) -> None:
     verify = json.loads((tmp_path / "run" / "verify.json").read_text())
     assert verify["parity"]["mean_kl"] <= verify["parity"]["mean_kl_tol"]
     assert verify["sanity"]["stop_rate"] >= 0.8 and verify["sanity"]["degenerate"] == 0
+    # verified where it trained: a GPU's sanity generation in bf16, as servers run it
+    assert verify["parity"]["device"] == verify["sanity"]["device"] == device.lower()
+    assert verify["sanity"]["dtype"] == ("bfloat16" if device == "CUDA" else "float32")
 
 
 def test_nf4_recipe_on_a_qwen3_model(polite_qwen3_dir, tmp_path):

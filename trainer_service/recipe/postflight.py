@@ -10,6 +10,10 @@ Each step checks its own result and raises `VerifyError` with a code a job can f
 - `check_parity` compares logits of base+adapter with the merged model, and the merged model
   with the base: a merge that changed nothing is `merge_noop`.
 - `sanity_generate` decodes held-out prompts greedily and fails on `no_stop` / `degenerate`.
+
+Parity and the sanity generation run on the GPU when there is one with room for the model,
+else on the CPU (an 8B model in float32 is 32 GB of weights, all read from memory for each
+generated token); each report says where.
 """
 
 from __future__ import annotations
@@ -106,15 +110,40 @@ def merge_adapter(base_model: str | Path, adapter_dir: str | Path, out_dir: str 
     return out
 
 
-def _load_base(base_model, dtype, tokenizer):
+def placement(model_id: str | Path, dtype) -> str:
+    """Where postflight runs ``model_id`` in ``dtype``: ``cuda`` when a GPU's free memory
+    holds its weights with a quarter to spare (activations, logits), else ``cpu``."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return "cpu"
+    from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM
+
+    with init_empty_weights():  # a skeleton on the meta device: sizes, no memory
+        skeleton = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(str(model_id)))
+    need = sum(p.numel() for p in skeleton.parameters()) * torch.finfo(dtype).bits // 8
+    free, _ = torch.cuda.mem_get_info()
+    return "cuda" if need * 1.25 <= free else "cpu"
+
+
+def _load(model_id, dtype, device: str):
+    from transformers import AutoModelForCausalLM
+
+    if device == "cpu":
+        return AutoModelForCausalLM.from_pretrained(str(model_id), dtype=dtype)
+    return AutoModelForCausalLM.from_pretrained(str(model_id), dtype=dtype, device_map=device)
+
+
+def _load_base(base_model, dtype, tokenizer, device: str = "cpu"):
+    from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(str(base_model))
     if getattr(config, "quantization_config", None):
         raise VerifyError("base_quantized", f"{base_model} is a quantized checkpoint; merge needs "
                           "the 16-bit base (merging into 4-bit weights loses the adapter)",
                           field="base_model")
-    base = AutoModelForCausalLM.from_pretrained(str(base_model), dtype=dtype)
+    base = _load(base_model, dtype, device)
     # Training may have added tokens (resizing embeddings); the adapter's shapes follow that.
     if len(tokenizer) > base.get_input_embeddings().weight.shape[0]:
         base.resize_token_embeddings(len(tokenizer))
@@ -154,6 +183,7 @@ class ParityReport:
     base_mean_kl: float
     max_abs_tol: float
     mean_kl_tol: float
+    device: str = "cpu"
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -171,31 +201,37 @@ def check_parity(base_model: str | Path, adapter_dir: str | Path, merged_dir: st
     """
     import torch
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM
 
     dtype = dtype or torch.float32
     texts = [_as_text(r, tokenizer) for r in list(rows_or_texts)[:n]]
     if not texts:
         raise VerifyError("parity_no_rows", "no validation rows to compare on", field="rows")
-    batches = [tokenizer(t, return_tensors="pt", add_special_tokens=False) for t in texts]
+    device = placement(merged_dir, dtype)
+    batches = [tokenizer(t, return_tensors="pt", add_special_tokens=False).to(device)
+               for t in texts]
 
-    base = _load_base(base_model, dtype, tokenizer).eval()
+    def logits(model) -> list:  # compared on the CPU, where they are kept
+        return [model(**b).logits[0].float().cpu() for b in batches]
+
+    base = _load_base(base_model, dtype, tokenizer, device).eval()
     adapted = PeftModel.from_pretrained(base, str(adapter_dir)).eval()
     with torch.no_grad():
-        with_adapter = [adapted(**b).logits[0].float() for b in batches]
+        with_adapter = logits(adapted)
         with adapted.disable_adapter():
-            plain = [adapted(**b).logits[0].float() for b in batches]
+            plain = logits(adapted)
     del adapted, base
-    merged = AutoModelForCausalLM.from_pretrained(str(merged_dir), dtype=dtype).eval()
+    free_device_memory(device)
+    merged = _load(merged_dir, dtype, device).eval()
     with torch.no_grad():
-        out = [merged(**b).logits[0].float() for b in batches]
+        out = logits(merged)
     del merged
+    free_device_memory(device)
 
     max_abs, kl, tokens = _compare(with_adapter, out)
     base_max_abs, base_kl, _ = _compare(plain, out)
     report = ParityReport(rows=len(texts), tokens=tokens, max_abs_diff=max_abs, mean_kl=kl,
                           base_max_abs_diff=base_max_abs, base_mean_kl=base_kl,
-                          max_abs_tol=max_abs_tol, mean_kl_tol=mean_kl_tol)
+                          max_abs_tol=max_abs_tol, mean_kl_tol=mean_kl_tol, device=device)
     if not (max_abs <= max_abs_tol and kl <= mean_kl_tol):
         raise VerifyError("parity", f"merged logits differ from base+adapter: max |d| "
                           f"{max_abs:.4g} (tolerance {max_abs_tol}), mean KL {kl:.3g} "
@@ -263,6 +299,8 @@ class SanityReport:
     base_samples: list[Sample] = field(default_factory=list)
     base_stop_rate: float | None = None
     base_degenerate: int | None = None
+    device: str = "cpu"
+    dtype: str = "float32"
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -284,23 +322,33 @@ def sanity_generate(model_dir: str | Path, prompts: Sequence, tokenizer, end_of_
     first, being the more specific diagnosis) and `no_stop` below ``min_stop_rate``.
     With ``base_model``, the base is decoded the same way first, and a failure's message
     says whether the base stops on these prompts (training broke stopping) or not (the task
-    or the budget is beyond this base model).
+    or the budget is beyond this base model). ``dtype`` defaults to bf16 on a GPU with room
+    for the model, else float32 on the CPU.
     """
+    import torch
+
     repetition = repetition or RepetitionConfig()
     eot = end_of_turn_id(tokenizer, end_of_turn)
     convs = [_prompt_turns(p) for p in list(prompts)[:limit]]
     if not convs:
         raise VerifyError("sanity_no_prompts", "no held-out prompts to generate on",
                           field="prompts")
+    if dtype is None:  # on a GPU, bf16 (what servers run); on a CPU, float32 (bf16 is slow)
+        dtype = torch.float32
+        if torch.cuda.is_available() and torch.cuda.is_bf16_supported() \
+                and placement(model_dir, torch.bfloat16) == "cuda":
+            dtype = torch.bfloat16
+    device = placement(model_dir, dtype)
     report = SanityReport(min_stop_rate=min_stop_rate, max_new_tokens=max_new_tokens,
-                          end_of_turn=end_of_turn)
+                          end_of_turn=end_of_turn, device=device,
+                          dtype=str(dtype).removeprefix("torch."))
     if base_model is not None:
         report.base_model = str(base_model)
         report.base_samples = _greedy(base_model, convs, tokenizer, eot, max_new_tokens,
-                                      repetition, dtype)
+                                      repetition, dtype, device)
         report.base_stop_rate, report.base_degenerate = _rates(report.base_samples)
     report.samples = _greedy(model_dir, convs, tokenizer, eot, max_new_tokens, repetition,
-                             dtype)
+                             dtype, device)
     report.stop_rate, report.degenerate = _rates(report.samples)
     if report.degenerate:
         first = next(s for s in report.samples if s.degenerate)
@@ -318,25 +366,27 @@ def sanity_generate(model_dir: str | Path, prompts: Sequence, tokenizer, end_of_
 
 
 def _greedy(model_dir: str | Path, convs: list[list[dict]], tokenizer, eot: int,
-            max_new_tokens: int, repetition: RepetitionConfig, dtype) -> list[Sample]:
+            max_new_tokens: int, repetition: RepetitionConfig, dtype,
+            device: str = "cpu") -> list[Sample]:
     """One left-padded greedy batch; a sample stops only on ``eot``."""
     import torch
-    from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir),
-                                                 dtype=dtype or torch.float32).eval()
+    model = _load(model_dir, dtype, device).eval()
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eot
     texts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True)
              for c in convs]
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"  # one batch; left padding keeps every prompt's end aligned
     try:
-        batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        batch = tokenizer(texts, return_tensors="pt", padding=True,
+                          add_special_tokens=False).to(device)
     finally:
         tokenizer.padding_side = side
     with torch.no_grad():
         out = model.generate(**batch, do_sample=False, max_new_tokens=max_new_tokens,
-                             eos_token_id=[eot], pad_token_id=pad)
+                             eos_token_id=[eot], pad_token_id=pad).cpu()
+    del model
+    free_device_memory(device)
     samples = []
     for conv, row in zip(convs, out[:, batch["input_ids"].shape[1]:].tolist()):
         stopped = eot in row
@@ -345,6 +395,17 @@ def _greedy(model_dir: str | Path, convs: list[list[dict]], tokenizer, eot: int,
         samples.append(Sample(prompt=conv[-1]["content"], output=reply, new_tokens=len(new),
                               stopped=stopped, degenerate=is_degenerate(reply, repetition)))
     return samples
+
+
+def free_device_memory(device: str) -> None:
+    """Gives the GPU memory of models just dropped back before the next one loads."""
+    import torch
+
+    if device != "cpu" and torch.cuda.is_available():
+        import gc
+
+        gc.collect()
+        torch.cuda.empty_cache()
 
 
 def _rates(samples: list[Sample]) -> tuple[float, int]:

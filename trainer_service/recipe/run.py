@@ -16,8 +16,8 @@ from typing import Any, Callable
 from trainer_service.recipe.chat_format import normalize_messages, resolve_template
 from trainer_service.recipe.errors import RecipeError, VerifyError
 from trainer_service.recipe.hooks import RunHooks, check_stop
-from trainer_service.recipe.postflight import (check_parity, merge_adapter,
-                                               sanity_generate)
+from trainer_service.recipe.postflight import (check_parity, free_device_memory,
+                                               merge_adapter, sanity_generate)
 from trainer_service.recipe.preflight import read_embedding_rows, run_preflight
 from trainer_service.recipe.spec import TrainSpec
 from trainer_service.recipe.train import CHECKPOINTS_DIR, TRAIN_RESULT, read_split, train
@@ -191,6 +191,7 @@ def _run(spec: TrainSpec, run_dir: Path, state: dict[str, Any],
     result = train(spec, run_dir, trainable_token_indices=report.trainable_token_ids or None,
                    chat_template=template.text, log=log, hooks=hooks,
                    announced=tuple(state["warnings"]))
+    free_device_memory("cuda")  # the trained 4-bit model, before verification loads its own
     state["warnings"] += [w for w in result.warnings if w not in state["warnings"]]
     state.update(best_checkpoint=result.best_checkpoint, best_eval_loss=result.best_eval_loss,
                  global_step=result.global_step, metrics=result.final_metrics,
