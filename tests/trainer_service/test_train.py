@@ -34,6 +34,11 @@ def _write(folder, train_rows, val_rows):
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
+    return tiny_llama(tmp_path_factory.mktemp("tiny"))
+
+
+def tiny_llama(folder, tied: bool = True, dtype=None):
+    """A random 2-layer Llama speaking SmolLM2's vocabulary, saved with its tokenizer."""
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
@@ -44,9 +49,8 @@ def tiny_model(tmp_path_factory):
     cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128,
                       num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                       max_position_embeddings=256, bos_token_id=tok.bos_token_id,
-                      eos_token_id=tok.eos_token_id, tie_word_embeddings=True)
-    folder = tmp_path_factory.mktemp("tiny")
-    LlamaForCausalLM(cfg).save_pretrained(folder)
+                      eos_token_id=tok.eos_token_id, tie_word_embeddings=tied)
+    LlamaForCausalLM(cfg).to(dtype or torch.float32).save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder
 
@@ -353,3 +357,63 @@ def test_overfitting_alarm_stops_a_real_run_at_its_best_checkpoint(smollm2_dir, 
     assert result.best_eval_loss == pytest.approx(best)
     # the saved adapter is the best checkpoint's: evaluated again, it gives the best eval loss
     assert result.final_metrics["eval_loss"] == pytest.approx(best, rel=1e-4)
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_stop_token_rows_train_in_both_matrices_and_merge(tied, tmp_path):
+    """Preflight makes the end-of-turn token's rows trainable when the base never trained
+    them (Qwen2.5 base models; 0.5B-3B tie their embeddings, 7B does not). On a tied model
+    the run trains (TRL's fused head failed on PEFT's wrapper); on an untied one the output
+    row, which decides whether the model stops, trains too, not only the input row. The
+    merge carries exactly those rows."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from trainer_service.recipe.postflight import merge_adapter
+
+    base = tiny_llama(tmp_path / "base", tied=tied, dtype=torch.bfloat16)
+    tok = AutoTokenizer.from_pretrained(base)
+    eot = tok.convert_tokens_to_ids("<|im_end|>")
+    data = _write(tmp_path / "ds", _rows(24, "blue blue blue"), _rows(4, "blue blue blue", 100))
+    logged: list[str] = []
+    result = train(_spec(base, data, max_steps=3, eval_every_steps=3), tmp_path / "run",
+                   trainable_token_indices=[eot], chat_template=CHATML, log=logged.append)
+    assert result.global_step == 3
+    assert any(line.startswith(f"trainable token rows {{'model.embed_tokens': [{eot}], "
+                               f"'lm_head': [{eot}]}}") for line in logged), logged
+    tok.chat_template = CHATML
+    merged = merge_adapter(base, result.adapter_dir, tmp_path / "merged", tok, "<|im_end|>")
+    before = AutoModelForCausalLM.from_pretrained(base, dtype=torch.bfloat16)
+    after = AutoModelForCausalLM.from_pretrained(merged, dtype=torch.bfloat16)
+    for matrix in ("get_input_embeddings", "get_output_embeddings"):
+        moved = (getattr(before, matrix)().weight - getattr(after, matrix)().weight
+                 ).abs().sum(-1).nonzero().flatten().tolist()
+        assert moved == [eot], (matrix, moved[:5])
+
+
+def test_token_rows_trainer_computes_trls_loss(tiny_model, tmp_path):
+    """The trainer used with token rows takes the model's own head; on the same batch its
+    loss equals TRL's fused head's (a mean over supervised tokens, not over all)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from trainer_service.recipe.train import build_recipe, sft_trainer_class
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    tok.chat_template = CHATML
+    rows = tokenize_rows(tok, [r["messages"] for r in _rows(6, "blue blue blue")],
+                         "all_assistant")
+    spec = _spec(tiny_model, tmp_path)
+    losses = []
+    for token_rows in (False, True):
+        recipe = build_recipe(spec, tmp_path / f"out{token_rows}", use_cpu=True,
+                              has_validation=False)
+        trainer = sft_trainer_class(token_rows)(
+            model=AutoModelForCausalLM.from_pretrained(tiny_model), args=recipe.sft,
+            train_dataset=rows, processing_class=tok)
+        batch = next(iter(trainer.get_train_dataloader()))
+        supervised = int((batch["labels"] != -100).sum())
+        with torch.no_grad():
+            losses.append(float(trainer.compute_loss(trainer.model, batch,
+                                                     num_items_in_batch=supervised)))
+    assert losses[1] == pytest.approx(losses[0], rel=1e-5)

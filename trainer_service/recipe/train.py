@@ -243,6 +243,41 @@ class HooksCallback(TrainerCallback):
             self.hooks.checkpoint(state.global_step, str(path))
 
 
+def token_row_targets(model: Any, token_ids: list[int]) -> dict[str, list[int]]:
+    """PEFT ``trainable_token_indices`` naming both embedding matrices: the input rows (how
+    the model reads a token) and the output rows (whether it emits it: for the end-of-turn
+    token, the stop). A bare list reaches only the input embedding, so an untied model
+    (Qwen2.5-7B) would keep an untrained output row. With tied weights PEFT trains the one
+    shared row."""
+    names = {module: name for name, module in model.named_modules()}
+    targets = {names[model.get_input_embeddings()]: list(token_ids)}
+    output = model.get_output_embeddings()
+    if output is not None and output in names:
+        targets[names[output]] = list(token_ids)
+    return targets
+
+
+def sft_trainer_class(token_rows: bool) -> type:
+    """TRL's SFTTrainer, or, for runs that train single token rows (PEFT trainable tokens),
+    one whose loss goes through the model's own head. TRL's fused LM head reads
+    ``lm_head.weight`` directly, past PEFT's wrapper: on a tied model it fails (the wrapper
+    has no ``bias``), on an untied one it would train without the output rows' update. The
+    model's head applies them: the same loss (a mean over the batch's supervised tokens),
+    with the full logits in memory."""
+    from transformers import Trainer
+    from trl import SFTTrainer
+
+    if not token_rows:
+        return SFTTrainer
+
+    class TokenRowsSFTTrainer(SFTTrainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            return Trainer.compute_loss(self, model, inputs, return_outputs=return_outputs,
+                                        num_items_in_batch=num_items_in_batch)
+
+    return TokenRowsSFTTrainer
+
+
 def _latest_checkpoint(output_dir: Path) -> str | None:
     from transformers.trainer_utils import get_last_checkpoint
 
@@ -286,7 +321,6 @@ def train(spec: TrainSpec, run_dir: str | Path,
     again."""
     import torch
     from transformers import AutoTokenizer, EarlyStoppingCallback, PrinterCallback
-    from trl import SFTTrainer
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -322,6 +356,12 @@ def train(spec: TrainSpec, run_dir: str | Path,
     log(f"base: {spec.quantization}, {quantized_layers(model)} bitsandbytes linear layers, "
         f"{'CPU' if use_cpu else 'CUDA'}")
     log(f"attention {attention}")
+    if isinstance(recipe.lora.trainable_token_indices, list):
+        recipe.lora.trainable_token_indices = token_row_targets(
+            model, recipe.lora.trainable_token_indices)
+    if recipe.lora.trainable_token_indices:
+        log(f"trainable token rows {recipe.lora.trainable_token_indices}: the loss goes through "
+            "the model's own head (full logits), which applies them")
 
     hooks = hooks or RunHooks()
     metrics_cb = MetricsCallback(run_dir / METRICS_FILE, log=log, on_row=hooks.metrics)
@@ -331,9 +371,10 @@ def train(spec: TrainSpec, run_dir: str | Path,
     callbacks = [metrics_cb, alarm_cb, hooks_cb]
     if val_ds is not None:
         callbacks.append(EarlyStoppingCallback(spec.training.early_stopping_patience))
-    trainer = SFTTrainer(model=model, args=recipe.sft, train_dataset=train_ds,
-                         eval_dataset=val_ds, processing_class=tokenizer,
-                         peft_config=recipe.lora, callbacks=callbacks)
+    trainer_class = sft_trainer_class(bool(recipe.lora.trainable_token_indices))
+    trainer = trainer_class(model=model, args=recipe.sft, train_dataset=train_ds,
+                            eval_dataset=val_ds, processing_class=tokenizer,
+                            peft_config=recipe.lora, callbacks=callbacks)
     trainer.remove_callback(PrinterCallback)  # MetricsCallback reports each log line
     for w in spec.training.step_warnings(len(trainer.train_dataset), len(train_rows),
                                          val_ds is not None):
