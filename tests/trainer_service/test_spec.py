@@ -68,6 +68,18 @@ def test_missing_base_model_and_dataset_fail():
     assert {p.split(":")[0] for p in err.value.problems} >= {"base_model", "dataset"}
 
 
+def test_lora_on_lm_head_is_refused_before_any_loading():
+    """TRL computes the loss from lm_head.weight directly, so LoRA there never trains; TRL
+    says so only once the model is loaded, the spec says it at once."""
+    with pytest.raises(ConfigError) as err:
+        load_spec(None, {"base_model": "m", "dataset": "d",
+                         "lora": {"target_modules": ["q_proj", "lm_head"]}})
+    assert any(p.startswith("lora.target_modules: LoRA on lm_head never trains")
+               for p in err.value.problems), err.value.problems
+    assert load_spec(None, {"base_model": "m", "dataset": "d",
+                            "lora": {"target_modules": ["q_proj", "v_proj"]}})
+
+
 def test_alpha_defaults_to_twice_r_unless_set():
     assert load_spec(None, {"base_model": "m", "dataset": "d",
                             "lora": {"r": 32}}).lora.effective_alpha == 64

@@ -35,8 +35,9 @@ class LoraSpec:
                               "alpha = rank x 2).")
     dropout: float = _help("LoRA dropout; 0.05 for small datasets (0.0 for large ones).", 0.05)
     target_modules: Any = _help(
-        "'all-linear' or a list of module names. Adapters on every linear layer, MLP included, "
-        "give the largest effect (LoRA Without Regret).", "all-linear")
+        "'all-linear' or a list of module names (lm_head excepted: TRL computes the loss from "
+        "its weight directly). Adapters on every linear layer, MLP included, give the largest "
+        "effect (LoRA Without Regret).", "all-linear")
     use_rslora: bool = _help("Rank-stabilised scaling alpha/sqrt(r) instead of alpha/r; keeps "
                              "the update size stable when r grows.", False)
 
@@ -56,6 +57,10 @@ class LoraSpec:
         if not (isinstance(tm, str) and tm) and not (
                 isinstance(tm, list) and tm and all(isinstance(m, str) and m for m in tm)):
             problems.append("target_modules: must be 'all-linear' or a non-empty list of names")
+        elif isinstance(tm, list) and "lm_head" in tm:
+            problems.append("target_modules: LoRA on lm_head never trains (TRL computes the loss "
+                            "from lm_head.weight directly); leave it out (preflight trains the "
+                            "stop token's rows when they need it)")
         return problems
 
 
