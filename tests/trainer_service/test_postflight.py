@@ -148,6 +148,23 @@ def test_placement_takes_the_gpu_only_with_room_for_the_weights(tiny_base, monke
         assert placement(tiny_base, dtype) == "cpu"
 
 
+def test_held_out_tool_calls_reach_the_template():
+    """Parity rows and sanity prompts keep the tool calls that training rendered (stored as
+    JSON strings by the data engine); a plain role/content copy dropped them."""
+    from tests.trainer_service.test_chat_format import TOOL_ROW, smol_tokenizer
+    from trainer_service.recipe.chat_format import resolve_template
+    from trainer_service.recipe.postflight import _as_text, _prompt_turns
+
+    tok = smol_tokenizer()
+    tok.chat_template = resolve_template(tok, "auto").text
+    assert '"name": "get_weather"' in _as_text({"messages": TOOL_ROW}, tok)
+    turns = _prompt_turns(TOOL_ROW)
+    assert [m["role"] for m in turns] == ["user", "assistant", "tool"]
+    assert turns[1]["tool_calls"][0]["function"]["arguments"] == {"city": "Kyoto"}
+    assert "get_weather" in tok.apply_chat_template(turns, tokenize=False,
+                                                    add_generation_prompt=True)
+
+
 def test_sanity_passes_for_smollm2(smollm2_dir, tokenizer):
     report = sanity_generate(smollm2_dir, [r["messages"] for r in ROWS[:5]], tokenizer, EOT,
                              max_new_tokens=32)
@@ -242,7 +259,8 @@ def test_sanity_prompts_keep_earlier_tool_calls(tmp_path):
     with (tmp_path / "test.jsonl").open("w") as f:
         for row in (TOOL_ROW, MULTI_TURN):
             f.write(json.dumps({"messages": row}) + "\n")
-    tool_prompt, multi_prompt = _prompts(tmp_path)
+    (tool_prompt, multi_prompt), warning = _prompts(tmp_path)
+    assert warning is None
     assert [m["role"] for m in tool_prompt] == ["user", "assistant", "tool"]
     call = tool_prompt[1]["tool_calls"][0]["function"]
     assert call == {"name": "get_weather", "arguments": {"city": "Kyoto"}}
@@ -251,3 +269,26 @@ def test_sanity_prompts_keep_earlier_tool_calls(tmp_path):
     text = tok.apply_chat_template(tool_prompt, chat_template=resolve_template(tok).text,
                                    tokenize=False, add_generation_prompt=True)
     assert "get_weather" in text and "Kyoto" in text
+
+
+def test_sanity_prompts_fall_back_to_train_rows_with_a_warning(tmp_path):
+    """A dataset of train rows only (allow_no_validation, no test split) still gets its
+    sanity generation, on rows the model has seen, and says so; it used to fail
+    `sanity_no_prompts` after the whole training."""
+    from tests.trainer_service.test_chat_format import MULTI_TURN
+    from trainer_service.recipe.run import SEEN_PROMPTS, _prompts
+
+    (tmp_path / "train.jsonl").write_text(json.dumps({"messages": MULTI_TURN}) + "\n")
+    (tmp_path / "test.jsonl").write_text("")
+    prompts, warning = _prompts(tmp_path)
+    assert prompts == [MULTI_TURN[:3]] and warning == SEEN_PROMPTS
+
+
+def test_sanity_pads_with_a_tokenizer_that_has_no_pad_token(smollm2_dir):
+    """Llama 3 and Mistral tokenizers have no pad token; the batch of held-out prompts is
+    padded with the end-of-turn token and the tokenizer is left as it was."""
+    tok = AutoTokenizer.from_pretrained(smollm2_dir)
+    tok.pad_token = None
+    report = sanity_generate(smollm2_dir, PROMPTS[:3], tok, EOT, max_new_tokens=24)
+    assert len(report.samples) == 3 and report.stop_rate == 1.0
+    assert tok.pad_token is None

@@ -178,6 +178,19 @@ def test_preflight_plans_the_items_the_trainer_gets(tiny_model, packing, tmp_pat
         assert 0 < 2300 - len(trainer.train_dataset) < 2300
 
 
+def test_train_accepts_the_generation_markers_preflight_accepts(tiny_model):
+    """`{%- generation -%}` (whitespace control) marks assistant tokens as well as
+    `{% generation %}`; preflight's check and training's agree."""
+    from trainer_service.recipe.train import _resolve_template
+
+    spec = _spec(tiny_model, tiny_model)
+    trimmed = CHATML.replace("{% generation %}", "{%- generation -%}")
+    assert _resolve_template(spec, None, trimmed) == trimmed
+    with pytest.raises(TrainError) as err:
+        _resolve_template(spec, None, "{% for m in messages %}{{ m.content }}{% endfor %}")
+    assert err.value.code == "template_without_generation"
+
+
 def test_last_span_only_keeps_final_reply():
     assert last_span_only([0, 1, 1, 0, 0, 1, 1, 0]) == [0, 0, 0, 0, 0, 1, 1, 0]
     assert last_span_only([0, 0]) == [0, 0]
@@ -272,6 +285,19 @@ def test_train_loss_falls_metrics_report_and_resume(tiny_model, tmp_path):
     for a, b in zip(after, before):
         assert a["learning_rate"] == pytest.approx(b["learning_rate"])
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-3)
+
+    # The same folder under another spec: its checkpoints belong to the first run. Resumed,
+    # they would keep its step count and schedule (a new learning rate ignored), so the run
+    # stops before loading anything and says what differs.
+    with pytest.raises(TrainError) as err:
+        train(_spec(tiny_model, data, max_steps=8, eval_every_steps=4, learning_rate=1e-3), run,
+              chat_template=CHATML, log=lambda m: None)
+    assert err.value.code == "run_dir_in_use" and err.value.field == "out"
+    assert "training.learning_rate (0.02 -> 0.001)" in err.value.message
+    # ...while what comes after training (the export) is no reason to train again
+    spec = _spec(tiny_model, data, max_steps=8, eval_every_steps=4)
+    spec.export.gguf = ["f16"]
+    assert finished_result(spec, run).global_step == 8
 
 
 @pytest.mark.parametrize("quantization, layers", [("nf4", 14), ("int8", 14), ("none", 0)])

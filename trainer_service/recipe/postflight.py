@@ -25,6 +25,7 @@ from typing import Sequence
 
 from data_engine.config import RepetitionConfig
 from data_engine.filters.repetition import is_degenerate
+from trainer_service.recipe.chat_format import normalize_messages
 from trainer_service.recipe.errors import VerifyError
 
 ADAPTER_DIR = "adapter"
@@ -267,7 +268,9 @@ def _as_text(row, tokenizer) -> str:
 
 
 def _plain(messages) -> list[dict]:
-    return [{"role": m["role"], "content": m["content"] or ""} for m in messages]
+    """Messages as training rendered them (tool calls parsed, reasoning kept), content never
+    null."""
+    return [{**m, "content": m.get("content") or ""} for m in normalize_messages(messages)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -375,13 +378,17 @@ def _greedy(model_dir: str | Path, convs: list[list[dict]], tokenizer, eot: int,
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eot
     texts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True)
              for c in convs]
-    side = tokenizer.padding_side
+    side, pad_token = tokenizer.padding_side, tokenizer.pad_token
     tokenizer.padding_side = "left"  # one batch; left padding keeps every prompt's end aligned
+    if pad_token is None:  # Llama 3, Mistral: none; left padding is masked out anyway
+        tokenizer.pad_token = tokenizer.convert_ids_to_tokens(pad)
     try:
         batch = tokenizer(texts, return_tensors="pt", padding=True,
                           add_special_tokens=False).to(device)
     finally:
         tokenizer.padding_side = side
+        if pad_token is None:
+            tokenizer.pad_token = None
     with torch.no_grad():
         out = model.generate(**batch, do_sample=False, max_new_tokens=max_new_tokens,
                              eos_token_id=[eot], pad_token_id=pad).cpu()

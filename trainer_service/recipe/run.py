@@ -56,9 +56,18 @@ def _preflight_model(spec: TrainSpec) -> tuple[Any, str]:
         return config, str(exc)
 
 
-def _prompts(dataset: Path) -> list[list[dict[str, Any]]]:
-    """Held-out conversations up to their last user turn: test rows, else validation."""
+SEEN_PROMPTS = ("sanity: no test or validation rows, so the sanity generation runs on train "
+                "rows, which the model has seen: stopping is still checked, generalisation "
+                "is not")
+
+
+def _prompts(dataset: Path) -> tuple[list[list[dict[str, Any]]], str | None]:
+    """Held-out conversations up to their last user turn: test rows, else validation, else
+    (a dataset of train rows only, allow_no_validation) train rows, with a warning."""
     rows = read_split(dataset, "test") or read_split(dataset, "validation")
+    warning = None
+    if not rows:
+        rows, warning = read_split(dataset, "train"), SEEN_PROMPTS
     prompts = []
     for row in rows:
         messages = row["messages"] if isinstance(row, dict) else row
@@ -67,7 +76,7 @@ def _prompts(dataset: Path) -> list[list[dict[str, Any]]]:
             prompts.append(normalize_messages(messages[:last]))
         if len(prompts) == SANITY_PROMPTS:
             break
-    return prompts
+    return prompts, warning
 
 
 def sanity_budget(tokenizer: Any, rows: list[list[dict[str, Any]]]) -> int:
@@ -217,7 +226,11 @@ def _run(spec: TrainSpec, run_dir: Path, state: dict[str, Any],
                                         read_split(dataset, "validation")
                                         or read_split(dataset, "train"), tokenizer).to_json()
         budget = sanity_budget(tokenizer, read_split(dataset, "train"))
-        verify["sanity"] = sanity_generate(merged, _prompts(dataset), tokenizer,
+        prompts, warning = _prompts(dataset)
+        if warning:
+            state["warnings"].append(warning)
+            log(f"WARNING {warning}")
+        verify["sanity"] = sanity_generate(merged, prompts, tokenizer,
                                            template.end_of_turn, max_new_tokens=budget,
                                            base_model=spec.base_model).to_json()
     except VerifyError as exc:

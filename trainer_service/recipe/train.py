@@ -14,6 +14,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from trainer_service.recipe.chat_format import has_generation_markers
 from trainer_service.recipe.errors import TrainError
 from trainer_service.recipe.hooks import RecipeStopped, RunHooks
 from trainer_service.recipe.metrics import (METRICS_FILE, MetricsCallback, OverfittingCallback,
@@ -23,6 +24,7 @@ from trainer_service.recipe.spec import TrainSpec
 CHECKPOINTS_DIR = "checkpoints"
 TRAIN_RESULT = "train_result.json"
 ADAPTER_DIR = "adapter"
+CHECKPOINT_SPEC = "spec.json"  # in checkpoints/: the spec that made them
 GENERATION_MARKER = "{% generation %}"
 
 
@@ -216,7 +218,7 @@ def _resolve_template(spec: TrainSpec, tokenizer, chat_template: str | None) -> 
             if not path.is_file():
                 raise TrainError("template_not_found", f"{path}: no such file", "chat_template")
             chat_template = path.read_text(encoding="utf-8")
-    if not chat_template or GENERATION_MARKER not in chat_template:
+    if not chat_template or not has_generation_markers(chat_template):  # as preflight reads it
         raise TrainError("template_without_generation", f"assistant-only loss needs a template "
                          f"with {GENERATION_MARKER} markers", "chat_template")
     return chat_template
@@ -284,12 +286,47 @@ def _latest_checkpoint(output_dir: Path) -> str | None:
     return get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
 
 
-def _digest(spec: TrainSpec) -> str:
-    import hashlib
+def _training_fields(spec: TrainSpec) -> dict[str, Any]:
+    """The spec's fields that shape training: all but what comes after it (`export`) and
+    `dry_run`, flattened to dotted names."""
     from dataclasses import asdict
 
-    return hashlib.sha256(json.dumps(asdict(spec), sort_keys=True, default=str).encode()
-                          ).hexdigest()
+    flat: dict[str, Any] = {}
+    for key, value in asdict(spec).items():
+        if key in ("export", "dry_run"):
+            continue
+        if isinstance(value, dict):
+            flat.update({f"{key}.{k}": v for k, v in value.items()})
+        else:
+            flat[key] = value
+    return flat
+
+
+def _digest(spec: TrainSpec) -> str:
+    import hashlib
+
+    return hashlib.sha256(json.dumps(_training_fields(spec), sort_keys=True,
+                                     default=str).encode()).hexdigest()
+
+
+def check_checkpoints_match(spec: TrainSpec, out_dir: Path) -> None:
+    """Checkpoints in ``out_dir`` resume only the run whose spec made them: resuming them under
+    another spec would keep their step count, optimizer and schedule (a new learning rate
+    ignored, a run already at its last step training nothing), or fail on a new LoRA rank.
+    Raises TrainError naming what differs; records the spec when there is none yet."""
+    path = out_dir / CHECKPOINT_SPEC
+    fields = json.loads(json.dumps(_training_fields(spec), default=str))
+    if path.is_file():
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        changed = sorted(k for k in saved.keys() | fields.keys() if saved.get(k) != fields.get(k))
+        if changed and _latest_checkpoint(out_dir):
+            shown = ", ".join(f"{k} ({saved.get(k)!r} -> {fields.get(k)!r})" for k in changed[:4])
+            raise TrainError("run_dir_in_use", f"{out_dir} holds checkpoints of a run with "
+                             f"another spec: {shown}{' ...' if len(changed) > 4 else ''}",
+                             "out", fix="give this run its own --out folder, or delete "
+                             f"{out_dir} to start this one over")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(fields, indent=2, sort_keys=True), encoding="utf-8")
 
 
 def finished_result(spec: TrainSpec, run_dir: Path) -> TrainResult | None:
@@ -342,6 +379,8 @@ def train(spec: TrainSpec, run_dir: str | Path,
     for w in warnings:
         if w not in announced:
             log(f"WARNING {w}")
+    if not spec.dry_run:
+        check_checkpoints_match(spec, run_dir / CHECKPOINTS_DIR)
 
     tokenizer = AutoTokenizer.from_pretrained(spec.base_model)
     tokenizer.chat_template = _resolve_template(spec, tokenizer, chat_template)
