@@ -284,6 +284,26 @@ def test_sanity_prompts_fall_back_to_train_rows_with_a_warning(tmp_path):
     assert prompts == [MULTI_TURN[:3]] and warning == SEEN_PROMPTS
 
 
+def test_sanity_budget_counts_thinking_and_tool_calls(tokenizer):
+    """The budget is 1.5x the 95th-percentile reply, at least 64 tokens: replies with
+    reasoning or tool calls count them, or a model trained to think would run out of budget
+    before its answer and fail `no_stop`."""
+    from tests.trainer_service.test_chat_format import TOOL_ROW
+    from trainer_service.recipe.run import sanity_budget
+
+    answer = "word " * 60  # about 60 tokens: a budget of about 91
+    plain = [[{"role": "user", "content": "q"}, {"role": "assistant", "content": answer}]]
+    thinking = [[{"role": "user", "content": "q"},
+                 {"role": "assistant", "content": answer, "reasoning_content": answer * 2}]]
+    assert 85 <= sanity_budget(tokenizer, plain) <= 100
+    assert sanity_budget(tokenizer, thinking) >= 3 * sanity_budget(tokenizer, plain) - 10
+    call = json.dumps([{"type": "function", "function": {
+        "name": "search", "arguments": json.dumps({"query": answer})}}])  # as stored
+    only_call = [[TOOL_ROW[0], {"role": "assistant", "content": None, "tool_calls": call}]]
+    assert sanity_budget(tokenizer, only_call) > sanity_budget(tokenizer, plain)
+    assert sanity_budget(tokenizer, [[TOOL_ROW[0], {"role": "assistant", "content": None}]]) == 64
+
+
 def test_sanity_pads_with_a_tokenizer_that_has_no_pad_token(smollm2_dir):
     """Llama 3 and Mistral tokenizers have no pad token; the batch of held-out prompts is
     padded with the end-of-turn token and the tokenizer is left as it was."""

@@ -79,10 +79,20 @@ def _prompts(dataset: Path) -> tuple[list[list[dict[str, Any]]], str | None]:
     return prompts, warning
 
 
+def _reply_text(message: dict[str, Any]) -> str:
+    """All an assistant turn generates: its reasoning, its text and its tool calls."""
+    parts = [message.get("reasoning_content") or "", message.get("content") or ""]
+    if message.get("tool_calls"):
+        parts.append(json.dumps(message["tool_calls"], ensure_ascii=False))
+    return "\n".join(part for part in parts if part)
+
+
 def sanity_budget(tokenizer: Any, rows: list[list[dict[str, Any]]]) -> int:
-    """Token budget for the sanity generation, from the training replies' lengths."""
-    lengths = sorted(len(tokenizer.encode(m.get("content") or "", add_special_tokens=False))
-                     for messages in rows for m in messages if m["role"] == "assistant")
+    """Token budget for the sanity generation, from the training replies' lengths (thinking
+    and tool calls included: a model trained to think generates them before it stops)."""
+    lengths = sorted(len(tokenizer.encode(_reply_text(m), add_special_tokens=False))
+                     for messages in rows for m in normalize_messages(messages)
+                     if m["role"] == "assistant")
     if not lengths:
         return BUDGET_MIN
     p95 = lengths[min(len(lengths) - 1, int(0.95 * len(lengths)))]
