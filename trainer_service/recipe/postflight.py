@@ -336,12 +336,13 @@ def sanity_generate(model_dir: str | Path, prompts: Sequence, tokenizer, end_of_
     if not convs:
         raise VerifyError("sanity_no_prompts", "no held-out prompts to generate on",
                           field="prompts")
+    chosen = dtype
     if dtype is None:  # on a GPU, bf16 (what servers run); on a CPU, float32 (bf16 is slow)
-        dtype = torch.float32
-        if torch.cuda.is_available() and torch.cuda.is_bf16_supported() \
-                and placement(model_dir, torch.bfloat16) == "cuda":
-            dtype = torch.bfloat16
+        bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        dtype = torch.bfloat16 if bf16 else torch.float32
     device = placement(model_dir, dtype)
+    if chosen is None and device == "cpu":
+        dtype = torch.float32
     report = SanityReport(min_stop_rate=min_stop_rate, max_new_tokens=max_new_tokens,
                           end_of_turn=end_of_turn, device=device,
                           dtype=str(dtype).removeprefix("torch."))

@@ -234,8 +234,8 @@ def _run(spec: TrainSpec, run_dir: Path, state: dict[str, Any],
     try:
         verify["parity"] = check_parity(spec.base_model, result.adapter_dir, merged,
                                         read_split(dataset, "validation")
-                                        or read_split(dataset, "train"), tokenizer).to_json()
-        budget = sanity_budget(tokenizer, read_split(dataset, "train"))
+                                        or train_rows, tokenizer).to_json()
+        budget = sanity_budget(tokenizer, train_rows)
         prompts, warning = _prompts(dataset)
         if warning:
             state["warnings"].append(warning)
