@@ -61,8 +61,8 @@ class LengthConfig:
         "Every assistant reply needs at least this many tokens. A 1-token reply teaches the stop "
         "token and little else; set 1 for classification labels.", 2)
     max_tokens: int = _help(
-        "Whole conversation limit. Keep it equal to training max_seq_length: longer rows are "
-        "truncated in training and lose the reply's end-of-turn token.", 2048)
+        "Whole conversation limit. Keep it equal to the train spec's training.max_seq_len: "
+        "longer rows are truncated in training and lose the reply's end-of-turn token.", 2048)
     turn_overhead_tokens: int = _help(
         "Tokens the chat template adds per turn (ChatML: <|im_start|>, role, newline, <|im_end|>, "
         "newline).", 5)

@@ -2,13 +2,14 @@
 
 Unknown keys are errors (a typo must not silently fall back to a default), and each
 problem names the dotted field it concerns. Unknown keys, wrong types and bad values are
-reported together; only an object with a wrongly typed field of its own skips its value
-checks (they would compare against the wrong type).
+reported together: an object with a wrongly typed field is checked with that field at its
+default, and the problems that name the field are left to its type error.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -22,6 +23,23 @@ from data_engine.errors import ConfigError
 T = TypeVar("T")
 
 
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader reading floats as YAML 1.2 does: `2e-4` and `1e5` (no dot) are
+    numbers, not the strings YAML 1.1 makes of them (a learning rate written as papers write
+    it would otherwise fail the type check)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"))
+
+
+def load_yaml(text: str) -> Any:
+    """``yaml.safe_load`` with YAML 1.2 floats (see `_Loader`)."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+
+
 def read_yaml(path: str | Path | None, origin: str = "config"
               ) -> tuple[dict[str, Any], Path, str]:
     """(the mapping in the YAML file, the folder relative paths in it start from, its name
@@ -30,7 +48,7 @@ def read_yaml(path: str | Path | None, origin: str = "config"
         return {}, Path.cwd(), origin
     path = Path(path)
     try:
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        loaded = load_yaml(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError([f"{path}: no such file"], str(path)) from None
     except yaml.YAMLError as exc:
@@ -54,15 +72,21 @@ def from_dict(cls: type[T], data: Any, origin: str = "config") -> T:
 def validate(obj: Any, prefix: str = "", skip: list[str] | tuple[str, ...] = ()) -> list[str]:
     """Runs ``check()`` of every nested config dataclass; returns the problems found.
 
-    ``skip``: the fields (dotted paths) whose value has the wrong type; the objects holding
-    one are not checked, their nested objects are.
+    ``skip``: the fields (dotted paths) whose value has the wrong type. An object holding
+    one is checked with those fields at their defaults, and problems naming them are dropped
+    (they would describe the default, not the user's value); an object put in place of a
+    wrong value, or holding a required field of the wrong type, is not checked.
     """
     problems: list[str] = []
     if not dataclasses.is_dataclass(obj):
         return problems
     check = getattr(obj, "check", None)
-    if check is not None and not _holds_any(obj, prefix, skip):
-        problems.extend(f"{prefix}{p}" for p in check())
+    if check is not None:
+        held = _held(obj, prefix, skip)
+        checked = obj if held == set() else _with_defaults(obj, held)
+        if checked is not None:
+            problems.extend(f"{prefix}{p}" for p in checked.check() if not any(
+                re.search(rf"\b{re.escape(name)}\b", p) for name in held or ()))
     for f in dataclasses.fields(obj):
         child = getattr(obj, f.name)
         items = child if isinstance(child, list) else [child]
@@ -72,25 +96,43 @@ def validate(obj: Any, prefix: str = "", skip: list[str] | tuple[str, ...] = ())
     return problems
 
 
-def _holds_any(obj: Any, prefix: str, paths: list[str] | tuple[str, ...]) -> bool:
-    """Whether ``obj`` itself (a default put in place of a wrong value) or one of its fields
-    (or an item or key of one), rather than a config object nested in it, is in ``paths``."""
+def _held(obj: Any, prefix: str, paths: list[str] | tuple[str, ...]) -> set[str] | None:
+    """The names of ``obj``'s own fields with a wrong value somewhere inside them (rather
+    than in a config object nested in them); None when ``obj`` itself is a default put in
+    place of a wrong value."""
     if not paths:
-        return False
+        return set()
     if (prefix[:-1] if prefix else "<root>") in paths:
-        return True
+        return None
+    held = set()
     for f in dataclasses.fields(obj):
         key = f"{prefix}{f.name}"
         child = getattr(obj, f.name)
         nested = dataclasses.is_dataclass(child) or (
             isinstance(child, list) and any(dataclasses.is_dataclass(c) for c in child))
         for path in paths:
-            if path == key:
-                return True
-            rest = path[len(key):] if path.startswith(key) else ""
-            if rest[:1] in (".", "[") and (not nested or re.fullmatch(r"\[\d+\]", rest)):
-                return True  # inside a plain value, or a whole list item replaced
-    return False
+            rest = path[len(key):] if path.startswith(key) else None
+            if rest == "" or (rest and rest[:1] in (".", "[")
+                              and (not nested or re.fullmatch(r"\[\d+\]", rest))):
+                held.add(f.name)  # the value itself, inside a plain value, or a list item
+    return held
+
+
+def _with_defaults(obj: Any, names: set[str] | None) -> Any:
+    """``obj`` with the named fields at their defaults; None when one has no default."""
+    if names is None:
+        return None
+    values = {}
+    for f in dataclasses.fields(obj):
+        if f.name not in names:
+            continue
+        if f.default is not dataclasses.MISSING:
+            values[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            values[f.name] = f.default_factory()
+        else:
+            return None
+    return dataclasses.replace(obj, **values)
 
 
 def _optional_section(tp: Any) -> type | None:
@@ -154,6 +196,9 @@ def _build(tp: Any, data: Any, where: str, problems: list[str]) -> Any:
         return {str(k): _build(args[1], v, f"{where}.{k}", problems) for k, v in data.items()}
     if tp is float and isinstance(data, int) and not isinstance(data, bool):
         return float(data)
+    if tp is float and isinstance(data, float) and math.isnan(data):
+        problems.append(f"{label}: expected a number, got .nan")
+        return data
     if tp in (int, float, str, bool):
         if not isinstance(data, tp) or (tp is int and isinstance(data, bool)):
             problems.append(f"{label}: expected {_type_name(tp)}, got {data!r}")

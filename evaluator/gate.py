@@ -25,6 +25,7 @@ from typing import Any
 
 import yaml
 
+from data_engine.config_loader import load_yaml
 from data_engine.errors import ConfigError
 from data_engine.synth.judge import SCALES
 
@@ -87,7 +88,7 @@ def load_gate(path: Path | None) -> GateConfig:
         return GateConfig()
     origin = f"gate file {path}"
     try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        data = load_yaml(Path(path).read_text(encoding="utf-8"))
     except OSError as e:
         raise GateError([f"cannot read: {e.strerror or e}"], origin) from e
     except yaml.YAMLError as e:

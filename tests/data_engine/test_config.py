@@ -56,17 +56,18 @@ def test_all_problems_reported_at_once():
         assert sum(p.startswith(start) for p in problems) == 1, (start, problems)
 
 
-def test_a_wrong_type_does_not_make_up_value_problems():
-    """An object with a wrongly typed field, or put in place of a wrong value, is not
-    checked (its checks would compare against the wrong type); the rest is."""
+def test_a_wrong_type_does_not_hide_or_make_up_value_problems():
+    """An object with a wrongly typed field is checked with that field at its default, so
+    its other fields' bad values are still reported and nothing is said of the default; an
+    object put in place of a wrong value is not checked."""
     data = {"inputs": [{"path": "a.jsonl"}, 7], "seed": "x", "mix": {"weights": {"a": "b"}},
             "clean": {"length": {"max_tokens": "many", "min_reply_tokens": -1}},
             "split": {"train": 0.9, "validation": 0.2, "test": 0.1}}
     with pytest.raises(ConfigError) as info:
         from_dict(DataConfig, data)
     assert sorted(p.split(":")[0] for p in info.value.problems) == [
-        "clean.length.max_tokens", "inputs[1]", "mix.weights.a", "seed",
-        "split.train + validation + test"]
+        "clean.length.max_tokens", "clean.length.min_reply_tokens", "inputs[1]",
+        "mix.weights.a", "seed", "split.train + validation + test"]
 
 
 def test_load_config_resolves_paths_and_merges_cli_inputs(tmp_path, monkeypatch):
