@@ -332,6 +332,9 @@ def train_run(
         "--dataset", help="A data engine output folder (overrides the spec).")] = None,
     base_model: Annotated[Optional[str], typer.Option(
         "--base-model", help="Local folder or hub id (overrides the spec).")] = None,
+    dry_run: Annotated[Optional[bool], typer.Option(
+        "--dry-run/--no-dry-run", help="Stop after preflight: checks and the plan, no step "
+        "(overrides the spec's dry_run).")] = None,
 ) -> None:
     """Preflight, QLoRA SFT, merge into the 16-bit base, parity and sanity checks, and the
     GGUF export when the spec has `export.gguf`."""
@@ -341,7 +344,7 @@ def train_run(
 
     try:
         loaded = load_spec(spec, {"dataset": str(dataset.resolve()) if dataset else None,
-                                  "base_model": base_model})
+                                  "base_model": base_model, "dry_run": dry_run})
     except ConfigError as exc:
         typer.secho(f"error: {exc}", err=True, fg="red")
         raise typer.Exit(exc.exit_code) from None
@@ -358,7 +361,7 @@ def train_run(
     typer.echo(f"{state['status']}: step {state.get('global_step', 0)}, best eval loss "
                f"{state.get('best_eval_loss')}")
     for name, path in state["artifacts"].items():
-        typer.echo(f"{name + ':':10s}{path}")
+        typer.echo(f"{name + ':':9s} {path}")
 
 
 from tunesmith import service_cli  # noqa: E402,F401 - registers `trainer serve`, `train submit|...`

@@ -236,10 +236,11 @@ def data_stage(chain: Chain, stage: dict[str, Any]) -> None:
 
 def train_spec(config: PipelineConfig, dataset: str) -> tuple[Any, list[Path]]:
     """The job spec (dataset set to the data stage's output) and the folders it reads."""
-    from data_engine.config_loader import read_yaml
+    from data_engine.config_loader import from_dict, read_yaml
     from data_engine.errors import ConfigError
     from trainer_service.errors import InvalidArgument
     from trainer_service.jobs.validate import TEMPLATE_KEYWORDS, spec_from_mapping
+    from trainer_service.recipe.spec import TrainSpec
 
     spec_path = config.path(config.train.spec)
     try:
@@ -259,6 +260,12 @@ def train_spec(config: PipelineConfig, dataset: str) -> tuple[Any, list[Path]]:
             if path.exists():
                 data[key] = str(path.resolve())
                 roots.append(path.resolve().parent)
+    try:
+        # the YAML's own types, every problem at once, as `train run` reads them
+        from_dict(TrainSpec, {k: v for k, v in data.items() if k != "resources"}, str(spec_path))
+    except ConfigError as exc:
+        raise PipelineError("train", "bad_train_spec", "; ".join(exc.problems), "train.spec",
+                            f"fix {spec_path}") from None
     try:
         return spec_from_mapping(data), roots
     except InvalidArgument as exc:

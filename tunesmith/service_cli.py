@@ -102,29 +102,38 @@ def _rpc_errors():
 
 def _load_spec(path: Path, dataset: Optional[Path], base_model: Optional[str],
                dry_run: Optional[bool]):
-    from data_engine.config_loader import read_yaml
+    from data_engine.config_loader import from_dict, read_yaml
     from data_engine.errors import ConfigError
     from trainer_service.errors import InvalidArgument
-    from trainer_service.jobs.validate import (TEMPLATE_KEYWORDS, spec_from_mapping,
-                                               to_train_spec)
+    from trainer_service.jobs.validate import spec_from_mapping, to_train_spec
+    from trainer_service.recipe.spec import TrainSpec, resolve_relative
 
     try:
         data, base, _ = read_yaml(path, "train spec")
     except ConfigError as exc:
         typer.secho(f"error: {exc}", err=True, fg="red")
         raise typer.Exit(EXIT_BAD_INPUT) from None
-    # Relative paths in the file start at the file's folder, as with `train run`.
-    for key in ("dataset", "chat_template"):
-        value = data.get(key)
-        if isinstance(value, str) and value and value not in TEMPLATE_KEYWORDS \
-                and not Path(value).is_absolute():
-            data[key] = str(base / value)
+    resolve_relative(data, base)  # relative paths start at the file's folder, as in `train run`
     if dataset is not None:
         data["dataset"] = str(dataset.resolve())
     if base_model is not None:
         data["base_model"] = base_model
     if dry_run is not None:
         data["dry_run"] = dry_run
+    try:
+        # the YAML's types as `train run` reads them, every problem at once (the wire format
+        # would coerce '16' to 16 and stop at its first problem)
+        from_dict(TrainSpec, {k: v for k, v in data.items() if k != "resources"}, str(path))
+    except ConfigError as exc:
+        for problem in exc.problems:
+            typer.secho(f"error: {path}: {problem}", err=True, fg="red")
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+    if data.get("base_model") == "default":
+        typer.secho(f"error: {path}: base_model: 'default' is the embedded model of `train run` "
+                    "and pipelines; a server trains a model folder inside its data roots "
+                    "(`tunesmith models fetch-default` there prints one) or a hub id",
+                    err=True, fg="red")
+        raise typer.Exit(EXIT_BAD_INPUT)
     try:
         spec = spec_from_mapping(data)
         to_train_spec(spec)  # the values too, as the server will: exit 2 before any call
@@ -193,7 +202,7 @@ def _watch(client, job_id: str, from_sequence: int, show_logs: bool) -> int:
         typer.secho(f"error {e.code}: {e.field + ': ' if e.field else ''}{e.message}"
                     + (f" Fix: {e.fix}" if e.fix else ""), err=True, fg="red")
     for name, path in sorted(job.artifacts.items()):
-        typer.echo(f"{name + ':':10s}{path}")
+        typer.echo(f"{name + ':':9s} {path}")
     return 0 if (final or job.state) == pb.JOB_STATE_SUCCEEDED else EXIT_JOB_FAILED
 
 
@@ -206,8 +215,12 @@ def train_submit(
     watch: Annotated[bool, typer.Option("--watch", help="Follow the job to its end.")] = False,
     request_id: Annotated[Optional[str], typer.Option(
         "--request-id", help="Idempotency key; default: a new UUID.")] = None,
-    dataset: Annotated[Optional[Path], typer.Option("--dataset")] = None,
-    base_model: Annotated[Optional[str], typer.Option("--base-model")] = None,
+    dataset: Annotated[Optional[Path], typer.Option(
+        "--dataset", help="A data engine output folder on the server (overrides the spec).")
+                       ] = None,
+    base_model: Annotated[Optional[str], typer.Option(
+        "--base-model", help="A model folder on the server or a hub id (overrides the spec).")
+                          ] = None,
     dry_run: Annotated[Optional[bool], typer.Option(
         "--dry-run/--no-dry-run", help="Stop after validation and preflight.")] = None,
     logs: Annotated[bool, typer.Option("--logs", help="Show the job's log lines.")] = False,

@@ -239,6 +239,30 @@ def test_stats_tokens_truncation_and_packing():
     assert 0 < report.packing_efficiency <= 1
 
 
+def test_reply_tokens_count_the_rendered_turns():
+    """Each supervised turn as the model generates it: the thinking block's tags and the stop
+    token count (the run's sanity-generation budget comes from these lengths)."""
+    from trainer_service.recipe.chat_format import _chatml, chatml_template
+
+    tok = qwen_tokenizer()
+    template = _chatml(chatml_template(None, think_blocks=True), "chatml", True)
+    reply = "It is 4."
+    plain = [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": reply}]
+    thinking = [plain[0], {**plain[1], "reasoning_content": "two and two make four"}]
+    report = run_preflight(**qwen_args(train_rows=[plain]))  # Qwen2.5's: no thinking blocks
+    assert report.reply_tokens["max"] == len(tok.encode(reply)) + 1  # + <|im_end|>
+    report = run_preflight(**qwen_args(template=template, train_rows=[thinking, plain, plain]))
+    assert report.reply_tokens["max"] == len(tok.encode(
+        "<think>\ntwo and two make four\n</think>\n\nIt is 4.<|im_end|>"))
+    # a last reply without reasoning is rendered (and trained) with an empty block
+    assert report.reply_tokens["median"] == len(tok.encode(
+        "<think>\n\n</think>\n\nIt is 4.<|im_end|>"))
+    report = run_preflight(**qwen_args(train_rows=[{"messages": MULTI_TURN}]))
+    turns = [len(tok.encode(m["content"])) + 1 for m in MULTI_TURN if m["role"] == "assistant"]
+    assert report.reply_tokens["max"] == max(turns)  # one run per turn, not one per row
+    assert report.reply_tokens["median"] == sum(turns) / 2
+
+
 def test_packing_efficiency_best_fit_decreasing_and_padding():
     assert _pack_efficiency([6, 5, 4, 3, 2], 10, True, 8) == pytest.approx(1.0)
     assert pack_blocks([12, 3, 0], 10) == 2  # cut to 10; an empty row takes no block

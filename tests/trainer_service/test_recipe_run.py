@@ -150,18 +150,90 @@ def test_dry_run_counts_the_steps_of_the_founding_mistake(polite_qwen3_dir, tmp_
     run would be (3 optimizer steps over one packed block) and what is wrong with it."""
     data = dataset(tmp_path / "data")
     (tmp_path / "spec.yaml").write_text(f"base_model: {polite_qwen3_dir}\ndataset: {data}\n"
-                                        "dry_run: true\ntraining: {epochs: 3}\n")
-    done = train_run("spec.yaml", "--out", "run", cwd=tmp_path)
+                                        "training: {epochs: 3}\n")
+    done = train_run("spec.yaml", "--out", "run", "--dry-run", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     state = json.loads((tmp_path / "run" / "run.json").read_text())
-    assert state["status"] == "validated"
-    assert json.loads((tmp_path / "run" / "preflight.json").read_text())["plan"][
-        "optimizer_steps"] == 3
+    assert state["status"] == "validated" and state["spec"]["dry_run"]
+    preflight = json.loads((tmp_path / "run" / "preflight.json").read_text())
+    assert preflight["plan"]["optimizer_steps"] == 3
+    assert preflight["warnings"] == state["warnings"]  # the spec's advice is on file too
     said = "\n".join(state["warnings"])
     assert "training.epochs: 3 epochs on 16 train rows (< 1000)" in said
     assert "training: only 3 optimizer steps (16 train rows in 1 packed block" in said
     assert "training.eval_every_steps: 50 > the run's 3 optimizer steps" in said
     assert not (tmp_path / "run" / "checkpoints").exists()
+    assert f"preflight: {tmp_path / 'run' / 'preflight.json'}" in done.stdout
+
+
+@pytest.mark.parametrize("case, code, field", [
+    ("no dataset folder", "dataset_missing", "dataset"),
+    ("a broken line", "dataset_row_invalid", "dataset"),
+    ("no base folder", "base_model_unavailable", "base_model"),
+    ("misnamed LoRA layer", "lora_targets_unknown", "lora.target_modules"),
+    ("a block as LoRA layer", "lora_targets_unknown", "lora.target_modules"),
+    ("flash-attn missing", "attention_unavailable", "training.attention"),
+    ("most stop tokens cut", "truncated_stop_tokens", "training.max_seq_len"),
+])
+def test_a_dry_run_finds_what_would_fail_later(polite_qwen3_dir, tmp_path, case, code, field):
+    """Each of these used to pass a dry run and fail (or, truncation, train a model that runs
+    on) only once training started, or to crash with a traceback and no run.json."""
+    from dataclasses import replace
+
+    from trainer_service.recipe.errors import RecipeError
+    from trainer_service.recipe.run import run_recipe
+    from trainer_service.recipe.spec import TrainSpec, TrainingSpec
+
+    data = dataset(tmp_path / "data")
+    spec = TrainSpec(base_model=str(polite_qwen3_dir), dataset=str(data), dry_run=True)
+    if case == "no dataset folder":
+        spec.dataset = str(tmp_path / "nope")
+    elif case == "a broken line":
+        lines = (data / "train.jsonl").read_text().splitlines()
+        (data / "train.jsonl").write_text("\n".join([lines[0], '{"messages": [', *lines[2:]]))
+    elif case == "no base folder":
+        spec.base_model = str(tmp_path / "models" / "nope")
+    elif case == "misnamed LoRA layer":
+        spec.lora.target_modules = ["q_proj", "q_projj"]
+    elif case == "a block as LoRA layer":
+        spec.lora.target_modules = ["mlp"]
+    elif case == "flash-attn missing":
+        spec.training = replace(TrainingSpec(), attention="flash_attention_2")
+    else:
+        spec.training = replace(TrainingSpec(), max_seq_len=12)
+    with pytest.raises(RecipeError) as err:
+        run_recipe(spec, tmp_path / "run", log=lambda _: None)
+    state = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert state["status"] == "failed"
+    assert (state["error"]["code"], state["error"]["field"]) == (code, field), state["error"]
+    assert err.value.code == code and state["error"]["fix"]
+    if case == "no dataset folder":
+        assert str(tmp_path / "nope") in state["error"]["message"]
+    elif case == "a broken line":
+        assert f"{data / 'train.jsonl'}:2: not a JSON object" in state["error"]["message"]
+    elif case.endswith("LoRA layer"):
+        assert ("'q_projj' matches no module" if case.startswith("misnamed") else
+                "'mlp' matches Qwen3MLP blocks, not layers") in state["error"]["message"]
+        assert "q_proj, up_proj, v_proj" in state["error"]["fix"]
+
+
+def test_an_unexpected_failure_is_on_record(polite_qwen3_dir, tmp_path, monkeypatch):
+    """Anything the checks do not know (a bug, the machine) still leaves run.json saying
+    failed, with the exception, before it propagates."""
+    from trainer_service.recipe import run
+    from trainer_service.recipe.spec import TrainSpec
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(run, "run_preflight", broken)
+    spec = TrainSpec(base_model=str(polite_qwen3_dir), dataset=str(dataset(tmp_path / "data")))
+    with pytest.raises(RuntimeError):
+        run.run_recipe(spec, tmp_path / "run", log=lambda _: None)
+    state = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert state["status"] == "failed"
+    assert state["error"]["code"] == "internal"
+    assert state["error"]["message"] == "RuntimeError: disk full"
 
 
 def check_nf4_recipe(model_dir: Path, tmp_path: Path, device: str) -> None:

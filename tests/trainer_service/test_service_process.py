@@ -126,6 +126,17 @@ def test_client_commands_and_their_exit_codes(setup):
         typo.write_text(f"base_model: {model}\ndataset: root/data\nlora: {{r: 0}}\n")
         bad = _cli("submit", str(typo), *auth)  # a bad value, found before any call
         assert bad.returncode == 2 and "lora.r: must be >= 1" in bad.stderr
+        typo.write_text(f"base_model: {model}\ndataset: root/data\nlora: {{r: '16'}}\n"
+                        "training: {epochs: three, learning_rate: '2e-4', warmup_ratio: 2}\n")
+        bad = _cli("submit", str(typo), *auth)  # the YAML's types, as `train run` reads them
+        assert bad.returncode == 2, bad.stderr
+        for problem in ("lora.r: expected int, got '16'", "training.epochs: expected float",
+                        "training.learning_rate: expected float, got '2e-4'",
+                        "training.warmup_ratio: must be in [0, 1)"):
+            assert problem in bad.stderr, bad.stderr
+        typo.write_text("base_model: default\ndataset: root/data\n")
+        bad = _cli("submit", str(typo), *auth)
+        assert bad.returncode == 2 and "base_model: 'default' is the embedded model" in bad.stderr
 
         listed = _cli("list", *auth, "--state", "succeeded")
         assert listed.returncode == 0 and listed.stdout.split()[0] == job_id

@@ -136,3 +136,81 @@ def test_build_recipe_without_validation_disables_eval(tmp_path):
     spec = TrainSpec(base_model="m", dataset="d", allow_no_validation=True)
     sft = build_recipe(spec, tmp_path, use_cpu=True, has_validation=False).sft
     assert sft.eval_strategy == "no" and not sft.load_best_model_at_end
+
+
+@pytest.mark.parametrize("scheduler", ["cosine", "linear", "constant", "constant_with_warmup",
+                                       "cosine_with_restarts"])
+def test_planned_warmup_is_the_schedulers(scheduler, tmp_path):
+    """The plan's warmup steps are the steps transformers' scheduler spends below the peak
+    learning rate; the constant schedule takes no warmup, and the spec says so."""
+    import torch
+    from transformers import get_scheduler
+
+    spec = load_spec(None, {"base_model": "m", "dataset": "d",
+                            "training": {"lr_scheduler": scheduler, "warmup_ratio": 0.1,
+                                         "max_steps": 95}})
+    sft = build_recipe(spec, tmp_path, use_cpu=True, has_validation=True).sft
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    schedule = get_scheduler(sft.lr_scheduler_type, optimizer, sft.get_warmup_steps(95), 95)
+    rates = []
+    for _ in range(95):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    below_peak = next(i for i, rate in enumerate(rates) if rate >= 1.0 - 1e-9)
+    assert spec.training.plan(500, True)["warmup_steps"] == below_peak
+    ignored = [w for w in spec.warnings() if w.startswith("training.warmup_ratio")]
+    assert len(ignored) == (scheduler == "constant")
+
+
+def test_a_mistyped_field_leaves_its_sections_other_checks_on():
+    """`training: {epochs: two, learning_rate: 3}` reports both fields, not just the type."""
+    with pytest.raises(ConfigError) as err:
+        load_spec(None, {"base_model": "m", "dataset": "d",
+                         "training": {"epochs": "two", "learning_rate": 3,
+                                      "max_seq_len": "long", "lr_scheduler": "cosine"},
+                         "lora": {"r": "8", "dropout": 2.0}})
+    assert sorted(p.split(":")[0] for p in err.value.problems) == [
+        "lora.dropout", "lora.r", "training.epochs", "training.learning_rate",
+        "training.max_seq_len"]
+
+
+def test_yaml_floats_as_papers_write_them(tmp_path):
+    """PyYAML reads `2e-4` (no dot) as a string; a spec reads it as the number it is, while a
+    quoted '2e-4' stays a string and a .nan or .inf is refused."""
+    path = tmp_path / "spec.yaml"
+    path.write_text("base_model: m\ndataset: d\ntraining: {learning_rate: 2e-4, "
+                    "warmup_ratio: 5E-2, epochs: 1e0}\n")
+    t = load_spec(path).training
+    assert (t.learning_rate, t.warmup_ratio, t.epochs) == (2e-4, 0.05, 1.0)
+    path.write_text("base_model: m\ndataset: d\ntraining: {learning_rate: '2e-4', "
+                    "epochs: .inf, overfit_train_loss: .nan}\n")
+    with pytest.raises(ConfigError) as err:
+        load_spec(path)
+    assert sorted(err.value.problems) == [
+        "training.epochs: must be > 0 and finite",
+        "training.learning_rate: expected float, got '2e-4'",
+        "training.overfit_train_loss: expected a number, got .nan"]
+
+
+def test_target_modules_as_one_string_is_refused_with_the_list_to_write():
+    """PEFT reads a string as a regular expression that must match a module's whole name,
+    so `q_proj` alone matches nothing; only 'all-linear' is a string."""
+    with pytest.raises(ConfigError) as err:
+        load_spec(None, {"base_model": "m", "dataset": "d", "lora": {"target_modules": "q_proj"}})
+    assert err.value.problems == ["lora.target_modules: 'q_proj' is neither 'all-linear' nor a "
+                                  "list; write a list of module names, e.g. [q_proj]"]
+    assert load_spec(None, {"base_model": "m", "dataset": "d"}).lora.target_modules == "all-linear"
+
+
+def test_relative_base_model_starts_at_the_spec_folder(tmp_path, monkeypatch):
+    (tmp_path / "cfg" / "models" / "base").mkdir(parents=True)
+    path = tmp_path / "cfg" / "spec.yaml"
+    monkeypatch.chdir(tmp_path)
+    for written, read in [("models/base", tmp_path / "cfg" / "models" / "base"),
+                          ("./models/base", tmp_path / "cfg" / "models" / "base"),
+                          ("../cfg/models/base", tmp_path / "cfg" / "models" / "base"),
+                          ("Qwen/Qwen2.5-0.5B", "Qwen/Qwen2.5-0.5B"),  # a hub id
+                          ("default", "default")]:
+        path.write_text(f"base_model: {written}\ndataset: d\n")
+        assert load_spec(path).base_model == str(read), written

@@ -21,6 +21,8 @@ from trainer_service.recipe.errors import PreflightError
 from trainer_service.recipe.spec import TrainingSpec
 
 TRUNCATION_WARN_RATE = 0.03  # a few % of rows losing their stop token is already visible
+# Most rows losing their stop token teach the model to run on: the founding failure.
+TRUNCATION_FAIL_RATE = 0.5
 UNTRAINED_PERCENTILE = 1.0  # a stop-token row below this percentile of ordinary rows' norms
 NEAR_MEAN_RATIO = 0.1  # ... or this close to the mean row, relative to the median distance
 # TRL packs through datasets' batched map, whose batches hold 1,000 rows: blocks never mix
@@ -44,6 +46,9 @@ class PreflightReport:
     validation_rows: int
     supervised_turns: int
     tokens_per_row: dict[str, float]
+    # supervised tokens per assistant turn as rendered (thinking and tool-call tags and the
+    # stop token included): what the model learns to generate in one reply
+    reply_tokens: dict[str, float]
     truncated_rows: int
     truncation_rate: float
     packing_efficiency: float
@@ -102,6 +107,18 @@ def _check_row(tokenizer, encoded, eot_id: int, row_id: str) -> int:
             f"{tokenizer.decode([encoded.input_ids[i] for i in missing])[:80]!r}", "chat_template",
             "wrap each whole assistant reply in {% generation %}...{% endgeneration %}")
     return len(encoded.spans)
+
+
+def _runs(mask: list[int]) -> list[int]:
+    """The lengths of the runs of 1s in a loss mask: one per supervised turn."""
+    runs, n = [], 0
+    for bit in mask:
+        if bit:
+            n += 1
+        elif n:
+            runs.append(n)
+            n = 0
+    return runs + [n] if n else runs
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -235,6 +252,42 @@ def check_embeddings(tokenizer, model, token_ids: list[int]) -> tuple[dict[str, 
     return result, untrained
 
 
+def check_lora_targets(config, target_modules) -> list[str]:
+    """The layers a list of ``lora.target_modules`` names wraps, by PEFT's rule (a module whose
+    name is the entry or ends with "." + it), found on a meta-device skeleton of the model
+    (no weights). PreflightError when a name matches no layer, or only modules LoRA cannot
+    wrap (a block rather than a layer), naming the model's linear layers; 'all-linear' is
+    PEFT's own choice and is not checked."""
+    if isinstance(target_modules, str):
+        return []
+    import torch
+    from transformers import AutoModelForCausalLM
+    from transformers.pytorch_utils import Conv1D
+
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(config)
+    layers = (torch.nn.Linear, torch.nn.Embedding, torch.nn.Conv1d, torch.nn.Conv2d, Conv1D)
+    modules = list(skeleton.named_modules())
+    output = skeleton.get_output_embeddings()
+    linear = sorted({name.rsplit(".", 1)[-1] for name, module in modules
+                     if isinstance(module, torch.nn.Linear) and module is not output})
+    wrapped, problems = [], []
+    for target in target_modules:
+        hits = [(name, module) for name, module in modules
+                if name == target or name.endswith("." + target)]
+        if not hits:
+            problems.append(f"{target!r} matches no module")
+        elif not any(isinstance(module, layers) for _, module in hits):
+            problems.append(f"{target!r} matches {type(hits[0][1]).__name__} blocks, not layers")
+        wrapped += [name for name, module in hits if isinstance(module, layers)]
+    if problems:
+        raise PreflightError(
+            "lora_targets_unknown", f"{'; '.join(problems)} in {type(skeleton).__name__}",
+            "lora.target_modules", f"name its linear layers ({', '.join(linear)}), or use "
+            "all-linear")
+    return wrapped
+
+
 def pack_blocks(lengths: list[int], max_seq_len: int) -> int:
     """Blocks that TRL's best-fit-decreasing packing (`packing_strategy="bfd"`) makes of rows of
     these token lengths: each row cut to max_seq_len, then, batch by batch of the map, the
@@ -332,6 +385,7 @@ def run_preflight(tokenizer, model_config_or_model, train_rows, validation_rows,
                              "point the job at a data engine output folder with train.jsonl")
 
     lengths, truncated, unsupervised, turns, dropped_reasoning, sample = [], 0, 0, 0, 0, ""
+    replies: list[int] = []
     for index, row in enumerate(train_rows):
         messages, tools, row_id = _messages(row)
         try:
@@ -346,6 +400,7 @@ def run_preflight(tokenizer, model_config_or_model, train_rows, validation_rows,
             1 for m in messages if m.get("role") == "assistant"
             and isinstance(m.get("reasoning_content"), str) and m["reasoning_content"].strip()
             and m["reasoning_content"].strip() not in encoded.text)
+        replies += _runs(encoded.mask)
         n = len(encoded.input_ids)
         lengths.append(n)
         if n > max_seq_len and any(encoded.mask[max_seq_len:]):
@@ -364,6 +419,13 @@ def run_preflight(tokenizer, model_config_or_model, train_rows, validation_rows,
                         "Qwen3's, renders them only after the last user message); it is not "
                         "trained")
     rate = truncated / len(lengths)
+    if rate > TRUNCATION_FAIL_RATE:
+        raise PreflightError(
+            "truncated_stop_tokens", f"{truncated} of {len(lengths)} rows ({rate:.1%}) lose "
+            f"supervised tokens, their stop token included, at max_seq_len {max_seq_len}: the "
+            "model would learn to run past the end of a reply", "training.max_seq_len",
+            f"raise max_seq_len to at least {int(_percentile(lengths, 95))} (95% of rows), or "
+            "drop long rows in the data engine (clean.length.max_tokens)")
     if rate > TRUNCATION_WARN_RATE:
         warnings.append(f"{truncated} of {len(lengths)} rows ({rate:.1%}) lose supervised tokens, "
                         f"their stop token included, at max_seq_len {max_seq_len}; raise "
@@ -399,6 +461,8 @@ def run_preflight(tokenizer, model_config_or_model, train_rows, validation_rows,
         validation_rows=len(validation_rows or []), supervised_turns=turns,
         tokens_per_row={"min": min(lengths), "median": _percentile(lengths, 50),
                         "p95": _percentile(lengths, 95), "max": max(lengths)},
+        reply_tokens={"median": _percentile(replies, 50), "p95": _percentile(replies, 95),
+                      "max": max(replies, default=0)},
         truncated_rows=truncated, truncation_rate=rate,
         packing_efficiency=_pack_efficiency(lengths, max_seq_len, packing, batch_size),
         plan=plan,

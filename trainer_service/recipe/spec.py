@@ -7,6 +7,7 @@ from published fine-tuning practice, with the reason in its help string.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,7 +55,11 @@ class LoraSpec:
         if not 0.0 <= self.dropout < 1.0:
             problems.append("dropout: must be in [0, 1)")
         tm = self.target_modules
-        if not (isinstance(tm, str) and tm) and not (
+        if isinstance(tm, str) and tm != "all-linear":
+            problems.append(f"target_modules: {tm!r} is neither 'all-linear' nor a list; write "
+                            f"a list of module names, e.g. [{tm}]" if tm else
+                            "target_modules: must be 'all-linear' or a non-empty list of names")
+        elif not isinstance(tm, str) and not (
                 isinstance(tm, list) and tm and all(isinstance(m, str) and m for m in tm)):
             problems.append("target_modules: must be 'all-linear' or a non-empty list of names")
         elif isinstance(tm, list) and "lm_head" in tm:
@@ -86,7 +91,8 @@ class TrainingSpec:
     packing: bool = _help("Pack rows into max_seq_len blocks (best-fit decreasing) with "
                           "per-row position ids, so packed rows never attend to each other.", True)
     eval_every_steps: int = _help("Evaluate on the validation split every N optimizer steps "
-                                  "(also the logging and checkpoint interval).", 50)
+                                  "(also the checkpoint interval; logging_steps is capped at "
+                                  "it).", 50)
     logging_steps: int = _help("Log train loss every N steps (capped at eval_every_steps); "
                                "each point averages its N steps, smoothing batch noise.", 10)
     early_stopping_patience: int = _help(
@@ -110,8 +116,8 @@ class TrainingSpec:
 
     def check(self) -> list[str]:
         problems = []
-        if self.epochs <= 0:
-            problems.append("epochs: must be > 0")
+        if not 0 < self.epochs < math.inf:
+            problems.append("epochs: must be > 0 and finite")
         if not 0 < self.learning_rate < 1:
             problems.append("learning_rate: must be in (0, 1)")
         if self.lr_scheduler not in SCHEDULERS:
@@ -143,8 +149,10 @@ class TrainingSpec:
         transformers rounds a ratio) and evaluations (every eval_every_steps, and one at the
         last step when it falls between)."""
         steps = self.planned_steps(items)
+        # transformers' constant schedule takes no warmup (constant_with_warmup does)
+        warmup = 0 if self.lr_scheduler == "constant" else math.ceil(steps * self.warmup_ratio)
         return {"train_items": items, "unit": "packed block" if self.packing else "row",
-                "optimizer_steps": steps, "warmup_steps": math.ceil(steps * self.warmup_ratio),
+                "optimizer_steps": steps, "warmup_steps": warmup,
                 "evaluations": math.ceil(steps / self.eval_every_steps) if has_validation else 0}
 
     def step_warnings(self, items: int, train_rows: int, has_validation: bool) -> list[str]:
@@ -153,18 +161,20 @@ class TrainingSpec:
         train for a handful of steps, mostly warmup, with no evaluation before the end."""
         plan = self.plan(items, has_validation)
         steps, unit = plan["optimizer_steps"], plan["unit"]
-        where = (f"{train_rows} train rows in {items} {unit}{'s' * (items != 1)}, "
-                 f"{self.per_device_batch} x {self.grad_accum} {unit}s a step")
+        where = (f"{train_rows} train rows in {items} {unit}{'s' * (items != 1)}"
+                 if self.packing else f"{items} train rows")
+        where += f", {self.per_device_batch} x {self.grad_accum} {unit}s a step"
         out = []
         if self.max_steps is None and steps < MIN_USEFUL_STEPS:
             out.append(f"training: only {steps} optimizer step{'s' * (steps != 1)} ({where}); "
                        f"warmup takes {plan['warmup_steps']} of them. Lower grad_accum (or "
                        "per_device_batch), or add rows")
         if has_validation and steps < self.eval_every_steps:
+            every = max(1, steps // 5)
             out.append(f"training.eval_every_steps: {self.eval_every_steps} > the run's {steps} "
                        f"optimizer step{'s' * (steps != 1)} ({where}): validation runs only at "
                        "the end, so early stopping and the overfitting alarm cannot act; set "
-                       f"eval_every_steps to {max(1, steps // 5)} or lower")
+                       f"eval_every_steps to {every}{' or lower' * (every > 1)}")
         return out
 
 
@@ -209,7 +219,10 @@ class TrainSpec:
     allow_no_validation: bool = _help(
         "Train without a validation split. Off: the failed run had none and nobody saw it "
         "overfit.", False)
-    dry_run: bool = _help("Build everything and run preflight, but take no optimizer step.", False)
+    dry_run: bool = _help("Stop after preflight: the template, masks, stop token, lengths and "
+                          "the plan (optimizer steps, warmup, evaluations) are checked and "
+                          "written (preflight.json), only the embedding rows are read from the "
+                          "weights, and no step is taken.", False)
     export: ExportSpec = _help("Exports made from the verified merged model (RUN_DIR/gguf/).",
                                factory=ExportSpec)
 
@@ -229,7 +242,8 @@ class TrainSpec:
         return problems
 
     def warnings(self, train_rows: int | None = None) -> list[str]:
-        """Advice that does not block training: epochs that overfit, a rank outside 16-64."""
+        """Advice that does not block training: epochs that overfit, a warmup the schedule
+        ignores, a rank outside 16-64."""
         out = []
         t = self.training
         if t.max_steps is None and t.epochs > MAX_EPOCHS:
@@ -240,25 +254,39 @@ class TrainSpec:
             out.append(f"training.epochs: {t.epochs:g} epochs on {train_rows} train rows "
                        f"(< {SMALL_TRAIN_ROWS}); the failed run overfit with 3 epochs on 638 rows, "
                        "use 1 epoch or more data")
+        if t.lr_scheduler == "constant" and t.warmup_ratio > 0:
+            out.append(f"training.warmup_ratio: {t.warmup_ratio:g} is ignored by the constant "
+                       "schedule; use lr_scheduler: constant_with_warmup to warm up")
         lo, hi = LORA_RANK_RANGE
         if not lo <= self.lora.r <= hi:
             out.append(f"lora.r: {self.lora.r} is outside the recommended {lo}-{hi}")
         return out
 
 
+def resolve_relative(data: dict[str, Any], base: Path) -> None:
+    """Makes a spec mapping's relative paths start at ``base``, the spec file's folder (see
+    `load_spec`)."""
+    for key, keywords in (("dataset", ()), ("chat_template", ("auto", "chatml"))):
+        value = data.get(key)
+        if isinstance(value, str) and value and value not in keywords \
+                and not Path(value).is_absolute():
+            data[key] = str(base / value)
+    model = data.get("base_model")
+    if isinstance(model, str) and model and model != "default" and not Path(model).is_absolute() \
+            and (model.startswith(".") or (base / model).is_dir()):
+        data["base_model"] = os.path.normpath(base / model)
+
+
 def load_spec(path: str | Path | None, overrides: dict[str, Any] | None = None) -> TrainSpec:
     """Reads a YAML spec (or none) and applies CLI overrides (`dataset`, `base_model`, ...).
 
-    Relative `dataset` and `chat_template` paths in the file are relative to the file's folder.
+    Relative `dataset` and `chat_template` paths in the file are relative to the file's
+    folder, and so is a `base_model` that is a folder there or starts with `.` (else it is a
+    hub id, or a folder relative to the working directory).
     """
     data, base, origin = read_yaml(path, "train spec")
     if path is not None:
-        relative = [("dataset", ()), ("chat_template", ("auto", "chatml"))]
-        for key, keywords in relative:
-            value = data.get(key)
-            if isinstance(value, str) and value and value not in keywords \
-                    and not Path(value).is_absolute():
-                data[key] = str(base / value)
+        resolve_relative(data, base)
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     data = {**data, **overrides}
     return from_dict(TrainSpec, data, origin)

@@ -94,7 +94,7 @@ def build_recipe(spec: TrainSpec, output_dir: Path, *, use_cpu: bool, has_valida
         per_device_train_batch_size=t.per_device_batch,
         per_device_eval_batch_size=t.per_device_batch,
         gradient_accumulation_steps=t.grad_accum,
-        gradient_checkpointing=t.gradient_checkpointing,
+        activation_checkpointing=t.gradient_checkpointing,  # transformers 5 name
         max_length=t.max_seq_len,
         packing=t.packing,
         # BFD packing is padding-free: no attention mask, position ids restart per row and
@@ -126,18 +126,13 @@ def build_recipe(spec: TrainSpec, output_dir: Path, *, use_cpu: bool, has_valida
     return Recipe(quantization=quant, lora=lora, sft=sft, torch_dtype=compute_dtype)
 
 
-def load_base(spec: TrainSpec, recipe: Recipe, *, use_cpu: bool) -> tuple[Any, str]:
-    """The base model, quantized as the recipe says, with the attention kernel of
-    ``training.attention`` (see recipe/attention.py); returns (model, the kernel and why)."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
+def choose_attention(spec: TrainSpec, config: Any) -> tuple[str, str]:
+    """The attention kernel for ``training.attention`` on this model and machine, and why
+    (recipe/attention.py); TrainError when the choice cannot run here. Preflight calls it,
+    so a dry run finds a kernel that is missing."""
     from trainer_service.recipe import attention
 
     t = spec.training
-    try:
-        config = AutoConfig.from_pretrained(spec.base_model)
-    except (OSError, ValueError):
-        config = None  # from_pretrained below reports it
     kernel, why = attention.resolve(t.attention, t.packing, config, t.max_seq_len)
     if kernel == "flash_attention_2":
         from transformers.utils import is_flash_attn_2_available
@@ -146,8 +141,23 @@ def load_base(spec: TrainSpec, recipe: Recipe, *, use_cpu: bool) -> tuple[Any, s
             raise TrainError("attention_unavailable", "flash_attention_2 needs the flash-attn "
                              "package and a CUDA GPU", "training.attention",
                              fix="install flash-attn, or use auto (torch's own varlen kernel)")
+    return kernel, why
+
+
+def load_base(spec: TrainSpec, recipe: Recipe, *, use_cpu: bool) -> tuple[Any, str]:
+    """The base model, quantized as the recipe says, with the attention kernel of
+    ``training.attention`` (see recipe/attention.py); returns (model, the kernel and why)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        config = AutoConfig.from_pretrained(spec.base_model)
+    except (OSError, ValueError):
+        config = None  # from_pretrained below reports it
+    kernel, why = choose_attention(spec, config)
     kwargs = dict(quantization_config=recipe.quantization, dtype=recipe.torch_dtype,
                   device_map={"": 0} if not use_cpu and recipe.quantization is not None else None)
+    if config is not None:
+        kwargs["config"] = config  # read once
     model = AutoModelForCausalLM.from_pretrained(spec.base_model, attn_implementation=kernel,
                                                  **kwargs)
     return model, why
@@ -162,10 +172,15 @@ def read_split(dataset_dir: Path, split: str) -> list[list[dict]]:
     for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
             continue
-        row = json.loads(line)
-        if not isinstance(row.get("messages"), list):
-            raise TrainError("dataset_row_invalid", f"{path}:{n}: row has no `messages` list",
-                             "dataset")
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise TrainError("dataset_row_invalid", f"{path}:{n}: not a JSON object ({exc})",
+                             "dataset", fix="rewrite the split with the data engine") from None
+        messages = row.get("messages") if isinstance(row, dict) else None
+        if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+            raise TrainError("dataset_row_invalid", f"{path}:{n}: row has no `messages` list "
+                             "of {role, content} objects", "dataset")
         rows.append([{k: v for k, v in m.items() if v is not None} for m in row["messages"]])
     return rows
 
@@ -355,7 +370,9 @@ def train(spec: TrainSpec, run_dir: str | Path,
     """Runs QLoRA SFT for `spec`, writing checkpoints, metrics.jsonl, report.html and adapter/
     under `run_dir`; resumes from the newest checkpoint there. Raises RecipeStopped when the
     hooks ask it to stop. Warnings in ``announced`` (preflight's) are returned, not logged
-    again."""
+    again. A ``dry_run`` spec goes further here than in `run_recipe` (which stops after
+    preflight): the base is loaded and quantized and the trainer built (rows packed), and no
+    step is taken."""
     import torch
     from transformers import AutoTokenizer, EarlyStoppingCallback, PrinterCallback
 
