@@ -32,8 +32,17 @@ def describe_form(spec: str) -> str:
                     "adapter folder (adapter_config.json) or a .gguf file", "form")
 
 
-def load_form(spec: str, base: str | None = None, dtype: str = "float32"):
-    """(model, folder or file to read the tokenizer from) for one form, in eval mode."""
+def load_form(spec: str, base: str | None = None, dtype: str = "float32", field: str = "model"):
+    """(model, folder or file to read the tokenizer from) for one form, in eval mode;
+    EvalError `model_not_loadable` (naming ``field``) when its files do not load."""
+    try:
+        return _load_form(spec, base, dtype)
+    except (OSError, ValueError) as exc:  # a missing base, a corrupt file
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise EvalError("model_not_loadable", f"{spec} does not load: {first}", field) from None
+
+
+def _load_form(spec: str, base: str | None, dtype: str):
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -85,12 +94,12 @@ def scored_logits(model, encoded: Sequence[Encoded], batch_rows: int):
 def compare_forms(a: str, b: str, rows: Sequence[EvalRow], base: str | None = None,
                   batch_rows: int = BATCH_ROWS) -> dict[str, Any]:
     """PPL of each form, their ratio, mean KL(A || B) and the same-top-token rate."""
-    model_a, source_a = load_form(a, base)
+    model_a, source_a = load_form(a, base, field="a")
     tokenizer = _load_tokenizer(source_a)
     encoded = encode_rows(tokenizer, rows)
     first = list(scored_logits(model_a, encoded, batch_rows))
     del model_a
-    model_b, source_b = load_form(b, base)
+    model_b, source_b = load_form(b, base, field="b")
     if len(_load_tokenizer(source_b)) != len(tokenizer):
         raise EvalError("vocab_mismatch", f"{a} and {b} have different vocabularies; they "
                         "are not forms of one model", "form")

@@ -67,6 +67,8 @@ def read_rows(data_dir: str | Path, split: str = "test", limit: int | None = Non
     """The rows of DATA_DIR/<split>.jsonl, in file order (the first ``limit`` if given)."""
     if split not in SPLITS:
         raise EvalError("bad_split", f"{split!r} is not one of {', '.join(SPLITS)}", "split")
+    if limit is not None and limit < 1:
+        raise EvalError("bad_option", f"{limit} is below 1", "limit")
     path = Path(data_dir) / f"{split}.jsonl"
     if not Path(data_dir).is_dir():
         raise EvalError("data_not_found", f"{data_dir} is not a folder (expected the output "

@@ -597,16 +597,21 @@ def export_gguf(run_dir: Path, types: Sequence[str] = DEFAULT_TYPES,
                           bad_input=True)
     forms = check_types(types)
     limits = {**TOLERANCES, **(tolerances or {})}
+    # the inputs first: a bad --data or a missing llama.cpp leaves an earlier export whole
+    eval_rows = export_rows(run_dir, data_dir, rows)
+    converter = ensure_converter(log)
     out = Path(out_dir).resolve() if out_dir else run_dir / "gguf"
     out.mkdir(parents=True, exist_ok=True)
     for form in forms:  # an export replaces its files: none of an earlier one is left behind
         (out / f"model-{form}.gguf").unlink(missing_ok=True)
+        (out / (f"quantize-{form}.log" if form != REFERENCE else "convert.log")).unlink(
+            missing_ok=True)
     state: dict[str, Any] = {"status": "running", "run_dir": str(run_dir),
                              "merged": str(merged), "out_dir": str(out), "types": forms,
                              "stages": [],
                              "tolerances": {t: asdict(limits[t]) for t in forms}}
     try:
-        _export(merged, out, forms, limits, data_dir, rows, run_dir, state, log, threads)
+        _export(merged, out, forms, limits, eval_rows, converter, state, log, threads)
     except ExportError as exc:
         state.update(status="failed", error={"code": exc.code, "message": exc.message,
                                              "field": exc.field})
@@ -628,7 +633,7 @@ def _write(path: Path, data: Any) -> None:
 
 
 def _export(merged: Path, out: Path, forms: list[str], limits: dict[str, Tolerance],
-            data_dir: Path | None, limit: int, run_dir: Path, state: dict[str, Any],
+            eval_rows: tuple[list[EvalRow], str], converter: Path, state: dict[str, Any],
             log: Callable[[str], None], threads: int | None) -> None:
     from transformers import AutoTokenizer
 
@@ -636,12 +641,11 @@ def _export(merged: Path, out: Path, forms: list[str], limits: dict[str, Toleran
     from evaluator.perplexity import encode_rows
 
     state["llama_cpp_python"] = llama_cpp_version()
-    converter = ensure_converter(log)
     state["converter"] = str(converter / CONVERTER_SCRIPT)
     state["scored_by"] = {"merged": "transformers (float32, evaluator.compare.load_form)",
                           "gguf": f"llama.cpp (llama-cpp-python {state['llama_cpp_python']},"
                                   " logits_all)"}
-    eval_rows, source = export_rows(run_dir, data_dir, limit)
+    eval_rows, source = eval_rows
     tokenizer = AutoTokenizer.from_pretrained(str(merged))
     try:
         encoded = encode_rows(tokenizer, eval_rows)

@@ -167,6 +167,14 @@ def run_eval(options: EvalOptions, log: Callable[[str], None] = print) -> dict[s
                         f"{', '.join(PPL_VIA)}", "ppl")
     if not options.model:
         raise EvalError("no_model", "pass --model MODEL_DIR or --base-url URL", "model")
+    for name in ("max_tokens", "concurrency"):  # limit: read_rows
+        value = getattr(options, name)
+        if value is not None and value < 1:
+            raise EvalError("bad_option", f"{value} is below 1", name)
+    out = Path(options.out)
+    if out.exists() and not out.is_dir():
+        raise EvalError("out_not_a_folder", f"{out} exists and is not a folder (EVAL_DIR gets "
+                        "metrics.json, samples.jsonl and report.html)", "out")
     gate = load_gate(options.gate)
     rows = read_rows(options.data, options.split, options.limit)
     model, run_base = model_target(options.model, "model", options.served_name)
@@ -179,6 +187,10 @@ def run_eval(options: EvalOptions, log: Callable[[str], None] = print) -> dict[s
         from evaluator.judged import build_judge
 
         judge = build_judge(options.judge)  # fail on a bad spec before serving anything
+        if gate.judge_score_min is not None and gate.judge_score_min > judge.config.scale:
+            raise EvalError("gate_unreachable", f"judge_score_min {gate.judge_score_min:g} is "
+                            f"above the judge's scale (scores run 1..{judge.config.scale})",
+                            "gate")
     log(f"eval: {len(rows)} {options.split} rows from {options.data}; baseline "
         f"{baseline_spec if baseline else 'none'}")
 

@@ -38,7 +38,8 @@ def trainer_serve(
     data_root: Annotated[list[Path], typer.Option(
         "--data-root", help="A folder jobs may read datasets and models from (repeatable).")],
     host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", help="0 picks a free port.")] = 50051,
+    port: Annotated[int, typer.Option("--port", min=0, max=65535,
+                                      help="0 picks a free port.")] = 50051,
     token_file: Annotated[Optional[Path], typer.Option(
         "--token-file", help="Require this bearer token on every call but health checks.")
                           ] = None,
@@ -50,7 +51,8 @@ def trainer_serve(
         "--ray-address", help="Ray cluster for --executor ray; default: a local Ray.")] = None,
     max_concurrent_jobs: Annotated[int, typer.Option("--max-concurrent-jobs")] = 1,
     metrics_port: Annotated[Optional[int], typer.Option(
-        "--metrics-port", help="Serve Prometheus /metrics on this port.")] = None,
+        "--metrics-port", min=0, max=65535, help="Serve Prometheus /metrics on this port.")
+                            ] = None,
     reflection: Annotated[bool, typer.Option(
         "--reflection/--no-reflection", help="Enable gRPC server reflection.")] = False,
     drain_timeout: Annotated[float, typer.Option(
@@ -82,7 +84,15 @@ def _client(server: str, token_file: Optional[Path], tls_ca: Optional[Path]):
 
     token = os.environ.get("TUNESMITH_TOKEN")
     if token_file is not None:
-        token = token_file.read_text(encoding="utf-8").strip()
+        try:
+            token = token_file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            typer.secho(f"error: --token-file: {token_file}: {exc.strerror or exc}", err=True,
+                        fg="red")
+            raise typer.Exit(EXIT_BAD_INPUT) from None
+        if not token:
+            typer.secho(f"error: --token-file: {token_file} is empty", err=True, fg="red")
+            raise typer.Exit(EXIT_BAD_INPUT)
     return TrainingClient(server, token=token or None, tls_ca=tls_ca)
 
 
@@ -263,15 +273,18 @@ def train_list(
     server: ServerOpt = DEFAULT_SERVER, token_file: TokenOpt = None, tls_ca: CaOpt = None,
     state: Annotated[Optional[list[str]], typer.Option(
         "--state", help="Only jobs in this state, e.g. RUNNING (repeatable).")] = None,
-    limit: Annotated[int, typer.Option("--limit", help="At most this many jobs.")] = 50,
+    limit: Annotated[int, typer.Option("--limit", min=1, help="At most this many jobs.")] = 50,
 ) -> None:
     """List jobs, newest first."""
     from protos.tunesmith.training.v1 import training_pb2 as pb
 
     try:
         states = [pb.JobState.Value("JOB_STATE_" + s.upper()) for s in state or []]
-    except ValueError as exc:
-        typer.secho(f"error: --state: {exc}", err=True, fg="red")
+    except ValueError:
+        known = [n.removeprefix("JOB_STATE_").lower() for n in pb.JobState.keys()
+                 if n != "JOB_STATE_UNSPECIFIED"]
+        typer.secho(f"error: --state: {', '.join(state or [])} is not a job state (one of "
+                    f"{', '.join(known)})", err=True, fg="red")
         raise typer.Exit(EXIT_BAD_INPUT) from None
     shown, token = 0, ""
     with _client(server, token_file, tls_ca) as client, _rpc_errors():

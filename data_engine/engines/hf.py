@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import math
+from pathlib import Path
 from typing import Any
 
 from data_engine.engines.base import (Conversation, EngineError, Generation, SamplingParams,
@@ -71,6 +72,8 @@ class TransformersEngine:
         if torch_dtype is None:
             raise EngineError("bad_dtype", f"{dtype!r} is not auto|float32|bfloat16|float16",
                               "engine.dtype")
+        if str(model).startswith(("/", ".", "~")) and not Path(model).expanduser().is_dir():
+            raise EngineError("model_not_loadable", f"{model} is not a folder", "engine.model")
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(model)
             self.lm = AutoModelForCausalLM.from_pretrained(model, dtype=torch_dtype)

@@ -8,7 +8,8 @@ from __future__ import annotations
 # Codes that mean "fix the command line"; every other code is a server that failed to start.
 INPUT_ERRORS = frozenset({"model_not_found", "adapter_not_found", "bad_adapter",
                           "adapter_rank_too_large", "adapter_with_gguf", "vllm_not_found",
-                          "llama_cpp_not_found", "bad_backend", "port_in_use"})
+                          "llama_cpp_not_found", "bad_backend", "port_in_use", "bad_port",
+                          "bad_dtype"})
 
 
 class ServeError(Exception):

@@ -37,6 +37,7 @@ from evaluator.serving.llama_cpp_cli import check_gguf_file, llama_cpp_command
 from evaluator.serving.vllm_cli import find_vllm, vllm_command
 
 BACKENDS = ("auto", "vllm", "transformers", "llama_cpp")  # llama_cpp: a .gguf MODEL
+DTYPES = ("auto", "bfloat16", "float16", "float32")
 STOP_GRACE_S = 10.0  # SIGTERM, then this long to drain, then SIGKILL
 POLL_S = 0.25
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
@@ -131,6 +132,9 @@ def start_server(model_dir: Path | str, adapter: Path | str | None = None,
                  log_path: Path | str | None = None) -> ModelServer:
     """Checks the input and starts the server process, without waiting for it; the caller
     owns it (`wait_ready`, `stop`). `serve_model` is the safe way to use this."""
+    if dtype not in DTYPES:
+        raise ServeError("bad_dtype", f"{dtype!r} is not one of {', '.join(DTYPES)}",
+                         field="dtype")
     gguf = Path(model_dir).suffix == ".gguf"
     if gguf and adapter is not None:
         raise ServeError("adapter_with_gguf", "a .gguf is served as it is; export the merged "
@@ -231,6 +235,8 @@ def check_port_free(host: str, port: int) -> int:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn and vLLM bind
         try:
             sock.bind((host, port))
+        except OverflowError:
+            raise ServeError("bad_port", f"{port} is not a port (1-65535)", field="port") from None
         except OSError as exc:
             raise ServeError("port_in_use", f"cannot listen on {host}:{port}: {exc.strerror}",
                              field="port") from None

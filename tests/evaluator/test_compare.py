@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from evaluator.compare import compare_forms, describe_form
+from evaluator.compare import compare_forms, describe_form, load_form
 from evaluator.data import EvalError, to_row
 
 ROWS = [to_row({"id": str(i), "source": "s", "messages": [
@@ -63,6 +63,20 @@ def test_unknown_forms_are_refused(tmp_path):
     with pytest.raises(EvalError) as exc:
         describe_form(str(tmp_path))
     assert (exc.value.code, exc.value.field) == ("form_not_found", "form")
+
+
+def test_forms_that_do_not_load_are_bad_input(tmp_path):
+    """A corrupt .gguf, or an adapter whose base is gone: the side at fault, no traceback."""
+    (tmp_path / "bad.gguf").write_bytes(b"garbage")
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps(
+        {"base_model_name_or_path": str(tmp_path / "gone")}))
+    for spec, field in [(str(tmp_path / "bad.gguf"), "a"), (str(adapter), "b")]:
+        with pytest.raises(EvalError) as exc:
+            load_form(spec, field=field)
+        assert (exc.value.code, exc.value.field) == ("model_not_loadable", field)
+        assert exc.value.bad_input and exc.value.message.startswith(f"{spec} does not load: ")
 
 
 @pytest.mark.slow

@@ -142,3 +142,27 @@ def test_bad_input_exits_2_before_serving_anything(data_dir, tmp_path, polite_mo
                 "--out", str(tmp_path / "e"))
     assert done.returncode == 2 and "data_not_found" in done.stderr
     assert not (tmp_path / "e").exists()
+
+
+@pytest.mark.parametrize("change, field, code", [
+    ({"limit": 0}, "limit", "bad_option"), ({"concurrency": 0}, "concurrency", "bad_option"),
+    ({"max_tokens": 0}, "max_tokens", "bad_option"), ({"out": "a-file"}, "out", "out_not_a_folder"),
+    ({"gate": "unreachable", "judge": "transformers:default"}, "gate", "gate_unreachable")])
+def test_options_that_would_fail_late_fail_first(data_dir, tmp_path, polite_model_dir, change,
+                                                 field, code):
+    """Each of these used to serve the model and measure first, then crash (an existing
+    file as --out, --concurrency 0), quietly change meaning (--limit 0 evaluated a row,
+    --max-tokens 0 the default budget), or judge against a score the scale never reaches."""
+    from evaluator.run import EvalOptions, run_eval
+
+    (tmp_path / "a-file").write_text("")
+    (tmp_path / "unreachable").write_text("judge_score_min: 9\n")  # valid on a 10-point scale
+    options = {"data": data_dir, "out": tmp_path / "e", "model": str(polite_model_dir),
+               "baseline": "none", **change}
+    for name in ("out", "gate"):
+        if isinstance(options.get(name), str):
+            options[name] = tmp_path / options[name]
+    with pytest.raises(EvalError) as err:
+        run_eval(EvalOptions(**options), log=lambda _: None)
+    assert (err.value.field, err.value.code) == (field, code) and err.value.bad_input
+    assert not (tmp_path / "e").exists()

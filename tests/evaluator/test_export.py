@@ -73,6 +73,25 @@ def test_tiny_export_writes_each_form_and_its_checks(tiny_run, tiny_export):
     assert q8["bytes"] < f16["bytes"]
 
 
+def test_a_refused_export_leaves_the_earlier_one_whole(tiny_run, tiny_export, monkeypatch):
+    """A mistyped --data, or a llama.cpp that is not there, is found before the earlier
+    export's files are replaced: they, and its export.json, stay as they were."""
+    from evaluator.export import CONVERTER_ENV
+
+    out = tiny_run / "gguf"
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    with pytest.raises(ExportError) as exc:
+        export_gguf(tiny_run, types=("f16", "q8_0"), data_dir=tiny_run / "nowhere",
+                    log=lambda _: None)
+    assert exc.value.code == "data_not_found"
+    monkeypatch.setenv(CONVERTER_ENV, str(tiny_run / "no-llama.cpp"))
+    with pytest.raises(ExportError) as exc:
+        export_gguf(tiny_run, types=("f16", "q8_0"), log=lambda _: None)
+    assert exc.value.code == "converter_not_found"
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+    assert json.loads((out / "export.json").read_text(encoding="utf-8"))["status"] == "succeeded"
+
+
 def test_a_gguf_whose_eos_is_not_the_end_of_turn_fails_loudly(tiny_run, chat_tokenizer,
                                                                 converter, tmp_path):
     """The founding bug: the merged model stops on <|im_end|> (generation_config.json) but

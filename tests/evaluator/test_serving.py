@@ -278,6 +278,12 @@ def test_bad_folders_are_refused_before_anything_starts(tiny, tmp_path):
         with serve_model(tmp_path / "model.gguf", adapter=tiny[0]):  # a .gguf is served as is
             pass
     assert err.value.code == "adapter_with_gguf" and err.value.bad_input
+    for kwargs, code, field in [({"dtype": "fp32"}, "bad_dtype", "dtype"),
+                                ({"port": 70000}, "bad_port", "port")]:
+        with pytest.raises(ServeError) as err:  # before loading anything, not a traceback
+            with serve_model(tiny[0], **kwargs):
+                pass
+        assert (err.value.code, err.value.field, err.value.bad_input) == (code, field, True)
     # the app itself refuses too, when started directly
     run = subprocess.run([sys.executable, "-m", "evaluator.serving.hf_app",
                           str(tmp_path / "no-config")], capture_output=True, text=True, timeout=60)

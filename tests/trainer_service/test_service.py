@@ -354,3 +354,36 @@ def test_a_killed_job_process_fails_its_job_not_the_server(server, client, roots
     assert "job.log" in failed.error.message
     dry = client.create(job_spec(roots[1], dry_run=True))  # the server carries on
     assert states(list(client.watch(dry.id)))[-1] == pb.JOB_STATE_SUCCEEDED
+
+
+def test_a_second_server_is_refused_a_port_or_state_dir_in_use(server, tmp_path, roots):
+    """gRPC's default SO_REUSEPORT let a second server bind the first one's port, and the
+    kernel then split clients between two job stores; each clash is now a flag error, and
+    the refused server lets go of what it took."""
+    from trainer_service.server.app import ServerConfigError, read_token
+
+    def config(state: str, **overrides):
+        return ServerConfig(state_dir=tmp_path / state, data_roots=list(roots),
+                            **{"port": 0, **overrides})
+
+    for state, overrides, flag in [("other", {"port": server.port}, "--port"),
+                                   ("state", {}, "--state-dir"),
+                                   ("other", {"metrics_port": server.metrics_port},
+                                    "--metrics-port")]:
+        with pytest.raises(ServerConfigError) as err:
+            create_server(config(state, **overrides)).start()
+        assert err.value.field == flag, err.value
+    second = create_server(config("other")).start()  # nothing of "other" was left held
+    second.stop(0)
+    with TrainingClient(server.address, token=TOKEN) as c:
+        assert c.list().jobs is not None  # the first server still answers alone
+    for overrides, flag in [({"port": 70000}, "--port"), ({"metrics_port": -1}, "--metrics-port")]:
+        with pytest.raises(ServerConfigError) as err:
+            create_server(config("third", **overrides))
+        assert err.value.field == flag and "is not a port" in err.value.message
+    with pytest.raises(ServerConfigError) as err:
+        create_server(ServerConfig(state_dir=Path("/proc/tunesmith"), data_roots=list(roots)))
+    assert err.value.field == "--state-dir"
+    with pytest.raises(ServerConfigError) as err:
+        read_token(tmp_path / "no-token")
+    assert err.value.field == "--token-file" and "No such file" in err.value.message

@@ -138,6 +138,10 @@ def test_client_commands_and_their_exit_codes(setup):
         bad = _cli("submit", str(typo), *auth)
         assert bad.returncode == 2 and "base_model: 'default' is the embedded model" in bad.stderr
 
+        bad = _cli("list", "--server", server.address, "--token-file", str(tmp_path / "nope"))
+        assert bad.returncode == 2 and "error: --token-file:" in bad.stderr, bad.stderr
+        bad = _cli("list", *auth, "--state", "bogus")
+        assert bad.returncode == 2 and "bogus is not a job state (one of queued," in bad.stderr
         listed = _cli("list", *auth, "--state", "succeeded")
         assert listed.returncode == 0 and listed.stdout.split()[0] == job_id
         got = _cli("get", job_id, *auth)

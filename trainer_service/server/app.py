@@ -67,13 +67,19 @@ class ServerConfig:
             raise ServerConfigError("--tls-cert", "give --tls-cert and --tls-key together")
         if self.max_concurrent_jobs < 1:
             raise ServerConfigError("--max-concurrent-jobs", "must be >= 1")
+        for flag, port in (("--port", self.port), ("--metrics-port", self.metrics_port)):
+            if port is not None and not 0 <= port <= 65535:
+                raise ServerConfigError(flag, f"{port} is not a port (0-65535; 0 picks a free one)")
 
 
 def read_token(path: Path | None) -> str | None:
     """The token in a file (surrounding whitespace removed), or None without a file."""
     if path is None:
         return None
-    token = Path(path).read_text(encoding="utf-8").strip()
+    try:
+        token = Path(path).read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ServerConfigError("--token-file", f"{path}: {exc.strerror or exc}") from None
     if not token:
         raise ServerConfigError("--token-file", f"{path} is empty")
     return token
@@ -86,7 +92,10 @@ class TrainerServer:
         config.check()
         self.config = config
         state_dir = Path(config.state_dir)
-        state_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            state_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ServerConfigError("--state-dir", f"{state_dir}: {exc.strerror or exc}") from None
         self._lock_fd = _lock_state_dir(state_dir)
         self.store = JobStore.in_dir(state_dir)
         if config.executor == "ray":
@@ -102,8 +111,10 @@ class TrainerServer:
         self.servicer = TrainingServicer(self.store, self.scheduler, config.data_roots,
                                          self.notifier)
         interceptors = [TokenAuthInterceptor(config.token)] if config.token else []
+        # no SO_REUSEPORT: gRPC's default lets a second server bind a port in use, and the
+        # kernel then splits clients between two job stores
         self.grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=config.rpc_threads),
-                                interceptors=interceptors)
+                                interceptors=interceptors, options=[("grpc.so_reuseport", 0)])
         training_pb2_grpc.add_TrainingServiceServicer_to_server(self.servicer, self.grpc)
         self.health = health.HealthServicer(experimental_non_blocking=True)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
@@ -114,12 +125,22 @@ class TrainerServer:
             services.append(reflection.SERVICE_NAME)
             reflection.enable_server_reflection(services, self.grpc)
         address = f"{config.host}:{config.port}"
-        if config.tls_cert:
-            creds = grpc.ssl_server_credentials([(Path(config.tls_key).read_bytes(),
-                                                  Path(config.tls_cert).read_bytes())])
-            self.port = self.grpc.add_secure_port(address, creds)
-        else:
-            self.port = self.grpc.add_insecure_port(address)
+        try:
+            if config.tls_cert:
+                creds = grpc.ssl_server_credentials([(Path(config.tls_key).read_bytes(),
+                                                      Path(config.tls_cert).read_bytes())])
+                self.port = self.grpc.add_secure_port(address, creds)
+            else:
+                self.port = self.grpc.add_insecure_port(address)
+        except OSError as exc:  # the TLS files
+            self._release()
+            raise ServerConfigError("--tls-cert", f"{exc.filename}: {exc.strerror}") from None
+        except RuntimeError:  # grpcio: "Failed to bind to address"
+            self.port = 0
+        if not self.port:
+            self._release()
+            raise ServerConfigError("--port", f"cannot bind {address}: the port is in use (or "
+                                    "the host is not this machine's)")
         self.metrics_port: int | None = None
         self._metrics_http = None
 
@@ -127,16 +148,29 @@ class TrainerServer:
     def address(self) -> str:
         return f"{self.config.host}:{self.port}"
 
+    def _release(self) -> None:
+        """Gives back what a server that failed to start holds: its port, executor (a Ray
+        connection) and state dir."""
+        self.grpc.stop(None)
+        self.notifier.close()
+        self.executor.close()
+        os.close(self._lock_fd)
+
     def start(self) -> "TrainerServer":
+        if self.config.metrics_port is not None:  # first: a port in use fails before any job
+            from trainer_service.server.metrics import start_metrics_server
+
+            try:
+                self._metrics_http, self.metrics_port = start_metrics_server(
+                    self.store, self.config.host, self.config.metrics_port)
+            except OSError as exc:
+                self._release()
+                raise ServerConfigError("--metrics-port", f"cannot bind {self.config.host}:"
+                                        f"{self.config.metrics_port}: {exc.strerror}") from None
         self.scheduler.start()  # recovers interrupted jobs before accepting calls
         self.grpc.start()
         for name in ("", SERVICE_NAME):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        if self.config.metrics_port is not None:
-            from trainer_service.server.metrics import start_metrics_server
-
-            self._metrics_http, self.metrics_port = start_metrics_server(
-                self.store, self.config.host, self.config.metrics_port)
         return self
 
     def drain(self, timeout_s: float | None = None) -> list[str]:
