@@ -5,12 +5,14 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 
 from data_engine.config_loader import from_dict, read_yaml
+from data_engine.errors import ConfigError
 
 FORMATS = ("auto", "messages", "sharegpt", "alpaca", "prompt_completion", "columns")
 COLUMN_ROLES = ("system", "user", "assistant", "id")
@@ -31,7 +33,8 @@ class InputConfig:
     path: str = _help("A JSONL file, a Parquet file or folder, or a datasets save_to_disk folder.", "")
     format: str = _help("Row format: auto (detected per row) | " + " | ".join(FORMATS[1:]) + ".",
                         "auto")
-    source: str | None = _help("Value of the `source` column; default: the file's stem.")
+    source: str | None = _help("Value of the `source` column; default: the file's name up to "
+                               "its first dot (a folder's name).")
     columns: dict[str, str] | None = _help(
         "Column mapping for other shapes, role -> column, e.g. {user: question, assistant: answer}; "
         "keys: " + ", ".join(COLUMN_ROLES) + ".")
@@ -171,6 +174,13 @@ class CleanConfig:
                     for name in self.disable if name not in FILTER_NAMES]
         problems += [f"languages: {code!r} is not a 2-letter code" for code in self.languages
                      if not (isinstance(code, str) and len(code) == 2 and code.isalpha())]
+        if self.languages and not problems:
+            from data_engine.filters.language import known_languages
+
+            known = known_languages()
+            problems += [f"languages: {code!r} is not a language the detector knows (lowercase "
+                         "ISO 639-1, e.g. en, ja, zh)" for code in self.languages
+                         if code not in known]
         return problems
 
 
@@ -229,6 +239,8 @@ class DedupConfig:
         for name in ("ngram", "bands", "rows_per_band"):
             if getattr(self, name) < 1:
                 problems.append(f"{name}: must be >= 1")
+        if self.seed < 0:
+            problems.append("seed: must be >= 0")
         return problems
 
 
@@ -281,10 +293,15 @@ class SplitConfig:
             problems.append(f"train + validation + test: must sum to 1, got {total:g}")
         if self.validation_floor < 0:
             problems.append("validation_floor: must be >= 0")
+        if self.floor_min_rows < 0:
+            problems.append("floor_min_rows: must be >= 0")
+        if not self.group_column:
+            problems.append("group_column: must be set")
         return problems
 
 
 ENGINE_KINDS = ("transformers", "openai", "vllm")
+ENGINE_DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 @dataclass
@@ -326,7 +343,19 @@ class EngineConfig:
             problems.append("max_retries: must be >= 0")
         if self.timeout_s <= 0:
             problems.append("timeout_s: must be > 0")
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
+            problems.append(f"device: {self.device!r} is not auto, cpu, cuda or cuda:N")
+        if self.dtype not in ENGINE_DTYPES:
+            problems.append(f"dtype: {self.dtype!r} is not one of {', '.join(ENGINE_DTYPES)}")
         return problems
+
+    def missing_model(self) -> str | None:
+        """Why a local model path cannot be loaded on this machine, or None (checked where
+        the engine will run: `data run` with an embedded Ray, `--judge` as it builds)."""
+        if self.kind != "openai" and self.model.startswith(("/", ".", "~")) \
+                and not Path(self.model).expanduser().is_dir():
+            return f"engine.model: {self.model} is not a folder"
+        return None
 
 
 @dataclass
@@ -369,6 +398,9 @@ class DataConfig:
         "Pointwise judge after synthesis: `judge_score`/`judge_mass` columns and, with a "
         "threshold, `low_judge_score` drops. null: off.")
 
+    def check(self) -> list[str]:
+        return ["seed: must be >= 0"] if self.seed < 0 else []
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -407,6 +439,14 @@ def load_config(path: str | Path | None, extra_inputs: list[str] = (),
     if craft is not None:  # like inputs, relative to the config file
         craft.corpus = [str((base / c).resolve()) for c in craft.corpus]
         craft.fewshots = str((base / craft.fewshots).resolve()) if craft.fewshots else ""
+        problems = [f"synth.craft.corpus: {c}: no such file or folder" for c in craft.corpus
+                    if not Path(c).exists()]
+        if not craft.fewshots:
+            problems.append("synth.craft.fewshots: must name a JSONL of task examples")
+        elif not Path(craft.fewshots).is_file():
+            problems.append(f"synth.craft.fewshots: {craft.fewshots}: no such file")
+        if problems:
+            raise ConfigError(problems, origin)
     known = {item.path for item in config.inputs}
     for raw in extra_inputs:
         resolved = str(Path(raw).resolve())

@@ -28,7 +28,7 @@ class PathError(DataEngineError):
     field = ""
 
     def __init__(self, path: str, message: str, field: str | None = None):
-        self.path = path
+        self.path, self.message = path, message
         self.field = field or self.field
         super().__init__(f"{self.field}: {path}: {message}")
 
@@ -72,3 +72,10 @@ class OutputError(PathError):
     stored stages)."""
 
     field = "out"
+
+
+class OutputPlaceError(OutputError):
+    """``--out`` cannot hold the outputs (a file, unwritable, overlapping the inputs); found
+    before anything is read or written."""
+
+    exit_code = 2

@@ -12,6 +12,7 @@ at once.
 from __future__ import annotations
 
 import json
+import os
 import platform
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -29,7 +30,7 @@ from rich.console import Console
 
 from data_engine.config import DataConfig
 from data_engine.dedup.stage import REF_BASE, DedupInputs, run_dedup, sign_rows, signature_key
-from data_engine.errors import ConfigError, LeakError
+from data_engine.errors import ConfigError, InputError, LeakError, OutputPlaceError
 from data_engine.executor import RaySession, map_tasks, ray_session
 from data_engine.filters.length import tokenizer_problem
 from data_engine.pipeline.clean import clean_batch
@@ -72,13 +73,16 @@ def run(config: DataConfig, out_dir: Path, console: Console | None = None,
     if not config.inputs:
         raise ConfigError(["inputs: give at least one --input or an `inputs:` entry"])
     console = console or Console(stderr=True)
-    out_dir = out_dir.resolve()
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = Path(out_dir).resolve()
     started = time.perf_counter()
     # Planning reads and hashes every input file (~2 s a GB): it runs while Ray starts,
     # unless a finished run is there, which it may show to be up to date (no Ray needed).
-    check_inputs(config.inputs + config.dedup.reference.inputs)  # fail before Ray starts
+    check_inputs(config.inputs)  # fail before Ray starts
+    check_inputs(config.dedup.reference.inputs, "dedup.reference.inputs")
+    check_out(out_dir, config)
     problem = tokenizer_problem(config.clean.length.tokenizer)
+    if not problem and config.ray.address is None and (config.judge or config.synth.enabled()):
+        problem = config.engine.missing_model()  # the engine runs on this machine's Ray
     if problem:
         raise ConfigError([problem])
     pool = ThreadPoolExecutor(1, thread_name_prefix="plan")
@@ -92,8 +96,13 @@ def run(config: DataConfig, out_dir: Path, console: Console | None = None,
                               "inputs")
             return RunResult(out_dir, finished)
     (out_dir / "manifest.json").unlink(missing_ok=True)  # written last: marks a finished run
+    for name in FINAL_OUTPUTS:  # an earlier run's: a run that fails must not leave them looking
+        (out_dir / name).unlink(missing_ok=True)  # finished (training reads train.jsonl)
     with ray_session(config.ray, out_dir) as session:
         plan = planned.result()
+        if not any(shard.rows for shard in plan.shards):
+            raise InputError(", ".join(item.path for item in config.inputs),
+                             "no rows to read (empty files)")
         tracker = StageProgress(tuple(s for s in STAGES
                                       if s in plan.keys or s in ("ingest", "export")),
                                 expected_rows=sum(s.rows for s in plan.shards),
@@ -115,6 +124,36 @@ def run(config: DataConfig, out_dir: Path, console: Console | None = None,
     if progress:
         console.print(tracker.summary())
     return RunResult(out_dir, manifest)
+
+
+# The files of a finished run beside manifest.json (`hf/` is replaced when it is saved).
+FINAL_OUTPUTS = tuple(f"{split}.jsonl" for split in SPLITS) + ("rejected.jsonl", "report.html")
+
+
+def check_out(out_dir: Path, config: DataConfig) -> None:
+    """Makes ``out_dir``, or raises OutputPlaceError (exit 2) when it cannot hold the outputs: a
+    file, unwritable, or where the run's inputs are (an input named like an output would be
+    replaced, and a folder input that is ``out_dir`` would read the outputs back)."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputPlaceError(str(out_dir), "exists and is not a folder")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputPlaceError(str(out_dir), f"cannot be made: {exc.strerror or exc}") from None
+    if not os.access(out_dir, os.W_OK | os.X_OK):
+        raise OutputPlaceError(str(out_dir), "is not writable")
+    written = FINAL_OUTPUTS + ("manifest.json",)
+    for item in config.inputs + config.dedup.reference.inputs:
+        source = Path(item.path).resolve()
+        if source == out_dir or (source.parent == out_dir and source.name in written):
+            raise OutputPlaceError(str(out_dir), f"overlaps the input {item.path}: the run would "
+                                   "overwrite it or read its own outputs back; choose another "
+                                   "--out")
+    for name in FINAL_OUTPUTS + (".stages", ".work"):
+        kind = "folder" if name.startswith(".") else "file"
+        path = out_dir / name
+        if path.exists() and path.is_dir() != (kind == "folder"):
+            raise OutputPlaceError(str(path), f"is in the way (the run writes a {kind} there)")
 
 
 @dataclass
@@ -140,6 +179,9 @@ def _stages(config: DataConfig, out_dir: Path, plan: _Plan, tracker: StageProgre
     context = _Context(config, StageStore(out_dir), plan.keys, tracker, session.read_args,
                        session.cpus, with_prompt=by_prompt)
     clean = context.stage("clean", lambda folder: _clean(context, plan.shards, folder))
+    if not sum(pq.ParquetFile(f).metadata.num_rows for f in clean.files("rows")):
+        raise InputError(", ".join(item.path for item in config.inputs),
+                         "no rows to read (blank lines only)")
     rows = _Rows([clean])
     if "synth" in plan.keys:
         rows.parts.append(context.stage("synth", lambda folder: _synth(context, clean, folder)))

@@ -79,13 +79,16 @@ def _print_outputs(result) -> None:
     typer.echo(f"outputs:  {result.out_dir}")
     typer.echo(f"manifest: {result.manifest_path}")
     typer.echo(f"report:   {result.report_path}")
+    for warning in result.manifest.get("warnings", []):
+        typer.secho(f"WARNING {warning}", err=True, fg="yellow")
 
 
 @data_app.command("run")
 def data_run(
     out: Annotated[Path, typer.Option("--out", help="Output folder (created).")],
     inputs: Annotated[list[Path], typer.Option(
-        "--input", help="JSONL, Parquet or datasets save_to_disk folder; repeatable.")] = [],
+        "--input", help="JSONL or Parquet file, a folder of them, or a datasets "
+        "save_to_disk folder; repeatable.")] = [],
     config: Annotated[Optional[Path], typer.Option(
         "--config", help="YAML config; `tunesmith data config` prints the defaults.")] = None,
     ray_address: Annotated[Optional[str], typer.Option(
@@ -93,8 +96,14 @@ def data_run(
     seed: Annotated[Optional[int], typer.Option("--seed", help="Overrides the config's seed.")] = None,
     progress: Annotated[bool, typer.Option(help="Show per-stage progress.")] = True,
 ) -> None:
-    """Ingest, clean and split chat data into train/validation/test files."""
-    _print_outputs(_run_data(config, inputs, out, ray_address, seed, progress))
+    """Ingest, clean and split chat data into train/validation/test files; exit 1 when no
+    row is left to train on (the reasons are in rejected.jsonl)."""
+    result = _run_data(config, inputs, out, ray_address, seed, progress)
+    _print_outputs(result)
+    if not result.manifest["counts"]["splits"]["train"]:
+        typer.secho("error: train is empty: no row is left to train on; rejected.jsonl says "
+                    "why for each row", err=True, fg="red")
+        raise typer.Exit(1)
 
 
 @data_app.command("config")

@@ -33,6 +33,11 @@ def _identifier():
     return LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=False)
 
 
+def known_languages() -> frozenset[str]:
+    """The ISO 639-1 codes the detector can return (its classes, aliases folded)."""
+    return frozenset(_ALIASES.get(c, c) for c in _identifier().nb_classes)
+
+
 def detect_language(text: str) -> str | None:
     """ISO 639-1 code of ``text``, or None when there is too little text to tell."""
     if _KANA.search(text):

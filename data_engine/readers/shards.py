@@ -67,15 +67,19 @@ def plan_shards(inputs: list[InputConfig], shard_rows: int) -> tuple[list[Shard]
     return shards, files
 
 
-def check_inputs(inputs: list[InputConfig]) -> None:
-    """Raises InputError for an input that does not exist or is of no kind we read, without
-    reading any file (planning reads and hashes them all)."""
+def check_inputs(inputs: list[InputConfig], field: str = "inputs") -> None:
+    """Raises InputError (naming ``field``) for an input that does not exist or is of no kind
+    we read, without reading any file (planning reads and hashes them all)."""
     for item in inputs:
-        _files_of(item.path)
+        try:
+            _files_of(item.path)
+        except InputError as exc:
+            raise InputError(exc.path, exc.message, field) from None
 
 
 def default_source(path: str) -> str:
-    """The `source` of rows from ``path``: the file's stem, or the folder's name."""
+    """The `source` of rows from ``path``: the file's name up to its first dot
+    (`qa.train.jsonl`: qa), or the folder's name."""
     p = Path(path)
     return p.name if p.is_dir() else p.name.split(".")[0]
 
@@ -92,16 +96,20 @@ def _files_of(path: str) -> list[tuple[str, str]]:
             return [(str(p), "parquet")]
         if name.endswith(".arrow"):
             return [(str(p), "arrow")]
-        raise InputError(path, "unsupported file type (expected .jsonl, .parquet or .arrow)")
+        raise InputError(path, "unsupported file type (expected .jsonl, .json, .ndjson, "
+                         ".parquet or .arrow, or a folder of them)")
     if (p / "dataset_dict.json").exists():
         splits = json.loads((p / "dataset_dict.json").read_text())["splits"]
         return [f for split in splits for f in _save_to_disk_files(p / split)]
     if (p / "state.json").exists():
         return _save_to_disk_files(p)
-    parquet = sorted(p.glob("*.parquet"))
-    if parquet:
-        return [(str(f), "parquet") for f in parquet]
-    raise InputError(path, "folder is neither a datasets save_to_disk folder nor holds *.parquet")
+    files = [(str(f), "parquet" if f.suffix.lower() == ".parquet" else "jsonl")
+             for f in sorted(p.iterdir()) if f.is_file()
+             and f.suffix.lower() in (".parquet", ".jsonl", ".json", ".ndjson")]
+    if files:
+        return files
+    raise InputError(path, "folder is neither a datasets save_to_disk folder nor holds "
+                     "*.parquet or *.jsonl files")
 
 
 def _save_to_disk_files(folder: Path) -> list[tuple[str, str]]:
@@ -132,7 +140,10 @@ def _plan_jsonl(index: int, path: str, shard_rows: int) -> tuple[list[Shard], st
 
 
 def _plan_parquet(index: int, path: str, shard_rows: int) -> tuple[list[Shard], str]:
-    meta = pq.ParquetFile(path).metadata
+    try:
+        meta = pq.ParquetFile(path).metadata
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise InputError(path, f"not a readable Parquet file ({exc})") from None
     shards, group_start, first_line, rows = [], 0, 1, 0
     for g in range(meta.num_row_groups):
         rows += meta.row_group(g).num_rows
@@ -144,8 +155,11 @@ def _plan_parquet(index: int, path: str, shard_rows: int) -> tuple[list[Shard], 
 
 
 def _plan_arrow(index: int, path: str, shard_rows: int) -> tuple[list[Shard], str]:
-    with pa.memory_map(path) as source:
-        rows = pa.ipc.open_stream(source).read_all().num_rows
+    try:
+        with pa.memory_map(path) as source:
+            rows = pa.ipc.open_stream(source).read_all().num_rows
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise InputError(path, f"not a readable Arrow stream ({exc})") from None
     shards = [Shard(index, path, "arrow", s, min(s + shard_rows, rows), s + 1,
                     min(s + shard_rows, rows) - s) for s in range(0, rows, shard_rows)]
     return shards, file_sha256(path)
@@ -174,9 +188,11 @@ def iter_shard(shard: Shard) -> Iterator[tuple[int, dict[str, Any] | None, str]]
         for offset, raw in enumerate(data.split(b"\n")):
             if not raw.strip():
                 continue  # blank lines (and the final newline) are not rows
-            text = raw.decode("utf-8", errors="replace").rstrip("\r")
-            try:
+            try:  # JSON text is UTF-8 (RFC 8259): other bytes make the line malformed, not
+                text = raw.decode("utf-8").rstrip("\r")  # silently replaced characters
                 row = json.loads(text)
+            except UnicodeDecodeError:
+                text, row = raw.decode("utf-8", errors="replace").rstrip("\r"), None
             except ValueError:
                 row = None
             yield shard.first_line + offset, row if isinstance(row, dict) else None, text

@@ -88,3 +88,33 @@ def test_load_config_errors_name_the_file(tmp_path):
     bad.write_text("clean: [unclosed")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(bad)
+
+
+def test_values_that_failed_inside_ray_are_config_errors(tmp_path):
+    """Each of these passed the config and failed later: a Ray traceback after clean and
+    dedup (engine device, dtype or model; a negative seed), or every row rejected as
+    wrong_language (a code the detector does not know)."""
+    data = {"seed": -3, "dedup": {"seed": -1}, "split": {"floor_min_rows": -1},
+            "clean": {"languages": ["EN", "xx", "en", "ja"]},
+            "engine": {"device": "tpu", "dtype": "int4", "model": str(tmp_path / "none")}}
+    with pytest.raises(ConfigError) as info:
+        config = from_dict(DataConfig, data)
+    assert sorted(p.split(":")[0] for p in info.value.problems) == [
+        "clean.languages", "clean.languages", "dedup.seed", "engine.device", "engine.dtype",
+        "seed", "split.floor_min_rows"]
+    # a model path is checked where the engine runs (a cluster's config names its own paths)
+    config = from_dict(DataConfig, {"engine": {"model": str(tmp_path / "none")}})
+    assert config.engine.missing_model() == f"engine.model: {tmp_path / 'none'} is not a folder"
+    assert any("'EN' is not a language the detector knows" in p for p in info.value.problems)
+    ok = from_dict(DataConfig, {"engine": {"device": "cuda:1", "dtype": "bfloat16"},
+                                "clean": {"languages": ["en", "zh"]}})
+    assert ok.engine.device == "cuda:1"
+
+
+def test_craft_needs_its_fewshots_and_corpus_on_disk(tmp_path):
+    (tmp_path / "cfg.yaml").write_text("synth:\n  craft: {corpus: [docs.jsonl]}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path / "cfg.yaml")
+    assert info.value.problems == [
+        f"synth.craft.corpus: {tmp_path / 'docs.jsonl'}: no such file or folder",
+        "synth.craft.fewshots: must name a JSONL of task examples"]

@@ -106,6 +106,19 @@ def test_jsonl_malformed_unknown_blank_and_line_numbers(tmp_path):
     assert files[0].kind == "jsonl" and len(files[0].sha256) == 64
 
 
+def test_a_line_that_is_not_utf8_is_malformed_not_silently_replaced(tmp_path):
+    """A Latin-1 line used to become "Caf\ufffd" in train.jsonl with no reason on record."""
+    path = tmp_path / "latin1.jsonl"
+    good = {"messages": [{"role": "user", "content": "Café?"},
+                         {"role": "assistant", "content": "Oui."}]}
+    path.write_bytes(json.dumps(good, ensure_ascii=False).encode("utf-8") + b"\n"
+                     + json.dumps(good, ensure_ascii=False).encode("latin-1") + b"\n")
+    rows = _ingest(tmp_path, [InputConfig(path=str(path))])[0].to_pylist()
+    assert [(r["_line"], r["_reason"]) for r in rows] == [(1, None), (2, "malformed_json")]
+    assert rows[0]["messages"][0]["content"] == "Café?"
+    assert "Caf\ufffd?" in rows[1]["_raw"]  # the raw line, kept for rejected.jsonl
+
+
 def test_parquet_file_and_folder(tmp_path):
     rows = [{"instruction": f"{i}+1?", "input": "", "output": f"等于 {i + 1}。"} for i in range(5)]
     folder = tmp_path / "pq"

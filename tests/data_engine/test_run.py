@@ -251,3 +251,87 @@ def test_cli_against_a_ray_cluster(tmp_path):
         head.terminate()
         head.wait(timeout=60)
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _rows_file(path: Path, n: int = 3) -> Path:
+    path.write_text("".join(json.dumps({"messages": [
+        {"role": "user", "content": f"Question {i}?"},
+        {"role": "assistant", "content": f"Answer number {i}."}]}) + "\n" for i in range(n)))
+    return path
+
+
+def test_an_out_that_cannot_hold_the_outputs_is_refused_before_reading(tmp_path):
+    """An --out that is the inputs' folder (its train.jsonl replaced the input), a file, or
+    holds a folder where a file goes: exit 2 before anything is read, the input untouched."""
+    from data_engine.errors import OutputPlaceError
+
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    source = _rows_file(inputs / "train.jsonl")
+    before = source.read_bytes()
+    (tmp_path / "a-file").write_text("")
+    (tmp_path / "blocked" / "train.jsonl").mkdir(parents=True)
+    for input_path, out, said in [
+            (source, inputs, "overlaps the input"),  # the run would write inputs/train.jsonl
+            (inputs, inputs, "overlaps the input"),  # and read it back next time
+            (source, tmp_path / "a-file", "exists and is not a folder"),
+            (source, tmp_path / "a-file" / "sub", "cannot be made"),
+            (source, tmp_path / "blocked", "is in the way")]:
+        config = DataConfig(inputs=[InputConfig(path=str(input_path))])
+        with pytest.raises(OutputPlaceError) as err:
+            run(config, out, progress=False)
+        assert said in str(err.value) and err.value.exit_code == 2, (out, err.value)
+    assert source.read_bytes() == before and not (inputs / "rejected.jsonl").exists()
+
+
+def test_a_missing_engine_model_is_refused_before_ray_starts(tmp_path):
+    """With the judge on, an engine.model folder that is not there failed inside a Ray actor
+    (a 145-line traceback, after clean and dedup)."""
+    from data_engine.config import EngineConfig
+    from data_engine.errors import ConfigError
+    from data_engine.synth.judge import JudgeConfig
+
+    config = DataConfig(inputs=[InputConfig(path=str(_rows_file(tmp_path / "rows.jsonl")))],
+                        engine=EngineConfig(model=str(tmp_path / "no-model")),
+                        judge=JudgeConfig())
+    with pytest.raises(ConfigError, match="engine.model: .* is not a folder"):
+        run(config, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out" / ".ray").exists()
+
+
+def test_a_folder_input_reads_its_jsonl_and_parquet_files(tmp_path):
+    from data_engine.readers.shards import _files_of
+
+    _rows_file(tmp_path / "b.jsonl")
+    pq.write_table(pa.table({"messages": ["x"]}), tmp_path / "a.parquet")
+    (tmp_path / "notes.txt").write_text("not data")
+    assert _files_of(str(tmp_path)) == [(str(tmp_path / "a.parquet"), "parquet"),
+                                        (str(tmp_path / "b.jsonl"), "jsonl")]
+
+
+def test_inputs_with_no_rows_or_unreadable_are_input_errors(ray_local, tmp_path):
+    """Empty and blank files, a Parquet of no rows, or a file that is not Parquet: a
+    one-line error naming the file (they were tracebacks). A run that fails once started
+    has removed an earlier run's outputs, so train.jsonl never looks finished without its
+    manifest; one refused while planning (the unreadable file) changed nothing."""
+    from data_engine.errors import InputError
+
+    (tmp_path / "empty.jsonl").write_text("")
+    (tmp_path / "blank.jsonl").write_text("\n  \n\n")
+    pq.write_table(pa.table({"messages": pa.array([], pa.string())}), tmp_path / "none.parquet")
+    (tmp_path / "broken.parquet").write_text("garbage")
+    out = tmp_path / "out"
+    for name, said in [("empty.jsonl", "no rows to read"), ("blank.jsonl", "no rows to read"),
+                       ("none.parquet", "no rows to read"),
+                       ("broken.parquet", "not a readable Parquet file")]:
+        out.mkdir(exist_ok=True)
+        for stale in ("train.jsonl", "report.html", "manifest.json"):
+            (out / stale).write_text("from an earlier run")
+        with pytest.raises(InputError) as err:
+            run(DataConfig(inputs=[InputConfig(path=str(tmp_path / name))]), out,
+                progress=False)
+        assert str(tmp_path / name) in str(err.value) and said in str(err.value), err.value
+        assert err.value.exit_code == 2
+        left = [(out / stale).exists() for stale in ("train.jsonl", "report.html",
+                                                     "manifest.json")]
+        assert left == [name == "broken.parquet"] * 3, (name, left)
