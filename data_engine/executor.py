@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import socket
 import tempfile
 import threading
 from collections import deque
@@ -89,9 +90,12 @@ def ray_session(config: RayConfig, run_dir: Path) -> Iterator[RaySession]:
     temp_dir: str | None = None
     cleanup = False
     if address:
+        problem = _unreachable(address)
+        if problem:  # before ray.init, which retries a dead address for minutes
+            raise ClusterError(address, problem)
         try:
             ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
-        except ConnectionError as exc:
+        except (ConnectionError, ValueError) as exc:
             raise ClusterError(address, str(exc)) from None
     else:
         os.environ.pop("RAY_ADDRESS", None)  # an embedded head, never a remote cluster
@@ -164,6 +168,21 @@ def map_tasks(fn: Callable[..., T], calls: Iterable[tuple], remote_args: dict[st
         if call is not None:
             running.append(remote.remote(*call))
         yield result
+
+
+def _unreachable(address: str, timeout_s: float = 5.0) -> str | None:
+    """Why nothing can answer at a cluster ``address`` (host:port, or ray://host:port), or
+    None when something listens there ("auto" is left to Ray)."""
+    if address == "auto":
+        return None
+    host, sep, port = address.split("://")[-1].rpartition(":")
+    if not sep or not host or not port.isdigit():
+        return "not a host:port address"
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        return f"nothing answers there ({exc.strerror or exc})"
+    return None
 
 
 def _is_loopback(address: str) -> bool:

@@ -335,3 +335,26 @@ def test_inputs_with_no_rows_or_unreadable_are_input_errors(ray_local, tmp_path)
         left = [(out / stale).exists() for stale in ("train.jsonl", "report.html",
                                                      "manifest.json")]
         assert left == [name == "broken.parquet"] * 3, (name, left)
+
+
+def test_an_unreachable_cluster_fails_at_once(tmp_path):
+    """`--ray-address` at a port nothing listens on hung for minutes in Ray's retries (the
+    run was killed after 400 s), and `notahost` was a ValueError traceback: both exit 3."""
+    import socket
+    import time
+
+    from data_engine.executor import _unreachable
+
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        assert _unreachable(f"127.0.0.1:{listening.getsockname()[1]}") is None
+    assert _unreachable("notahost") == "not a host:port address"
+    assert _unreachable("127.0.0.1:1").startswith("nothing answers there")
+    _rows_file(tmp_path / "rows.jsonl")
+    started = time.monotonic()
+    done = _cli("data", "run", "--input", "rows.jsonl", "--out", "o", "--ray-address",
+                "127.0.0.1:1", cwd=tmp_path)
+    assert done.returncode == 3, done.stderr[-2000:]
+    assert "cannot connect to Ray at 127.0.0.1:1: nothing answers there" in done.stderr
+    assert time.monotonic() - started < 60
