@@ -95,7 +95,7 @@ def judge_rows(rows: list[dict[str, Any]], config: DataConfig,
     and `judge_error`; rows under the threshold get `_reason` low_judge_score."""
     import pyarrow as pa
 
-    from data_engine.synth.judge import Judge, judge_table
+    from data_engine.synth.judge import UNJUDGED_ORIGINS, Judge, judge_table
 
     overrides = {k: v for k, v in (("threshold", threshold), ("apply_to", apply_to))
                  if v is not None}
@@ -104,7 +104,11 @@ def judge_rows(rows: list[dict[str, Any]], config: DataConfig,
     from data_engine.synth.judge import JudgeConfig
 
     judging = from_dict(JudgeConfig, {**asdict(block(config, "judge")), **overrides}, "judge")
-    engine = engine_factory()
+    if judging.apply_to == "synthesized" and rows and all(
+            r.get("origin") in UNJUDGED_ORIGINS for r in rows):
+        raise ConfigError([f"judge.apply_to: synthesized, and none of the {len(rows)} rows is "
+                           "synthesized (no origin other than seed); pass --all to judge them"])
+    engine = engine_factory()  # only once there is something to judge (it loads a model)
     try:
         table = pa.table({
             "messages": [r["messages"] for r in rows],

@@ -94,6 +94,10 @@ def test_bad_config_fails_before_a_model_loads(tmp_path):
     assert done.returncode == 2
     assert "judge.scale" in done.stderr and "engine.base_url" in done.stderr
     assert not (tmp_path / "j.jsonl").exists()
+    # only seed rows and no --all: nothing to judge, said before the model loads
+    done = tunesmith("judge", "--input", str(rows), "--out", "j.jsonl", "--model",
+                     str(tmp_path / "no-model"), cwd=tmp_path)
+    assert done.returncode == 2 and "pass --all to judge them" in done.stderr, done.stderr
     done = tunesmith("synth", "evol", "--input", str(tmp_path / "missing.jsonl"), "--out",
                      "e.jsonl", cwd=tmp_path)
     assert done.returncode == 2 and "missing.jsonl" in done.stderr
