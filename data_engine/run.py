@@ -42,8 +42,8 @@ from data_engine.readers.ingest import ingest_shards
 from data_engine.readers.shards import Shard, check_inputs, file_sha256, plan_shards
 from data_engine.schema import IDX, SPLITS
 from data_engine.stages import StageOutput, StageStore, stage_key, write_table
-from data_engine.writers.outputs import OUTPUT_SCHEMA, DatasetWriter, finalize_batch, \
-    render_batch
+from data_engine.writers.outputs import (OUTPUT_SCHEMA, REJECTED_FILE, SPLIT_FILES,
+                                         DatasetWriter, finalize_batch, render_batch)
 from data_engine.writers.report import write_report
 
 STAGES = ("ingest", "clean", "synth", "judge", "dedup", "mix", "split", "export")
@@ -127,7 +127,7 @@ def run(config: DataConfig, out_dir: Path, console: Console | None = None,
 
 
 # The files of a finished run beside manifest.json (`hf/` is replaced when it is saved).
-FINAL_OUTPUTS = tuple(f"{split}.jsonl" for split in SPLITS) + ("rejected.jsonl", "report.html")
+FINAL_OUTPUTS = (*SPLIT_FILES.values(), REJECTED_FILE, "report.html")
 
 
 def check_out(out_dir: Path, config: DataConfig) -> None:

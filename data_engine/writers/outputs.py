@@ -40,6 +40,9 @@ REASONS = tuple(dict.fromkeys(CLEAN_REASONS + EVOL_REASONS + SELF_INSTRUCT_REASO
                               + CRAFT_REASONS + (JUDGE_REASON,) + DEDUP_REASONS
                               + (MIX_REASON,)))
 EXAMPLES_PER_REASON = 3
+# The output contract's files (besides manifest.json, report.html and hf/).
+SPLIT_FILES = {split: f"{split}.jsonl" for split in SPLITS}
+REJECTED_FILE = "rejected.jsonl"
 OUTPUT_SCHEMA = pa.schema(list(ROW_SCHEMA) + [NUM_TOKENS] + PROVENANCE_FIELDS + JUDGE_FIELDS)
 # Rejected rows sort after every kept row when the output follows the mix order.
 _REJECTED_ORDER = 1 << 62
@@ -406,8 +409,8 @@ class DatasetWriter:
         self._tokens: dict[str, list[np.ndarray]] = {s: [] for s in SPLITS}
         self.examples: dict[str, list[dict[str, Any]]] = defaultdict(list)
         # binary: lines are written straight from Arrow's UTF-8 buffers
-        self._split_files = {s: open(out_dir / f"{s}.jsonl", "wb") for s in SPLITS}
-        self._rejected = open(out_dir / "rejected.jsonl", "wb")
+        self._split_files = {s: open(out_dir / SPLIT_FILES[s], "wb") for s in SPLITS}
+        self._rejected = open(out_dir / REJECTED_FILE, "wb")
         self._arrow = {s: pa.ipc.new_stream(str(self.work_dir / f"{s}.arrow"), OUTPUT_SCHEMA)
                        for s in SPLITS}
 
