@@ -9,7 +9,11 @@ MESSAGE_TYPE = pa.struct([
     pa.field("content", pa.string()),
     pa.field("reasoning_content", pa.string()),  # null when the turn has none
     pa.field("tool_calls", pa.string()),  # JSON text of the OpenAI tool_calls list, or null
+    pa.field("tool_call_id", pa.string()),  # on a tool turn: the call it answers, or null
+    pa.field("name", pa.string()),  # OpenAI's optional `name` (a tool turn's function), or null
 ])
+# The message fields that are null on a plain turn (every field but role and content).
+OPTIONAL_MESSAGE_FIELDS = tuple(f.name for f in MESSAGE_TYPE if f.name not in ("role", "content"))
 
 ROW_FIELDS = [
     pa.field("id", pa.string()),

@@ -63,6 +63,10 @@ class MessageView:
     def tool_calls(self) -> list[str | None]:
         return self._field("tool_calls")
 
+    @cached_property
+    def tool_call_ids(self) -> list[str | None]:
+        return self._field("tool_call_id")
+
     def texts(self, where: np.ndarray) -> list[str]:
         """``contents`` of the messages at ``where`` (indices), made only for those."""
         return self.content_array.take(where).to_pylist()

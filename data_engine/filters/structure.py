@@ -1,10 +1,13 @@
-"""Conversation-shape filters: empty turns, role order, and a final assistant reply.
+"""Conversation-shape filters: empty turns, role order, tool results that answer no call, and
+a final assistant reply.
 
 Each is vectorised over the batch; ``role_order_ok`` is the one-row definition that the
 role-order pattern below encodes.
 """
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pyarrow as pa
@@ -82,6 +85,51 @@ def bad_role_order(view: MessageView, config: CleanConfig, alive: np.ndarray | N
     """`bad_role_order`: see ``role_order_ok``."""
     ok = to_numpy_bool(pc.match_substring_regex(_role_letters(view), _ROLE_ORDER))
     return reasons_of(~ok, "bad_role_order")
+
+
+def _call_ids(tool_calls: str | None) -> set[str]:
+    """The ids of a turn's tool calls (JSON text of the OpenAI list); calls without one are
+    left out."""
+    try:
+        calls = json.loads(tool_calls or "[]")
+    except ValueError:
+        return set()
+    if not isinstance(calls, list):
+        return set()
+    return {str(c["id"]) for c in calls if isinstance(c, dict) and c.get("id") is not None}
+
+
+def unmatched_tool_call(view: MessageView, config: CleanConfig, alive: np.ndarray | None = None
+                        ) -> Reasons:
+    """`unmatched_tool_call`: a tool turn's `tool_call_id` names no call of the assistant turn
+    before it, or a call another result already answered; or results that carry ids leave one
+    of the calls unanswered. Only ids are checked: results without `tool_call_id`, or calls
+    without ids, are matched by position (as templates without ids read them)."""
+    has_id = to_numpy_bool(pc.is_valid(view.column("tool_call_id")))
+    rows = view.any_per_row(has_id)
+    if alive is not None:
+        rows &= np.asarray(alive, dtype=bool)
+    hit = np.zeros(len(view.offsets) - 1, dtype=bool)
+    roles, ids = view.roles, view.tool_call_ids
+    for row in np.flatnonzero(rows):
+        unanswered: set[str] = set()  # the last call turn's call ids with no result yet
+        by_id = False  # a result of that call turn named its call
+        for i in view.span(row):
+            if roles[i] != "tool":
+                if by_id and unanswered:
+                    break
+                unanswered = _call_ids(view.tool_calls[i]) if view.has_calls[i] else set()
+                by_id = False
+            elif ids[i] is not None and (unanswered or by_id):
+                if ids[i] not in unanswered:
+                    break
+                unanswered.discard(ids[i])
+                by_id = True
+        else:
+            hit[row] = by_id and bool(unanswered)
+            continue
+        hit[row] = True
+    return reasons_of(hit, "unmatched_tool_call")
 
 
 def no_assistant_reply(view: MessageView, config: CleanConfig, alive: np.ndarray | None = None

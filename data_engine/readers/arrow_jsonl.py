@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 import pyarrow.json as pj
 
 from data_engine.readers.formats import row_id
-from data_engine.schema import MESSAGE_TYPE, WORK_SCHEMA
+from data_engine.schema import MESSAGE_TYPE, OPTIONAL_MESSAGE_FIELDS, WORK_SCHEMA
 
 # Roles the per-row path keeps as they are (it strips and lower-cases the role).
 ROLES = ("system", "user", "assistant", "tool")
@@ -118,7 +118,7 @@ def _messages(table: pa.Table) -> pa.ListArray | None:
         pa.nulls(len(values))
     content = pc.fill_null(content.cast(pa.string()), "")
     struct = pa.StructArray.from_arrays(
-        [role, content, pa.nulls(len(values), pa.string()), pa.nulls(len(values), pa.string())],
+        [role, content] + [pa.nulls(len(values), pa.string()) for _ in OPTIONAL_MESSAGE_FIELDS],
         fields=list(MESSAGE_TYPE))
     offsets = pc.subtract(column.offsets, column.offsets[0])
     return pa.ListArray.from_arrays(offsets, struct, type=pa.list_(MESSAGE_TYPE))

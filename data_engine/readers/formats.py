@@ -25,6 +25,11 @@ _REQUIRED = {"messages": ("messages",), "sharegpt": ("conversations",),
              "alpaca": ("instruction", "output"), "prompt_completion": ("prompt", "completion")}
 
 
+# Message fields that enter a hashed id only when set: they joined the schema after ids were
+# first hashed, and leaving them out when null keeps every earlier id (and split) the same.
+_HASHED_WHEN_SET = ("tool_call_id", "name")
+
+
 class UnknownFormat(ValueError):
     """The row matches no known shape (or a shape with values of the wrong type)."""
 
@@ -77,7 +82,9 @@ def row_id(row: dict[str, Any], messages: list[Message], columns: dict[str, str]
     value = row.get(key)
     if value is not None and not isinstance(value, (dict, list)) and str(value) != "":
         return str(value)
-    canonical = json.dumps(messages, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+    turns = [{k: v for k, v in m.items() if v is not None or k not in _HASHED_WHEN_SET}
+             for m in messages]
+    canonical = json.dumps(turns, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
     return "h" + hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
 
 
@@ -126,12 +133,19 @@ def _openai_message(m: Any) -> Message:
     if tool_calls is not None and not isinstance(tool_calls, str):
         tool_calls = json.dumps(tool_calls, ensure_ascii=False)
     reasoning = m.get("reasoning_content", m.get("reasoning"))
-    return {
+    message = {
         "role": str(m["role"]).strip().lower(),
         "content": _text(m.get("content"), "content"),
         "reasoning_content": None if reasoning is None else _text(reasoning, "reasoning_content"),
         "tool_calls": tool_calls or None,
     }
+    for key in _HASHED_WHEN_SET:  # a tool turn's call id and function name, kept as given
+        value = m.get(key)
+        if value is not None and value != "":
+            if isinstance(value, (dict, list, bool)):
+                raise UnknownFormat(f"{key}: expected text, got {type(value).__name__}")
+            message[key] = str(value)
+    return message
 
 
 def _message(role: str, content: Any, where: str) -> Message:

@@ -60,6 +60,9 @@ def chat_row(row: dict[str, Any]) -> dict[str, Any]:
                 out["tool_calls"] = json.loads(m["tool_calls"])
             except ValueError:
                 out["tool_calls"] = m["tool_calls"]
+        for name in ("tool_call_id", "name"):
+            if m.get(name) is not None:
+                out[name] = m[name]
         messages.append(out)
     out = {"id": row["id"], "messages": messages, "source": row["source"], "tags": row["tags"],
            "num_tokens": row["num_tokens"]}
@@ -247,8 +250,9 @@ def _plain_lines(rows: pa.Table) -> tuple[np.ndarray, pa.Array]:
     render_batch."""
     messages, m_offsets = list_offsets(rows.column("messages"))
     tags, t_offsets = list_offsets(rows.column("tags"))
-    odd_turn = (to_numpy_bool(pc.is_valid(messages.field("reasoning_content")))
-                | to_numpy_bool(pc.not_equal(messages.field("tool_calls"), "")))
+    odd_turn = to_numpy_bool(pc.not_equal(messages.field("tool_calls"), ""))
+    for name in ("reasoning_content", "tool_call_id", "name"):
+        odd_turn = odd_turn | to_numpy_bool(pc.is_valid(messages.field(name)))
     fast = ~any_per_row(odd_turn, m_offsets)
     for name in ("group", "judge_score", "judge_mass"):
         if name in rows.column_names:

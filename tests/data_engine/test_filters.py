@@ -12,7 +12,8 @@ from data_engine.filters.language import detect_language, wrong_language
 from data_engine.filters.length import estimate_tokens, length_bounds
 from data_engine.filters.repetition import has_char_run, is_degenerate
 from data_engine.filters.special_tokens import special_token_literal
-from data_engine.filters.structure import bad_role_order, empty_turn, no_assistant_reply
+from data_engine.filters.structure import (bad_role_order, empty_turn, no_assistant_reply,
+                                           unmatched_tool_call)
 from data_engine.filters.tag_list import is_tag_list
 
 from .helpers import chat, msg, view_of
@@ -71,6 +72,50 @@ def test_bad_role_order_tool_turns_need_a_call_and_a_reply():
              msg("tool", "晴"), msg("tool", "18度"), msg("assistant", "北京今天晴，18度。"),
              msg("user", "谢谢"), msg("assistant", "不客气！")]
     assert reasons(bad_role_order, [valid, chat("Hi", "Hello!", system="Be kind.")]) == [None, None]
+
+
+# unmatched_tool_call -----------------------------------------------------------------------
+
+def _calls(*ids):
+    return json.dumps([{"id": i, "type": "function",
+                        "function": {"name": "weather", "arguments": "{}"}} for i in ids])
+
+
+def _result(call_id, text="晴れ"):
+    return dict(msg("tool", text), tool_call_id=call_id)
+
+
+def _tools(call_turn, *results):
+    return [msg("user", "東京と大阪の天気は？"), msg("assistant", "", call_turn), *results,
+            msg("assistant", "東京は晴れ、大阪は雨です。")]
+
+
+@pytest.mark.parametrize("conversation", [
+    _tools(_calls("a", "b"), _result("a"), _result("c")),  # names no call
+    _tools(_calls("a", "b"), _result("a"), _result("a")),  # answers a call twice
+    _tools(_calls("a", "b"), _result("a")),  # leaves b unanswered
+    _tools(_calls("a"), _result("a")) + [msg("user", "もう一度"), msg("assistant", "", _calls("d")),
+                                          _result("a"), msg("assistant", "晴れ")],  # an old call
+], ids=["unknown id", "answered twice", "unanswered", "earlier turn's id"])
+def test_unmatched_tool_call_drops(conversation):
+    assert reasons(unmatched_tool_call, [conversation]) == ["unmatched_tool_call"]
+
+
+def test_unmatched_tool_call_keeps_matched_and_positional_results():
+    keep = [
+        _tools(_calls("a", "b"), _result("b"), _result("a")),  # parallel calls, any order
+        _tools(_calls("a", "b"), msg("tool", "晴れ"), msg("tool", "雨")),  # results without ids
+        _tools(CALL, _result("x"), msg("tool", "雨")),  # calls without ids: nothing to check
+        _tools(_calls("a"), _result("a")) + [msg("user", "もう一度"),
+                                              msg("assistant", "", _calls("a")), _result("a"),
+                                              msg("assistant", "晴れ")],  # an id used again later
+        chat("Hi", "Hello!"),
+    ]
+    assert reasons(unmatched_tool_call, keep) == [None] * len(keep)
+    bad = _tools(_calls("a"), _result("z"))
+    assert reasons(unmatched_tool_call, [bad, bad]) == ["unmatched_tool_call"] * 2
+    assert unmatched_tool_call(view_of([bad, bad]), CleanConfig(), alive=[False, True]) == \
+        [None, "unmatched_tool_call"]
 
 
 # no_assistant_reply ------------------------------------------------------------------------

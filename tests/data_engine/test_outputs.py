@@ -53,7 +53,9 @@ ROWS = [
     # shapes chat_row writes differently: reasoning, tool calls, group, provenance, judge
     {"id": "reasoning", "messages": [_turn("user", "q"), _turn("assistant", "a", "think")]},
     {"id": "tools", "messages": [_turn("assistant", None, tool_calls='[{"id": "c1"}]'),
-                                 _turn("tool", "42"), _turn("assistant", "done", None, "")]},
+                                 dict(_turn("tool", "42"), tool_call_id="c1", name="f"),
+                                 _turn("assistant", "done", None, "")]},
+    {"id": "named", "messages": [dict(_turn("user", "q"), name="ann"), _turn("assistant", "a")]},
     {"id": "bad tools", "messages": [_turn("assistant", "x", tool_calls="not json")]},
     {"id": "grouped", "messages": [_turn("assistant", "g")], "group": "g1"},
     {"id": "made", "messages": [_turn("assistant", "m")], "origin": "evol",
@@ -106,6 +108,11 @@ def test_render_batch_writes_the_per_row_definitions():
     for row, line in zip(batch.to_pylist(), lines):
         assert line == _line(row), row["id"]
         assert json.loads(line) == (rejected_row(row) if row["_reason"] else chat_row(row))
+    written = {json.loads(line)["id"]: json.loads(line) for line in lines}
+    assert written["tools"]["messages"][1] == {"role": "tool", "content": "42",
+                                               "tool_call_id": "c1", "name": "f"}
+    assert written["named"]["messages"][0] == {"role": "user", "content": "q", "name": "ann"}
+    assert written["plain"]["messages"][0] == {"role": "user", "content": "Hi"}
 
 
 def test_render_batch_keeps_the_row_order():

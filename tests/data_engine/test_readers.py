@@ -34,6 +34,42 @@ def test_openai_messages_with_tools_and_parts():
     assert messages[4]["reasoning_content"] == "The tool said sunny."
 
 
+def test_parallel_tool_calls_keep_their_ids_and_names():
+    """Two calls in one turn: only `tool_call_id` says which result answers which."""
+    calls = [{"id": "call_a", "type": "function",
+              "function": {"name": "weather", "arguments": '{"city": "Kyoto"}'}},
+             {"id": "call_b", "type": "function",
+              "function": {"name": "weather", "arguments": '{"city": "Osaka"}'}}]
+    row = {"messages": [
+        {"role": "user", "content": "Kyoto and Osaka?"},
+        {"role": "assistant", "content": None, "tool_calls": calls},
+        {"role": "tool", "tool_call_id": "call_b", "name": "weather", "content": "rain"},
+        {"role": "tool", "tool_call_id": "call_a", "name": "weather", "content": "sun"},
+        {"role": "assistant", "content": "Kyoto sun, Osaka rain."}]}
+    messages = to_messages(row, "auto")
+    assert [(m.get("tool_call_id"), m.get("name")) for m in messages[2:4]] == \
+        [("call_b", "weather"), ("call_a", "weather")]
+    assert [c["id"] for c in json.loads(messages[1]["tool_calls"])] == ["call_a", "call_b"]
+    assert "tool_call_id" not in messages[0] and "name" not in messages[4]
+    # an id is part of the conversation: the same results answering the other calls differ
+    swapped = json.loads(json.dumps(row))
+    swapped["messages"][2]["tool_call_id"], swapped["messages"][3]["tool_call_id"] = \
+        "call_a", "call_b"
+    assert row_id({}, messages, None) != row_id({}, to_messages(swapped, "auto"), None)
+    with pytest.raises(UnknownFormat, match="tool_call_id: expected text"):
+        to_messages({"messages": [{"role": "tool", "content": "x", "tool_call_id": ["a"]}]},
+                    "auto")
+
+
+def test_hashed_ids_of_rows_without_call_ids_did_not_change():
+    """Ids hashed before `tool_call_id` and `name` joined the schema (and so the splits they
+    decide) stay the same; the value is the one the earlier schema gave this row."""
+    messages = to_messages({"prompt": "Hi", "completion": "Hello!"}, "auto")
+    assert row_id({}, messages, None) == "hca0901640bdb91d0"
+    with_nulls = [dict(m, tool_call_id=None, name=None) for m in messages]  # as Arrow reads them
+    assert row_id({}, with_nulls, None) == "hca0901640bdb91d0"
+
+
 def test_sharegpt_roles_and_system():
     row = {"system": "你是老师。", "conversations": [
         {"from": "human", "value": "1+1?"}, {"from": "gpt", "value": "等于 2。"},
@@ -217,6 +253,7 @@ def test_arrow_jsonl_path_equals_the_per_row_path(tmp_path):
     '{"id": "x", "messages": [{"role": "assistant", "content": [{"type": "text", "text": "a"}]}]}',
     '{"id": "x", "messages": [{"role": "assistant", "content": "a", "reasoning_content": "r"}]}',
     '{"id": "x", "messages": [{"role": "assistant", "content": "", "tool_calls": []}]}',
+    '{"id": "x", "messages": [{"role": "tool", "content": "a", "tool_call_id": "c1"}]}',
     '{"id": 1.5, "messages": [{"role": "user", "content": "a"}]}',
     '{"id": "x", "messages": [{"role": "user", "content": "a"}], "tags": ["t", null]}',
     '{"id": "x", "messages": null}',

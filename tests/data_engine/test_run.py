@@ -54,6 +54,18 @@ def check_contract(out: Path) -> dict:
     return manifest
 
 
+PARALLEL_CALLS = [
+    {"role": "user", "content": "Weather in Kyoto and Osaka?"},
+    {"role": "assistant", "content": "", "tool_calls": [
+        {"id": "c1", "type": "function", "function": {"name": "weather",
+                                                      "arguments": "{\"city\": \"Kyoto\"}"}},
+        {"id": "c2", "type": "function", "function": {"name": "weather",
+                                                      "arguments": "{\"city\": \"Osaka\"}"}}]},
+    {"role": "tool", "content": "rain", "tool_call_id": "c2", "name": "weather"},
+    {"role": "tool", "content": "sun", "tool_call_id": "c1", "name": "weather"},
+    {"role": "assistant", "content": "Sun in Kyoto, rain in Osaka."}]
+
+
 @pytest.mark.slow
 def test_run_on_local_ray_mixed_layouts(ray_local, tmp_path):
     from datasets import Dataset
@@ -66,6 +78,9 @@ def test_run_on_local_ray_mixed_layouts(ray_local, tmp_path):
         "{oops",
         json.dumps({"messages": [{"role": "user", "content": "Tags?"},
                                  {"role": "assistant", "content": "#a #b #c"}]}),
+        json.dumps({"id": "tools", "messages": PARALLEL_CALLS}),
+        json.dumps({"id": "unmatched", "messages": PARALLEL_CALLS[:3] + [
+            dict(PARALLEL_CALLS[3], tool_call_id="c9")] + PARALLEL_CALLS[4:]}),
     ]) + "\n", encoding="utf-8")
     pq.write_table(pa.Table.from_pylist([{"instruction": f"{i} 加 1 等于几？", "input": "",
                                           "output": f"{i} 加 1 等于 {i + 1}。"} for i in range(30)]),
@@ -79,11 +94,15 @@ def test_run_on_local_ray_mixed_layouts(ray_local, tmp_path):
     config.ray.shard_rows = 8
     result = run(config, tmp_path / "out", progress=False)
     manifest = check_contract(tmp_path / "out")
-    assert manifest["counts"]["input"] == 53 and manifest["counts"]["kept"] == 51
+    assert manifest["counts"]["input"] == 55 and manifest["counts"]["kept"] == 52
     assert manifest["counts"]["rejected"]["malformed_json"] == 1
     assert manifest["counts"]["rejected"]["tag_list"] == 1
+    assert manifest["counts"]["rejected"]["unmatched_tool_call"] == 1
     flow = {name: (c["input"], c["after_clean"], c["kept"]) for name, c in manifest["sources"].items()}
-    assert flow == {"chat": (3, 1, 1), "math": (30, 30, 30), "qa": (20, 20, 20)}
+    assert flow == {"chat": (5, 2, 2), "math": (30, 30, 30), "qa": (20, 20, 20)}
+    kept = {r["id"]: r for split in SPLITS for r in read_jsonl(tmp_path / "out" / f"{split}.jsonl")}
+    # parallel calls stay matched to their results: the ids and names are written back
+    assert kept["tools"]["messages"] == PARALLEL_CALLS
     assert [s["name"] for s in manifest["stages"]] == ["ingest", "clean", "dedup", "mix", "split",
                                                        "export"]
     assert result.report_path.exists()

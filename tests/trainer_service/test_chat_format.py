@@ -117,6 +117,29 @@ def test_qwen_tool_prompts_render_like_qwen():
         assert "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Kyoto\"}}" in ours
 
 
+def test_call_ids_reach_the_template():
+    """Templates that pair results with calls (Mistral's, Llama's) read the call's `id` and the
+    result's `tool_call_id`; both survive the normalisation that parses the calls."""
+    calls = [{"id": f"c{i}", "type": "function", "function": {
+        "name": "get_weather", "arguments": json.dumps({"city": city})}}
+        for i, city in enumerate(["Kyoto", "Osaka"])]
+    row = [{"role": "user", "content": "Kyoto and Osaka?"},
+           {"role": "assistant", "content": "", "tool_calls": json.dumps(calls)},
+           {"role": "tool", "content": "rain", "tool_call_id": "c1", "name": "get_weather"},
+           {"role": "tool", "content": "sun", "tool_call_id": "c0", "name": "get_weather"}]
+    messages = normalize_messages(row)
+    assert [c["id"] for c in messages[1]["tool_calls"]] == ["c0", "c1"]
+    assert messages[1]["tool_calls"][0]["function"]["arguments"] == {"city": "Kyoto"}
+    assert [(m["tool_call_id"], m["name"]) for m in messages[2:]] == \
+        [("c1", "get_weather"), ("c0", "get_weather")]
+    pairing = ("{% for m in messages %}{% if m.tool_calls %}{% for c in m.tool_calls %}"
+               "[{{ c.id }}:{{ c.function.arguments.city }}]{% endfor %}"
+               "{% elif m.role == 'tool' %}({{ m.tool_call_id }}={{ m.content }}){% endif %}"
+               "{% endfor %}")
+    text = qwen_tokenizer().apply_chat_template(messages, chat_template=pairing, tokenize=False)
+    assert text == "[c0:Kyoto][c1:Osaka](c1=rain)(c0=sun)"
+
+
 def test_model_default_system_prompt_is_kept():
     smol = resolve_template(smol_tokenizer()).text
     qwen = resolve_template(qwen_tokenizer()).text

@@ -188,7 +188,10 @@ def normalize_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
                         fn["arguments"] = json.loads(fn["arguments"])
                     except json.JSONDecodeError:
                         pass
-                parsed.append({"type": "function", "function": fn})
+                one = {"type": "function", "function": fn}
+                if "function" in call and call.get("id") is not None:
+                    one["id"] = call["id"]  # templates that pair results with calls read it
+                parsed.append(one)
             m["tool_calls"] = parsed
         else:
             m.pop("tool_calls", None)
