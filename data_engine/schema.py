@@ -21,6 +21,7 @@ ROW_FIELDS = [
     pa.field("source", pa.string()),
     pa.field("tags", pa.list_(pa.string())),
     pa.field("group", pa.string()),  # rows sharing a group land in one split; null when none
+    pa.field("tools", pa.string()),  # JSON text of the OpenAI tools list the row offers; or null
 ]
 
 # Columns that travel with each row until the writers split kept from rejected rows.

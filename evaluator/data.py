@@ -35,9 +35,14 @@ class EvalRow:
     id: str
     source: str
     tags: list[str]
-    messages: list[dict[str, str]]  # the whole conversation, plain role/content turns
-    prompt: list[dict[str, str]] = field(default_factory=list)  # turns before the last reply
+    # the whole conversation as training read it (null fields dropped; reasoning, tool calls
+    # and call ids kept): what perplexity renders
+    messages: list[dict[str, Any]]
+    # the turns before the last reply as an OpenAI chat request takes them (tool calls with
+    # their ids, no reasoning): what the model is asked
+    prompt: list[dict[str, Any]] = field(default_factory=list)
     reference: str | None = None  # the last assistant reply; None when the row ends otherwise
+    tools: list[dict[str, Any]] | None = None  # the tools the row offers
 
     @property
     def question(self) -> str:
@@ -46,20 +51,57 @@ class EvalRow:
         return users[-1] if users else ""
 
 
-def _plain(message: dict[str, Any]) -> dict[str, str]:
-    return {"role": message["role"], "content": message.get("content") or ""}
+def _whole(message: dict[str, Any]) -> dict[str, Any]:
+    """A turn as training read it: null fields dropped, content never null."""
+    return {**{k: v for k, v in message.items() if v is not None},
+            "content": message.get("content") or ""}
+
+
+def _request(message: dict[str, Any]) -> dict[str, Any]:
+    """A turn as an OpenAI chat request takes it: role and content, and a tool call's id and
+    a result's `tool_call_id` and `name` where the data has them; arguments as JSON text."""
+    out: dict[str, Any] = {"role": message["role"], "content": message.get("content") or ""}
+    calls = message.get("tool_calls")
+    if isinstance(calls, str):
+        calls = json.loads(calls) if calls.strip() else None
+    if calls:
+        out["tool_calls"] = []
+        for call in calls:
+            call = dict(call)
+            fn = dict(call.get("function") or {})
+            if not isinstance(fn.get("arguments", ""), str):
+                fn["arguments"] = json.dumps(fn["arguments"], ensure_ascii=False)
+            out["tool_calls"].append({**call, "type": call.get("type", "function"),
+                                      "function": fn})
+    for key in ("tool_call_id", "name"):
+        if message.get(key) is not None:
+            out[key] = message[key]
+    return out
 
 
 def to_row(raw: dict[str, Any], where: str) -> EvalRow:
     messages = raw.get("messages") if isinstance(raw, dict) else None
-    if not isinstance(messages, list) or not messages:
-        raise EvalError("bad_row", f"{where}: row has no `messages` list", "data")
-    plain = [_plain(m) for m in messages]
-    ends_with_reply = plain[-1]["role"] == "assistant"
+    if (not isinstance(messages, list) or not messages
+            or not all(isinstance(m, dict) and "role" in m for m in messages)):
+        raise EvalError("bad_row", f"{where}: row has no `messages` list of turns with a "
+                        "role", "data")
+    tools = raw.get("tools")
+    if isinstance(tools, str):
+        tools = json.loads(tools) if tools.strip() else None
+    if tools is not None and not (isinstance(tools, list)
+                                  and all(isinstance(t, dict) for t in tools)):
+        raise EvalError("bad_row", f"{where}: `tools` is not a list of tool definitions", "data")
+    try:
+        requests = [_request(m) for m in messages]
+    except (ValueError, AttributeError, TypeError) as exc:
+        raise EvalError("bad_row", f"{where}: tool_calls are not a list of calls ({exc})",
+                        "data") from None
+    ends_with_reply = requests[-1]["role"] == "assistant"
     return EvalRow(id=str(raw.get("id") or where), source=raw.get("source") or "unknown",
-                   tags=list(raw.get("tags") or []), messages=plain,
-                   prompt=plain[:-1] if ends_with_reply else plain,
-                   reference=plain[-1]["content"] if ends_with_reply else None)
+                   tags=list(raw.get("tags") or []), messages=[_whole(m) for m in messages],
+                   prompt=requests[:-1] if ends_with_reply else requests,
+                   reference=requests[-1]["content"] if ends_with_reply else None,
+                   tools=tools or None)
 
 
 def read_rows(data_dir: str | Path, split: str = "test", limit: int | None = None

@@ -741,10 +741,13 @@ def _within_budget(encoded: Sequence[Any]) -> list[Any]:
 
 def _rendered(tokenizer, rows: Sequence[EvalRow]) -> list[str]:
     """Each scored conversation as the text a server would tokenize."""
+    from trainer_service.recipe.chat_format import normalize_messages
+
     texts = []
     for row in rows:
         try:
-            texts.append(tokenizer.apply_chat_template(row.messages, tokenize=False))
+            texts.append(tokenizer.apply_chat_template(normalize_messages(row.messages),
+                                                       tools=row.tools, tokenize=False))
         except Exception:  # noqa: BLE001 - a template that cannot render is caught elsewhere
             continue
     return texts

@@ -47,7 +47,7 @@ def encode_rows(tokenizer, rows: Sequence[EvalRow]) -> list[Encoded]:
     try:
         template = resolve_template(tokenizer, "auto")
         for row in rows:
-            enc = encode_row(tokenizer, template, row.messages)
+            enc = encode_row(tokenizer, template, row.messages, tools=row.tools)
             out.append(Encoded(row.id, row.source, enc.input_ids, enc.mask))
     except ChatFormatError as exc:
         raise EvalError(exc.code, f"{exc.message} {exc.fix}".strip(), "tokenizer") from None

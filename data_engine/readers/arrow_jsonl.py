@@ -46,8 +46,8 @@ def read_shard(data: bytes, first_line: int, path: str, source: str, group_colum
     if table.num_rows != len(starts):  # two objects on one line
         return None
     messages = _messages(table)
-    if messages is None:
-        return None
+    if messages is None or _has_values(table, "tools"):
+        return None  # tool definitions: checked and written as JSON text by the per-row path
     columns = {name: table.column(name).combine_chunks() if name in table.column_names
                else None for name in ("id", "source", "tags", group_column)}
     tags = _tags(columns["tags"], len(starts))
@@ -59,10 +59,19 @@ def read_shard(data: bytes, first_line: int, path: str, source: str, group_colum
     rows = len(starts)
     return pa.table({
         "id": ids, "messages": messages, "source": _sources(columns["source"], source, rows),
-        "tags": tags, "group": group, "_file": pa.array([path] * rows, pa.string()),
+        "tags": tags, "group": group, "tools": pa.nulls(rows, pa.string()),
+        "_file": pa.array([path] * rows, pa.string()),
         "_line": pa.array(lines, pa.int64()), "_raw": raw,
         "_reason": pa.nulls(rows, pa.string()), "_stage": pa.nulls(rows, pa.string()),
     }, schema=WORK_SCHEMA)
+
+
+def _has_values(table: pa.Table, name: str) -> bool:
+    """The table has column ``name`` with a value other than null in some row."""
+    if name not in table.column_names:
+        return False
+    column = table.column(name)
+    return column.type != pa.null() and column.null_count < len(column)
 
 
 def _lines(data: bytes, first_line: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

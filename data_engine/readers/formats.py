@@ -88,6 +88,24 @@ def row_id(row: dict[str, Any], messages: list[Message], columns: dict[str, str]
     return "h" + hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
 
 
+def row_tools(row: dict[str, Any]) -> str | None:
+    """The row's tool definitions (OpenAI's `tools` list, or its JSON text as ShareGPT
+    exports write it) as JSON text; None when the row has none."""
+    tools = row.get("tools")
+    if isinstance(tools, str):
+        if not tools.strip():
+            return None
+        try:
+            tools = json.loads(tools)
+        except ValueError:
+            raise UnknownFormat("tools: text that is not JSON") from None
+    if tools is None or tools == []:
+        return None
+    if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
+        raise UnknownFormat("tools: expected a list of tool definitions (objects)")
+    return json.dumps(tools, ensure_ascii=False)
+
+
 def row_tags(row: dict[str, Any]) -> list[str]:
     tags = row.get("tags")
     if tags is None:

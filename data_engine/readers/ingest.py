@@ -12,7 +12,7 @@ from typing import Any
 import pyarrow as pa
 
 from data_engine.config import InputConfig
-from data_engine.readers.formats import UnknownFormat, row_id, row_tags, to_messages
+from data_engine.readers.formats import UnknownFormat, row_id, row_tags, row_tools, to_messages
 from data_engine.readers.arrow_jsonl import read_shard
 from data_engine.readers.shards import Shard, default_source, iter_shard, read_bytes
 from data_engine.schema import WORK_SCHEMA
@@ -49,16 +49,17 @@ def ingest_shards(shards: pa.Table, inputs: list[InputConfig], group_column: str
 def _append(columns: dict[str, list[Any]], row: dict[str, Any] | None, raw: str, line: int,
             path: str, source: str, item: InputConfig, group_column: str) -> None:
     reason = None
-    messages, tags, rid = [], [], None
+    messages, tags, rid, tools = [], [], None, None
     if row is None:
         reason = "malformed_json"
     else:
         try:
             messages = to_messages(row, item.format, item.columns)
             tags = row_tags(row)
+            tools = row_tools(row)
             rid = row_id(row, messages, item.columns)
         except UnknownFormat:
-            reason, messages, tags = "unknown_format", [], []
+            reason, messages, tags, tools = "unknown_format", [], [], None
             rid = _keep_id(row)
     row_source = row.get("source") if row is not None else None
     columns["id"].append(rid)
@@ -68,6 +69,7 @@ def _append(columns: dict[str, list[Any]], row: dict[str, Any] | None, raw: str,
     group = row.get(group_column) if row is not None else None
     columns["group"].append(None if group is None or isinstance(group, (dict, list))
                             else str(group))
+    columns["tools"].append(tools)
     columns["_file"].append(path)
     columns["_line"].append(line)
     columns["_raw"].append(raw)

@@ -58,6 +58,7 @@ def cleaned_table(rows: list[dict[str, Any]], config: Any, label: str = "synth")
         "source": [r["source"] for r in rows],
         "tags": [r.get("tags") or [] for r in rows],
         "group": pa.nulls(len(rows), pa.string()),
+        "tools": pa.nulls(len(rows), pa.string()),  # generators write text, not tool calls
         "_file": [label] * len(rows),
         "_line": list(range(1, len(rows) + 1)),
         "_raw": [json.dumps(shown_row(r), ensure_ascii=False) for r in rows],

@@ -68,6 +68,8 @@ def chat_row(row: dict[str, Any]) -> dict[str, Any]:
            "num_tokens": row["num_tokens"]}
     if row.get("group") is not None:
         out["group"] = row["group"]
+    if row.get("tools") is not None:
+        out["tools"] = json.loads(row["tools"])
     if row.get("origin") not in (None, "seed"):  # synthesized: where it came from
         out.update({k: row.get(k) for k in ("origin", "parent_id", "generator")})
     for name in ("judge_score", "judge_mass"):
@@ -254,7 +256,7 @@ def _plain_lines(rows: pa.Table) -> tuple[np.ndarray, pa.Array]:
     for name in ("reasoning_content", "tool_call_id", "name"):
         odd_turn = odd_turn | to_numpy_bool(pc.is_valid(messages.field(name)))
     fast = ~any_per_row(odd_turn, m_offsets)
-    for name in ("group", "judge_score", "judge_mass"):
+    for name in ("group", "tools", "judge_score", "judge_mass"):
         if name in rows.column_names:
             fast &= to_numpy_bool(pc.is_null(rows.column(name)))
     if "origin" in rows.column_names:

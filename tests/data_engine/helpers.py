@@ -27,6 +27,7 @@ def work_table(conversations: list[list[dict]], source: str = "s") -> pa.Table:
     n = len(conversations)
     return pa.table({
         "id": [str(i) for i in range(n)], "messages": conversations, "source": [source] * n,
-        "tags": [[] for _ in range(n)], "group": [None] * n, "_file": ["f.jsonl"] * n, "_line": list(range(1, n + 1)),
+        "tags": [[] for _ in range(n)], "group": [None] * n, "tools": [None] * n,
+        "_file": ["f.jsonl"] * n, "_line": list(range(1, n + 1)),
         "_raw": ["{}"] * n, "_reason": [None] * n, "_stage": [None] * n,
     }, schema=WORK_SCHEMA)

@@ -58,6 +58,7 @@ ROWS = [
     {"id": "named", "messages": [dict(_turn("user", "q"), name="ann"), _turn("assistant", "a")]},
     {"id": "bad tools", "messages": [_turn("assistant", "x", tool_calls="not json")]},
     {"id": "grouped", "messages": [_turn("assistant", "g")], "group": "g1"},
+    {"id": "offers tools", "messages": [_turn("assistant", "t")], "tools": '[{"type": "f"}]'},
     {"id": "made", "messages": [_turn("assistant", "m")], "origin": "evol",
      "parent_id": "plain", "generator": "transformers:m"},
     {"id": "judged", "messages": [_turn("assistant", "j")], "judge_score": 3.25,
@@ -113,6 +114,7 @@ def test_render_batch_writes_the_per_row_definitions():
                                                "tool_call_id": "c1", "name": "f"}
     assert written["named"]["messages"][0] == {"role": "user", "content": "q", "name": "ann"}
     assert written["plain"]["messages"][0] == {"role": "user", "content": "Hi"}
+    assert written["offers tools"]["tools"] == [{"type": "f"}] and "tools" not in written["plain"]
 
 
 def test_render_batch_keeps_the_row_order():

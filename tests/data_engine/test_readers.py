@@ -10,7 +10,8 @@ import pytest
 
 from data_engine.config import InputConfig
 from data_engine.errors import InputError
-from data_engine.readers.formats import UnknownFormat, detect_format, row_id, to_messages
+from data_engine.readers.formats import (UnknownFormat, detect_format, row_id, row_tools,
+                                         to_messages)
 from data_engine.readers.ingest import ingest_shards
 from data_engine.readers.shards import default_source, plan_shards
 
@@ -59,6 +60,19 @@ def test_parallel_tool_calls_keep_their_ids_and_names():
     with pytest.raises(UnknownFormat, match="tool_call_id: expected text"):
         to_messages({"messages": [{"role": "tool", "content": "x", "tool_call_id": ["a"]}]},
                     "auto")
+
+
+def test_tool_definitions_are_kept_as_json_text():
+    weather = {"type": "function", "function": {"name": "weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}}}}}
+    assert json.loads(row_tools({"tools": [weather]})) == [weather]
+    assert json.loads(row_tools({"tools": json.dumps([weather])})) == [weather]  # ShareGPT
+    assert row_tools({}) is None and row_tools({"tools": []}) is None
+    assert row_tools({"tools": " "}) is None
+    for bad, why in (({"type": "function"}, "expected a list"), ("[oops", "not JSON"),
+                     (["weather"], "expected a list")):
+        with pytest.raises(UnknownFormat, match=why):
+            row_tools({"tools": bad})
 
 
 def test_hashed_ids_of_rows_without_call_ids_did_not_change():
@@ -125,6 +139,20 @@ def _ingest(tmp_path, inputs, shard_rows=2):
     shards, files = plan_shards(inputs, shard_rows)
     table = ingest_shards(pa.Table.from_pylist([s.to_dict() for s in shards]), inputs)
     return table, files
+
+
+def test_ingest_carries_tools_and_rejects_bad_ones(tmp_path):
+    path = tmp_path / "tools.jsonl"
+    chat = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
+    tools = [{"type": "function", "function": {"name": "f"}}]
+    path.write_text("\n".join(json.dumps(r) for r in [
+        {"id": "plain", "messages": chat}, {"id": "tools", "messages": chat, "tools": tools},
+        {"id": "bad", "messages": chat, "tools": {"f": 1}}]) + "\n")
+    table, _ = _ingest(tmp_path, [InputConfig(path=str(path))], shard_rows=10)
+    rows = {r["id"]: r for r in table.to_pylist()}
+    assert rows["plain"]["tools"] is None and rows["plain"]["_reason"] is None
+    assert json.loads(rows["tools"]["tools"]) == tools
+    assert rows["bad"]["_reason"] == "unknown_format" and rows["bad"]["tools"] is None
 
 
 def test_jsonl_malformed_unknown_blank_and_line_numbers(tmp_path):
@@ -254,6 +282,7 @@ def test_arrow_jsonl_path_equals_the_per_row_path(tmp_path):
     '{"id": "x", "messages": [{"role": "assistant", "content": "a", "reasoning_content": "r"}]}',
     '{"id": "x", "messages": [{"role": "assistant", "content": "", "tool_calls": []}]}',
     '{"id": "x", "messages": [{"role": "tool", "content": "a", "tool_call_id": "c1"}]}',
+    '{"id": "x", "messages": [{"role": "user", "content": "a"}], "tools": [{"type": "f"}]}',
     '{"id": 1.5, "messages": [{"role": "user", "content": "a"}]}',
     '{"id": "x", "messages": [{"role": "user", "content": "a"}], "tags": ["t", null]}',
     '{"id": "x", "messages": null}',

@@ -54,6 +54,10 @@ def check_contract(out: Path) -> dict:
     return manifest
 
 
+WEATHER_TOOL = [{"type": "function", "function": {
+    "name": "weather", "description": "Today's weather in a city.",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                   "required": ["city"]}}}]
 PARALLEL_CALLS = [
     {"role": "user", "content": "Weather in Kyoto and Osaka?"},
     {"role": "assistant", "content": "", "tool_calls": [
@@ -78,7 +82,7 @@ def test_run_on_local_ray_mixed_layouts(ray_local, tmp_path):
         "{oops",
         json.dumps({"messages": [{"role": "user", "content": "Tags?"},
                                  {"role": "assistant", "content": "#a #b #c"}]}),
-        json.dumps({"id": "tools", "messages": PARALLEL_CALLS}),
+        json.dumps({"id": "tools", "messages": PARALLEL_CALLS, "tools": WEATHER_TOOL}),
         json.dumps({"id": "unmatched", "messages": PARALLEL_CALLS[:3] + [
             dict(PARALLEL_CALLS[3], tool_call_id="c9")] + PARALLEL_CALLS[4:]}),
     ]) + "\n", encoding="utf-8")
@@ -103,6 +107,7 @@ def test_run_on_local_ray_mixed_layouts(ray_local, tmp_path):
     kept = {r["id"]: r for split in SPLITS for r in read_jsonl(tmp_path / "out" / f"{split}.jsonl")}
     # parallel calls stay matched to their results: the ids and names are written back
     assert kept["tools"]["messages"] == PARALLEL_CALLS
+    assert kept["tools"]["tools"] == WEATHER_TOOL
     assert [s["name"] for s in manifest["stages"]] == ["ingest", "clean", "dedup", "mix", "split",
                                                        "export"]
     assert result.report_path.exists()

@@ -35,6 +35,37 @@ def test_mask_covers_replies_and_end_of_turn_but_no_prompt_token(chat_tokenizer)
     assert encoded[3].scored == 0  # a row without a reply is rendered but scores nothing
 
 
+def test_tool_rows_are_scored_as_they_trained_and_asked_as_openai_requests(chat_tokenizer):
+    """A tool-calling row: perplexity renders what training rendered (the call, the tools'
+    definitions, reasoning), and the prompt is a valid OpenAI request (call ids, arguments
+    as JSON text); the flattened copy scored an empty call turn."""
+    from tests.trainer_service.test_chat_format import TOOL_ROW, TOOLS
+    from trainer_service.recipe.chat_format import encode_row, resolve_template
+
+    calls = [{"id": "c1", "type": "function",
+              "function": {"name": "get_weather", "arguments": {"city": "Kyoto"}}}]
+    messages = [TOOL_ROW[0], {**TOOL_ROW[1], "tool_calls": calls},
+                {**TOOL_ROW[2], "tool_call_id": "c1", "name": "get_weather"},
+                {**TOOL_ROW[3], "reasoning_content": "The tool said sunny."}]
+    row = to_row({"id": "t", "messages": messages, "tools": TOOLS}, "x:1")
+    assert row.tools == TOOLS and row.reference == "Sunny in Kyoto."
+    assert row.prompt[1] == {"role": "assistant", "content": "", "tool_calls": [
+        {"id": "c1", "type": "function",
+         "function": {"name": "get_weather", "arguments": '{"city": "Kyoto"}'}}]}
+    assert row.prompt[2] == {"role": "tool", "content": TOOL_ROW[2]["content"],
+                             "tool_call_id": "c1", "name": "get_weather"}
+    assert row.messages[3]["reasoning_content"] == "The tool said sunny."
+    (encoded,) = encode_rows(chat_tokenizer, [row])
+    trained = encode_row(chat_tokenizer, resolve_template(chat_tokenizer), messages,
+                         tools=TOOLS)
+    assert (encoded.ids, encoded.mask) == (trained.input_ids, trained.mask)
+    scored = chat_tokenizer.decode([t for t, m in zip(encoded.ids, encoded.mask) if m])
+    assert '"name": "get_weather"' in scored and "Weather for a city." in trained.text
+    for bad in ({"f": 1}, ["f"]):
+        with pytest.raises(EvalError, match="tools"):
+            to_row({"messages": messages, "tools": bad}, "x:2")
+
+
 def test_summary_is_token_weighted_and_per_source():
     encoded = [Encoded("a", "x", [1, 2, 3], [0, 1, 1]), Encoded("b", "y", [1, 2], [0, 1]),
                Encoded("c", "y", [1, 2], [0, 0])]

@@ -151,14 +151,17 @@ def test_placement_takes_the_gpu_only_with_room_for_the_weights(tiny_base, monke
 def test_held_out_tool_calls_reach_the_template():
     """Parity rows and sanity prompts keep the tool calls that training rendered (stored as
     JSON strings by the data engine); a plain role/content copy dropped them."""
-    from tests.trainer_service.test_chat_format import TOOL_ROW, smol_tokenizer
+    from tests.trainer_service.test_chat_format import TOOL_ROW, TOOLS, smol_tokenizer
     from trainer_service.recipe.chat_format import resolve_template
     from trainer_service.recipe.postflight import _as_text, _prompt_turns
 
     tok = smol_tokenizer()
     tok.chat_template = resolve_template(tok, "auto").text
     assert '"name": "get_weather"' in _as_text({"messages": TOOL_ROW}, tok)
-    turns = _prompt_turns(TOOL_ROW)
+    assert "Weather for a city." in _as_text({"messages": TOOL_ROW, "tools": TOOLS}, tok)
+    assert _prompt_turns({"messages": TOOL_ROW, "tools": json.dumps(TOOLS)})[1] == TOOLS
+    turns, tools = _prompt_turns(TOOL_ROW)
+    assert tools is None
     assert [m["role"] for m in turns] == ["user", "assistant", "tool"]
     assert turns[1]["tool_calls"][0]["function"]["arguments"] == {"city": "Kyoto"}
     assert "get_weather" in tok.apply_chat_template(turns, tokenize=False,

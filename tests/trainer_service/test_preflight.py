@@ -202,6 +202,22 @@ def test_embedding_check_that_cannot_run_is_a_warning(tmp_path):
                for w in report.warnings)
 
 
+def test_tools_the_template_does_not_render_are_a_warning(tmp_path):
+    """A row's `tools` reach the template; one that ignores them trains the calls without
+    the definitions, and preflight says so (ours and Qwen's render them)."""
+    tok = qwen_tokenizer()
+    report = run_preflight(**qwen_args())
+    assert not any("offer tools" in w for w in report.warnings)
+    assert "Weather for a city." in encode_row(tok, resolve_template(tok), TOOL_ROW,
+                                               "all_assistant", TOOLS).text
+    path = tmp_path / "no_tools.jinja"
+    path.write_text("{%- set tools = none %}" + resolve_template(tok).text)
+    report = run_preflight(**qwen_args(template=resolve_template(tok, str(path)),
+                                       train_rows=ROWS + ROWS[2:]))
+    assert any(w.startswith("2 rows offer tools that the template does not render")
+               for w in report.warnings)
+
+
 def test_reasoning_the_template_drops_is_a_warning():
     """Qwen3's rule renders reasoning only after the last user message: an earlier turn's
     reasoning is not trained, and preflight says how many turns lose it."""

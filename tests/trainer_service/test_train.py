@@ -10,7 +10,7 @@ import pytest
 
 from trainer_service.recipe.metrics import EvalPoint, overfitting_alarm, read_metrics
 from trainer_service.recipe.spec import load_spec
-from trainer_service.recipe.train import (TrainError, finished_result, last_span_only,
+from trainer_service.recipe.train import (TrainError, finished_result, last_span_only, read_split,
                                           tokenize_rows, train)
 
 # A minimal ChatML training template: only assistant content and its <|im_end|> carry loss.
@@ -217,25 +217,48 @@ def test_masks_cover_assistant_and_end_of_turn_only(tiny_model):
 def test_training_rows_are_the_rows_preflight_checked(loss_on):
     """The ids and mask that train equal preflight's for every kind of row, tool calls stored
     as the data engine stores them (JSON strings) included."""
-    from tests.trainer_service.test_chat_format import (MULTI_TURN, TOOL_ROW, WITH_SYSTEM,
-                                                        smol_tokenizer)
+    from tests.trainer_service.test_chat_format import (MULTI_TURN, TOOL_ROW, TOOLS,
+                                                        WITH_SYSTEM, smol_tokenizer)
     from trainer_service.recipe.chat_format import encode_row, resolve_template
 
     tok = smol_tokenizer()
     template = resolve_template(tok, "auto")
     tok = copy.copy(tok)
     tok.chat_template = template.text
-    rows = [MULTI_TURN, WITH_SYSTEM, TOOL_ROW]
+    rows = [(MULTI_TURN, None), (WITH_SYSTEM, None), (TOOL_ROW, None), (TOOL_ROW, TOOLS)]
     trained = tokenize_rows(tok, read_split_like(rows), loss_on)
-    for row, messages in zip(trained, rows):
-        checked = encode_row(tok, template, messages, loss_on)
+    for row, (messages, tools) in zip(trained, rows):
+        checked = encode_row(tok, template, messages, loss_on, tools)
         assert row["input_ids"] == checked.input_ids
         assert row["assistant_masks"] == checked.mask == checked.expected_mask
+    # the tools' definitions are in what trains (prompt tokens, outside the mask)
+    assert len(trained[3]["input_ids"]) > len(trained[2]["input_ids"]) + 30
+    assert "Weather for a city." in tok.decode(trained[3]["input_ids"])
 
 
 def read_split_like(rows):
-    """Rows as read_split returns them: null fields dropped, nothing else changed."""
-    return [[{k: v for k, v in m.items() if v is not None} for m in row] for row in rows]
+    """Rows as read_split returns them: null fields dropped, tools when offered."""
+    out = []
+    for messages, tools in rows:
+        row = {"messages": [{k: v for k, v in m.items() if v is not None} for m in messages]}
+        out.append(dict(row, tools=tools) if tools else row)
+    return out
+
+
+def test_read_split_keeps_tools_and_refuses_bad_ones(tmp_path):
+    from tests.trainer_service.test_chat_format import TOOL_ROW, TOOLS
+
+    (tmp_path / "train.jsonl").write_text("\n".join(json.dumps(r) for r in [
+        {"id": 7, "messages": TOOL_ROW, "tools": TOOLS, "source": "s"},
+        {"messages": [dict(m, reasoning_content=None) for m in TOOL_ROW]}]) + "\n")
+    rows = read_split(tmp_path, "train")
+    assert rows[0] == {"id": "7", "messages": [{k: v for k, v in m.items() if v is not None}
+                                                for m in TOOL_ROW], "tools": TOOLS}
+    assert set(rows[1]) == {"messages"} and "reasoning_content" not in rows[1]["messages"][0]
+    (tmp_path / "train.jsonl").write_text(json.dumps({"messages": TOOL_ROW, "tools": "x"}))
+    with pytest.raises(TrainError) as err:
+        read_split(tmp_path, "train")
+    assert err.value.code == "dataset_row_invalid" and "train.jsonl:1: `tools`" in err.value.message
 
 
 def test_train_loss_falls_metrics_report_and_resume(tiny_model, tmp_path):

@@ -170,6 +170,17 @@ def check_renders_like(tokenizer, ours: str, theirs: str) -> None:
                         "{% generation %} markers added")
 
 
+def row_parts(row: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
+    """A dataset row's messages and the tools it offers: rows are `{"messages", "tools"?}`
+    (the data engine writes `tools` as a list; JSON text is read too) or bare message lists."""
+    if not isinstance(row, dict):
+        return row, None
+    tools = row.get("tools")
+    if isinstance(tools, str):
+        tools = json.loads(tools) if tools.strip() else None
+    return row["messages"], tools or None
+
+
 def normalize_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Dataset messages as templates expect them: null fields dropped, tool calls parsed."""
     out = []
@@ -197,6 +208,14 @@ def normalize_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
             m.pop("tool_calls", None)
         out.append(m)
     return out
+
+
+def renders_tools(tokenizer, template: ChatTemplate, messages: list[dict[str, Any]],
+                  tools: list[dict[str, Any]]) -> bool:
+    """Whether ``template`` shows ``tools`` in the rendered row (some templates ignore them)."""
+    messages = normalize_messages(messages)
+    return (_render(tokenizer, messages, template.text, False, tools)
+            != _render(tokenizer, messages, template.text, False, None))
 
 
 def _structural_spans(tokenizer, template: ChatTemplate, messages, text, tools):

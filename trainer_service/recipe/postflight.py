@@ -25,7 +25,7 @@ from typing import Sequence
 
 from data_engine.config import RepetitionConfig
 from data_engine.filters.repetition import is_degenerate
-from trainer_service.recipe.chat_format import normalize_messages
+from trainer_service.recipe.chat_format import normalize_messages, row_parts
 from trainer_service.recipe.errors import VerifyError
 
 ADAPTER_DIR = "adapter"
@@ -263,8 +263,8 @@ def _compare(reference: list, candidate: list) -> tuple[float, float, int]:
 def _as_text(row, tokenizer) -> str:
     if isinstance(row, str):
         return row
-    messages = row["messages"] if isinstance(row, dict) else row
-    return tokenizer.apply_chat_template(_plain(messages), tokenize=False)
+    messages, tools = row_parts(row)
+    return tokenizer.apply_chat_template(_plain(messages), tools=tools, tokenize=False)
 
 
 def _plain(messages) -> list[dict]:
@@ -369,16 +369,16 @@ def sanity_generate(model_dir: str | Path, prompts: Sequence, tokenizer, end_of_
     return report
 
 
-def _greedy(model_dir: str | Path, convs: list[list[dict]], tokenizer, eot: int,
-            max_new_tokens: int, repetition: RepetitionConfig, dtype,
+def _greedy(model_dir: str | Path, convs: list[tuple[list[dict], list[dict] | None]],
+            tokenizer, eot: int, max_new_tokens: int, repetition: RepetitionConfig, dtype,
             device: str = "cpu") -> list[Sample]:
     """One left-padded greedy batch; a sample stops only on ``eot``."""
     import torch
 
     model = _load(model_dir, dtype, device).eval()
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eot
-    texts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True)
-             for c in convs]
+    texts = [tokenizer.apply_chat_template(c, tools=tools, tokenize=False,
+                                           add_generation_prompt=True) for c, tools in convs]
     side, pad_token = tokenizer.padding_side, tokenizer.pad_token
     tokenizer.padding_side = "left"  # one batch; left padding keeps every prompt's end aligned
     if pad_token is None:  # Llama 3, Mistral: none; left padding is masked out anyway
@@ -396,7 +396,7 @@ def _greedy(model_dir: str | Path, convs: list[list[dict]], tokenizer, eot: int,
     del model
     free_device_memory(device)
     samples = []
-    for conv, row in zip(convs, out[:, batch["input_ids"].shape[1]:].tolist()):
+    for (conv, _), row in zip(convs, out[:, batch["input_ids"].shape[1]:].tolist()):
         stopped = eot in row
         new = row[:row.index(eot)] if stopped else row
         reply = tokenizer.decode(new, skip_special_tokens=True)
@@ -442,13 +442,15 @@ def _against_base(report: SanityReport, code: str) -> str:
             "either; a larger or better-matched base model, more steps, or shorter replies")
 
 
-def _prompt_turns(prompt) -> list[dict]:
+def _prompt_turns(prompt) -> tuple[list[dict], list[dict] | None]:
+    """A prompt's turns up to the reply to generate, and the tools the row offers."""
     if isinstance(prompt, str):
-        return [{"role": "user", "content": prompt}]
-    messages = _plain(prompt["messages"] if isinstance(prompt, dict) else prompt)
+        return [{"role": "user", "content": prompt}], None
+    messages, tools = row_parts(prompt)
+    messages = _plain(messages)
     while messages and messages[-1]["role"] == "assistant":
         messages.pop()
     if not messages:
         raise VerifyError("sanity_no_prompts", "a held-out conversation has no prompt turns",
                           field="prompts")
-    return messages
+    return messages, tools

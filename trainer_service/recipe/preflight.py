@@ -16,7 +16,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from trainer_service.recipe.chat_format import ChatFormatError, ChatTemplate, encode_row
+from trainer_service.recipe.chat_format import (ChatFormatError, ChatTemplate, encode_row,
+                                                renders_tools, row_parts)
 from trainer_service.recipe.errors import PreflightError
 from trainer_service.recipe.spec import TrainingSpec
 
@@ -68,12 +69,8 @@ def _eos_ids(generation_config) -> list[int]:
 
 
 def _messages(row) -> tuple[list[dict], list[dict] | None, str]:
-    if isinstance(row, dict):
-        tools = row.get("tools")
-        if isinstance(tools, str):
-            tools = json.loads(tools)
-        return row["messages"], tools or None, str(row.get("id", ""))
-    return row, None, ""
+    messages, tools = row_parts(row)
+    return messages, tools, str(row.get("id", "")) if isinstance(row, dict) else ""
 
 
 def _check_row(tokenizer, encoded, eot_id: int, row_id: str) -> int:
@@ -386,6 +383,7 @@ def run_preflight(tokenizer, model_config_or_model, train_rows, validation_rows,
 
     lengths, truncated, unsupervised, turns, dropped_reasoning, sample = [], 0, 0, 0, 0, ""
     replies: list[int] = []
+    offered, tools_shown = 0, None  # rows with tool definitions; whether the template shows them
     for index, row in enumerate(train_rows):
         messages, tools, row_id = _messages(row)
         try:
@@ -400,6 +398,10 @@ def run_preflight(tokenizer, model_config_or_model, train_rows, validation_rows,
             1 for m in messages if m.get("role") == "assistant"
             and isinstance(m.get("reasoning_content"), str) and m["reasoning_content"].strip()
             and m["reasoning_content"].strip() not in encoded.text)
+        if tools:
+            offered += 1
+            if tools_shown is None:  # a property of the template: one row tells
+                tools_shown = renders_tools(tokenizer, template, messages, tools)
         replies += _runs(encoded.mask)
         n = len(encoded.input_ids)
         lengths.append(n)
@@ -418,6 +420,10 @@ def run_preflight(tokenizer, model_config_or_model, train_rows, validation_rows,
                         "template does not render (it has no thinking blocks, or, like "
                         "Qwen3's, renders them only after the last user message); it is not "
                         "trained")
+    if offered and not tools_shown:
+        warnings.append(f"{offered} rows offer tools that the template does not render: the "
+                        "model learns their calls without seeing the definitions; use "
+                        "chat_template: chatml, or a template that renders `tools`")
     rate = truncated / len(lengths)
     if rate > TRUNCATION_FAIL_RATE:
         raise PreflightError(

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any, Callable
 
-from trainer_service.recipe.chat_format import normalize_messages, resolve_template
+from trainer_service.recipe.chat_format import normalize_messages, resolve_template, row_parts
 from trainer_service.recipe.errors import PreflightError, RecipeError, VerifyError
 from trainer_service.recipe.hooks import RecipeStopped, RunHooks, check_stop
 from trainer_service.recipe.postflight import (check_parity, free_device_memory,
@@ -96,7 +96,7 @@ SEEN_PROMPTS = ("sanity: no test or validation rows, so the sanity generation ru
                 "is not")
 
 
-def _prompts(dataset: Path) -> tuple[list[list[dict[str, Any]]], str | None]:
+def _prompts(dataset: Path) -> tuple[list[Any], str | None]:
     """Held-out conversations up to their last user turn: test rows, else validation, else
     (a dataset of train rows only, allow_no_validation) train rows, with a warning."""
     rows = read_split(dataset, "test") or read_split(dataset, "validation")
@@ -105,10 +105,11 @@ def _prompts(dataset: Path) -> tuple[list[list[dict[str, Any]]], str | None]:
         rows, warning = read_split(dataset, "train"), SEEN_PROMPTS
     prompts = []
     for row in rows:
-        messages = row["messages"] if isinstance(row, dict) else row
+        messages, tools = row_parts(row)
         last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=None)
         if last:  # whole messages: earlier tool calls and their results are part of it
-            prompts.append(normalize_messages(messages[:last]))
+            prompt = normalize_messages(messages[:last])
+            prompts.append({"messages": prompt, "tools": tools} if tools else prompt)
         if len(prompts) == SANITY_PROMPTS:
             break
     return prompts, warning

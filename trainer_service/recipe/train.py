@@ -163,8 +163,9 @@ def load_base(spec: TrainSpec, recipe: Recipe, *, use_cpu: bool) -> tuple[Any, s
     return model, why
 
 
-def read_split(dataset_dir: Path, split: str) -> list[list[dict]]:
-    """The `messages` of every row in DATASET/<split>.jsonl (empty if the file is absent)."""
+def read_split(dataset_dir: Path, split: str) -> list[dict]:
+    """Every row of DATASET/<split>.jsonl as `{"messages", "tools"?, "id"?}` (null message
+    fields dropped; empty if the file is absent)."""
     path = Path(dataset_dir) / f"{split}.jsonl"
     if not path.is_file():
         return []
@@ -181,7 +182,17 @@ def read_split(dataset_dir: Path, split: str) -> list[list[dict]]:
         if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
             raise TrainError("dataset_row_invalid", f"{path}:{n}: row has no `messages` list "
                              "of {role, content} objects", "dataset")
-        rows.append([{k: v for k, v in m.items() if v is not None} for m in row["messages"]])
+        tools = row.get("tools")
+        if tools is not None and not (isinstance(tools, list)
+                                      and all(isinstance(t, dict) for t in tools)):
+            raise TrainError("dataset_row_invalid", f"{path}:{n}: `tools` is not a list of "
+                             "tool definitions (objects)", "dataset")
+        kept = {"messages": [{k: v for k, v in m.items() if v is not None} for m in messages]}
+        if tools:
+            kept["tools"] = tools
+        if row.get("id") is not None:
+            kept["id"] = str(row["id"])
+        rows.append(kept)
     return rows
 
 
@@ -197,18 +208,21 @@ def last_span_only(mask: list[int]) -> list[int]:
     return out
 
 
-def tokenize_rows(tokenizer, conversations: list[list[dict]], loss_on: str):
+def tokenize_rows(tokenizer, rows: list, loss_on: str):
     """A datasets.Dataset of input_ids + assistant_masks rendered with the tokenizer's template,
-    from the messages as preflight checks them (`normalize_messages`: tool calls stored as
-    JSON strings parsed, as templates and inference servers expect)."""
+    from the rows (`read_split`'s, or message lists) as preflight checks them, with the tools
+    each offers (`normalize_messages`: tool calls stored as JSON strings parsed, as templates
+    and inference servers expect)."""
     from datasets import Dataset
 
-    from trainer_service.recipe.chat_format import normalize_messages
+    from trainer_service.recipe.chat_format import normalize_messages, row_parts
 
     ids, masks = [], []
-    for n, messages in enumerate(conversations):
-        enc = tokenizer.apply_chat_template(normalize_messages(messages), tokenize=True,
-                                            return_dict=True, return_assistant_tokens_mask=True)
+    for n, row in enumerate(rows):
+        messages, tools = row_parts(row)
+        enc = tokenizer.apply_chat_template(normalize_messages(messages), tools=tools,
+                                            tokenize=True, return_dict=True,
+                                            return_assistant_tokens_mask=True)
         mask = list(enc["assistant_masks"])
         if loss_on == "last_assistant":
             mask = last_span_only(mask)
