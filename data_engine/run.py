@@ -38,7 +38,7 @@ from data_engine.pipeline.mix import REASON as MIX_REASON
 from data_engine.pipeline.mix import mix
 from data_engine.pipeline.split import assign_splits, leak_check
 from data_engine.progress import StageProgress
-from data_engine.readers.ingest import ingest_shards
+from data_engine.readers.ingest import check_shapes, ingest_shards
 from data_engine.readers.shards import Shard, check_inputs, file_sha256, plan_shards
 from data_engine.schema import IDX, SPLITS
 from data_engine.stages import StageOutput, StageStore, stage_key, write_table
@@ -79,6 +79,8 @@ def run(config: DataConfig, out_dir: Path, console: Console | None = None,
     # unless a finished run is there, which it may show to be up to date (no Ray needed).
     check_inputs(config.inputs)  # fail before Ray starts
     check_inputs(config.dedup.reference.inputs, "dedup.reference.inputs")
+    check_shapes(config.inputs)  # a wrong `columns:` would reject every row and go on
+    check_shapes(config.dedup.reference.inputs, "dedup.reference.inputs")
     check_out(out_dir, config)
     problem = tokenizer_problem(config.clean.length.tokenizer)
     if not problem and config.ray.address is None and (config.judge or config.synth.enabled()):
@@ -458,13 +460,30 @@ def _split(ctx: _Context, stored: _Rows, dedup: StageOutput, mixed: StageOutput,
                        result.split, ids)
     if leaks["leaks"]:
         raise LeakError(leaks["leaks"], leaks["examples"])
+    warnings = result.warnings + _shared_ids(rows.column("id"))
     write_table(folder, "splits", pa.table({
         "_idx": idx, "split": pa.array([SPLITS[k] for k in result.split.tolist()], pa.string())}))
     ctx.tracker.record("split", int(weight.sum()), 0, time.perf_counter() - started)
     ctx.log(f"split: {result.facts['sizes']}; leak check: {leaks['pairs_in_output']:,} pairs "
             f"in the output, {leaks['leaks']} across splits")
-    return {**result.facts, "warnings": result.warnings, "leak_check": leaks,
+    return {**result.facts, "warnings": warnings, "leak_check": leaks,
             "progress": ctx.tracker.snapshot(("split",))}
+
+
+def _shared_ids(ids: pa.ChunkedArray) -> list[str]:
+    """A warning when different kept rows share an id (identical rows were dropped as
+    exact duplicates before this): ids name rows in `duplicate_of`, `parent_id` and the
+    trainer's and evaluator's reports."""
+    counts = pc.value_counts(ids.combine_chunks())
+    shared = counts.filter(pc.greater(counts.field("counts"), 1))
+    if not len(shared):
+        return []
+    examples = ", ".join(repr(v) for v in shared.field("values")[:3].to_pylist())
+    rows = sum(shared.field("counts").to_pylist())
+    return [f"{rows} kept rows share {len(shared)} id{'s' * (len(shared) != 1)} with another, "
+            f"different row (e.g. {examples}): each id should name one row (reports, "
+            "`duplicate_of` and `parent_id` name rows by id); rows sharing an id land in one "
+            "split. Give the rows unique ids, or drop the `id` field to have them hashed"]
 
 
 def _positions(sorted_keys: np.ndarray, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

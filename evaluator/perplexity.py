@@ -91,6 +91,14 @@ def local_logprobs(model, encoded: Sequence[Encoded], batch_rows: int = BATCH_RO
     return out
 
 
+def _short(exc: Exception, limit: int = 240) -> str:
+    """A server's error on one line, cut: a validation error's body can run to kilobytes."""
+    from data_engine.engines.openai_engine import classify
+
+    text = " ".join(str(exc).split())
+    return f"{classify(exc)[0]}: {text[:limit]}{'...' if len(text) > limit else ''}"
+
+
 def server_logprobs(base_url: str, model_name: str, encoded: Sequence[Encoded],
                     batch_rows: int = BATCH_ROWS, api_key: str = "EMPTY",
                     timeout_s: float = 600.0, progress: Callable[[int], None] | None = None
@@ -110,7 +118,10 @@ def server_logprobs(base_url: str, model_name: str, encoded: Sequence[Encoded],
                     max_tokens=1, temperature=0.0)
             except openai.OpenAIError as exc:
                 raise EvalError("server_logprobs_failed", f"{base_url} did not return prompt "
-                                f"log-probabilities: {exc}", "base_url") from None
+                                f"log-probabilities ({_short(exc)}); a server without echo + "
+                                "logprobs on token-id prompts (llama.cpp's) cannot score: "
+                                "`--ppl local` scores the model's folder here", "base_url"
+                                ) from None
             choices = sorted(reply.choices, key=lambda c: c.index)
             if len(choices) != len(batch):
                 raise EvalError("server_logprobs_failed", f"{len(batch)} prompts sent, "

@@ -57,8 +57,9 @@ def eval_run(
         "(64..1024).")] = None,
     limit: Annotated[Optional[int], typer.Option("--limit", help="Only the first N rows.")
                      ] = None,
-    backend: Annotated[str, typer.Option("--backend", help="auto | vllm | transformers")
-                       ] = "auto",
+    backend: Annotated[str, typer.Option(
+        "--backend", help="auto | vllm | transformers | llama_cpp (auto: llama_cpp for a "
+        ".gguf MODEL, vllm where installed with a CUDA device, else transformers).")] = "auto",
     ppl: Annotated[str, typer.Option(
         "--ppl", help="server: prompt log-probabilities through the server; local: a forward "
         "pass here.")] = "server",

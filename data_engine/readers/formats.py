@@ -44,9 +44,15 @@ def detect_format(row: dict[str, Any], columns: dict[str, str] | None = None) ->
         return "alpaca"
     if "prompt" in row and "completion" in row:
         return "prompt_completion"
-    if columns and all(columns[k] in row for k in ("user", "assistant")):
-        return "columns"
-    raise UnknownFormat(f"no known shape; keys: {', '.join(sorted(map(str, row))[:8])}")
+    if columns:
+        missing = [f"{k}={columns[k]}" for k in ("user", "assistant") if columns[k] not in row]
+        if not missing:
+            return "columns"
+        raise UnknownFormat(f"the `columns` mapping's {', '.join(missing)} "
+                            f"{'is not a column' if len(missing) == 1 else 'are not columns'}"
+                            " of the row, and it has no other known shape")
+    raise UnknownFormat("no known shape (messages, conversations, instruction+output, "
+                        "prompt+completion)")
 
 
 def to_messages(row: dict[str, Any], fmt: str, columns: dict[str, str] | None = None

@@ -12,12 +12,15 @@ from typing import Any
 import pyarrow as pa
 
 from data_engine.config import InputConfig
+from data_engine.errors import InputError
 from data_engine.readers.formats import UnknownFormat, row_id, row_tags, row_tools, to_messages
 from data_engine.readers.arrow_jsonl import read_shard
-from data_engine.readers.shards import Shard, default_source, iter_shard, read_bytes
+from data_engine.readers.shards import Shard, default_source, first_rows, iter_shard, read_bytes
 from data_engine.schema import WORK_SCHEMA
 
 STAGE = "ingest"
+# Lines (or rows) of an input's first file that `check_shapes` reads.
+SHAPE_PROBE_LINES = 100
 
 
 def ingest_shards(shards: pa.Table, inputs: list[InputConfig], group_column: str = "group"
@@ -80,3 +83,39 @@ def _append(columns: dict[str, list[Any]], row: dict[str, Any] | None, raw: str,
 def _keep_id(row: dict[str, Any]) -> str | None:
     value = row.get("id")
     return None if value is None or isinstance(value, (dict, list)) else str(value)
+
+
+def check_shapes(inputs: list[InputConfig], field: str = "inputs") -> None:
+    """Raises InputError when none of the rows among an input's first lines has the input's
+    format: a `columns:` mapping that names absent columns, a wrong `format:`, or a file of
+    no chat shape would otherwise reject every row as unknown_format and run on without it.
+    The message is the first row's problem and the keys the rows have."""
+    for index, item in enumerate(inputs):
+        path, rows = first_rows(item, SHAPE_PROBE_LINES)
+        problems = []
+        for row in rows:
+            try:
+                to_messages(row, item.format, item.columns)
+                row_tools(row)
+            except UnknownFormat as exc:
+                problems.append(str(exc))
+                continue
+            break
+        else:
+            if not rows:
+                continue  # nothing parsed: malformed lines, or no rows (reported elsewhere)
+            keys = sorted({str(k) for row in rows for k in row})
+            where = ("columns" if item.columns else "format" if item.format != "auto"
+                     else "path")
+            fix = ("; map them with `columns: {user: ..., assistant: ...}`"
+                   if where == "path" else "")
+            raise InputError(path, f"none of its first {len(rows)} rows can be read as "
+                             f"{_shape(item)}: {problems[0]} (the rows' keys: "
+                             f"{', '.join(keys[:12])}{', ...' if len(keys) > 12 else ''}){fix}",
+                             f"{field}[{index}].{where}")
+
+
+def _shape(item: InputConfig) -> str:
+    if item.columns:
+        return "columns " + ", ".join(f"{k}={v}" for k, v in item.columns.items())
+    return "a chat row" if item.format == "auto" else f"format {item.format!r}"

@@ -77,6 +77,32 @@ def check_inputs(inputs: list[InputConfig], field: str = "inputs") -> None:
             raise InputError(exc.path, exc.message, field) from None
 
 
+def first_rows(item: InputConfig, lines: int) -> tuple[str, list[dict[str, Any]]]:
+    """(the input's first file, the rows among its first ``lines`` lines or rows that parse
+    as objects): enough to tell a file's shape without reading it."""
+    path, kind = _files_of(item.path)[0]
+    if kind == "jsonl":
+        rows = []
+        with open(path, "rb") as fh:
+            for _, raw in zip(range(lines), fh):
+                try:
+                    row = json.loads(raw)
+                except ValueError:  # UnicodeDecodeError is one
+                    continue
+                if isinstance(row, dict):
+                    rows.append(row)
+        return path, rows
+    try:  # a corrupt file is planning's to report, with its own message
+        if kind == "parquet":
+            batch = next(pq.ParquetFile(path).iter_batches(batch_size=lines), None)
+        else:
+            with pa.memory_map(path) as source:
+                batch = next(iter(pa.ipc.open_stream(source)), None)
+    except (pa.ArrowInvalid, OSError):
+        return path, []
+    return path, [] if batch is None else batch.slice(0, lines).to_pylist()
+
+
 def default_source(path: str) -> str:
     """The `source` of rows from ``path``: the file's name up to its first dot
     (`qa.train.jsonl`: qa), or the folder's name."""

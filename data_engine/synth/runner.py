@@ -52,7 +52,7 @@ def block(config: DataConfig, name: str) -> Any:
 
 
 def read_rows(path: Path, fmt: str = "auto") -> tuple[list[dict[str, Any]], Counter]:
-    """Rows of ``path`` as {id, messages, source, tags}; rows that cannot be read are
+    """Rows of ``path`` as {id, messages, source, tags, tools (when set)}; rows that cannot be read are
     counted by reason (malformed_json, unknown_format) and left out."""
     import pyarrow as pa
 
@@ -72,6 +72,8 @@ def read_rows(path: Path, fmt: str = "auto") -> tuple[list[dict[str, Any]], Coun
             out = {"id": row["id"], "source": row["source"], "tags": row["tags"],
                    "messages": [{k: v for k, v in m.items() if v is not None}
                                 for m in row["messages"]]}
+            if row["tools"] is not None:
+                out["tools"] = json.loads(row["tools"])
             out.update(_provenance(row["_raw"]))
             rows.append(out)
     return rows, skipped

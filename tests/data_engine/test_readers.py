@@ -155,6 +155,19 @@ def test_ingest_carries_tools_and_rejects_bad_ones(tmp_path):
     assert rows["bad"]["_reason"] == "unknown_format" and rows["bad"]["tools"] is None
 
 
+def test_rows_read_for_synthesis_and_judging_keep_their_tools(tmp_path):
+    """`tunesmith judge` writes back the rows it read: their tools must survive."""
+    from data_engine.synth.runner import read_rows
+
+    chat = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
+    tools = [{"type": "function", "function": {"name": "f"}}]
+    path = tmp_path / "rows.jsonl"
+    path.write_text(json.dumps({"id": "t", "messages": chat, "tools": tools}) + "\n"
+                    + json.dumps({"id": "p", "messages": chat}) + "\n")
+    rows, skipped = read_rows(path)
+    assert [r.get("tools") for r in rows] == [tools, None] and not skipped
+
+
 def test_jsonl_malformed_unknown_blank_and_line_numbers(tmp_path):
     path = tmp_path / "mixed.jsonl"
     lines = [json.dumps({"id": "a", "prompt": "p", "completion": "c"}), "{broken", "",

@@ -14,6 +14,7 @@ import pytest
 
 from data_engine.config import DataConfig, InputConfig, load_config
 from data_engine.writers.outputs import REASONS
+from data_engine.readers.ingest import check_shapes
 from data_engine.run import run
 
 SAMPLE = Path(__file__).resolve().parents[2] / "data_engine" / "sample"
@@ -83,6 +84,8 @@ def test_run_on_local_ray_mixed_layouts(ray_local, tmp_path):
         json.dumps({"messages": [{"role": "user", "content": "Tags?"},
                                  {"role": "assistant", "content": "#a #b #c"}]}),
         json.dumps({"id": "tools", "messages": PARALLEL_CALLS, "tools": WEATHER_TOOL}),
+        json.dumps({"id": "j1", "messages": [{"role": "user", "content": "Another title?"},
+                                             {"role": "assistant", "content": "Kyoto mornings"}]}),
         json.dumps({"id": "unmatched", "messages": PARALLEL_CALLS[:3] + [
             dict(PARALLEL_CALLS[3], tool_call_id="c9")] + PARALLEL_CALLS[4:]}),
     ]) + "\n", encoding="utf-8")
@@ -98,12 +101,18 @@ def test_run_on_local_ray_mixed_layouts(ray_local, tmp_path):
     config.ray.shard_rows = 8
     result = run(config, tmp_path / "out", progress=False)
     manifest = check_contract(tmp_path / "out")
-    assert manifest["counts"]["input"] == 55 and manifest["counts"]["kept"] == 52
+    assert manifest["counts"]["input"] == 56 and manifest["counts"]["kept"] == 53
     assert manifest["counts"]["rejected"]["malformed_json"] == 1
     assert manifest["counts"]["rejected"]["tag_list"] == 1
     assert manifest["counts"]["rejected"]["unmatched_tool_call"] == 1
     flow = {name: (c["input"], c["after_clean"], c["kept"]) for name, c in manifest["sources"].items()}
-    assert flow == {"chat": (5, 2, 2), "math": (30, 30, 30), "qa": (20, 20, 20)}
+    assert flow == {"chat": (6, 3, 3), "math": (30, 30, 30), "qa": (20, 20, 20)}
+    # two different rows with the id j1: both kept, and the manifest says so
+    assert [w for w in manifest["warnings"] if "share" in w] == [
+        "2 kept rows share 1 id with another, different row (e.g. 'j1'): each id should name "
+        "one row (reports, `duplicate_of` and `parent_id` name rows by id); rows sharing an id "
+        "land in one split. Give the rows unique ids, or drop the `id` field to have them "
+        "hashed"]
     kept = {r["id"]: r for split in SPLITS for r in read_jsonl(tmp_path / "out" / f"{split}.jsonl")}
     # parallel calls stay matched to their results: the ids and names are written back
     assert kept["tools"]["messages"] == PARALLEL_CALLS
@@ -306,6 +315,41 @@ def test_an_out_that_cannot_hold_the_outputs_is_refused_before_reading(tmp_path)
             run(config, out, progress=False)
         assert said in str(err.value) and err.value.exit_code == 2, (out, err.value)
     assert source.read_bytes() == before and not (inputs / "rejected.jsonl").exists()
+
+
+def test_an_input_none_of_whose_rows_has_its_shape_is_refused(tmp_path):
+    """A `columns:` mapping naming absent columns (or a file of no chat shape) rejected every
+    row as a bare `unknown_format` and went on; now exit 2 before Ray starts, naming the
+    field, the missing columns and the keys the rows have. Mixed files still run."""
+    from data_engine.errors import InputError
+
+    pq.write_table(pa.Table.from_pylist([{"q": f"What is {i}?", "a": f"It is {i}."}
+                                         for i in range(20)]), tmp_path / "qa.parquet")
+    (tmp_path / "text.jsonl").write_text("".join(json.dumps({"text": f"row {i}"}) + "\n"
+                                                 for i in range(150)))
+    for item, field, said in [
+            (InputConfig(path=str(tmp_path / "qa.parquet"),
+                         columns={"user": "question", "assistant": "answer"}),
+             "inputs[1].columns", "user=question, assistant=answer are not columns of the row"),
+            (InputConfig(path=str(tmp_path / "qa.parquet"),
+                         columns={"user": "q", "assistant": "answer"}),
+             "inputs[1].columns", "assistant=answer is not a column"),
+            (InputConfig(path=str(tmp_path / "text.jsonl")), "inputs[1].path",
+             "none of its first 100 rows can be read as a chat row"),
+            (InputConfig(path=str(tmp_path / "qa.parquet"), format="alpaca"),
+             "inputs[1].format", "format 'alpaca' needs instruction, output")]:
+        config = DataConfig(inputs=[InputConfig(path=str(_rows_file(tmp_path / "ok.jsonl"))),
+                                    item])
+        with pytest.raises(InputError) as err:
+            run(config, tmp_path / "out", progress=False)
+        assert err.value.field == field and said in err.value.message, err.value
+        assert "keys: a, q" in err.value.message or "keys: text" in err.value.message
+    assert not (tmp_path / "out" / "rejected.jsonl").exists()
+    # one good row among the first 100 lines: the file runs (bad rows are rejected rows)
+    mixed = tmp_path / "mixed.jsonl"
+    lines = (tmp_path / "text.jsonl").read_text().splitlines(keepends=True)
+    mixed.write_text("".join(lines[:99]) + _rows_file(tmp_path / "one.jsonl", 1).read_text())
+    check_shapes([InputConfig(path=str(mixed))])
 
 
 def test_a_missing_engine_model_is_refused_before_ray_starts(tmp_path):

@@ -91,6 +91,17 @@ def test_local_batches_equal_single_rows(tiny_model_dir, chat_tokenizer):
         assert b[1:] == pytest.approx(s[1:], abs=1e-4)
 
 
+def test_a_server_error_is_one_short_line():
+    """llama.cpp's server answers echo + logprobs with a 500 whose body is a ~1 KB pydantic
+    report; the error shows its start on one line."""
+    from evaluator.perplexity import _short
+
+    body = "1 validation error for CreateCompletionRequest\nprompt\n" + "  detail " * 200
+    short = _short(ValueError(body))
+    assert short.startswith("bad_response: 1 validation error for CreateCompletionRequest prompt")
+    assert "\n" not in short and len(short) < 300 and short.endswith("...")
+
+
 @pytest.mark.slow
 def test_perplexity_through_the_server_equals_the_local_forward_pass(tiny_model_dir,
                                                                      chat_tokenizer):
@@ -105,6 +116,7 @@ def test_perplexity_through_the_server_equals_the_local_forward_pass(tiny_model_
         with pytest.raises(EvalError) as wrong:
             server_logprobs(server.base_url, "not-served", encoded[:1])
         assert wrong.value.code == "server_logprobs_failed"
+        assert "--ppl local" in wrong.value.message and len(wrong.value.message) < 600
     assert remote["tokens"] == local["tokens"] > 0
     assert remote["ppl"] == pytest.approx(local["ppl"], rel=1e-4)
     for source, numbers in local["by_source"].items():
