@@ -40,7 +40,7 @@ from data_engine.pipeline.split import assign_splits, leak_check
 from data_engine.progress import StageProgress
 from data_engine.readers.ingest import check_shapes, ingest_shards
 from data_engine.readers.shards import Shard, check_inputs, file_sha256, plan_shards
-from data_engine.schema import IDX, SPLITS
+from data_engine.schema import IDX, JUDGE_FIELDS, SPLITS
 from data_engine.stages import StageOutput, StageStore, stage_key, write_table
 from data_engine.writers.outputs import (OUTPUT_SCHEMA, REJECTED_FILE, SPLIT_FILES,
                                          DatasetWriter, finalize_batch, render_batch)
@@ -386,7 +386,8 @@ def _judge(ctx: _Context, rows: _Rows, folder: Path) -> dict[str, Any]:
     table = table.filter(pc.is_null(table.column("_reason"))).drop(["_reason"])
     if "origin" not in table.column_names:
         table = table.append_column("origin", pa.nulls(table.num_rows, pa.string()))
-    facts = run_judge(ctx.worker(), table, ctx.config.judge, folder)
+    facts = run_judge(ctx.worker(), table, ctx.config.judge, folder,
+                      on_part=lambda part: ctx.tracker.update(part, ("judge",)))
     ctx.tracker.record("judge", facts["judged"], facts["dropped"],
                        time.perf_counter() - started)
     ctx.log(f"judge: {facts['scored']} of {facts['judged']} rows scored, mean "
@@ -546,11 +547,12 @@ def _export(ctx: _Context, stored: _Rows, dedup: StageOutput, mixed: StageOutput
             pa.array(SPLITS)),
     }
     if stored.judge is not None:
-        scores = stored.judge.read("scores", ["_idx", "judge_score", "judge_mass"])
+        names = [f.name for f in JUDGE_FIELDS]
+        scores = stored.judge.read("scores", ["_idx", *names])
         by = np.argsort(scores.column("_idx").to_numpy(), kind="stable")
         plan["judged_idx"] = scores.column("_idx").to_numpy()[by]
-        plan["judge_score"] = scores.column("judge_score").to_numpy(zero_copy_only=False)[by]
-        plan["judge_mass"] = scores.column("judge_mass").to_numpy(zero_copy_only=False)[by]
+        for name in names:
+            plan[name] = scores.column(name).to_numpy(zero_copy_only=False)[by]
     plan_ref = ray.put(plan)
     if ctx.config.mix.strategy == "none":  # input order: each part's rows, part after part
         batches = map_tasks(export_part, [(f, plan_ref) for f in stored.files()],

@@ -47,7 +47,9 @@ SPLITS = ("train", "validation", "test")
 
 # Where a row came from: "seed" (an input row) or the generator that made it, the row or
 # document it was made from, and `kind:model` of the engine. Judge columns: the expected
-# score and the probability mass the score tokens got (null when not judged).
+# score and the probability mass the score tokens got (null when not judged), and why a
+# judged row was not scored or its score is not trusted (kept, never dropped on it).
 PROVENANCE_FIELDS = [pa.field("origin", pa.string()), pa.field("parent_id", pa.string()),
                      pa.field("generator", pa.string())]
-JUDGE_FIELDS = [pa.field("judge_score", pa.float64()), pa.field("judge_mass", pa.float64())]
+JUDGE_FIELDS = [pa.field("judge_score", pa.float64()), pa.field("judge_mass", pa.float64()),
+                pa.field("judge_error", pa.string())]  # why a judged row has no trusted score

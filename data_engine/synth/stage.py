@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pyarrow as pa
@@ -30,6 +30,10 @@ from data_engine.schema import IDX, PROVENANCE_FIELDS
 from data_engine.stages import write_table
 from data_engine.synth.judge import JUDGE_FIELDS
 from data_engine.synth.rows import cleaned_table
+
+# Rows a judge call takes: big enough for an engine's batching (vLLM schedules all it is
+# given), small enough that progress moves every minute or so on a CPU.
+JUDGE_PART_ROWS = 256
 
 
 class ModelWorker:
@@ -120,14 +124,24 @@ def run_synth(worker: Any, config: DataConfig, seeds: list[dict[str, Any]], firs
     return facts
 
 
-def run_judge(worker: Any, rows: pa.Table, config: Any, folder: Path) -> dict[str, Any]:
+def run_judge(worker: Any, rows: pa.Table, config: Any, folder: Path,
+              on_part: Callable[[pa.Table], None] | None = None) -> dict[str, Any]:
     """Judges ``rows`` (`_idx`, `messages`, `origin` of the kept rows); stores the scores
-    of every judged row in `scores.parquet`, with `_reason` set for low scores."""
+    of every judged row in `scores.parquet`, with `_reason` set for low scores. The rows go
+    to the worker in parts of `JUDGE_PART_ROWS`, all queued at once (the actor takes them
+    one after another, never idle), and ``on_part`` sees each part as it comes back."""
     import ray
 
     table = rows.append_column("_reason", pa.nulls(rows.num_rows, pa.string()))
     table = table.append_column("_stage", pa.nulls(rows.num_rows, pa.string()))
-    judged = ray.get(worker.judge.remote(table, config))
+    refs = [worker.judge.remote(table.slice(start, JUDGE_PART_ROWS), config)
+            for start in range(0, max(table.num_rows, 1), JUDGE_PART_ROWS)]
+    parts = []
+    for ref in refs:
+        parts.append(ray.get(ref))
+        if on_part is not None:
+            on_part(parts[-1])
+    judged = pa.concat_tables(parts)
     judged = judged.filter(pc.is_valid(judged.column("judge_method")))
     write_table(folder, "scores", judged.select(
         [IDX.name] + list(JUDGE_FIELDS) + ["_reason"]))

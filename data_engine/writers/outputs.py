@@ -72,7 +72,7 @@ def chat_row(row: dict[str, Any]) -> dict[str, Any]:
         out["tools"] = json.loads(row["tools"])
     if row.get("origin") not in (None, "seed"):  # synthesized: where it came from
         out.update({k: row.get(k) for k in ("origin", "parent_id", "generator")})
-    for name in ("judge_score", "judge_mass"):
+    for name in ("judge_score", "judge_mass", "judge_error"):
         if row.get(name) is not None:
             out[name] = row[name]
     return out
@@ -193,12 +193,15 @@ def _with_model_columns(batch: pa.Table, plan: dict[str, Any]) -> pa.Table:
     judged = plan.get("judged_idx")
     idx = batch.column("_idx").to_numpy()
     for f in JUDGE_FIELDS:
-        values = np.full(batch.num_rows, np.nan)
+        text = pa.types.is_string(f.type)  # null: None (text) or NaN (numbers)
+        values = np.full(batch.num_rows, None, object) if text else np.full(batch.num_rows,
+                                                                            np.nan)
         if judged is not None and len(judged):
             where = np.minimum(np.searchsorted(judged, idx), len(judged) - 1)
             hit = judged[where] == idx
             values[hit] = plan[f.name][where[hit]]
-        batch = batch.append_column(f, pa.array(values, f.type, mask=np.isnan(values)))
+        batch = batch.append_column(f, pa.array(values, f.type) if text else
+                                    pa.array(values, f.type, mask=np.isnan(values)))
     return batch
 
 
@@ -256,7 +259,7 @@ def _plain_lines(rows: pa.Table) -> tuple[np.ndarray, pa.Array]:
     for name in ("reasoning_content", "tool_call_id", "name"):
         odd_turn = odd_turn | to_numpy_bool(pc.is_valid(messages.field(name)))
     fast = ~any_per_row(odd_turn, m_offsets)
-    for name in ("group", "tools", "judge_score", "judge_mass"):
+    for name in ("group", "tools", "judge_score", "judge_mass", "judge_error"):
         if name in rows.column_names:
             fast &= to_numpy_bool(pc.is_null(rows.column(name)))
     if "origin" in rows.column_names:

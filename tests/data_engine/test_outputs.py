@@ -63,6 +63,8 @@ ROWS = [
      "parent_id": "plain", "generator": "transformers:m"},
     {"id": "judged", "messages": [_turn("assistant", "j")], "judge_score": 3.25,
      "judge_mass": 0.5},
+    {"id": "flagged", "messages": [_turn("assistant", "f")], "judge_score": 2.0,
+     "judge_mass": 0.1, "judge_error": "judge_low_mass: mass 0.100 < min_mass 0.5"},
     # rejected rows: the raw line embedded as it is where it is one object on its own
     _rejected("canonical", CANONICAL),
     _rejected("ascii escapes", json.dumps(ORIGINAL)),  # \u3042, \ud83d\ude00 ...
@@ -115,6 +117,8 @@ def test_render_batch_writes_the_per_row_definitions():
     assert written["named"]["messages"][0] == {"role": "user", "content": "q", "name": "ann"}
     assert written["plain"]["messages"][0] == {"role": "user", "content": "Hi"}
     assert written["offers tools"]["tools"] == [{"type": "f"}] and "tools" not in written["plain"]
+    assert written["flagged"]["judge_error"].startswith("judge_low_mass") and \
+        "judge_error" not in written["judged"]
 
 
 def test_render_batch_keeps_the_row_order():

@@ -83,8 +83,9 @@ def test_synth_and_judge_inside_data_run(ray_local, smollm2_dir, tmp_path):
     for reason in synth["eliminated"]:
         assert reason in report
 
-    # A judge that drops nothing: rows keep their scores; the synthesis is reused.
-    config = load_config(write_config(tmp_path / "b.yaml", "{apply_to: all}"))
+    # A judge that drops nothing: rows keep their scores; the synthesis is reused. With
+    # min_mass 1, every score is flagged as untrusted, and the rows say why.
+    config = load_config(write_config(tmp_path / "b.yaml", "{apply_to: all, min_mass: 1.0}"))
     manifest = run(config, out, progress=False).manifest
     reused = {s["name"]: s["reused"] for s in manifest["stages"]}
     assert reused["synth"] and reused["clean"] and not reused["judge"]
@@ -92,9 +93,50 @@ def test_synth_and_judge_inside_data_run(ray_local, smollm2_dir, tmp_path):
     assert kept_rows and all(1.0 <= r["judge_score"] <= 5.0 and 0.0 < r["judge_mass"] <= 1.0
                              for r in kept_rows)
     assert manifest["counts"]["rejected"]["low_judge_score"] == 0
+    flagged = [r["judge_error"] for r in kept_rows if "judge_error" in r]
+    assert manifest["judge"]["flagged"] >= len(flagged) == len(kept_rows)
+    assert all(e.startswith("judge_low_mass: mass ") and e.endswith("< min_mass 1")
+               for e in flagged)
     from datasets import load_from_disk
 
     hf = load_from_disk(str(out / "hf"))
-    assert {"origin", "parent_id", "generator", "judge_score", "judge_mass"} <= set(
-        hf["train"].column_names)
+    assert {"origin", "parent_id", "generator", "judge_score", "judge_mass",
+            "judge_error"} <= set(hf["train"].column_names)
     assert set(hf["train"]["origin"]) <= {"seed", "evol"}
+
+
+@pytest.mark.slow
+def test_the_judge_runs_in_parts_and_reports_each(ray_local, smollm2_dir, tmp_path,
+                                                  monkeypatch):
+    """The judge stage was one actor call: no progress until every row was scored. The rows
+    now go in parts, queued at once, each reported as it returns, the scores in row order."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from data_engine.config import EngineConfig
+    from data_engine.schema import MESSAGE_TYPE
+    from data_engine.synth import stage
+    from data_engine.synth.judge import JudgeConfig
+
+    from .helpers import chat
+
+    monkeypatch.setattr(stage, "JUDGE_PART_ROWS", 2)
+    worker = stage.start_worker(EngineConfig(kind="transformers", model=str(smollm2_dir),
+                                             device="cpu"))
+    rows = pa.table({
+        "_idx": pa.array([10, 11, 12, 13, 14], pa.int64()),
+        "messages": pa.array([chat(f"What is {i} + {i}?", f"{2 * i}.") for i in range(5)],
+                             pa.list_(MESSAGE_TYPE)),
+        "origin": pa.nulls(5, pa.string())})
+    seen = []
+    facts = stage.run_judge(worker, rows, JudgeConfig(apply_to="all"), tmp_path,
+                            on_part=lambda part: seen.append(part.column("_idx").to_pylist()))
+    assert seen == [[10, 11], [12, 13], [14]]
+    assert facts["judged"] == facts["scored"] == 5
+    scores = pq.read_table(tmp_path / "scores.parquet")
+    assert scores.column("_idx").to_pylist() == [10, 11, 12, 13, 14]
+    assert all(1.0 <= s <= 5.0 for s in scores.column("judge_score").to_pylist())
+    seen.clear()
+    facts = stage.run_judge(worker, rows.slice(0, 0), JudgeConfig(apply_to="all"), tmp_path,
+                            on_part=lambda part: seen.append(part.num_rows))
+    assert facts["judged"] == 0 and seen == [0]
