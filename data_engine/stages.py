@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 
 MARKER = "_SUCCESS.json"
 # Bump when a stage's output format or logic changes, so old outputs are not reused.
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # 3: `tools`, call ids, unmatched_tool_call, judge_error
 
 
 def stage_key(name: str, config: Any, upstream: str | None) -> str:

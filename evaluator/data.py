@@ -87,7 +87,11 @@ def to_row(raw: dict[str, Any], where: str) -> EvalRow:
                         "role", "data")
     tools = raw.get("tools")
     if isinstance(tools, str):
-        tools = json.loads(tools) if tools.strip() else None
+        try:
+            tools = json.loads(tools) if tools.strip() else None
+        except ValueError:
+            raise EvalError("bad_row", f"{where}: `tools` is text that is not JSON",
+                            "data") from None
     if tools is not None and not (isinstance(tools, list)
                                   and all(isinstance(t, dict) for t in tools)):
         raise EvalError("bad_row", f"{where}: `tools` is not a list of tool definitions", "data")

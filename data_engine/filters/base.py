@@ -35,9 +35,13 @@ class MessageView:
     Python strings of only the messages they check (``texts``).
     """
 
-    def __init__(self, messages: pa.ListArray | pa.ChunkedArray):
+    def __init__(self, messages: pa.ListArray | pa.ChunkedArray,
+                 tools: pa.Array | pa.ChunkedArray | None = None):
         self.num_rows = len(messages)
         self._values, self.offsets = list_offsets(messages)
+        # per row: the JSON text of the tool definitions it offers (null: none); None when
+        # the batch has no such column
+        self.tools = tools.combine_chunks() if isinstance(tools, pa.ChunkedArray) else tools
         self.cache: dict = {}  # derived per-message arrays shared by filters (token counts)
 
     def _field(self, name: str) -> list:

@@ -113,11 +113,27 @@ def message_tokens(view: MessageView, config: LengthConfig) -> np.ndarray:
     return view.cache[key]
 
 
+def tool_tokens(view: MessageView, config: LengthConfig) -> np.ndarray:
+    """Tokens of each row's tool definitions (their JSON text; 0 for a row without), which
+    the chat template puts in the prompt."""
+    if view.tools is None or view.tools.null_count == len(view.tools):
+        return np.zeros(view.num_rows, dtype=np.int64)
+    key = ("tool_tokens", config.tokenizer)
+    if key not in view.cache:
+        if config.tokenizer is None:
+            view.cache[key] = estimate_tokens_array(view.tools)
+        else:
+            view.cache[key] = count_tokens([t or "" for t in view.tools.to_pylist()],
+                                           config.tokenizer)
+    return view.cache[key]
+
+
 def row_tokens(view: MessageView, config: LengthConfig) -> np.ndarray:
-    """Tokens of each whole conversation, chat-template overhead included."""
+    """Tokens of each whole conversation, chat-template overhead and the tool definitions
+    it offers included."""
     per_message = message_tokens(view, config) + config.turn_overhead_tokens
     sums = np.concatenate([[0], np.cumsum(per_message)])
-    return sums[view.offsets[1:]] - sums[view.offsets[:-1]]
+    return sums[view.offsets[1:]] - sums[view.offsets[:-1]] + tool_tokens(view, config)
 
 
 def length_bounds(view: MessageView, config: CleanConfig, alive: np.ndarray | None = None

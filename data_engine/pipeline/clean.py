@@ -36,7 +36,8 @@ def clean_batch(batch: pa.Table, config: CleanConfig) -> pa.Table:
     checks only the rows no earlier one dropped (``alive``).
     """
     messages = normalize_messages(batch.column("messages"), config)
-    view = MessageView(messages)
+    view = MessageView(messages, batch.column("tools") if "tools" in batch.column_names
+                       else None)
     reasons = batch.column("_reason").combine_chunks().cast(pa.string())
     stages = batch.column("_stage").combine_chunks().cast(pa.string())
     for flt in FILTERS:

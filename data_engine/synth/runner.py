@@ -52,8 +52,8 @@ def block(config: DataConfig, name: str) -> Any:
 
 
 def read_rows(path: Path, fmt: str = "auto") -> tuple[list[dict[str, Any]], Counter]:
-    """Rows of ``path`` as {id, messages, source, tags, tools (when set)}; rows that cannot be read are
-    counted by reason (malformed_json, unknown_format) and left out."""
+    """Rows of ``path`` as {id, messages, source, tags, tools (when set)}; rows that cannot
+    be read are counted by reason (malformed_json, unknown_format) and left out."""
     import pyarrow as pa
 
     from data_engine.readers.ingest import ingest_shards

@@ -312,6 +312,26 @@ def test_length_bounds_short_long_and_fine():
     assert reasons(length_bounds, rows, config) == ["too_short", "too_short", "too_long", None]
 
 
+def test_tool_definitions_count_toward_the_length():
+    """The template renders a row's tools into its prompt: 300 tokens of definitions push a
+    short conversation over max_tokens 100, and into its token count."""
+    import pyarrow as pa
+
+    from data_engine.filters.base import MessageView
+    from data_engine.filters.length import row_tokens
+    from data_engine.schema import MESSAGE_TYPE
+
+    config = CleanConfig(length=LengthConfig(max_tokens=100, min_reply_tokens=2))
+    rows = [chat("Title please", "A fine title here")] * 3
+    tools = json.dumps([{"type": "function",
+                         "function": {"name": "f", "description": "x" * 1200}}])
+    view = MessageView(pa.array(rows, pa.list_(MESSAGE_TYPE)),
+                       pa.chunked_array([pa.array([None, tools, "[]"], pa.string())]))
+    assert length_bounds(view, config) == [None, "too_long", None]
+    plain, offered, empty = row_tokens(view, config.length).tolist()
+    assert offered - plain == (len(tools) + 3) // 4 and empty - plain == 1  # ASCII: 4 a token
+
+
 def test_length_bounds_with_a_real_tokenizer(tmp_path):
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast

@@ -61,7 +61,7 @@ def test_tool_rows_are_scored_as_they_trained_and_asked_as_openai_requests(chat_
     assert (encoded.ids, encoded.mask) == (trained.input_ids, trained.mask)
     scored = chat_tokenizer.decode([t for t, m in zip(encoded.ids, encoded.mask) if m])
     assert '"name": "get_weather"' in scored and "Weather for a city." in trained.text
-    for bad in ({"f": 1}, ["f"]):
+    for bad in ({"f": 1}, ["f"], "[oops"):
         with pytest.raises(EvalError, match="tools"):
             to_row({"messages": messages, "tools": bad}, "x:2")
 
