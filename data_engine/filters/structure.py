@@ -110,6 +110,8 @@ def unmatched_tool_call(view: MessageView, config: CleanConfig, alive: np.ndarra
     if alive is not None:
         rows &= np.asarray(alive, dtype=bool)
     hit = np.zeros(len(view.offsets) - 1, dtype=bool)
+    if not rows.any():  # the common case: no Python lists made
+        return reasons_of(hit, "unmatched_tool_call")
     roles, ids = view.roles, view.tool_call_ids
     for row in np.flatnonzero(rows):
         unanswered: set[str] = set()  # the last call turn's call ids with no result yet
