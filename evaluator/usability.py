@@ -53,7 +53,8 @@ def generate(base_url: str, model_name: str, rows: Sequence[EvalRow], max_tokens
                           timeout_s=timeout_s, max_retries=2)
     try:
         return engine.generate([r.prompt for r in rows],
-                               SamplingParams(temperature=0.0, max_tokens=max_tokens))
+                               SamplingParams(temperature=0.0, max_tokens=max_tokens),
+                               tools=[r.tools for r in rows])
     finally:
         engine.close()
 

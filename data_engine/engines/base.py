@@ -42,6 +42,7 @@ class Generation:
     finish_reason: str
     tokens: int = 0
     error: str | None = None
+    prompt_tokens: int | None = None  # the prompt as the server rendered it, where it says
 
     @property
     def ok(self) -> bool:

@@ -14,7 +14,7 @@ import os
 import random
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Sequence, TypeVar
 
 from data_engine.engines.base import (Conversation, EngineError, Generation, SamplingParams,
                                       TokenScores)
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from data_engine.config import EngineConfig
 
 T = TypeVar("T")
+I = TypeVar("I")
 
 # OpenAI caps top_logprobs at 20, and so does vLLM's default `max_logprobs`.
 TOP_LOGPROBS = 20
@@ -143,27 +144,41 @@ class OpenAIEngine:
         return self._with_retries(lambda: self.client.chat.completions.create(
             model=self.model, messages=conversation, **kwargs))
 
-    def _map(self, fn: Callable[[Conversation], T], conversations: list[Conversation],
-             on_error: Callable[[str], T]) -> list[T]:
-        """``fn`` over the conversations, in input order, at most max_concurrency at once.
-        An exception nobody foresaw still fails only its own row."""
-        def guarded(conversation: Conversation) -> T:
+    def _map(self, fn: Callable[[I], T], items: list[I], on_error: Callable[[str], T]
+             ) -> list[T]:
+        """``fn`` over the items (conversations), in input order, at most max_concurrency at
+        once. An exception nobody foresaw still fails only its own row."""
+        def guarded(item: I) -> T:
             try:
-                return fn(conversation)
+                return fn(item)
             except Exception as exc:  # noqa: BLE001 - the interface promises a row per input
                 return on_error(f"internal_error: {type(exc).__name__}: {exc}")
 
-        return list(self.pool.map(guarded, conversations))
+        return list(self.pool.map(guarded, items))
 
-    def generate(self, conversations: list[Conversation], params: SamplingParams
+    def generate(self, conversations: list[Conversation], params: SamplingParams,
+                 tools: Sequence[list[dict[str, Any]] | None] | None = None
                  ) -> list[Generation]:
+        """Replies in input order. ``tools``: per conversation, the tool definitions its
+        prompt offers (None: none), sent with `tool_choice: none`: the server renders them
+        into the prompt as training did, and answers in text (vLLM needs no tool parser for
+        that; `auto` without one is a 400)."""
         kwargs: dict[str, Any] = {"temperature": params.temperature, "top_p": params.top_p,
                                   "max_tokens": params.max_tokens}
         if params.stop:
             kwargs["stop"] = list(params.stop)
         if params.seed is not None:
             kwargs["seed"] = params.seed
-        return self._map(lambda conv: self._generate_one(conv, params, kwargs), conversations,
+        offered = list(tools) if tools is not None else [None] * len(conversations)
+        if len(offered) != len(conversations):
+            raise ValueError(f"{len(offered)} tool lists for {len(conversations)} conversations")
+
+        def one(pair: tuple[Conversation, list[dict[str, Any]] | None]) -> Generation:
+            conversation, defs = pair
+            extra = {"tools": defs, "tool_choice": "none"} if defs else {}
+            return self._generate_one(conversation, params, {**kwargs, **extra})
+
+        return self._map(one, list(zip(conversations, offered)),
                          lambda error: Generation("", "error", 0, error))
 
     def _generate_one(self, conversation: Conversation, params: SamplingParams,
@@ -181,7 +196,8 @@ class OpenAIEngine:
                               "content_filter: the server filtered this reply")
         text, cut = cut_at_stop(choice.message.content or "", params.stop)
         reason = "length" if choice.finish_reason == "length" and not cut else "stop"
-        return Generation(text, reason, tokens)
+        return Generation(text, reason, tokens,
+                          prompt_tokens=reply.usage.prompt_tokens if reply.usage else None)
 
     def next_token_scores(self, conversations: list[Conversation], labels: list[str]
                           ) -> list[TokenScores]:

@@ -256,6 +256,10 @@ def served_smollm2(smollm2_dir, tmp_path_factory):
     The API's model name is the folder path exactly as passed on the command line (replies
     report it with "@main" appended, but requests must not). HF_HOME/hub must exist, or
     /v1/models answers 500 (it scans the hub cache)."""
+    yield from _serve(smollm2_dir, tmp_path_factory)
+
+
+def _serve(model_dir, tmp_path_factory):
     hf_home = tmp_path_factory.mktemp("hf-home")
     (hf_home / "hub").mkdir()
     log_path = hf_home / "serve.log"
@@ -263,7 +267,7 @@ def served_smollm2(smollm2_dir, tmp_path_factory):
     exe = Path(sys.executable).with_name("transformers")
     env = {**os.environ, "HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1"}
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen([str(exe), "serve", str(smollm2_dir), "--host", "127.0.0.1",
+        proc = subprocess.Popen([str(exe), "serve", str(model_dir), "--host", "127.0.0.1",
                                  "--port", str(port), "--device", "cpu",
                                  # the folder holds bf16 weights; bf16 matmuls crawl on CPU
                                  "--dtype", "float32"],
@@ -285,7 +289,7 @@ def served_smollm2(smollm2_dir, tmp_path_factory):
                 pytest.fail(f"transformers serve not healthy in 180 s:\n"
                             f"{log_path.read_text()[-2000:]}")
             time.sleep(0.5)
-        yield f"{base}/v1", str(smollm2_dir)
+        yield f"{base}/v1", str(model_dir)
     finally:
         proc.terminate()
         try:
@@ -334,6 +338,38 @@ def test_served_model_length_and_stop_strings(served_engine):
     # transformers serve returns the stop string itself; the engine cuts it, as OpenAI does.
     assert cut[0].text == full[0].text[:full[0].text.index(stop)]
     assert cut[0].finish_reason == "stop"
+
+
+def test_tools_reach_the_served_prompt(smollm2_dir, tmp_path_factory):
+    """A row's tools go with its request (tool_choice none: a text reply, and no tool parser
+    needed on vLLM), so the server renders them into the prompt as training did: SmolLM2
+    served with the training template (which shows tools, as a merged model's does) reads
+    a longer prompt with them."""
+    from transformers import AutoTokenizer
+
+    from trainer_service.recipe.chat_format import resolve_template
+
+    folder = tmp_path_factory.mktemp("smollm2-tools")
+    for item in Path(smollm2_dir).iterdir():  # the weights linked, the tokenizer rewritten
+        if not item.name.startswith(("tokenizer", "special_tokens", "chat_template")):
+            (folder / item.name).symlink_to(item)
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
+    tokenizer.chat_template = resolve_template(tokenizer, "auto").text
+    tokenizer.save_pretrained(folder)
+    tools = [{"type": "function", "function": {
+        "name": "get_weather", "description": "Today's weather in a city.",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]
+    served = _serve(folder, tmp_path_factory)
+    url, model = next(served)
+    try:
+        engine = OpenAIEngine(model, url, max_retries=1, **FAST)
+        plain, offered = engine.generate([PROMPTS[0], PROMPTS[0]], SamplingParams(
+            temperature=0.0, max_tokens=4), tools=[None, tools])
+        engine.close()
+    finally:
+        served.close()
+    assert plain.ok and offered.ok, (plain, offered)
+    assert offered.prompt_tokens > plain.prompt_tokens + 40  # the tools block
 
 
 def test_served_model_wrong_name_is_a_bad_request_not_retried(served_smollm2):
