@@ -241,6 +241,21 @@ def _synth(name: str, config_path: Optional[Path], engine: Optional[str], model:
     typer.echo(f"rejected: {written.rejected}")
 
 
+def _judge_progress():
+    """`progress: judge N/M rows` on stderr as parts finish, at most every 10 s and at the
+    end (judging thousands of rows on a CPU takes a while)."""
+    import time
+
+    last = [time.monotonic()]
+
+    def report(done: int, total: int) -> None:
+        if done >= total or time.monotonic() - last[0] >= 10:
+            last[0] = time.monotonic()
+            typer.echo(f"progress: judge {done:,}/{total:,} rows", err=True)
+
+    return report
+
+
 def _read(path: Path, what: str) -> list:
     from data_engine.errors import DataEngineError
     from data_engine.synth.runner import read_rows
@@ -315,7 +330,7 @@ def judge(
     try:
         cfg = load_synth_config(config, {"kind": engine, "model": model, "base_url": base_url})
         judged = judge_rows(rows, cfg, lambda: build_engine(cfg.engine), threshold,
-                            "all" if all_rows else None)
+                            "all" if all_rows else None, progress=_judge_progress())
     except (DataEngineError, EngineError) as exc:
         typer.secho(f"error: {exc}", err=True, fg="red")
         raise typer.Exit(getattr(exc, "exit_code", 2)) from None

@@ -92,12 +92,16 @@ def _provenance(raw: str | None) -> dict[str, Any]:
 
 def judge_rows(rows: list[dict[str, Any]], config: DataConfig,
                engine_factory: Callable[[], Any], threshold: float | None = None,
-               apply_to: str | None = None) -> list[dict[str, Any]]:
+               apply_to: str | None = None,
+               progress: Callable[[int, int], None] | None = None) -> list[dict[str, Any]]:
     """Pointwise judging of ``rows``: each gets `judge_score`, `judge_mass`, `judge_method`
-    and `judge_error`; rows under the threshold get `_reason` low_judge_score."""
+    and `judge_error`; rows under the threshold get `_reason` low_judge_score. Rows are
+    judged in parts of `JUDGE_PART_ROWS` (all at once with vLLM, see `run_judge`), and
+    ``progress(done, total)`` hears of each."""
     import pyarrow as pa
 
     from data_engine.synth.judge import UNJUDGED_ORIGINS, Judge, judge_table
+    from data_engine.synth.stage import JUDGE_PART_ROWS
 
     overrides = {k: v for k, v in (("threshold", threshold), ("apply_to", apply_to))
                  if v is not None}
@@ -117,7 +121,14 @@ def judge_rows(rows: list[dict[str, Any]], config: DataConfig,
             "origin": [r.get("origin") for r in rows],
             "_reason": pa.nulls(len(rows), pa.string()),
             "_stage": pa.nulls(len(rows), pa.string())})
-        judged = judge_table(table, Judge(engine, judging))
+        judge, whole = Judge(engine, judging), max(table.num_rows, 1)
+        size = whole if engine.kind == "vllm" else JUDGE_PART_ROWS
+        parts = []
+        for start in range(0, whole, size):
+            parts.append(judge_table(table.slice(start, size), judge))
+            if progress is not None:
+                progress(min(start + size, table.num_rows), table.num_rows)
+        judged = pa.concat_tables(parts)
     finally:
         engine.close()
     names = [n for n in judged.column_names if n.startswith("judge_") or n == "_reason"]

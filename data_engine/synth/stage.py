@@ -31,8 +31,8 @@ from data_engine.stages import write_table
 from data_engine.synth.judge import JUDGE_FIELDS
 from data_engine.synth.rows import cleaned_table
 
-# Rows a judge call takes: big enough for an engine's batching (vLLM schedules all it is
-# given), small enough that progress moves every minute or so on a CPU.
+# Rows a judge call takes (but vLLM's, below): big enough for an engine's batching, small
+# enough that progress moves every minute or so on a CPU.
 JUDGE_PART_ROWS = 256
 
 
@@ -61,6 +61,11 @@ class ModelWorker:
 
         return craft(load_fewshots(block.fewshots), block.corpus, self.engine, block, clean,
                      seed)
+
+    def judges_in_parts(self) -> bool:
+        """False for vLLM, whose Ray Data processor starts its actor pool (loading the
+        model) on each call: it takes every row at once."""
+        return self.engine.kind != "vllm"
 
     def judge(self, table: pa.Table, config: Any) -> pa.Table:
         from data_engine.synth.judge import Judge, judge_table
@@ -128,14 +133,17 @@ def run_judge(worker: Any, rows: pa.Table, config: Any, folder: Path,
               on_part: Callable[[pa.Table], None] | None = None) -> dict[str, Any]:
     """Judges ``rows`` (`_idx`, `messages`, `origin` of the kept rows); stores the scores
     of every judged row in `scores.parquet`, with `_reason` set for low scores. The rows go
-    to the worker in parts of `JUDGE_PART_ROWS`, all queued at once (the actor takes them
-    one after another, never idle), and ``on_part`` sees each part as it comes back."""
+    to the worker in parts of `JUDGE_PART_ROWS` (but for vLLM), all queued at once (the actor
+    takes them one after another, never idle), and ``on_part`` sees each part as it comes
+    back."""
     import ray
 
     table = rows.append_column("_reason", pa.nulls(rows.num_rows, pa.string()))
     table = table.append_column("_stage", pa.nulls(rows.num_rows, pa.string()))
-    refs = [worker.judge.remote(table.slice(start, JUDGE_PART_ROWS), config)
-            for start in range(0, max(table.num_rows, 1), JUDGE_PART_ROWS)]
+    whole = max(table.num_rows, 1)
+    size = JUDGE_PART_ROWS if ray.get(worker.judges_in_parts.remote()) else whole
+    refs = [worker.judge.remote(table.slice(start, size), config)
+            for start in range(0, whole, size)]
     parts = []
     for ref in refs:
         parts.append(ray.get(ref))

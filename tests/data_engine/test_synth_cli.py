@@ -68,6 +68,7 @@ def test_judge_scores_rows_and_applies_the_threshold(smollm2_dir, tmp_path):
     done = tunesmith("judge", "--input", str(rows), "--out", "judged.jsonl", "--all",
                      "--threshold", "5", "--config", str(config), cwd=tmp_path)
     assert done.returncode == 0, done.stderr
+    assert "progress: judge 2/2 rows" in done.stderr
     dropped = read_jsonl(tmp_path / "judged.rejected.jsonl")
     # A 1..5 expected score is below 5 unless every bit of probability sits on "5".
     assert {r["id"] for r in dropped} == {"a", "b"}
@@ -101,3 +102,23 @@ def test_bad_config_fails_before_a_model_loads(tmp_path):
     done = tunesmith("synth", "evol", "--input", str(tmp_path / "missing.jsonl"), "--out",
                      "e.jsonl", cwd=tmp_path)
     assert done.returncode == 2 and "missing.jsonl" in done.stderr
+
+
+def test_judge_rows_go_in_parts_in_order(smollm2_dir, monkeypatch):
+    """`tunesmith judge` judged every row in one call, with nothing shown until the end."""
+    from data_engine.config import DataConfig, EngineConfig
+    from data_engine.engines import build_engine
+    from data_engine.synth import stage
+    from data_engine.synth.runner import judge_rows
+
+    monkeypatch.setattr(stage, "JUDGE_PART_ROWS", 2)
+    rows = [{"id": str(i), "messages": [{"role": "user", "content": f"What is {i} + 1?"},
+                                        {"role": "assistant", "content": f"{i + 1}."}]}
+            for i in range(5)]
+    heard = []
+    judged = judge_rows(rows, DataConfig(), lambda: build_engine(EngineConfig(
+        kind="transformers", model=str(smollm2_dir), device="cpu")), apply_to="all",
+        progress=lambda done, total: heard.append((done, total)))
+    assert heard == [(2, 5), (4, 5), (5, 5)]
+    assert [r["id"] for r in judged] == ["0", "1", "2", "3", "4"]
+    assert all(r["judge_method"] == "logprobs" for r in judged)

@@ -140,3 +140,8 @@ def test_the_judge_runs_in_parts_and_reports_each(ray_local, smollm2_dir, tmp_pa
     facts = stage.run_judge(worker, rows.slice(0, 0), JudgeConfig(apply_to="all"), tmp_path,
                             on_part=lambda part: seen.append(part.num_rows))
     assert facts["judged"] == 0 and seen == [0]
+    # vLLM's processor starts its actors (loading the model) per call: one call for all rows
+    from types import SimpleNamespace
+
+    assert not stage.ModelWorker.judges_in_parts(SimpleNamespace(engine=SimpleNamespace(
+        kind="vllm")))
