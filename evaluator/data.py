@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from data_engine.readers.formats import tool_definitions
+
 SPLITS = ("train", "validation", "test")
 # Codes of a server that failed a valid request; every other code means "fix the input".
 SERVER_FAILURES = frozenset({"server_logprobs_failed"})
@@ -85,16 +87,10 @@ def to_row(raw: dict[str, Any], where: str) -> EvalRow:
             or not all(isinstance(m, dict) and "role" in m for m in messages)):
         raise EvalError("bad_row", f"{where}: row has no `messages` list of turns with a "
                         "role", "data")
-    tools = raw.get("tools")
-    if isinstance(tools, str):
-        try:
-            tools = json.loads(tools) if tools.strip() else None
-        except ValueError:
-            raise EvalError("bad_row", f"{where}: `tools` is text that is not JSON",
-                            "data") from None
-    if tools is not None and not (isinstance(tools, list)
-                                  and all(isinstance(t, dict) for t in tools)):
-        raise EvalError("bad_row", f"{where}: `tools` is not a list of tool definitions", "data")
+    try:
+        tools = tool_definitions(raw.get("tools"))
+    except ValueError as exc:
+        raise EvalError("bad_row", f"{where}: {exc}", "data") from None
     try:
         requests = [_request(m) for m in messages]
     except (ValueError, AttributeError, TypeError) as exc:
@@ -105,7 +101,7 @@ def to_row(raw: dict[str, Any], where: str) -> EvalRow:
                    tags=list(raw.get("tags") or []), messages=[_whole(m) for m in messages],
                    prompt=requests[:-1] if ends_with_reply else requests,
                    reference=requests[-1]["content"] if ends_with_reply else None,
-                   tools=tools or None)
+                   tools=tools)
 
 
 def read_rows(data_dir: str | Path, split: str = "test", limit: int | None = None

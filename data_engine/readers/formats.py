@@ -94,22 +94,27 @@ def row_id(row: dict[str, Any], messages: list[Message], columns: dict[str, str]
     return "h" + hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
 
 
-def row_tools(row: dict[str, Any]) -> str | None:
-    """The row's tool definitions (OpenAI's `tools` list, or its JSON text as ShareGPT
-    exports write it) as JSON text; None when the row has none."""
-    tools = row.get("tools")
-    if isinstance(tools, str):
-        if not tools.strip():
+def tool_definitions(value: Any) -> list[dict[str, Any]] | None:
+    """A row's `tools`: OpenAI's list of definitions, or its JSON text as ShareGPT exports
+    write it; None when empty. UnknownFormat (a ValueError) says what is wrong."""
+    if isinstance(value, str):
+        if not value.strip():
             return None
         try:
-            tools = json.loads(tools)
+            value = json.loads(value)
         except ValueError:
             raise UnknownFormat("tools: text that is not JSON") from None
-    if tools is None or tools == []:
+    if value is None or value == []:
         return None
-    if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
+    if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
         raise UnknownFormat("tools: expected a list of tool definitions (objects)")
-    return json.dumps(tools, ensure_ascii=False)
+    return value
+
+
+def row_tools(row: dict[str, Any]) -> str | None:
+    """The row's tool definitions as JSON text (the row schema's `tools`); None when none."""
+    tools = tool_definitions(row.get("tools"))
+    return None if tools is None else json.dumps(tools, ensure_ascii=False)
 
 
 def row_tags(row: dict[str, Any]) -> list[str]:

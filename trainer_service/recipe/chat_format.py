@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from data_engine.readers.formats import tool_definitions
 from trainer_service.recipe.errors import ChatFormatError
 
 TEMPLATES_DIR = Path(__file__).with_name("templates")
@@ -175,10 +176,7 @@ def row_parts(row: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | No
     (the data engine writes `tools` as a list; JSON text is read too) or bare message lists."""
     if not isinstance(row, dict):
         return row, None
-    tools = row.get("tools")
-    if isinstance(tools, str):
-        tools = json.loads(tools) if tools.strip() else None
-    return row["messages"], tools or None
+    return row["messages"], tool_definitions(row.get("tools"))
 
 
 def normalize_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:

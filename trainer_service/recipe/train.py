@@ -14,6 +14,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from data_engine.readers.formats import tool_definitions
 from trainer_service.recipe.chat_format import has_generation_markers
 from trainer_service.recipe.errors import TrainError
 from trainer_service.recipe.hooks import RecipeStopped, RunHooks
@@ -182,11 +183,11 @@ def read_split(dataset_dir: Path, split: str) -> list[dict]:
         if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
             raise TrainError("dataset_row_invalid", f"{path}:{n}: row has no `messages` list "
                              "of {role, content} objects", "dataset")
-        tools = row.get("tools")
-        if tools is not None and not (isinstance(tools, list)
-                                      and all(isinstance(t, dict) for t in tools)):
+        try:
+            tools = tool_definitions(row.get("tools"))
+        except ValueError as exc:
             raise TrainError("dataset_row_invalid", f"{path}:{n}: `tools` is not a list of "
-                             "tool definitions (objects)", "dataset")
+                             f"tool definitions ({exc})", "dataset") from None
         kept = {"messages": [{k: v for k, v in m.items() if v is not None} for m in messages]}
         if tools:
             kept["tools"] = tools
