@@ -101,7 +101,7 @@ def judge_rows(rows: list[dict[str, Any]], config: DataConfig,
     import pyarrow as pa
 
     from data_engine.synth.judge import UNJUDGED_ORIGINS, Judge, judge_table
-    from data_engine.synth.stage import JUDGE_PART_ROWS
+    from data_engine.synth.stage import JUDGE_PART_ROWS, judges_in_parts
 
     overrides = {k: v for k, v in (("threshold", threshold), ("apply_to", apply_to))
                  if v is not None}
@@ -122,7 +122,7 @@ def judge_rows(rows: list[dict[str, Any]], config: DataConfig,
             "_reason": pa.nulls(len(rows), pa.string()),
             "_stage": pa.nulls(len(rows), pa.string())})
         judge, whole = Judge(engine, judging), max(table.num_rows, 1)
-        size = whole if engine.kind == "vllm" else JUDGE_PART_ROWS
+        size = JUDGE_PART_ROWS if judges_in_parts(engine) else whole
         parts = []
         for start in range(0, whole, size):
             parts.append(judge_table(table.slice(start, size), judge))

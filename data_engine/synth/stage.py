@@ -36,6 +36,12 @@ from data_engine.synth.rows import cleaned_table
 JUDGE_PART_ROWS = 256
 
 
+def judges_in_parts(engine: Any) -> bool:
+    """Whether the judge takes ``engine``'s rows `JUDGE_PART_ROWS` at a time: not vLLM's,
+    whose Ray Data processor starts its actor pool (loading the model) on each call."""
+    return engine.kind != "vllm"
+
+
 class ModelWorker:
     """A Ray actor holding one engine for the synth and judge stages."""
 
@@ -63,9 +69,7 @@ class ModelWorker:
                      seed)
 
     def judges_in_parts(self) -> bool:
-        """False for vLLM, whose Ray Data processor starts its actor pool (loading the
-        model) on each call: it takes every row at once."""
-        return self.engine.kind != "vllm"
+        return judges_in_parts(self.engine)
 
     def judge(self, table: pa.Table, config: Any) -> pa.Table:
         from data_engine.synth.judge import Judge, judge_table
