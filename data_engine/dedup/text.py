@@ -1,7 +1,12 @@
 """The text a conversation is compared by, for exact and near-duplicate detection.
 
 Exact: roles and contents (and tool calls) after NFKC and whitespace collapsing, so
-`Ｔｏｋｙｏ  tower` and `Tokyo tower` are one conversation. Near: the contents only,
+`Ｔｏｋｙｏ  tower` and `Tokyo tower` are one conversation. Tool calls are compared as calls
+(`call_text`): without their ids, which are random handles (`call_8f3k...`), and with their
+arguments' JSON key order and spacing settled, so one conversation logged twice is one
+conversation. The tool turns' `tool_call_id` and a row's `tools` (the definitions it
+offers) are not compared: two rows with the same turns are duplicates, whatever tools they
+offer. Near: the contents only,
 lower-cased, one line per turn; MinHash runs over its character n-grams, which works for
 Japanese and Chinese without word boundaries. Prompt: the user turns of the near text, what
 decontamination against an eval set compares by default.
@@ -14,6 +19,7 @@ and tools, not for loops over rows).
 from __future__ import annotations
 
 import hashlib
+import json
 import unicodedata
 from dataclasses import dataclass
 from functools import cache, cached_property
@@ -152,12 +158,54 @@ def _where(values: pa.Array, mask: np.ndarray, change: Any) -> pa.Array:
     return pc.replace_with_mask(values, mask, change(values.filter(mask)))
 
 
+def call_text(text: str) -> str:
+    """A turn's tool calls (JSON text: OpenAI's list, or one ShareGPT call) as compared:
+    each call without its `id`, arguments given as JSON text parsed, keys sorted, no spaces.
+    Text that is not JSON is compared as it is."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return text
+    calls = [_call(call) for call in value] if isinstance(value, list) else _call(value)
+    return json.dumps(calls, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+
+
+def _call(call: Any) -> Any:
+    if not isinstance(call, dict):
+        return call
+    call = {k: v for k, v in call.items() if k != "id"}
+    function = call.get("function")
+    if isinstance(function, dict):
+        call["function"] = _parsed_arguments(function)
+        return call
+    return _parsed_arguments(call)
+
+
+def _parsed_arguments(function: dict[str, Any]) -> dict[str, Any]:
+    arguments = function.get("arguments")
+    if isinstance(arguments, str):
+        try:
+            return {**function, "arguments": json.loads(arguments)}
+        except ValueError:
+            pass
+    return function
+
+
+def _call_texts(values: pa.Array) -> pa.Array:
+    """`call_text` of each turn's tool calls (nulls stay null; a batch without calls is
+    returned as it is)."""
+    if values.null_count == len(values):
+        return values
+    return pa.array([None if text is None else call_text(text) for text in values.to_pylist()],
+                    pa.string())
+
+
 def batch_texts(messages: pa.ListArray | pa.ChunkedArray) -> BatchTexts:
     """Exact, near and prompt texts of every conversation in ``messages``."""
     values, offsets = list_offsets(messages)
     offsets = offsets.astype(np.int32)
     content = _canonical(pc.fill_null(values.field("content"), ""))
-    tools = _canonical(values.field("tool_calls"))
+    tools = _canonical(_call_texts(values.field("tool_calls")))
     with_tools = pc.binary_join_element_wise(content, pc.fill_null(tools, ""), "\x1f")
     content_all = pc.if_else(pc.is_valid(tools), with_tools, content)
     exact_turn = pc.binary_join_element_wise(pc.fill_null(values.field("role"), ""),

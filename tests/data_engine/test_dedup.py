@@ -17,7 +17,7 @@ from data_engine.config import DataConfig, DedupConfig, InputConfig
 from data_engine.dedup.graph import bucket_pairs, components, pair_jaccard, unique_pairs
 from data_engine.dedup.minhash import jaccard, ngram_hashes, ngram_sets
 from data_engine.dedup.stage import decide, key_columns, signature_batch
-from data_engine.dedup.text import exact_key, exact_text, near_text, prompt_text
+from data_engine.dedup.text import call_text, exact_key, exact_text, near_text, prompt_text
 from data_engine.run import run
 
 from .helpers import chat, msg, work_table
@@ -210,6 +210,42 @@ def test_exact_text_normalises_width_and_whitespace_and_keeps_roles():
     assert exact_key([msg("user", "Tokyo Tower"), msg("assistant", "It is 333 m tall.")]) != \
         exact_key(plain)  # case matters for exact duplicates
     assert prompt_text(plain) == "tokyo tower"
+
+
+def _tool_chat(call_id: str, arguments: str, name: str = "get_weather",
+               call_key: str = "tool_calls") -> list[dict]:
+    calls = [{"id": call_id, "type": "function",
+              "function": {"name": name, "arguments": arguments}}]
+    return [msg("user", "Weather in Paris?"),
+            {"role": "assistant", "content": "", "reasoning_content": None,
+             call_key: json.dumps(calls)},
+            {"role": "tool", "content": '{"temp_c": 21}', "reasoning_content": None,
+             "tool_calls": None, "tool_call_id": call_id},
+            msg("assistant", "It is 21 degrees in Paris.")]
+
+
+def test_tool_calls_compare_without_ids_and_argument_spacing():
+    # One conversation logged twice: the call ids are random handles, and the arguments'
+    # JSON differs in key order and spacing only.
+    first = _tool_chat("call_8f3k2a", '{"city": "Paris", "unit": "c"}')
+    again = _tool_chat("call_Zq01x9", '{"unit":"c","city":"Paris"}')
+    assert exact_key(first) == exact_key(again)
+    assert near_text(first) == near_text(again)
+    assert "call_" not in exact_text(first) + near_text(first)
+    # Another argument value, or another function, is another conversation.
+    assert exact_key(_tool_chat("call_1", '{"city": "Lyon", "unit": "c"}')) != exact_key(first)
+    assert exact_key(_tool_chat("call_1", '{"city": "Paris", "unit": "c"}',
+                                name="get_forecast")) != exact_key(first)
+    # Arguments given as an object (some datasets do), a ShareGPT single call, and text
+    # that is not JSON.
+    as_object = json.loads(first[1]["tool_calls"])
+    as_object[0]["function"]["arguments"] = {"unit": "c", "city": "Paris"}
+    turns = [dict(m) for m in first]
+    turns[1]["tool_calls"] = json.dumps(as_object)
+    assert exact_key(turns) == exact_key(first)
+    assert call_text('{"name": "f", "arguments": "{\\"b\\": 1,  \\"a\\": 2}"}') == \
+        '{"arguments":{"a":2,"b":1},"name":"f"}'
+    assert call_text("get_weather(Paris)") == "get_weather(Paris)"
 
 
 def test_keep_rule_is_first_in_input_order_and_names_the_kept_row():
