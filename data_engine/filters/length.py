@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from data_engine.columns import to_numpy_bool
 from data_engine.config import CleanConfig, LengthConfig
 from data_engine.filters.base import MessageView, Reasons
 from data_engine.normalizers.text import has_bytes, re2_class_pattern
@@ -114,17 +115,19 @@ def message_tokens(view: MessageView, config: LengthConfig) -> np.ndarray:
 
 
 def tool_tokens(view: MessageView, config: LengthConfig) -> np.ndarray:
-    """Tokens of each row's tool definitions (their JSON text; 0 for a row without), which
-    the chat template puts in the prompt."""
+    """Tokens of each row's tool definitions, which the chat template puts in the prompt:
+    their JSON text and, for a row offering any, the template's instructions around them
+    (`tools_overhead_tokens`); 0 for a row without."""
     if view.tools is None or view.tools.null_count == len(view.tools):
         return np.zeros(view.num_rows, dtype=np.int64)
-    key = ("tool_tokens", config.tokenizer)
+    key = ("tool_tokens", config.tokenizer, config.tools_overhead_tokens)
     if key not in view.cache:
         if config.tokenizer is None:
-            view.cache[key] = estimate_tokens_array(view.tools)
+            tokens = estimate_tokens_array(view.tools)
         else:
-            view.cache[key] = count_tokens([t or "" for t in view.tools.to_pylist()],
-                                           config.tokenizer)
+            tokens = count_tokens([t or "" for t in view.tools.to_pylist()], config.tokenizer)
+        offered = to_numpy_bool(pc.not_equal(view.tools, "[]"))  # null: none offered
+        view.cache[key] = tokens + np.where(offered, config.tools_overhead_tokens, 0)
     return view.cache[key]
 
 

@@ -313,8 +313,9 @@ def test_length_bounds_short_long_and_fine():
 
 
 def test_tool_definitions_count_toward_the_length():
-    """The template renders a row's tools into its prompt: 300 tokens of definitions push a
-    short conversation over max_tokens 100, and into its token count."""
+    """The template renders a row's tools into its prompt: 300 tokens of definitions, and
+    the template's instructions around them, push a short conversation over max_tokens 100,
+    and into its token count."""
     import pyarrow as pa
 
     from data_engine.filters.base import MessageView
@@ -329,7 +330,15 @@ def test_tool_definitions_count_toward_the_length():
                        pa.chunked_array([pa.array([None, tools, "[]"], pa.string())]))
     assert length_bounds(view, config) == [None, "too_long", None]
     plain, offered, empty = row_tokens(view, config.length).tolist()
-    assert offered - plain == (len(tools) + 3) // 4 and empty - plain == 1  # ASCII: 4 a token
+    overhead = config.length.tools_overhead_tokens
+    assert offered - plain == (len(tools) + 3) // 4 + overhead  # ASCII: 4 characters a token
+    assert empty - plain == 1  # "[]" offers none: the template renders no tools block
+    # One tool of 200 characters: the conversation alone fits, the instructions do not.
+    small = json.dumps([{"type": "function", "function": {"name": "f", "description": "x" * 150}}])
+    view = MessageView(pa.array(rows[:1], pa.list_(MESSAGE_TYPE)), pa.array([small]))
+    assert length_bounds(view, config) == ["too_long"]
+    config.length.tools_overhead_tokens = 0
+    assert length_bounds(view, config) == [None]
 
 
 def test_length_bounds_with_a_real_tokenizer(tmp_path):
