@@ -93,6 +93,14 @@ class StageProgress:
             self._last_log = now
             self.console.print(self.line(), highlight=False, soft_wrap=True)
 
+    def working(self, generator: str, counts: dict[str, int]) -> None:
+        """A generator's replies so far (`Counted.counts`), a line each time the synth stage
+        asks (every `log_every_s`): replies are not the stage's rows, so the live row count
+        waits for the stage's end."""
+        from data_engine.engines.base import progress_line
+
+        self.note(f"progress: synth {generator} {progress_line(counts)}")
+
     def record(self, name: str, rows: int, rejected: int, seconds: float,
                quiet: bool = False) -> None:
         """A finished non-streaming stage: rows in, rows it dropped, time taken."""

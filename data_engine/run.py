@@ -371,7 +371,8 @@ def _synth(ctx: _Context, clean: StageOutput, folder: Path) -> dict[str, Any]:
 
     started = time.perf_counter()
     seeds = seed_rows(clean.read("rows", ["id", "messages", "source", "tags", "_reason"]))
-    facts = run_synth(ctx.worker(), ctx.config, seeds, clean.meta["next_idx"], folder, ctx.log)
+    facts = run_synth(ctx.worker(), ctx.config, seeds, clean.meta["next_idx"], folder, ctx.log,
+                      on_progress=ctx.tracker.working, poll_s=ctx.tracker.log_every_s)
     dropped = sum(sum(g["eliminated"].values()) for g in facts["generators"].values())
     ctx.tracker.record("synth", facts["rows"], dropped, time.perf_counter() - started)
     return {**facts, "progress": ctx.tracker.snapshot(("synth",))}

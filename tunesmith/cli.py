@@ -229,7 +229,10 @@ def _synth(name: str, config_path: Optional[Path], engine: Optional[str], model:
     try:
         config = load_synth_config(config_path, {"kind": engine, "model": model,
                                                  "base_url": base_url})
-        rows = run_generator(name, config, lambda: build_engine(config.engine), **inputs)
+        progress = _SynthProgress(name)
+        rows = run_generator(name, config, lambda: build_engine(config.engine),
+                             progress=progress, **inputs)
+        progress.final()
     except (DataEngineError, EngineError) as exc:
         typer.secho(f"error: {exc}", err=True, fg="red")
         raise typer.Exit(getattr(exc, "exit_code", 2)) from None
@@ -241,19 +244,47 @@ def _synth(name: str, config_path: Optional[Path], engine: Optional[str], model:
     typer.echo(f"rejected: {written.rejected}")
 
 
-def _judge_progress():
-    """`progress: judge N/M rows` on stderr as parts finish, at most every 10 s and at the
-    end (judging thousands of rows on a CPU takes a while)."""
+def _progress_lines(every_s: float = 10.0):
+    """``say(line, final=False)``: `progress: LINE` on stderr, at most one every ``every_s``
+    but always a final one (judging or generating thousands of rows on a CPU takes a while;
+    an engine's threads may call it at once)."""
+    import threading
     import time
 
+    lock = threading.Lock()
     last = [time.monotonic()]
 
-    def report(done: int, total: int) -> None:
-        if done >= total or time.monotonic() - last[0] >= 10:
-            last[0] = time.monotonic()
-            typer.echo(f"progress: judge {done:,}/{total:,} rows", err=True)
+    def say(line: str, final: bool = False) -> None:
+        with lock:
+            if final or time.monotonic() - last[0] >= every_s:
+                last[0] = time.monotonic()
+                typer.echo(f"progress: {line}", err=True)
 
-    return report
+    return say
+
+
+def _judge_progress():
+    """`progress: judge N/M rows` as parts finish (`_progress_lines`), and at the end."""
+    say = _progress_lines()
+    return lambda done, total: say(f"judge {done:,}/{total:,} rows", final=done >= total)
+
+
+class _SynthProgress:
+    """`progress: evol 180/256 replies (call 3)` as replies come (`_progress_lines`), and
+    the last counts at the end (`final`)."""
+
+    def __init__(self, name: str):
+        self.name, self.last, self.say = name, None, _progress_lines()
+
+    def __call__(self, counts: dict, final: bool = False) -> None:
+        from data_engine.engines.base import progress_line
+
+        self.last = counts
+        self.say(f"{self.name} {progress_line(counts)}", final=final)
+
+    def final(self) -> None:
+        if self.last is not None:
+            self(self.last, final=True)
 
 
 def _read(path: Path, what: str) -> list:

@@ -8,8 +8,9 @@ as a `Generation` with `error` set, never as a missing row.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Callable, Protocol
 
 Message = dict[str, str]
 Conversation = list[Message]
@@ -117,3 +118,74 @@ class WithoutLogprobs:
 
     def close(self) -> None:
         """The wrapped engine belongs to the caller, who closes it."""
+
+
+class Counted:
+    """``engine`` counting the replies it makes, for progress while a generator runs (one
+    generator call can hold thousands of generations, over several engine calls).
+
+    `done` moves as the engine finishes rows where it says so (its `on_replies` hook: per
+    batch for transformers, per request for openai), else when each call returns (vllm).
+    ``on_change`` hears the counts after every move (from the engine's threads, in any
+    order); another thread may read them at any time (the data run's driver asks the worker
+    actor). `detach` unhooks the engine."""
+
+    def __init__(self, engine: Any,
+                 on_change: Callable[[dict[str, int]], None] | None = None):
+        self.engine = engine
+        self.kind, self.model = engine.kind, engine.model
+        self.supports_logprobs = engine.supports_logprobs
+        self.calls = 0  # generate calls started
+        self.asked = 0  # rows asked for so far, the running call's included
+        self.done = 0  # replies made
+        self._lock = threading.Lock()
+        self._on_change = on_change
+        self._hooked = hasattr(engine, "on_replies")
+        if self._hooked:
+            engine.on_replies = self._replied
+
+    def _replied(self, count: int) -> None:
+        with self._lock:
+            self.done += count
+            counts = self._counts()
+        if self._on_change is not None:
+            self._on_change(counts)
+
+    def generate(self, conversations: list[Conversation], params: SamplingParams,
+                 **kwargs: Any) -> list[Generation]:
+        with self._lock:
+            self.calls += 1
+            self.asked += len(conversations)
+            before = self.done
+        try:
+            return self.engine.generate(conversations, params, **kwargs)
+        finally:
+            with self._lock:  # every row has its reply now, failed ones included
+                self.done = before + len(conversations)
+                counts = self._counts()
+            if self._on_change is not None:
+                self._on_change(counts)
+
+    def next_token_scores(self, conversations: list[Conversation], labels: list[str]
+                          ) -> list[TokenScores]:
+        return self.engine.next_token_scores(conversations, labels)
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            return self._counts()
+
+    def _counts(self) -> dict[str, int]:
+        return {"calls": self.calls, "asked": self.asked, "done": self.done}
+
+    def detach(self) -> None:
+        if self._hooked:
+            self.engine.on_replies = None
+
+    def close(self) -> None:
+        """The engine belongs to the caller, who closes it."""
+
+
+def progress_line(counts: dict[str, int]) -> str:
+    """`Counted.counts` as a progress line's tail: `180/256 replies (call 3)`; the rows
+    asked grow with each call (a generator decides its next call from the replies)."""
+    return f"{counts['done']:,}/{counts['asked']:,} replies (call {counts['calls']})"

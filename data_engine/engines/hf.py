@@ -15,7 +15,7 @@ from __future__ import annotations
 import copy
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from data_engine.engines.base import (Conversation, EngineError, Generation, SamplingParams,
                                       TokenScores)
@@ -54,6 +54,7 @@ class TransformersEngine:
 
     kind = "transformers"
     supports_logprobs = True
+    on_replies: Callable[[int], None] | None = None  # told each batch's replies (`Counted`)
 
     def __init__(self, model: str, device: str = "auto", dtype: str = "auto",
                  batch_size: int = 16, share_prefix: bool = True):
@@ -166,10 +167,12 @@ class TransformersEngine:
             except (RuntimeError, ValueError) as exc:  # e.g. out of memory: these rows fail
                 for i in idx:
                     out[i] = Generation("", "error", 0, f"generation_failed: {exc}")
-                continue
-            new = seqs[:, enc["input_ids"].shape[1]:].tolist()
-            for i, tokens in zip(idx, new):
-                out[i] = self._finish(tokens, params)
+            else:
+                new = seqs[:, enc["input_ids"].shape[1]:].tolist()
+                for i, tokens in zip(idx, new):
+                    out[i] = self._finish(tokens, params)
+            if self.on_replies is not None:
+                self.on_replies(len(idx))
         return out  # type: ignore[return-value]
 
     def _finish(self, tokens: list[int], params: SamplingParams) -> Generation:

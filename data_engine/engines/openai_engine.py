@@ -91,6 +91,7 @@ class OpenAIEngine:
     """Chat generation and next-token scoring against an OpenAI-compatible server."""
 
     kind = "openai"
+    on_replies: Callable[[int], None] | None = None  # told of each reply (`Counted`)
 
     def __init__(self, model: str, base_url: str, api_key: str | None = None,
                  max_concurrency: int = 8, timeout_s: float = 60.0, max_retries: int = 3,
@@ -176,7 +177,11 @@ class OpenAIEngine:
         def one(pair: tuple[Conversation, list[dict[str, Any]] | None]) -> Generation:
             conversation, defs = pair
             extra = {"tools": defs, "tool_choice": "none"} if defs else {}
-            return self._generate_one(conversation, params, {**kwargs, **extra})
+            try:
+                return self._generate_one(conversation, params, {**kwargs, **extra})
+            finally:
+                if self.on_replies is not None:
+                    self.on_replies(1)
 
         return self._map(one, list(zip(conversations, offered)),
                          lambda error: Generation("", "error", 0, error))

@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 from data_engine.config import DataConfig, InputConfig, load_config
 from data_engine.config_loader import from_dict, validate
+from data_engine.engines.base import Counted
 from data_engine.errors import ConfigError
 from data_engine.schema import PROVENANCE_FIELDS
 from data_engine.synth.rows import shown_row
@@ -178,11 +179,15 @@ def write_rows(rows: list[dict[str, Any]], out: Path, rejected: Path | None = No
 def run_generator(name: str, config: DataConfig, engine_factory: Callable[[], Any],
                   seeds: list[dict[str, Any]] | None = None,
                   fewshots: list[dict[str, Any]] | None = None,
-                  corpus: list[str] | None = None) -> list[dict[str, Any]]:
+                  corpus: list[str] | None = None,
+                  progress: Callable[[dict[str, int]], None] | None = None
+                  ) -> list[dict[str, Any]]:
     """Runs one generator with the engine ``engine_factory`` builds (after the config
-    checked out, so a typo fails before a model loads)."""
+    checked out, so a typo fails before a model loads). ``progress`` hears the replies
+    made so far (`Counted.counts`) as they come."""
     settings = block(config, name)
-    engine = engine_factory()
+    built = engine_factory()
+    engine = Counted(built, progress)
     try:
         if name == "evol":
             from data_engine.synth.evol import evolve
@@ -198,5 +203,6 @@ def run_generator(name: str, config: DataConfig, engine_factory: Callable[[], An
             return craft(fewshots or [], corpus or [], engine, settings, config.clean,
                          config.seed)
     finally:
-        engine.close()
+        engine.detach()
+        built.close()
     raise ConfigError([f"generator: {name!r} is not one of {', '.join(GENERATORS)}"])

@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from data_engine.config import CleanConfig, DataConfig, EngineConfig
+from data_engine.engines.base import Counted
 from data_engine.schema import IDX, PROVENANCE_FIELDS
 from data_engine.stages import write_table
 from data_engine.synth.judge import JUDGE_FIELDS
@@ -34,6 +35,8 @@ from data_engine.synth.rows import cleaned_table
 # Rows a judge call takes (but vLLM's, below): big enough for an engine's batching, small
 # enough that progress moves every minute or so on a CPU.
 JUDGE_PART_ROWS = 256
+# The worker actor's concurrency group for `progress`, answered while a generator runs.
+PROGRESS_GROUP = "progress"
 
 
 def judges_in_parts(engine: Any) -> bool:
@@ -49,24 +52,24 @@ class ModelWorker:
         from data_engine.engines import build_engine
 
         self.engine = build_engine(config)
+        self.counted: Counted | None = None
 
     def describe(self) -> str:
         return f"{self.engine.kind}:{self.engine.model}"
 
     def generate(self, name: str, block: Any, clean: CleanConfig, seed: int,
                  seeds: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        if name == "evol":
-            from data_engine.synth.evol import evolve
+        self.counted = engine = Counted(self.engine)
+        try:
+            return generate(name, engine, block, clean, seed, seeds)
+        finally:
+            engine.detach()
+            self.counted = None
 
-            return evolve(seeds, self.engine, block, clean, seed)
-        if name == "self_instruct":
-            from data_engine.synth.self_instruct import self_instruct
-
-            return self_instruct(seeds, self.engine, block, clean, seed)
-        from data_engine.synth.craft import craft, load_fewshots
-
-        return craft(load_fewshots(block.fewshots), block.corpus, self.engine, block, clean,
-                     seed)
+    def progress(self) -> dict[str, int] | None:
+        """The running generator's `Counted.counts` (None when none runs): called in
+        the actor's `progress` concurrency group, so it answers while `generate` runs."""
+        return None if self.counted is None else self.counted.counts()
 
     def judges_in_parts(self) -> bool:
         return judges_in_parts(self.engine)
@@ -77,16 +80,34 @@ class ModelWorker:
         return judge_table(table, Judge(self.engine, config))
 
 
+def generate(name: str, engine: Any, block: Any, clean: CleanConfig, seed: int,
+             seeds: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every row generator ``name`` makes with ``engine``, kept and eliminated."""
+    if name == "evol":
+        from data_engine.synth.evol import evolve
+
+        return evolve(seeds, engine, block, clean, seed)
+    if name == "self_instruct":
+        from data_engine.synth.self_instruct import self_instruct
+
+        return self_instruct(seeds, engine, block, clean, seed)
+    from data_engine.synth.craft import craft, load_fewshots
+
+    return craft(load_fewshots(block.fewshots), block.corpus, engine, block, clean, seed)
+
+
 def start_worker(config: EngineConfig) -> Any:
     """The actor, asking for a GPU when the transformers engine may use one and the cluster
-    has one (vLLM's processor requests its own)."""
+    has one (vLLM's processor requests its own). Its methods run one at a time, but for
+    `progress`, which has a thread of its own."""
     import ray
 
     options: dict[str, Any] = {"num_cpus": 1}
     if (config.kind == "transformers" and config.device != "cpu"
             and ray.cluster_resources().get("GPU", 0) >= 1):
         options["num_gpus"] = 1
-    return ray.remote(ModelWorker).options(**options).remote(config)
+    actor = ray.remote(concurrency_groups={PROGRESS_GROUP: 1})(ModelWorker)
+    return actor.options(**options).remote(config)
 
 
 def seed_rows(table: pa.Table) -> list[dict[str, Any]]:
@@ -110,15 +131,24 @@ def synth_table(rows: list[dict[str, Any]], name: str, first_idx: int, clean: Cl
 
 
 def run_synth(worker: Any, config: DataConfig, seeds: list[dict[str, Any]], first_idx: int,
-              folder: Path, log: Any) -> dict[str, Any]:
-    """Runs each enabled generator through ``worker``; stores their rows as one part each."""
+              folder: Path, log: Any,
+              on_progress: Callable[[str, dict[str, int]], None] | None = None,
+              poll_s: float = 10.0) -> dict[str, Any]:
+    """Runs each enabled generator through ``worker``; stores their rows as one part each.
+    While one runs, ``on_progress(name, counts)`` hears its `Counted.counts` every
+    ``poll_s``."""
     import ray
 
     facts: dict[str, Any] = {"seeds": len(seeds), "generators": {}}
     made = 0
     for number, name in enumerate(config.synth.enabled()):
         block = getattr(config.synth, name)
-        rows = ray.get(worker.generate.remote(name, block, config.clean, config.seed, seeds))
+        ref = worker.generate.remote(name, block, config.clean, config.seed, seeds)
+        while on_progress is not None and not ray.wait([ref], timeout=poll_s)[0]:
+            counts = ray.get(worker.progress.options(concurrency_group=PROGRESS_GROUP).remote())
+            if counts is not None:
+                on_progress(name, counts)
+        rows = ray.get(ref)
         table = synth_table(rows, name, first_idx + made, config.clean)
         made += table.num_rows
         reasons = Counter(r for r in table.column("_reason").to_pylist() if r)

@@ -21,7 +21,7 @@ import pytest
 
 from data_engine.config import EngineConfig
 from data_engine.engines import build_engine
-from data_engine.engines.base import GREEDY, EngineError, SamplingParams
+from data_engine.engines.base import GREEDY, Counted, EngineError, SamplingParams, progress_line
 from data_engine.engines.openai_engine import OpenAIEngine, cut_at_stop, label_logprobs
 
 FAST = {"backoff_base_s": 0.01, "backoff_max_s": 0.05}  # retries in milliseconds
@@ -190,6 +190,26 @@ def test_order_concurrency_limit_and_sampling_params_reach_the_server():
     assert (sent["temperature"], sent["top_p"], sent["max_tokens"], sent["stop"], sent["seed"]) \
         == (0.3, 0.9, 7, ["\n"], 11)
     assert sent["model"] == "m"
+
+
+def test_counted_openai_engine_reports_each_reply_as_it_comes():
+    """A generator's one call can hold thousands of requests: the count moves per reply,
+    not per call, and only generation is counted."""
+    with ScriptedServer(lambda n, body: (200, completion("ok"), 0.05)) as server:
+        engine = engine_for(server.url, max_concurrency=2)
+        seen = []
+        counted = Counted(engine, lambda counts: seen.append(counts["done"]))
+        out = counted.generate([user(f"p{i}") for i in range(5)], GREEDY)
+        assert [g.text for g in out] == ["ok"] * 5
+        # each reply (heard from two threads, in any order), then the call's end
+        assert sorted(seen[:-1]) == [1, 2, 3, 4, 5] and seen[-1] == 5
+        assert counted.counts() == {"calls": 1, "asked": 5, "done": 5}
+        counted.generate([user("again")], GREEDY)
+        assert progress_line(counted.counts()) == "6/6 replies (call 2)"
+        counted.detach()
+        engine.generate([user("not counted")], GREEDY)
+        assert counted.counts()["done"] == 6 and engine.on_replies is None
+        engine.close()
 
 
 def test_next_token_scores_sum_token_variants_from_top_logprobs():
@@ -413,6 +433,17 @@ def test_hf_batched_greedy_equals_one_at_a_time(smollm2_engine):
     assert [(g.text, g.finish_reason, g.tokens) for g in together] \
         == [(g.text, g.finish_reason, g.tokens) for g in alone]
     assert all(g.ok and g.text for g in together)
+
+
+def test_counted_hf_engine_reports_each_batch(smollm2_engine):
+    seen = []
+    counted = Counted(smollm2_engine, lambda counts: seen.append(counts["done"]))
+    try:
+        counted.generate([user(f"Count to {i}.") for i in range(10)],
+                         SamplingParams(temperature=0.0, max_tokens=2))
+    finally:
+        counted.detach()
+    assert smollm2_engine.batch_size == 8 and seen == [8, 10, 10]
 
 
 def test_hf_tiny_budget_finishes_by_length(smollm2_engine):

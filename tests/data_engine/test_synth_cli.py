@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -50,6 +51,12 @@ def test_synth_evol_writes_kept_and_eliminated_rows(smollm2_dir, tmp_path):
         assert row["generator"].startswith("transformers:")
     assert all(r["reason"] and "detail" in r for r in eliminated)
     assert f"{len(kept)} kept" in done.stdout
+    # The replies it made: the 2 rewrites, then (a second call) the answers of those that
+    # passed its checks.
+    made = re.search(r"progress: evol (\d+)/(\d+) replies \(call (\d)\)", done.stderr)
+    assert made, done.stderr
+    replies, asked, calls = map(int, made.groups())
+    assert replies == asked and (replies, calls) in ((2, 1), (3, 2), (4, 2))
 
 
 @pytest.mark.slow

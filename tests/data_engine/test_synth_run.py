@@ -145,3 +145,30 @@ def test_the_judge_runs_in_parts_and_reports_each(ray_local, smollm2_dir, tmp_pa
 
     assert not stage.ModelWorker.judges_in_parts(SimpleNamespace(engine=SimpleNamespace(
         kind="vllm")))
+
+
+@pytest.mark.slow
+def test_a_generator_reports_its_replies_while_it_runs(ray_local, smollm2_dir, tmp_path):
+    """A generator is one actor call (every round of Evol-Instruct): the driver asks the
+    worker for its replies so far while the call runs (the worker answers from a thread of
+    its own), where it heard nothing before the generator's end."""
+    import ray
+
+    from data_engine.synth import stage
+    from data_engine.synth.runner import read_rows
+
+    config = load_config(write_config(tmp_path / "a.yaml", "null"))
+    config.engine.batch_size = 1  # a reply at a time: the count moves within each round
+    seeds, _ = read_rows(tmp_path / "rows.jsonl")
+    worker = stage.start_worker(config.engine)
+    heard = []
+    facts = stage.run_synth(worker, config, seeds, 100, tmp_path, lambda line: None,
+                            on_progress=lambda name, counts: heard.append((name, counts)),
+                            poll_s=0.05)
+    assert facts["generators"]["evol"]["made"] == 4
+    assert len(heard) >= 3 and {name for name, _ in heard} == {"evol"}
+    done = [counts["done"] for _, counts in heard]
+    assert done == sorted(done) and done[-1] > done[0]
+    # The rewrites (4 seeds), then the answers of the rewrites that passed: 2 calls.
+    assert all(0 <= c["done"] <= c["asked"] <= 8 and 1 <= c["calls"] <= 2 for _, c in heard)
+    assert ray.get(worker.progress.remote()) is None  # no generator runs now
