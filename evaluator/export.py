@@ -489,10 +489,12 @@ def tokenization_check(hf_tokenizer, llama_vocab, texts: Sequence[str]) -> dict[
                   mismatches=mismatches[:5], mismatched=len(mismatches))
 
 
-def chat_prompt_check(hf_tokenizer, llama_vocab, prompts: Sequence[list[dict[str, str]]]
+def chat_prompt_check(hf_tokenizer, llama_vocab, prompts: Sequence[list[dict[str, Any]]],
+                      tools: Sequence[list[dict[str, Any]] | None] | None = None
                       ) -> dict[str, Any]:
     """The prompt llama-cpp-python's server renders from the GGUF's chat template (its
-    Jinja2ChatFormatter, with the GGUF's eos/bos) against the merged tokenizer's."""
+    Jinja2ChatFormatter, with the GGUF's eos/bos) against the merged tokenizer's; ``tools``:
+    per prompt, the definitions its request offers (None: none), rendered on both sides."""
     from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
     template = llama_vocab.metadata.get("tokenizer.chat_template")
@@ -504,10 +506,10 @@ def chat_prompt_check(hf_tokenizer, llama_vocab, prompts: Sequence[list[dict[str
     formatter = Jinja2ChatFormatter(
         template=template, eos_token=_piece(llama_vocab, eos_id),
         bos_token=_piece(llama_vocab, bos_id), stop_token_ids=[eos_id])
-    for messages in prompts:
-        ours = hf_tokenizer.apply_chat_template(messages, tokenize=False,
+    for messages, offered in zip(prompts, tools or [None] * len(prompts)):
+        ours = hf_tokenizer.apply_chat_template(messages, tools=offered, tokenize=False,
                                                 add_generation_prompt=True)
-        theirs = formatter(messages=messages).prompt
+        theirs = formatter(messages=messages, tools=offered).prompt
         if ours != theirs:
             mismatches.append({"hf": ours[-200:], "gguf": theirs[-200:]})
     return _check("chat_prompt", not mismatches, prompts=len(prompts),
@@ -668,11 +670,12 @@ def _export(merged: Path, out: Path, forms: list[str], limits: dict[str, Toleran
     vocab = gguf_vocab(f16)
     try:
         texts = list(TOKENIZER_PROBES) + _rendered(tokenizer, eval_rows)
-        prompts = [r.prompt for r in eval_rows if r.prompt]
+        asked = [r for r in eval_rows if r.prompt]
         checks = [eos_check(vocab.metadata, lambda i: _piece(vocab, i),
                             lambda i: _is_eog(vocab, i), merged, tokenizer),
                   tokenization_check(tokenizer, vocab, texts),
-                  chat_prompt_check(tokenizer, vocab, prompts)]
+                  chat_prompt_check(tokenizer, vocab, [r.prompt for r in asked],
+                                    [r.tools for r in asked])]
     finally:
         vocab.close()
     log("export: scoring the merged model (transformers) and the F16 GGUF (llama.cpp)")

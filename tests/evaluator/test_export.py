@@ -13,8 +13,9 @@ import pytest
 
 from evaluator.data import EvalError  # noqa: E402
 from evaluator.export import (  # noqa: E402
-    TOLERANCES, ExportError, LlamaCppLogits, Tolerance, agreement, check_types, drift_checks,
-    ensure_converter, export_gguf, export_rows, gguf_vocab, probe_rows, tokenization_check)
+    TOLERANCES, ExportError, LlamaCppLogits, Tolerance, agreement, chat_prompt_check,
+    check_types, drift_checks, ensure_converter, export_gguf, export_rows, gguf_vocab,
+    probe_rows, tokenization_check)
 from tests.evaluator import models  # noqa: E402
 
 
@@ -202,6 +203,29 @@ def test_llama_cpp_tokenizer_check_catches_a_vocabulary_change(tiny_run, tiny_ex
         vocab.close()
     assert not check["ok"] and check["mismatched"] == 1
     assert check["mismatches"][0]["text"].startswith("日本語")
+
+
+def test_chat_prompt_check_offers_a_rows_tools_on_both_sides(tiny_run, tiny_export):
+    """A tool row's request offers its tools: where the GGUF's template drops them (SmolLM2's
+    own template here) and the trained one renders them, the check says the prompts differ;
+    before, it compared the turns only and passed."""
+    from transformers import AutoTokenizer
+
+    from trainer_service.recipe.chat_format import resolve_template
+
+    trained = AutoTokenizer.from_pretrained(tiny_run / "merged")
+    trained.chat_template = resolve_template(trained, "auto").text
+    prompt = [{"role": "user", "content": "What is the weather in Paris?"}]
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}}}}}]
+    vocab = gguf_vocab(tiny_run / "gguf" / "model-f16.gguf")
+    try:
+        plain = chat_prompt_check(trained, vocab, [prompt])
+        offered = chat_prompt_check(trained, vocab, [prompt, prompt], [tools, None])
+    finally:
+        vocab.close()
+    assert plain["ok"], plain
+    assert not offered["ok"] and (offered["prompts"], offered["mismatched"]) == (2, 1)
 
 
 def test_bad_input_is_refused_before_anything_runs(tmp_path):
