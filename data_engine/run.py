@@ -370,7 +370,8 @@ def _synth(ctx: _Context, clean: StageOutput, folder: Path) -> dict[str, Any]:
     from data_engine.synth.stage import run_synth, seed_rows
 
     started = time.perf_counter()
-    seeds = seed_rows(clean.read("rows", ["id", "messages", "source", "tags", "_reason"]))
+    seeds = seed_rows(clean.read("rows", ["id", "messages", "source", "tags", "tools",
+                                          "_reason"]))
     facts = run_synth(ctx.worker(), ctx.config, seeds, clean.meta["next_idx"], folder, ctx.log,
                       on_progress=ctx.tracker.working, poll_s=ctx.tracker.log_every_s)
     dropped = sum(sum(g["eliminated"].values()) for g in facts["generators"].values())

@@ -305,6 +305,23 @@ def _read(path: Path, what: str) -> list:
     return rows
 
 
+def _seeds(path: Path, name: str) -> list:
+    """Seed rows (`_read`), saying how many offer tools or hold tool calls: the generator
+    leaves those out, and exit 2 when that is all of them."""
+    from data_engine.synth.evol import uses_tools
+
+    rows = _read(path, "seeds")
+    with_tools = sum(map(uses_tools, rows))
+    if with_tools:
+        line = (f"seeds {path}: {with_tools} of {len(rows)} rows offer tools or hold tool "
+                f"calls; {name} leaves them out (it writes text replies, without calling tools)")
+        if with_tools == len(rows):
+            typer.secho(f"error: {line}", err=True, fg="red")
+            raise typer.Exit(2)
+        typer.secho(f"warning: {line}", err=True, fg="yellow")
+    return rows
+
+
 @synth_app.command("evol")
 def synth_evol(
     input: Annotated[Path, typer.Option("--input", help="Seed rows (any supported format).")],
@@ -313,7 +330,7 @@ def synth_evol(
 ) -> None:
     """Evol-Instruct: rewrite seed prompts deeper or broader, answer them, eliminate failures."""
     _synth("evol", config, engine, model, base_url, out, rejected,
-           seeds=_read(input, "seeds"))
+           seeds=_seeds(input, "evol"))
 
 
 @synth_app.command("self-instruct")
@@ -324,7 +341,7 @@ def synth_self_instruct(
 ) -> None:
     """Self-Instruct baseline: new instructions from seed tasks, answered by the engine."""
     _synth("self_instruct", config, engine, model, base_url, out, rejected,
-           seeds=_read(input, "seeds"))
+           seeds=_seeds(input, "self-instruct"))
 
 
 @synth_app.command("craft")

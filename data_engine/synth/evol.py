@@ -7,6 +7,10 @@ filters (`apply_clean`) and parent the next round. Most implementations skip eli
 their data keeps prompts that say "#Rewritten Prompt#", rewrites identical to the seed, and
 answers that apologise; here every eliminated row is kept with its reason.
 
+Seed rows that offer tools or hold tool calls are not evolved (`uses_tools`): the engine
+answers in text, without calling the tools, so an evolved tool task would be answered with
+made-up results, and a kept tool-call history would lose the definitions it needs.
+
 Reason codes (`_reason`; `_detail` says why in words):
 - `engine_error`: the rewrite or answer request failed; `_detail` is the engine's error.
 - `evol_degenerate_prompt`, `evol_degenerate_answer`: the text loops (`is_degenerate`, with
@@ -312,10 +316,19 @@ def derived_seed(seed: int, *key: Any) -> int:
     return int.from_bytes(hashlib.blake2b(blob, digest_size=4).digest(), "big") >> 1
 
 
+def uses_tools(row: dict[str, Any]) -> bool:
+    """Whether a seed row offers tools or holds a tool call or result: the generators write
+    text replies, so such a row is no seed for them."""
+    return bool(row.get("tools")) or any(m.get("tool_calls") or m.get("role") == "tool"
+                                         for m in row["messages"])
+
+
 def sample_seeds(seeds: list[dict[str, Any]], limit: int | None, seed: int
                  ) -> list[dict[str, Any]]:
-    """Seed rows with a user turn; at most ``limit`` of them, sampled, in input order."""
-    usable = [row for row in seeds if last_user_turn(row["messages"]) is not None]
+    """Seed rows with a user turn and no tools; at most ``limit`` of them, sampled, in
+    input order."""
+    usable = [row for row in seeds
+              if last_user_turn(row["messages"]) is not None and not uses_tools(row)]
     if limit is None or limit >= len(usable):
         return usable
     picked = random.Random(derived_seed(seed, "seeds")).sample(range(len(usable)), limit)

@@ -1,9 +1,10 @@
 """Self-Instruct (Wang et al. 2022): the baseline Evol-Instruct and CRAFT are compared with.
 
-From seed tasks (the last user turn of each seed row), each request shows the engine
-`num_examples` sampled tasks (seed tasks, plus up to `machine_examples` it wrote earlier, as
-in the paper) and asks for one new task. New tasks too similar to any task already in the
-pool are dropped; the rest join the pool, so later requests see them, and are answered.
+From seed tasks (the last user turn of each seed row, but rows with tools: `uses_tools`),
+each request shows the engine `num_examples` sampled tasks (seed tasks, plus up to
+`machine_examples` it wrote earlier, as in the paper) and asks for one new task. New tasks
+too similar to any task already in the pool are dropped; the rest join the pool, so later
+requests see them, and are answered.
 
 Similarity is ROUGE-L, as in the paper, so its 0.7 threshold carries over; tokens are Latin
 words and single CJK characters (the paper's tokenizer keeps only [a-z0-9], so every
@@ -36,7 +37,8 @@ from data_engine.errors import ConfigError
 from data_engine.filters.repetition import is_degenerate
 from data_engine.synth.evol import (AnswerChecks, Sampling, answer_problem, clean_survivors,
                                     copied_instructions, derived_seed, last_user_turn,
-                                    load_template, reason_code, refusal, unique_ids)
+                                    load_template, reason_code, refusal, unique_ids,
+                                    uses_tools)
 from data_engine.synth.rows import generator_name, make_row
 
 SELF_INSTRUCT_REASONS = (
@@ -179,7 +181,8 @@ def self_instruct(seeds: list[dict[str, Any]], engine: Engine, config: SelfInstr
     if problems:
         raise ConfigError(problems, "self_instruct")
     seed_tasks = [(row, row["messages"][turn]["content"].strip()) for row in seeds
-                  if (turn := last_user_turn(row["messages"])) is not None]
+                  if (turn := last_user_turn(row["messages"])) is not None
+                  and not uses_tools(row)]
     if not seed_tasks:
         return []
     generator = generator_name(engine)

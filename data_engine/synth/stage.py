@@ -29,6 +29,7 @@ from data_engine.config import CleanConfig, DataConfig, EngineConfig
 from data_engine.engines.base import Counted
 from data_engine.schema import IDX, PROVENANCE_FIELDS
 from data_engine.stages import write_table
+from data_engine.synth.evol import uses_tools
 from data_engine.synth.judge import JUDGE_FIELDS
 from data_engine.synth.rows import cleaned_table
 
@@ -111,11 +112,12 @@ def start_worker(config: EngineConfig) -> Any:
 
 
 def seed_rows(table: pa.Table) -> list[dict[str, Any]]:
-    """Kept rows as generator seeds: id, messages (null fields dropped), source, tags."""
+    """Kept rows as generator seeds: id, messages (null fields dropped), source, tags and
+    tools (JSON text, or null)."""
     kept = table.filter(pc.is_null(table.column("_reason")))
-    return [{"id": r["id"], "source": r["source"], "tags": r["tags"] or [],
+    return [{"id": r["id"], "source": r["source"], "tags": r["tags"] or [], "tools": r["tools"],
              "messages": [{k: v for k, v in m.items() if v is not None} for m in r["messages"]]}
-            for r in kept.select(["id", "messages", "source", "tags"]).to_pylist()]
+            for r in kept.select(["id", "messages", "source", "tags", "tools"]).to_pylist()]
 
 
 def synth_table(rows: list[dict[str, Any]], name: str, first_idx: int, clean: CleanConfig
@@ -139,7 +141,12 @@ def run_synth(worker: Any, config: DataConfig, seeds: list[dict[str, Any]], firs
     ``poll_s``."""
     import ray
 
-    facts: dict[str, Any] = {"seeds": len(seeds), "generators": {}}
+    with_tools = sum(map(uses_tools, seeds))
+    facts: dict[str, Any] = {"seeds": len(seeds), "seeds_with_tools": with_tools,
+                             "generators": {}}
+    if with_tools and set(config.synth.enabled()) & {"evol", "self_instruct"}:
+        log(f"synth: {with_tools} of {len(seeds)} seed rows offer tools or hold tool calls; "
+            "evol and self_instruct leave them out (they write text replies)")
     made = 0
     for number, name in enumerate(config.synth.enabled()):
         block = getattr(config.synth, name)

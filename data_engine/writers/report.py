@@ -119,6 +119,10 @@ def _synth_section(synth: dict[str, Any] | None, judge: dict[str, Any] | None) -
                 for name, g in synth.get("generators", {}).items()]
         parts += [f"<h2>Synthesis (seeds drawn from {synth.get('seeds', 0)} kept rows)</h2>",
                   html_table(rows, ("generator", "made", "kept", "eliminated"))]
+        if synth.get("seeds_with_tools"):
+            parts.append(f"<p>{synth['seeds_with_tools']} of those rows offer tools or hold "
+                         "tool calls: Evol-Instruct and Self-Instruct leave them out (they "
+                         "write text replies, without calling tools).</p>")
     if judge:
         mass = judge.get("mean_mass")
         parts += ["<h2>Judge</h2>", html_table(

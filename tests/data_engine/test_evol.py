@@ -14,7 +14,8 @@ from data_engine.synth.evol import (EVOL_REASONS, OPERATIONS, PLACEHOLDER, Answe
                                     EvolConfig, Sampling, answer_problem, clean_survivors,
                                     content_words, copied_instructions, evolve, extract_prompt,
                                     load_template, no_gain, reason_code, refusal, render,
-                                    rewrite_problem, sample_seeds, too_short, unique_ids)
+                                    rewrite_problem, sample_seeds, too_short, unique_ids,
+                                    uses_tools)
 from data_engine.synth.rows import make_row
 from data_engine.synth.self_instruct import (SELF_INSTRUCT_REASONS, TEMPLATE,
                                              SelfInstructConfig, extract_task, most_similar,
@@ -211,6 +212,27 @@ def test_sample_seeds_is_seeded_in_input_order_and_skips_rows_without_prompt():
     assert len(picked) == 5
     assert [r["id"] for r in sample_seeds(rows, None, 0)] == [f"seed-{i}" for i in range(20)]
     assert {r["id"] for r in sample_seeds(rows, 5, seed=4)} != {r["id"] for r in picked}
+
+
+def test_seeds_with_tools_are_left_out(smollm2_engine):
+    """The generators answer in text without calling tools: a tool task would be answered
+    with made-up results, and a kept tool-call history would lose its definitions."""
+    call = [{"id": "c1", "type": "function",
+             "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]
+    offers = {**seed_row(1, "What is the weather in Paris?"),
+              "tools": '[{"type": "function", "function": {"name": "get_weather"}}]'}
+    calls = seed_row(2, "What is the weather in Paris?")
+    calls["messages"][1:] = [{"role": "assistant", "content": "", "tool_calls": call},
+                             {"role": "tool", "content": "21 C", "tool_call_id": "c1"},
+                             {"role": "assistant", "content": "It is 21 C in Paris."}]
+    history = seed_row(3, "And in Lyon?")  # a tool exchange before the last user turn
+    history["messages"][:0] = calls["messages"]
+    plain = seed_row(0, "How do I back up my phone?")
+    rows = [plain, offers, calls, history, {**seed_row(4, "Why?"), "tools": None}]
+    assert [uses_tools(r) for r in rows] == [False, True, True, True, False]
+    assert [r["id"] for r in sample_seeds(rows, None, 0)] == ["seed-0", "seed-4"]
+    assert self_instruct(rows[1:4], smollm2_engine, SelfInstructConfig(), CleanConfig(),
+                         seed=1) == []
 
 
 def test_unique_ids_suffixes_repeats():

@@ -59,6 +59,21 @@ def test_synth_evol_writes_kept_and_eliminated_rows(smollm2_dir, tmp_path):
     assert replies == asked and (replies, calls) in ((2, 1), (3, 2), (4, 2))
 
 
+def test_seeds_with_tools_are_left_out_and_all_of_them_is_an_error(tmp_path):
+    tools = [{"type": "function", "function": {"name": "get_weather"}}]
+    seeds = tmp_path / "seeds.jsonl"
+    seeds.write_text("".join(json.dumps({"messages": [
+        {"role": "user", "content": f"Weather in city {i}?"},
+        {"role": "assistant", "content": "Sunny."}], "tools": tools}) + "\n" for i in range(2)),
+        encoding="utf-8")
+    done = tunesmith("synth", "evol", "--input", str(seeds), "--out", "evol.jsonl",
+                     "--engine", "openai", "--base-url", "http://127.0.0.1:9/v1",
+                     "--model", "m", cwd=tmp_path)
+    assert done.returncode == 2
+    assert "2 of 2 rows offer tools or hold tool calls; evol leaves them out" in done.stderr
+    assert not (tmp_path / "evol.jsonl").exists()
+
+
 @pytest.mark.slow
 def test_judge_scores_rows_and_applies_the_threshold(smollm2_dir, tmp_path):
     rows = tmp_path / "rows.jsonl"

@@ -160,15 +160,30 @@ def test_a_generator_reports_its_replies_while_it_runs(ray_local, smollm2_dir, t
     config = load_config(write_config(tmp_path / "a.yaml", "null"))
     config.engine.batch_size = 1  # a reply at a time: the count moves within each round
     seeds, _ = read_rows(tmp_path / "rows.jsonl")
+    tool_seed = {**seeds[0], "id": "with-tools",
+                 "tools": [{"type": "function", "function": {"name": "get_weather"}}]}
     worker = stage.start_worker(config.engine)
-    heard = []
-    facts = stage.run_synth(worker, config, seeds, 100, tmp_path, lambda line: None,
+    heard, logged = [], []
+    facts = stage.run_synth(worker, config, [tool_seed] + seeds, 100, tmp_path, logged.append,
                             on_progress=lambda name, counts: heard.append((name, counts)),
                             poll_s=0.05)
     assert facts["generators"]["evol"]["made"] == 4
+    # A seed offering tools is left out, and the log says so.
+    assert facts["seeds_with_tools"] == 1
+    assert logged[0].startswith("synth: 1 of 13 seed rows offer tools")
     assert len(heard) >= 3 and {name for name, _ in heard} == {"evol"}
     done = [counts["done"] for _, counts in heard]
     assert done == sorted(done) and done[-1] > done[0]
     # The rewrites (4 seeds), then the answers of the rewrites that passed: 2 calls.
     assert all(0 <= c["done"] <= c["asked"] <= 8 and 1 <= c["calls"] <= 2 for _, c in heard)
     assert ray.get(worker.progress.remote()) is None  # no generator runs now
+
+
+def test_the_report_counts_seeds_with_tools():
+    from data_engine.writers.report import _synth_section
+
+    synth = {"seeds": 10, "seeds_with_tools": 3,
+             "generators": {"evol": {"made": 7, "kept": 5, "eliminated": {"evol_no_gain": 2}}}}
+    html = "".join(_synth_section(synth, None))
+    assert "seeds drawn from 10 kept rows" in html and "3 of those rows offer tools" in html
+    assert "offer tools" not in "".join(_synth_section({**synth, "seeds_with_tools": 0}, None))
