@@ -8,10 +8,15 @@ judge took the prompt as a request for a score at all: below `min_mass` the row 
 `judge_low_mass` and its score is not trusted. Pairwise, each pair is asked in both orders
 and a win counts only when both orders agree. Engines without logprobs, and rows whose
 scoring failed, are judged by greedy generation and parsing, with `method` "parsed".
+
+The judge scores text replies: a conversation whose last turn calls a tool is not scored
+(`judge_error` says so; the row is kept, never dropped on a score it could not have), and
+earlier calls are shown in its context as `[tool call] name(arguments)` lines.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import dataclass
@@ -218,17 +223,37 @@ def load_rubric(rubric: str) -> str:
     return Path(rubric).read_text(encoding="utf-8").strip()
 
 
+def turn_text(message: Mapping[str, Any]) -> str:
+    """A turn as the judge reads it: its text, then a `[tool call] name(arguments)` line per
+    call (calls as a list or as JSON text, OpenAI's or ShareGPT's single call)."""
+    lines = [text] if (text := (message.get("content") or "").strip()) else []
+    calls = message.get("tool_calls")
+    if isinstance(calls, str):
+        try:
+            calls = json.loads(calls) if calls.strip() else None
+        except ValueError:
+            return "\n".join(lines + [f"[tool call] {calls.strip()}"])
+    for call in calls if isinstance(calls, list) else [calls] if calls else []:
+        function = call.get("function", call) if isinstance(call, dict) else {}
+        function = function if isinstance(function, dict) else {}
+        arguments = function.get("arguments", "")
+        if not isinstance(arguments, str):
+            arguments = json.dumps(arguments, ensure_ascii=False)
+        lines.append(f"[tool call] {function.get('name', '?')}({arguments})")
+    return "\n".join(lines)
+
+
 def split_exchange(messages: Sequence[Mapping[str, Any]]) -> tuple[str, str] | None:
     """(everything before the last assistant turn as text, that turn's content); None when
     the conversation does not end with an assistant turn. One user turn is shown as is;
     longer contexts are role-labelled."""
     if not messages or messages[-1].get("role") != "assistant":
         return None
-    context = [m for m in messages[:-1] if (m.get("content") or "").strip()]
-    if len(context) == 1 and context[0].get("role") == "user":
-        question = context[0]["content"]
+    context = [(m.get("role") or "", text) for m in messages[:-1] if (text := turn_text(m))]
+    if len(context) == 1 and context[0][0] == "user":
+        question = context[0][1]
     else:
-        question = "\n\n".join(f"{m['role'].capitalize()}: {m['content']}" for m in context)
+        question = "\n\n".join(f"{role.capitalize()}: {text}" for role, text in context)
     return question.strip(), (messages[-1].get("content") or "").strip()
 
 
@@ -297,7 +322,10 @@ class Judge:
         prompts: dict[int, Conversation] = {}
         for i, messages in enumerate(conversations):
             exchange = split_exchange(messages)
-            if exchange is None:
+            if exchange is not None and messages[-1].get("tool_calls"):
+                out[i] = JudgeResult(None, None, None, "tool_call_reply: the last turn "
+                                     "calls a tool; the judge scores text replies")
+            elif exchange is None:
                 out[i] = JudgeResult(None, None, None, "no_assistant_reply: the last turn "
                                      "is not the assistant's")
             else:

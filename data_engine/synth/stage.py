@@ -191,7 +191,9 @@ def run_judge(worker: Any, rows: pa.Table, config: Any, folder: Path,
         if on_part is not None:
             on_part(parts[-1])
     judged = pa.concat_tables(parts)
-    judged = judged.filter(pc.is_valid(judged.column("judge_method")))
+    # Rows the judge scored or said why not (a tool-call reply); not those it did not take.
+    judged = judged.filter(pc.or_(pc.is_valid(judged.column("judge_method")),
+                                  pc.is_valid(judged.column("judge_error"))))
     write_table(folder, "scores", judged.select(
         [IDX.name] + list(JUDGE_FIELDS) + ["_reason"]))
     scores = [s for s in judged.column("judge_score").to_pylist() if s is not None]
@@ -200,7 +202,8 @@ def run_judge(worker: Any, rows: pa.Table, config: Any, folder: Path,
             "mean_score": round(float(np.mean(scores)), 4) if scores else None,
             "score_histogram": score_histogram(scores),
             "mean_mass": round(float(np.mean(masses)), 4) if masses else None,
-            "methods": dict(Counter(judged.column("judge_method").to_pylist())),
+            "methods": dict(Counter(m for m in judged.column("judge_method").to_pylist()
+                                    if m is not None)),
             "flagged": int(pc.sum(pc.is_valid(judged.column("judge_error"))).as_py() or 0),
             "dropped": int(pc.sum(pc.is_valid(judged.column("_reason"))).as_py() or 0)}
 

@@ -13,7 +13,8 @@ from data_engine.errors import ConfigError
 from data_engine.schema import WORK_SCHEMA
 from data_engine.synth.judge import (LOW_MASS, LOW_SCORE, SWAP, Judge, JudgeConfig,
                                      PairResult, combine_orders, consistency_rate,
-                                     expected_score, judge_table, parse_score, parse_verdict)
+                                     expected_score, judge_table, parse_score, parse_verdict,
+                                     split_exchange, turn_text)
 
 GOOD = [{"role": "user", "content": "What is the capital of France?"},
         {"role": "assistant", "content": "The capital of France is Paris."}]
@@ -262,3 +263,33 @@ def test_config_check_names_every_bad_field(tmp_path, smollm2_engine):
     assert "{cats} $5" in prompt[-1]["content"]  # contents inserted verbatim
     with pytest.raises(ConfigError, match="apply_to"):
         Judge(smollm2_engine, JudgeConfig(apply_to="seed"))
+
+
+def test_tool_call_replies_are_not_scored_and_earlier_calls_are_shown(smollm2_engine):
+    """A row ending with a tool call has no text reply: it was judged as an empty answer,
+    scored low, and dropped by a threshold. It is kept now, with the why in judge_error;
+    a row answering after a call shows the call in the judge's context."""
+    import json
+
+    calls = json.dumps([{"id": "c1", "type": "function", "function": {
+        "name": "get_weather", "arguments": '{"city": "Paris"}'}}])
+    user = {"role": "user", "content": "Weather in Paris?", "reasoning_content": None,
+            "tool_calls": None}
+    call = {"role": "assistant", "content": "", "reasoning_content": None, "tool_calls": calls}
+    result = {"role": "tool", "content": '{"temp_c": 21}', "reasoning_content": None,
+              "tool_calls": None, "tool_call_id": "c1"}
+    reply = {"role": "assistant", "content": "It is 21 degrees in Paris.",
+             "reasoning_content": None, "tool_calls": None}
+    assert split_exchange([user, call, result, reply])[0] == (
+        'User: Weather in Paris?\n\nAssistant: [tool call] get_weather({"city": "Paris"})'
+        '\n\nTool: {"temp_c": 21}')
+    assert turn_text({"tool_calls": '{"name": "f", "arguments": {"a": 1}}'}) == \
+        '[tool call] f({"a": 1})'
+    table = _table([{"id": "calls", "origin": "evol", "messages": [user, call]},
+                    {"id": "answers", "origin": "evol", "messages": [user, call, result, reply]}])
+    out = {r["id"]: r for r in judge_table(table, Judge(smollm2_engine, JudgeConfig(
+        min_mass=0.0, threshold=5.0))).to_pylist()}
+    assert out["calls"]["judge_error"].startswith("tool_call_reply: ")
+    assert out["calls"]["judge_score"] is None and out["calls"]["_reason"] is None
+    assert 1.0 <= out["answers"]["judge_score"] < 5.0
+    assert out["answers"]["_reason"] == LOW_SCORE  # threshold 5: a scored row below it goes

@@ -123,19 +123,23 @@ def test_the_judge_runs_in_parts_and_reports_each(ray_local, smollm2_dir, tmp_pa
     monkeypatch.setattr(stage, "JUDGE_PART_ROWS", 2)
     worker = stage.start_worker(EngineConfig(kind="transformers", model=str(smollm2_dir),
                                              device="cpu"))
+    # The last row ends with a tool call: not scored, and its judge_error is stored too.
+    call = chat("Weather in Paris?", "")
+    call[1]["tool_calls"] = '[{"function": {"name": "get_weather", "arguments": "{}"}}]'
     rows = pa.table({
-        "_idx": pa.array([10, 11, 12, 13, 14], pa.int64()),
-        "messages": pa.array([chat(f"What is {i} + {i}?", f"{2 * i}.") for i in range(5)],
-                             pa.list_(MESSAGE_TYPE)),
-        "origin": pa.nulls(5, pa.string())})
+        "_idx": pa.array([10, 11, 12, 13, 14, 15], pa.int64()),
+        "messages": pa.array([chat(f"What is {i} + {i}?", f"{2 * i}.") for i in range(5)]
+                             + [call], pa.list_(MESSAGE_TYPE)),
+        "origin": pa.nulls(6, pa.string())})
     seen = []
     facts = stage.run_judge(worker, rows, JudgeConfig(apply_to="all"), tmp_path,
                             on_part=lambda part: seen.append(part.column("_idx").to_pylist()))
-    assert seen == [[10, 11], [12, 13], [14]]
-    assert facts["judged"] == facts["scored"] == 5
+    assert seen == [[10, 11], [12, 13], [14, 15]]
+    assert (facts["judged"], facts["scored"], facts["methods"]) == (6, 5, {"logprobs": 5})
     scores = pq.read_table(tmp_path / "scores.parquet")
-    assert scores.column("_idx").to_pylist() == [10, 11, 12, 13, 14]
-    assert all(1.0 <= s <= 5.0 for s in scores.column("judge_score").to_pylist())
+    assert scores.column("_idx").to_pylist() == [10, 11, 12, 13, 14, 15]
+    assert all(1.0 <= s <= 5.0 for s in scores.column("judge_score").to_pylist()[:5])
+    assert scores.column("judge_error").to_pylist()[5].startswith("tool_call_reply: ")
     seen.clear()
     facts = stage.run_judge(worker, rows.slice(0, 0), JudgeConfig(apply_to="all"), tmp_path,
                             on_part=lambda part: seen.append(part.num_rows))
