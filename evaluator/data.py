@@ -43,8 +43,16 @@ class EvalRow:
     # the turns before the last reply as an OpenAI chat request takes them (tool calls with
     # their ids, no reasoning): what the model is asked
     prompt: list[dict[str, Any]] = field(default_factory=list)
-    reference: str | None = None  # the last assistant reply; None when the row ends otherwise
+    # the last assistant reply's text; None when the row ends otherwise, or with a tool call
+    # (the expected output is the call, which a text metric against "" would score as wrong)
+    reference: str | None = None
     tools: list[dict[str, Any]] | None = None  # the tools the row offers
+
+    @property
+    def answered(self) -> bool:
+        """Whether the row ends with an assistant turn (a reply or a tool call): what the
+        model is asked to generate, and scored on."""
+        return self.messages[-1]["role"] == "assistant"
 
     @property
     def question(self) -> str:
@@ -97,10 +105,11 @@ def to_row(raw: dict[str, Any], where: str) -> EvalRow:
         raise EvalError("bad_row", f"{where}: tool_calls are not a list of calls ({exc})",
                         "data") from None
     ends_with_reply = requests[-1]["role"] == "assistant"
+    text_reply = ends_with_reply and not requests[-1].get("tool_calls")
     return EvalRow(id=str(raw.get("id") or where), source=raw.get("source") or "unknown",
                    tags=list(raw.get("tags") or []), messages=[_whole(m) for m in messages],
                    prompt=requests[:-1] if ends_with_reply else requests,
-                   reference=requests[-1]["content"] if ends_with_reply else None,
+                   reference=requests[-1]["content"] if text_reply else None,
                    tools=tools)
 
 

@@ -557,14 +557,14 @@ def export_rows(run_dir: Path, data_dir: Path | None, limit: int
     for folder in candidates:
         for split in ("test", "validation"):
             try:
-                rows = [r for r in read_rows(folder, split) if r.reference is not None]
+                rows = [r for r in read_rows(folder, split) if r.answered]
             except EvalError:
                 continue
             if rows:
                 return rows[:limit], f"{folder}/{split}.jsonl"
     if data_dir is not None:
         raise ExportError("data_not_found", f"{data_dir} has no test or validation rows "
-                          "ending with an assistant reply", "data", bad_input=True)
+                          "ending with an assistant turn", "data", bad_input=True)
     return probe_rows()[:limit], "built-in probes"
 
 

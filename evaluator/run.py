@@ -48,7 +48,7 @@ class EvalOptions:
     judge: str | None = None  # engine spec, KIND:MODEL[@BASE_URL]
     gate: Path | None = None
     tokenizer: Path | None = None  # for URL targets whose server does not name a folder
-    max_tokens: int | None = None  # None: the recipe's sanity budget over the references
+    max_tokens: int | None = None  # None: the recipe's sanity budget over the rows' replies
     limit: int | None = None
     backend: str = "auto"
     ppl_via: str = "server"

@@ -37,9 +37,11 @@ class _Tokenizer:
 
 
 def budget_for(tokenizer, rows: Sequence[EvalRow]) -> int:
+    """The sanity budget over the rows that end with an assistant turn (a reply or a tool
+    call: what the model is asked to generate)."""
     from trainer_service.recipe.run import sanity_budget
 
-    return sanity_budget(tokenizer, [r.messages for r in rows if r.reference is not None])
+    return sanity_budget(tokenizer, [r.messages for r in rows if r.answered])
 
 
 def generate(base_url: str, model_name: str, rows: Sequence[EvalRow], max_tokens: int,

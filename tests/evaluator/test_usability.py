@@ -1,6 +1,9 @@
-"""Reply classification, JSON validity and reference metrics (no model needed)."""
+"""Reply classification, JSON validity and reference metrics (no model needed; the budget
+uses SmolLM2's tokenizer)."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 
@@ -67,6 +70,31 @@ def test_reference_metrics_score_japanese_and_rank_closer_answers_higher():
     assert exact["chrf"] == pytest.approx(100.0) and exact["rouge_l"] == pytest.approx(1.0)
     assert 0.0 <= other["rouge_l"] < 0.3 and other["chrf"] < 30.0
     assert replies[2]["chrf"] is None
+
+
+def test_a_row_ending_with_a_tool_call_has_no_text_reference(chat_tokenizer):
+    """Its expected output is the call: chrF against its empty text scored every reply 0. It
+    is still asked, and its call counts toward the budget (the model generates it)."""
+    from evaluator.usability import budget_for
+
+    arguments = json.dumps({"city": "Kyoto", "days": list(range(60))})
+    call = [{"id": "c1", "type": "function",
+             "function": {"name": "get_forecast", "arguments": arguments}}]
+    calling = to_row({"messages": [{"role": "user", "content": "Forecast for Kyoto?"},
+                                   {"role": "assistant", "content": "", "tool_calls": call}]},
+                     "x:1")
+    replying = to_row({"messages": [{"role": "user", "content": "Hi"},
+                                    {"role": "assistant", "content": "Hello!"}]}, "x:2")
+    assert calling.reference is None and calling.answered
+    assert calling.prompt == [{"role": "user", "content": "Forecast for Kyoto?"}]
+    assert replying.reference == "Hello!" and replying.answered
+    replies = [judge_reply(r, Generation("<tool_call>...", "stop", 5), REPETITION)
+               for r in (calling, replying)]
+    assert add_reference_scores([calling, replying], replies)["rows"] == 1
+    assert replies[0]["chrf"] is None
+    # The call is longer than 64 tokens: the budget grows past its floor for it.
+    assert budget_for(chat_tokenizer, [replying]) == 64 < budget_for(chat_tokenizer,
+                                                                     [calling, replying])
 
 
 def test_read_rows_splits_prompt_from_reference_and_reports_bad_input(tmp_path):
