@@ -625,7 +625,8 @@ def _manifest(config: DataConfig, writer: DatasetWriter, files: list, tracker: S
               ray_address: str, dedup: StageOutput, mixed: StageOutput, split: StageOutput,
               seconds: float, stored: _Rows) -> dict[str, Any]:
     counts = {"input": writer.input, "kept": writer.kept, "repeats": writer.repeats,
-              "rejected": dict(writer.rejected), "splits": dict(writer.splits)}
+              "rejected": dict(writer.rejected), "splits": dict(writer.splits),
+              "tool_rows": dict(writer.tool_rows)}
     if counts["input"] != counts["kept"] - counts["repeats"] + sum(counts["rejected"].values()):
         raise AssertionError(f"row counts not conserved: {counts}")  # a bug, never user error
     strip = ("progress",)

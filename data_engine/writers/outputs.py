@@ -414,6 +414,8 @@ class DatasetWriter:
         self.repeats = 0
         self.rejected: Counter[str] = Counter({r: 0 for r in REASONS})
         self.splits: Counter[str] = Counter({s: 0 for s in SPLITS})
+        # kept rows that offer tool definitions, and that hold a tool call
+        self.tool_rows: Counter[str] = Counter({"offer_tools": 0, "call_tools": 0})
         self.sources: dict[str, Counter[str]] = defaultdict(Counter)
         self._tokens: dict[str, list[np.ndarray]] = {s: [] for s in SPLITS}
         self.examples: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -460,6 +462,7 @@ class DatasetWriter:
             self._write_lines(self._rejected, lines)
         for name, n in _counts(source.filter(kept_mask)).items():
             self.sources[name]["kept"] += n
+        self._count_tool_rows(batch, to_numpy_bool(kept_mask))
         output = batch.select([c for c in OUTPUT_SCHEMA.names if c in batch.column_names])
         for split in SPLITS:
             mask = pc.fill_null(pc.equal(batch.column("split"), split), False)
@@ -470,6 +473,15 @@ class DatasetWriter:
             self.splits[split] += part.num_rows
             self._tokens[split].append(part.column("num_tokens").to_numpy())
             self._write_lines(self._split_files[split], batch.column("_jsonl").filter(mask))
+
+    def _count_tool_rows(self, batch: pa.Table, kept: np.ndarray) -> None:
+        if "tools" in batch.column_names:
+            self.tool_rows["offer_tools"] += int(
+                (to_numpy_bool(pc.is_valid(batch.column("tools"))) & kept).sum())
+        turns, offsets = list_offsets(batch.column("messages"))
+        calls = to_numpy_bool(pc.is_valid(turns.field("tool_calls")))
+        if calls.any():
+            self.tool_rows["call_tools"] += int((any_per_row(calls, offsets) & kept).sum())
 
     @staticmethod
     def _write_lines(fh, lines: pa.ChunkedArray | pa.Array) -> None:

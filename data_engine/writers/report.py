@@ -178,6 +178,10 @@ def write_report(path: Path, manifest: dict[str, Any], tokens: dict[str, np.ndar
     rejected_total = sum(counts["rejected"].values())
     share = rejected_total / counts["input"] if counts["input"] else 0.0
     conserved = counts["input"] == counts["kept"] - counts.get("repeats", 0) + rejected_total
+    tool_rows = counts.get("tool_rows") or {}
+    tool_lines = [("kept rows offering tools", tool_rows.get("offer_tools", 0)),
+                  ("kept rows with tool calls", tool_rows.get("call_tools", 0))
+                  ] if any(tool_rows.values()) else []
     parts = [
         f"<!doctype html><html><head><meta charset='utf-8'><title>tunesmith data run</title>"
         f"<style>{STYLE}</style></head><body>",
@@ -188,7 +192,8 @@ def write_report(path: Path, manifest: dict[str, Any], tokens: dict[str, np.ndar
         html_table([("input rows", counts["input"]), ("kept", counts["kept"]),
                 ("of which resampled repeats", counts.get("repeats", 0)),
                 ("rejected", f"{rejected_total} ({share:.1%})")]
-               + [(f"split: {s}", n) for s, n in counts["splits"].items()], ("", "rows")),
+               + [(f"split: {s}", n) for s, n in counts["splits"].items()] + tool_lines,
+               ("", "rows")),
         "" if conserved else "<p class='bad'>Counts are not conserved: input != kept - repeats + rejected.</p>",
         "<h2>Rejection reasons</h2>", _reasons_plot(counts["rejected"]),
         "<h2>Sources through the stages</h2>",

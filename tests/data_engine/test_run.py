@@ -117,6 +117,10 @@ def test_run_on_local_ray_mixed_layouts(ray_local, tmp_path):
     # parallel calls stay matched to their results: the ids and names are written back
     assert kept["tools"]["messages"] == PARALLEL_CALLS
     assert kept["tools"]["tools"] == WEATHER_TOOL
+    # ... and the counts say how many kept rows offer tools and call them (the unmatched
+    # row, dropped, is not counted)
+    assert manifest["counts"]["tool_rows"] == {"offer_tools": 1, "call_tools": 1}
+    assert "kept rows with tool calls" in result.report_path.read_text(encoding="utf-8")
     assert [s["name"] for s in manifest["stages"]] == ["ingest", "clean", "dedup", "mix", "split",
                                                        "export"]
     assert result.report_path.exists()
