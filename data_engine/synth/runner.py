@@ -185,24 +185,16 @@ def run_generator(name: str, config: DataConfig, engine_factory: Callable[[], An
     """Runs one generator with the engine ``engine_factory`` builds (after the config
     checked out, so a typo fails before a model loads). ``progress`` hears the replies
     made so far (`Counted.counts`) as they come."""
+    from data_engine.synth.stage import generate
+
+    if name not in GENERATORS:
+        raise ConfigError([f"generator: {name!r} is not one of {', '.join(GENERATORS)}"])
     settings = block(config, name)
     built = engine_factory()
     engine = Counted(built, progress)
     try:
-        if name == "evol":
-            from data_engine.synth.evol import evolve
-
-            return evolve(seeds or [], engine, settings, config.clean, config.seed)
-        if name == "self_instruct":
-            from data_engine.synth.self_instruct import self_instruct
-
-            return self_instruct(seeds or [], engine, settings, config.clean, config.seed)
-        if name == "craft":
-            from data_engine.synth.craft import craft
-
-            return craft(fewshots or [], corpus or [], engine, settings, config.clean,
-                         config.seed)
+        return generate(name, engine, settings, config.clean, config.seed, seeds or [],
+                        fewshots=fewshots, corpus=corpus)
     finally:
         engine.detach()
         built.close()
-    raise ConfigError([f"generator: {name!r} is not one of {', '.join(GENERATORS)}"])

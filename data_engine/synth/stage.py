@@ -82,8 +82,10 @@ class ModelWorker:
 
 
 def generate(name: str, engine: Any, block: Any, clean: CleanConfig, seed: int,
-             seeds: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Every row generator ``name`` makes with ``engine``, kept and eliminated."""
+             seeds: list[dict[str, Any]], fewshots: list[dict[str, Any]] | None = None,
+             corpus: list[str] | None = None) -> list[dict[str, Any]]:
+    """Every row generator ``name`` makes with ``engine``, kept and eliminated; CRAFT's
+    few-shot rows and corpus files are the block's unless given."""
     if name == "evol":
         from data_engine.synth.evol import evolve
 
@@ -94,7 +96,8 @@ def generate(name: str, engine: Any, block: Any, clean: CleanConfig, seed: int,
         return self_instruct(seeds, engine, block, clean, seed)
     from data_engine.synth.craft import craft, load_fewshots
 
-    return craft(load_fewshots(block.fewshots), block.corpus, engine, block, clean, seed)
+    return craft(load_fewshots(block.fewshots) if fewshots is None else fewshots,
+                 block.corpus if corpus is None else corpus, engine, block, clean, seed)
 
 
 def start_worker(config: EngineConfig) -> Any:

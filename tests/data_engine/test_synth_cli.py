@@ -124,6 +124,13 @@ def test_bad_config_fails_before_a_model_loads(tmp_path):
     done = tunesmith("synth", "evol", "--input", str(tmp_path / "missing.jsonl"), "--out",
                      "e.jsonl", cwd=tmp_path)
     assert done.returncode == 2 and "missing.jsonl" in done.stderr
+    # an unknown generator, from Python: a ConfigError before any engine is built
+    from data_engine.config import DataConfig
+    from data_engine.errors import ConfigError
+    from data_engine.synth.runner import run_generator
+
+    with pytest.raises(ConfigError, match="'evolve' is not one of evol, craft"):
+        run_generator("evolve", DataConfig(), lambda: pytest.fail("no engine is built"))
 
 
 def test_judge_rows_go_in_parts_in_order(smollm2_dir, monkeypatch):
