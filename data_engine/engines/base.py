@@ -128,13 +128,13 @@ class Counted:
     batch for transformers, per request for openai), else when each call returns (vllm).
     ``on_change`` hears the counts after every move (from the engine's threads, in any
     order); another thread may read them at any time (the data run's driver asks the worker
-    actor). `detach` unhooks the engine."""
+    actor). `detach` unhooks the engine. Generators only generate (and name the engine by
+    kind and model); the engine's owner closes it."""
 
     def __init__(self, engine: Any,
                  on_change: Callable[[dict[str, int]], None] | None = None):
         self.engine = engine
         self.kind, self.model = engine.kind, engine.model
-        self.supports_logprobs = engine.supports_logprobs
         self.calls = 0  # generate calls started
         self.asked = 0  # rows asked for so far, the running call's included
         self.done = 0  # replies made
@@ -166,10 +166,6 @@ class Counted:
             if self._on_change is not None:
                 self._on_change(counts)
 
-    def next_token_scores(self, conversations: list[Conversation], labels: list[str]
-                          ) -> list[TokenScores]:
-        return self.engine.next_token_scores(conversations, labels)
-
     def counts(self) -> dict[str, int]:
         with self._lock:
             return self._counts()
@@ -180,9 +176,6 @@ class Counted:
     def detach(self) -> None:
         if self._hooked:
             self.engine.on_replies = None
-
-    def close(self) -> None:
-        """The engine belongs to the caller, who closes it."""
 
 
 def progress_line(counts: dict[str, int]) -> str:
