@@ -47,6 +47,9 @@ class EvalRow:
     # (the expected output is the call, which a text metric against "" would score as wrong)
     reference: str | None = None
     tools: list[dict[str, Any]] | None = None  # the tools the row offers
+    # the last assistant turn's tool calls when the row ends with them (request form:
+    # arguments as JSON text): the expected output of a tool-calling row
+    calls: list[dict[str, Any]] | None = None
 
     @property
     def answered(self) -> bool:
@@ -110,7 +113,9 @@ def to_row(raw: dict[str, Any], where: str) -> EvalRow:
                    tags=list(raw.get("tags") or []), messages=[_whole(m) for m in messages],
                    prompt=requests[:-1] if ends_with_reply else requests,
                    reference=requests[-1]["content"] if text_reply else None,
-                   tools=tools)
+                   tools=tools,
+                   calls=requests[-1]["tool_calls"] if ends_with_reply and not text_reply
+                   else None)
 
 
 def read_rows(data_dir: str | Path, split: str = "test", limit: int | None = None

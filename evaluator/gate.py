@@ -54,9 +54,12 @@ class GateConfig:
     """Share of valid JSON among the model's replies to rows tagged json."""
     judge_score_min: float | None = None
     """Mean pointwise judge score of the model (needs a judge)."""
+    tool_call_exact_min: float | None = None
+    """Share of rows ending with a tool call whose reply makes the same calls, arguments
+    included."""
 
 
-_RATES = ("usability_min", "win_rate_ci_low_min", "json_validity_min")
+_RATES = ("usability_min", "win_rate_ci_low_min", "json_validity_min", "tool_call_exact_min")
 
 
 def _problem(key: str, value: Any) -> str | None:
@@ -197,6 +200,25 @@ def _json_validity(metrics: dict[str, Any], threshold: float) -> dict[str, Any]:
     return _check(name, metric, op, threshold, rate, status, reason)
 
 
+def _tool_calls(metrics: dict[str, Any], threshold: float) -> dict[str, Any]:
+    name, metric, op = "tool_calls", "tool_calls.model.rate", ">="
+    model = _get(metrics, "tool_calls", "model")
+    if model is None or not model.get("rows"):
+        return _check(name, metric, op, threshold, None, "skipped",
+                      "no row ends with a tool call: tool-call accuracy not measured")
+    rate, rows = model["rate"], model["rows"]
+    status, rel = _verdict(rate, op, threshold)
+    reason = (f"tool-call accuracy {rate:.3f} {rel} {threshold:g}: {model['exact']} of {rows} "
+              f"replies make the expected calls ({model['names']} with the right names, "
+              f"{model['parsed']} parseable)")
+    return _check(name, metric, op, threshold, rate, status, reason)
+
+
+def _not_judged(block: dict[str, Any]) -> str:
+    calls = block.get("tool_call_rows") or 0
+    return f"; {calls} rows ending with a tool call are not judged" if calls else ""
+
+
 def _win_rate(metrics: dict[str, Any], threshold: float) -> dict[str, Any]:
     name, metric, op = "win_rate", "judge.pairwise.ci95[0]", ">="
     judge = metrics.get("judge")
@@ -211,7 +233,7 @@ def _win_rate(metrics: dict[str, Any], threshold: float) -> dict[str, Any]:
     if ci is None:
         return _check(name, metric, op, threshold, None, "fail",
                       f"win rate unknown: no pair judged ({pairwise.get('errors', 0)} judge "
-                      f"errors)")
+                      f"errors{_not_judged(pairwise)})")
     low, high = ci
     status, rel = _verdict(low, op, threshold)
     wins, ties, losses = (pairwise.get(k, 0) for k in ("wins", "ties", "losses"))
@@ -231,7 +253,8 @@ def _judge_score(metrics: dict[str, Any], threshold: float) -> dict[str, Any]:
     mean = model.get("mean")
     if mean is None:
         return _check(name, metric, op, threshold, None, "fail",
-                      f"judge score unknown: no reply scored ({model.get('errors', 0)} errors)")
+                      f"judge score unknown: no reply scored ({model.get('errors', 0)} errors"
+                      f"{_not_judged(model)})")
     status, rel = _verdict(mean, op, threshold)
     reason = (f"mean judge score {mean:.3f} {rel} {threshold:g} over {model.get('scored', 0)} "
               f"scored replies ({model.get('low_mass', 0)} low-mass, "
@@ -245,6 +268,7 @@ _CHECKS: dict[str, Callable[[dict[str, Any], float], dict[str, Any]]] = {
     "json_validity_min": _json_validity,
     "win_rate_ci_low_min": _win_rate,
     "judge_score_min": _judge_score,
+    "tool_call_exact_min": _tool_calls,
 }
 
 

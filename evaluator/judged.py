@@ -49,11 +49,16 @@ def build_judge(spec: str, config: JudgeConfig | None = None) -> Judge:
     return Judge(engine, config or JudgeConfig())
 
 
+def _calling(rows: Sequence[EvalRow]) -> int:
+    return sum(bool(row.calls) for row in rows)
+
+
 def score_replies(judge: Judge, rows: Sequence[EvalRow], replies: Sequence[dict[str, Any]]
                   ) -> dict[str, Any]:
     """Pointwise scores written into the replies; the side's summary returned. Failed
-    generations are not judged (they count under usability)."""
-    chosen = [i for i, r in enumerate(replies) if r["error"] is None]
+    generations are not judged (they count under usability), nor replies to rows that end
+    with a tool call (a call is scored by tool-call accuracy; a judge reads prose)."""
+    chosen = [i for i, r in enumerate(replies) if r["error"] is None and not rows[i].calls]
     conversations = [rows[i].prompt + [{"role": "assistant", "content": replies[i]["output"]}]
                      for i in chosen]
     min_mass = judge.config.min_mass
@@ -66,16 +71,18 @@ def score_replies(judge: Judge, rows: Sequence[EvalRow], replies: Sequence[dict[
         scores.append(result.score)
         low_mass += result.mass is not None and result.mass < min_mass
     return {"mean": sum(scores) / len(scores) if scores else None, "scored": len(scores),
-            "low_mass": low_mass, "errors": errors, "scores": scores}
+            "low_mass": low_mass, "errors": errors, "tool_call_rows": _calling(rows),
+            "scores": scores}
 
 
 def compare_replies(judge: Judge, rows: Sequence[EvalRow], model: Sequence[dict[str, Any]],
                     baseline: Sequence[dict[str, Any]]) -> tuple[dict[str, Any], list[dict]]:
-    """(summary, one pair verdict per row) for model vs baseline replies to the same rows."""
+    """(summary, one pair verdict per row) for model vs baseline replies to the same rows;
+    rows that end with a tool call are not compared (see `score_replies`)."""
     from data_engine.synth.judge import split_exchange
 
-    chosen = [i for i in range(len(rows))
-              if model[i]["error"] is None and baseline[i]["error"] is None]
+    chosen = [i for i in range(len(rows)) if model[i]["error"] is None
+              and baseline[i]["error"] is None and not rows[i].calls]
     triples = []
     for i in chosen:
         question, _ = split_exchange(rows[i].prompt + [{"role": "assistant", "content": ""}])
@@ -94,5 +101,6 @@ def compare_replies(judge: Judge, rows: Sequence[EvalRow], model: Sequence[dict[
                     "p_model": result.p_a, "error": None}
     summary = win_rate_summary(outcomes)
     summary.update(errors=errors,
-                   consistency=sum(consistent) / len(consistent) if consistent else None)
+                   consistency=sum(consistent) / len(consistent) if consistent else None,
+                   tool_call_rows=_calling(rows))
     return summary, pairs

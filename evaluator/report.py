@@ -122,6 +122,9 @@ def _summary_rows(metrics: dict[str, Any]) -> list[tuple[str, ...]]:
     else:
         rows.append(("JSON validity (rows tagged json)", *_sides(
             json_validity, lambda m: f"{_fmt(m['rate'])} ({m['valid']} of {m['rows']} valid)")))
+    calls = metrics.get("tool_calls")
+    if calls is not None:
+        rows += _tool_call_rows(calls)
     if reference is None:
         rows.append(("reference overlap", "not measured", ""))
     else:
@@ -133,7 +136,9 @@ def _summary_rows(metrics: dict[str, Any]) -> list[tuple[str, ...]]:
     rows.append(("judge score (mean)", *_sides(
         judge.get("pointwise") or {},
         lambda m: (f"{_fmt(m['mean'], '.2f')} ({m['scored']} scored, {m['low_mass']} "
-                   f"low-mass, {m['errors']} errors)"))))
+                   f"low-mass, {m['errors']} errors"
+                   + (f", {m['tool_call_rows']} tool-call rows not judged"
+                      if m.get("tool_call_rows") else "") + ")"))))
     pair = judge.get("pairwise")
     if pair is None:
         return rows + [("win rate vs baseline", "not measured", "")]
@@ -146,6 +151,21 @@ def _summary_rows(metrics: dict[str, Any]) -> list[tuple[str, ...]]:
          f"{_fmt(pair.get('consistency'))} of {pair['pairs']} pairs, "
          f"{pair.get('errors', 0)} not judged", ""),
     ]
+
+
+def _tool_call_rows(calls: dict[str, Any]) -> list[tuple[str, ...]]:
+    """Tool-call accuracy over the rows that end with calls, and calls made where the row
+    answers in text."""
+    rows: list[tuple[str, ...]] = []
+    if any((calls.get(side) or {}).get("rows") for side in SIDES):
+        rows.append(("tool calls (rows ending with a call)", *_sides(
+            calls, lambda m: (f"{_fmt(m['rate'])} ({m['exact']} of {m['rows']} exact; "
+                              f"{m['names']} right names, {m['parsed']} parseable)")
+            if m["rows"] else "—")))
+    if any((calls.get(side) or {}).get("answer_rows") for side in SIDES):
+        rows.append(("calls where the row answers in text", *_sides(
+            calls, lambda m: f"{m['spurious']} of {m['answer_rows']}")))
+    return rows
 
 
 def _score_plot(judge: dict[str, Any] | None) -> str:

@@ -121,7 +121,7 @@ def evaluate_side(target: Target, rows: list[EvalRow], options: EvalOptions,
     from transformers import AutoTokenizer
 
     from data_engine.config import CleanConfig
-    from evaluator import perplexity, usability
+    from evaluator import perplexity, toolcalls, usability
 
     with served(target, options, log) as (base_url, name, folder):
         target.served_name = name
@@ -148,6 +148,7 @@ def evaluate_side(target: Target, rows: list[EvalRow], options: EvalOptions,
             f"(budget {budget} tokens, {time.monotonic() - started:.1f} s)")
     return {"ppl": ppl, "replies": replies, "usability": summary,
             "json": usability.summarize_json(replies),
+            "tool_calls": toolcalls.summarize(rows, replies),
             "reference": usability.add_reference_scores(rows, replies)}
 
 
@@ -224,6 +225,7 @@ def run_eval(options: EvalOptions, log: Callable[[str], None] = print) -> dict[s
         "usability": {"model": ours["usability"],
                       "baseline": theirs["usability"] if theirs else None},
         "json_validity": _pair(ours["json"], theirs["json"] if theirs else None),
+        "tool_calls": _pair(ours["tool_calls"], theirs["tool_calls"] if theirs else None),
         "reference": _pair(ours["reference"], theirs["reference"] if theirs else None),
         "judge": judged,
         "gate": None,
@@ -239,7 +241,8 @@ def run_eval(options: EvalOptions, log: Callable[[str], None] = print) -> dict[s
 def _sample(row: EvalRow, model: dict, baseline: dict | None, pair: dict | None
             ) -> dict[str, Any]:
     return {"id": row.id, "source": row.source, "tags": row.tags, "prompt": row.question,
-            "reference": row.reference, "model": model, "baseline": baseline, "pair": pair}
+            "reference": row.reference, "reference_calls": row.calls, "model": model,
+            "baseline": baseline, "pair": pair}
 
 
 def write_outputs(out: Path, metrics: dict[str, Any], samples: list[dict[str, Any]]) -> None:

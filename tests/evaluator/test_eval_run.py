@@ -29,13 +29,37 @@ ROWS = [
         {"role": "assistant", "content": "{\"a\": 1}"}]},
 ]
 
+TOOLS = [{"type": "function", "function": {
+    "name": "get_weather", "description": "Today's weather in a city.",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]
+# A row whose expected output is a call (tool_calls as the data engine writes them), and one
+# that offers the tool but answers in text.
+TOOL_ROWS = [
+    {"id": "tool-1", "source": "tools_en", "tags": [], "tools": TOOLS, "messages": [
+        {"role": "user", "content": "Weather in Kyoto?"},
+        {"role": "assistant", "content": "", "tool_calls": json.dumps([
+            {"id": "call_8f3k2a", "type": "function",
+             "function": {"name": "get_weather", "arguments": "{\"city\": \"Kyoto\"}"}}])}]},
+    {"id": "tool-2", "source": "tools_en", "tags": [], "tools": TOOLS, "messages": [
+        {"role": "user", "content": "Say hello."},
+        {"role": "assistant", "content": "Hello there"}]},
+]
+
+
+def _data(folder, rows):
+    (folder / "test.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n"
+                                               for r in rows), encoding="utf-8")
+    return folder
+
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("data")
-    (folder / "test.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n"
-                                               for r in ROWS), encoding="utf-8")
-    return folder
+    return _data(tmp_path_factory.mktemp("data"), ROWS)
+
+
+@pytest.fixture(scope="module")
+def tool_data_dir(tmp_path_factory):
+    return _data(tmp_path_factory.mktemp("tool-data"), ROWS + TOOL_ROWS)
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
@@ -44,57 +68,78 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-def test_a_model_that_never_stops_fails_the_gate(endless_model_dir, data_dir, tmp_path):
+def test_a_model_that_never_stops_fails_the_gate(endless_model_dir, tool_data_dir, tmp_path):
     gate = tmp_path / "gate.yaml"
-    gate.write_text("usability_min: 0.95\n")
+    gate.write_text("usability_min: 0.95\ntool_call_exact_min: 0.5\n")
     out = tmp_path / "eval"
-    done = _cli("--model", str(endless_model_dir), "--data", str(data_dir), "--baseline",
+    rows = len(ROWS + TOOL_ROWS)
+    done = _cli("--model", str(endless_model_dir), "--data", str(tool_data_dir), "--baseline",
                 "none", "--max-tokens", "24", "--gate", str(gate), "--out", str(out))
     assert done.returncode == 1, done.stdout + done.stderr
     metrics = json.loads((out / "metrics.json").read_text())
     usability = metrics["usability"]["model"]
-    assert usability["rate"] == 0.0 and usability["failures"]["no_stop"] == 4
+    assert usability["rate"] == 0.0 and usability["failures"]["no_stop"] == rows
     check = next(c for c in metrics["gate"]["checks"] if c["name"] == "usability")
     assert check["status"] == "fail" and "no_stop" in check["reason"]
+    calls = next(c for c in metrics["gate"]["checks"] if c["name"] == "tool_calls")
+    assert calls["status"] == "fail" and calls["value"] == 0.0
+    assert "tool calls 0.000 (0/1 exact, 0 right names, 0 parseable)" in done.stdout
     assert metrics["gate"]["passed"] is False and "FAILED" in done.stdout
     samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
-    assert [s["model"]["finish_reason"] for s in samples] == ["length"] * 4
+    assert [s["model"]["finish_reason"] for s in samples] == ["length"] * rows
     assert samples[0]["model"]["output"].startswith("The cat sat on a mat.")
     assert (out / "report.html").is_file()
 
 
 @pytest.mark.slow
 def test_eval_with_baseline_and_judge(polite_model_dir, looping_model_dir, smollm2_dir,
-                                      data_dir, tmp_path):
+                                      tool_data_dir, tmp_path):
+    """Both sides, the judge, and the tool rows: the call row is scored by tool-call
+    accuracy (neither model calls) and left out of the judge's scores and pairs."""
     out = tmp_path / "eval"
+    rows = ROWS + TOOL_ROWS
     lines: list[str] = []
-    metrics = run_eval(EvalOptions(data=data_dir, out=out, model=str(polite_model_dir),
+    metrics = run_eval(EvalOptions(data=tool_data_dir, out=out, model=str(polite_model_dir),
                                    baseline=str(looping_model_dir), max_tokens=16,
                                    judge=f"transformers:{smollm2_dir}"), log=lines.append)
     assert set(metrics) >= {"perplexity", "usability", "json_validity", "reference", "judge",
-                            "gate"}
+                            "tool_calls", "gate"}
     ppl = metrics["perplexity"]
     assert ppl["model"]["method"] == "server" and set(ppl["model"]["by_source"]) == {
-        "titles_ja", "faq_en"}
+        "titles_ja", "faq_en", "tools_en"}
     assert ppl["ratio"] == pytest.approx(ppl["model"]["ppl"] / ppl["baseline"]["ppl"])
     assert metrics["usability"]["model"]["rate"] == 1.0
     looping = metrics["usability"]["baseline"]
-    assert looping["rate"] == 0.0 and looping["degenerate"] == 4
+    assert looping["rate"] == 0.0 and looping["degenerate"] == len(rows)
     # "Hello there" is not JSON; the reference row that says exactly that scores 100 chrF
     assert metrics["json_validity"]["model"] == {"rate": 0.0, "rows": 1, "valid": 0}
     samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     assert samples[2]["model"]["chrf"] == pytest.approx(100.0)
     assert samples[0]["baseline"]["degenerate"] is True
+    # "Hello there" makes no call: the call row is a miss, the answering row no false call
+    assert metrics["tool_calls"]["model"] == {"rate": 0.0, "rows": 1, "parsed": 0, "names": 0,
+                                              "exact": 0, "answer_rows": 1, "spurious": 0}
+    assert metrics["tool_calls"]["baseline"]["exact"] == 0
+    call_sample = samples[len(ROWS)]
+    assert call_sample["reference"] is None and call_sample["model"]["call_exact"] is False
+    assert call_sample["reference_calls"][0]["function"] == {
+        "name": "get_weather", "arguments": '{"city": "Kyoto"}'}
     judge = metrics["judge"]
     pair = judge["pairwise"]
-    assert pair["wins"] + pair["ties"] + pair["losses"] + pair["errors"] == len(ROWS)
+    judged = len(rows) - 1
+    assert pair["wins"] + pair["ties"] + pair["losses"] + pair["errors"] == judged
+    assert pair["tool_call_rows"] == 1 and call_sample["pair"] is None
     assert pair["ci95"] is None or 0.0 <= pair["ci95"][0] <= pair["win_rate"] <= pair["ci95"][1]
-    assert judge["pointwise"]["model"]["scored"] == len(ROWS)
-    assert all(s["pair"] is not None for s in samples)
+    pointwise = judge["pointwise"]["model"]
+    assert (pointwise["scored"], pointwise["tool_call_rows"]) == (judged, 1)
+    assert call_sample["model"]["judge_score"] is None
+    assert all(s["pair"] is not None for s in samples if s["id"] != "tool-1")
     gate = {c["name"]: c for c in metrics["gate"]["checks"]}
     assert gate["usability"]["status"] == "pass"
     assert any("serving" in line for line in lines)
-    assert (out / "report.html").stat().st_size > 10_000  # plots inline
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert len(page) > 10_000  # plots inline
+    assert "tool calls (rows ending with a call)" in page
 
 
 @pytest.mark.slow

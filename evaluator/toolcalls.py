@@ -1,0 +1,127 @@
+"""Tool-call accuracy: when a row's expected output is a tool call, does the reply make it?
+
+Replies are asked with `tool_choice: none`, so a model that learned to call answers in the
+text its template trained: Hermes-style blocks, `<tool_call>\\n{"name": ..., "arguments":
+{...}}\\n</tool_call>`, as our ChatML template and Qwen's render calls (and as vLLM's
+`hermes` tool parser reads them back). Per reply to a row that ends with calls:
+
+- `call_parsed`: the reply holds at least one block, and every block is a JSON object with a
+  string `name` (a client's parser rejects the whole reply otherwise);
+- `call_names`: the same function names as the expected calls, as a multiset (parallel calls
+  in any order);
+- `call_exact`: the same names with equal arguments (parsed JSON compared as values: key
+  order, spacing and 1 vs 1.0 do not matter).
+
+Rows that end with a text reply but offer tools are the other half: a reply holding a
+block there called a tool when it should have answered (`spurious`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, Sequence
+
+from evaluator.data import EvalRow
+
+CALL_BLOCK = re.compile(r"<tool_call>(.*?)</tool_call>", re.DOTALL)
+
+Call = tuple[str, Any]  # (function name, arguments as parsed JSON, or their text)
+
+
+def _arguments(value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return {} if value is None else value
+
+
+def expected_calls(row: EvalRow) -> list[Call] | None:
+    """The calls a row ends with; None for a row that does not end with calls."""
+    if not row.calls:
+        return None
+    calls = []
+    for call in row.calls:
+        function = call.get("function") or call
+        calls.append((str(function.get("name", "")), _arguments(function.get("arguments"))))
+    return calls
+
+
+def parse_calls(text: str) -> list[Call] | None:
+    """The calls in a reply's `<tool_call>` blocks; None when it has none, or when any
+    block is not a JSON object with a string `name`."""
+    blocks = CALL_BLOCK.findall(text or "")
+    if not blocks:
+        return None
+    calls = []
+    for block in blocks:
+        try:
+            value = json.loads(block)
+        except ValueError:
+            return None
+        if not isinstance(value, dict) or not isinstance(value.get("name"), str):
+            return None
+        calls.append((value["name"], _arguments(value.get("arguments"))))
+    return calls
+
+
+def _same(a: Any, b: Any) -> bool:
+    """JSON values equal as values: `1 == 1.0`, but `true != 1` (Python's bool is an int)."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return isinstance(a, bool) and isinstance(b, bool) and a == b
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return a == b
+    return type(a) is type(b) and a == b
+
+
+def _matched(expected: list[Call], made: list[Call], arguments: bool) -> bool:
+    """The two lists hold the same calls in any order (names only, or names and arguments)."""
+    if len(expected) != len(made):
+        return False
+    left = list(made)
+    for name, args in expected:
+        hit = next((i for i, (n, a) in enumerate(left)
+                    if n == name and (not arguments or _same(args, a))), None)
+        if hit is None:
+            return False
+        left.pop(hit)
+    return True
+
+
+def score_reply(row: EvalRow, reply: dict[str, Any]) -> None:
+    """Writes the reply's `call_parsed`, `call_names` and `call_exact` (None unless the row
+    ends with calls) and `called` (whether the reply holds a call block)."""
+    made = parse_calls(reply["output"]) if reply["error"] is None else None
+    reply["called"] = reply["error"] is None and bool(CALL_BLOCK.search(reply["output"]))
+    expected = expected_calls(row)
+    if expected is None:
+        reply["call_parsed"] = reply["call_names"] = reply["call_exact"] = None
+        return
+    reply["call_parsed"] = made is not None
+    reply["call_names"] = made is not None and _matched(expected, made, arguments=False)
+    reply["call_exact"] = made is not None and _matched(expected, made, arguments=True)
+
+
+def summarize(rows: Sequence[EvalRow], replies: Sequence[dict[str, Any]]
+              ) -> dict[str, Any] | None:
+    """Scores every reply; the side's summary, or None when no row ends with calls and
+    none offers tools. `rate` is the exact-call rate over the rows that end with calls
+    (a failed request counts as a miss)."""
+    for row, reply in zip(rows, replies):
+        score_reply(row, reply)
+    calling = [r for row, r in zip(rows, replies) if row.calls]
+    answering = [r for row, r in zip(rows, replies) if not row.calls and row.tools
+                 and row.reference is not None]
+    if not calling and not answering:
+        return None
+    exact = sum(r["call_exact"] for r in calling)
+    return {"rate": exact / len(calling) if calling else None, "rows": len(calling),
+            "parsed": sum(r["call_parsed"] for r in calling),
+            "names": sum(r["call_names"] for r in calling), "exact": exact,
+            "answer_rows": len(answering), "spurious": sum(r["called"] for r in answering)}

@@ -1,0 +1,114 @@
+"""Tool-call accuracy: replies to rows that end with a call are parsed from the template's
+`<tool_call>` blocks and compared with the expected calls (no model needed)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from evaluator.data import to_row
+from evaluator.toolcalls import expected_calls, parse_calls, summarize
+
+TOOLS = [{"type": "function", "function": {
+    "name": "get_weather", "description": "Weather for a city.",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"},
+                                                    "days": {"type": "integer"}}}}}]
+
+
+def _calling(*calls: tuple[str, dict]):
+    """A row that ends with these calls, tool_calls as the data engine writes them (JSON
+    text, arguments as JSON text)."""
+    listed = [{"id": f"c{i}", "type": "function",
+               "function": {"name": name, "arguments": json.dumps(args)}}
+              for i, (name, args) in enumerate(calls)]
+    return to_row({"tools": TOOLS, "messages": [
+        {"role": "user", "content": "Weather in Kyoto and Osaka?"},
+        {"role": "assistant", "content": "", "tool_calls": json.dumps(listed)}]}, "x:1")
+
+
+def _answering(tools=TOOLS):
+    return to_row({"tools": tools, "messages": [
+        {"role": "user", "content": "Say hello."},
+        {"role": "assistant", "content": "Hello there"}]}, "x:2")
+
+
+def _block(name: str, arguments) -> str:
+    """A call as the training template renders it."""
+    return ('<tool_call>\n{"name": "' + name + '", "arguments": '
+            + (arguments if isinstance(arguments, str) else json.dumps(arguments))
+            + "}\n</tool_call>")
+
+
+def _reply(text: str, error: str | None = None) -> dict:
+    return {"output": text, "error": error}
+
+
+def test_a_row_ending_with_calls_names_them_and_others_do_not():
+    row = _calling(("get_weather", {"city": "Kyoto", "days": 3}))
+    assert row.reference is None
+    assert expected_calls(row) == [("get_weather", {"city": "Kyoto", "days": 3})]
+    assert expected_calls(_answering()) is None and _answering().calls is None
+
+
+@pytest.mark.parametrize("text, calls", [
+    (_block("get_weather", {"city": "Kyoto"}), [("get_weather", {"city": "Kyoto"})]),
+    # text around the blocks, two parallel calls, arguments given as JSON text
+    ("Let me check.\n" + _block("a", {}) + "\n" + _block("b", json.dumps('{"x": 1}')),
+     [("a", {}), ("b", {"x": 1})]),
+    ("It is sunny in Kyoto.", None),
+    (_block("get_weather", '{"city": "Kyoto"'), None),   # broken JSON: a parser rejects it
+    ('<tool_call>\n{"arguments": {}}\n</tool_call>', None),  # no name
+    ('<tool_call>\n["get_weather"]\n</tool_call>', None),
+    ("<tool_call>\n{\"name\": \"a\"}", None),            # never closed (cut at max_tokens)
+])
+def test_calls_are_read_from_the_templates_blocks(text, calls):
+    assert parse_calls(text) == calls
+
+
+def test_exact_names_parsed_and_spurious_are_counted_per_reply():
+    kyoto = ("get_weather", {"city": "Kyoto", "days": 3})
+    osaka = ("get_weather", {"city": "Osaka", "days": 3})
+    rows = [_calling(kyoto)] * 6 + [_calling(kyoto, osaka), _answering(), _answering(),
+                                    _answering(tools=None)]
+    replies = [
+        # same call: key order, spacing and 3 vs 3.0 do not matter
+        _reply('<tool_call>\n{"arguments": {"days": 3.0, "city": "Kyoto"}, '
+               '"name": "get_weather"}\n</tool_call>'),
+        _reply(_block("get_weather", {"city": "Kyoto", "days": 4})),   # wrong argument
+        _reply(_block("get_forecast", {"city": "Kyoto", "days": 3})),  # wrong function
+        _reply(_block("get_weather", {"city": "Kyoto", "days": True})),  # true is not 1..3
+        _reply("The weather in Kyoto is sunny."),                      # answered, no call
+        _reply("", error="timeout: no reply"),                          # a failed request
+        # parallel calls in the other order
+        _reply(_block("get_weather", osaka[1]) + "\n" + _block("get_weather", kyoto[1])),
+        _reply(_block("get_weather", {"city": "Kyoto"})),  # called where it should answer
+        _reply("Hello there"),
+        _reply(_block("x", {})),  # a row offering no tools is not counted either way
+    ]
+    summary = summarize(rows, replies)
+    assert [r["call_exact"] for r in replies[:7]] == [True, False, False, False, False, False,
+                                                      True]
+    assert [r["call_names"] for r in replies[:7]] == [True, True, False, True, False, False,
+                                                      True]
+    assert [r["call_parsed"] for r in replies[:7]] == [True, True, True, True, False, False,
+                                                       True]
+    assert replies[7]["call_exact"] is None and replies[7]["called"] is True
+    assert summary == {"rate": 2 / 7, "rows": 7, "parsed": 5, "names": 4, "exact": 2,
+                       "answer_rows": 2, "spurious": 1}
+
+
+def test_one_call_more_or_less_is_not_the_same_calls():
+    kyoto = ("get_weather", {"city": "Kyoto"})
+    rows = [_calling(kyoto), _calling(kyoto, kyoto)]
+    replies = [_reply(_block(*kyoto) + _block(*kyoto)), _reply(_block(*kyoto))]
+    summarize(rows, replies)
+    assert [(r["call_names"], r["call_exact"]) for r in replies] == [(False, False)] * 2
+
+
+def test_rows_without_tools_have_no_tool_call_summary():
+    rows = [to_row({"messages": [{"role": "user", "content": "Hi"},
+                                 {"role": "assistant", "content": "Hello"}]}, "x:1")]
+    replies = [_reply("Hello")]
+    assert summarize(rows, replies) is None
+    assert replies[0]["call_exact"] is None and replies[0]["called"] is False
