@@ -11,14 +11,15 @@ from data_engine.filters.language import wrong_language
 from data_engine.filters.length import length_bounds
 from data_engine.filters.repetition import degenerate_repetition
 from data_engine.filters.special_tokens import special_token_literal
-from data_engine.filters.structure import (bad_role_order, empty_turn, no_assistant_reply,
-                                           unmatched_tool_call)
+from data_engine.filters.structure import (bad_role_order, bad_tool_call, empty_turn,
+                                           no_assistant_reply, unmatched_tool_call)
 from data_engine.filters.tag_list import tag_list
 
 FILTERS: tuple[Filter, ...] = (
     Filter("empty_turn", ("empty_turn",), empty_turn),
     Filter("bad_role_order", ("bad_role_order",), bad_role_order),
     Filter("unmatched_tool_call", ("unmatched_tool_call",), unmatched_tool_call),
+    Filter("bad_tool_call", ("bad_tool_call", "unknown_tool"), bad_tool_call),
     Filter("no_assistant_reply", ("no_assistant_reply",), no_assistant_reply),
     Filter("special_token_literal", ("special_token_literal",), special_token_literal),
     Filter("tag_list", ("tag_list",), tag_list),

@@ -1,5 +1,5 @@
-"""Conversation-shape filters: empty turns, role order, tool results that answer no call, and
-a final assistant reply.
+"""Conversation-shape filters: empty turns, role order, tool results that answer no call, tool
+calls that are broken or call a tool the row does not define, and a final assistant reply.
 
 Each is vectorised over the batch; ``role_order_ok`` is the one-row definition that the
 role-order pattern below encodes.
@@ -132,6 +132,80 @@ def unmatched_tool_call(view: MessageView, config: CleanConfig, alive: np.ndarra
             continue
         hit[row] = True
     return reasons_of(hit, "unmatched_tool_call")
+
+
+def tool_names(tools: str | None) -> set[str] | None:
+    """The function names a row's tool definitions (JSON text) offer; None when it offers
+    none, or its definitions name none (then no call can be checked against them)."""
+    try:
+        value = json.loads(tools) if tools else None
+    except ValueError:
+        return None
+    names = set()
+    for tool in value if isinstance(value, list) else []:
+        if isinstance(tool, dict):
+            function = tool.get("function") if isinstance(tool.get("function"), dict) else tool
+            if isinstance(function.get("name"), str):
+                names.add(function["name"])
+    return names or None
+
+
+def call_problem(tool_calls: str, offered: set[str] | None) -> str | None:
+    """`bad_tool_call`, `unknown_tool` or None for one assistant turn's tool calls (JSON
+    text: OpenAI's list, or one ShareGPT call)."""
+    try:
+        value = json.loads(tool_calls)
+    except ValueError:
+        return "bad_tool_call"
+    calls = value if isinstance(value, list) else [value]
+    if not calls:
+        return "bad_tool_call"  # a call turn that calls nothing
+    unknown = False
+    for call in calls:
+        if not isinstance(call, dict):
+            return "bad_tool_call"
+        function = call.get("function") if "function" in call else call
+        if not isinstance(function, dict):
+            return "bad_tool_call"
+        name, arguments = function.get("name"), function.get("arguments")
+        if not isinstance(name, str) or not name.strip():
+            return "bad_tool_call"
+        if isinstance(arguments, str) and arguments.strip():
+            try:
+                arguments = json.loads(arguments)
+            except ValueError:
+                return "bad_tool_call"
+        elif arguments in (None, ""):
+            arguments = {}
+        if not isinstance(arguments, dict):
+            return "bad_tool_call"
+        unknown |= offered is not None and name not in offered
+    return "unknown_tool" if unknown else None
+
+
+def bad_tool_call(view: MessageView, config: CleanConfig, alive: np.ndarray | None = None
+                  ) -> Reasons:
+    """`bad_tool_call`: an assistant tool call that is not JSON, has no function name, or
+    whose arguments are not a JSON object (training would render the broken text verbatim,
+    and a client's parser rejects it); `unknown_tool`: a call to a function the row's `tools`
+    do not define (it teaches the model to call tools that do not exist). A row offering no
+    tools has nothing to check names against."""
+    calling = view.is_assistant & view.has_calls & view.message_mask(alive)
+    reasons: Reasons = [None] * view.num_rows
+    if not calling.any():
+        return reasons
+    rows = np.searchsorted(view.offsets, np.flatnonzero(calling), side="right") - 1
+    tools = view.tools.to_pylist() if view.tools is not None else [None] * view.num_rows
+    offered: dict[int, set[str] | None] = {}
+    for message, row in zip(np.flatnonzero(calling), rows):
+        if reasons[row] == "bad_tool_call":
+            continue
+        if row not in offered:
+            offered[row] = tool_names(tools[row])
+        problem = call_problem(view.tool_calls[message], offered[row])
+        if problem is not None:
+            reasons[row] = problem
+    return reasons
 
 
 def no_assistant_reply(view: MessageView, config: CleanConfig, alive: np.ndarray | None = None

@@ -159,8 +159,10 @@ def _openai_message(m: Any) -> Message:
     if not isinstance(m, dict) or "role" not in m:
         raise UnknownFormat("messages: each turn needs a role")
     tool_calls = m.get("tool_calls")
+    if isinstance(tool_calls, str) and tool_calls.strip() in ("", "[]", "null"):
+        tool_calls = None  # SDK dumps write `"tool_calls": []` on every plain reply
     if tool_calls is not None and not isinstance(tool_calls, str):
-        tool_calls = json.dumps(tool_calls, ensure_ascii=False)
+        tool_calls = json.dumps(tool_calls, ensure_ascii=False) if tool_calls else None
     reasoning = m.get("reasoning_content", m.get("reasoning"))
     message = {
         "role": str(m["role"]).strip().lower(),

@@ -12,8 +12,8 @@ from data_engine.filters.language import detect_language, wrong_language
 from data_engine.filters.length import estimate_tokens, length_bounds
 from data_engine.filters.repetition import has_char_run, is_degenerate
 from data_engine.filters.special_tokens import special_token_literal
-from data_engine.filters.structure import (bad_role_order, empty_turn, no_assistant_reply,
-                                           unmatched_tool_call)
+from data_engine.filters.structure import (bad_role_order, bad_tool_call, empty_turn,
+                                           no_assistant_reply, unmatched_tool_call)
 from data_engine.filters.tag_list import is_tag_list
 
 from .helpers import chat, msg, view_of
@@ -117,6 +117,65 @@ def test_unmatched_tool_call_keeps_matched_and_positional_results():
     assert unmatched_tool_call(view_of([bad, bad]), CleanConfig(), alive=[False, True]) == \
         [None, "unmatched_tool_call"]
 
+
+
+# bad_tool_call / unknown_tool --------------------------------------------------------------
+
+WEATHER_TOOLS = json.dumps([{"type": "function", "function": {
+    "name": "get_weather", "parameters": {"type": "object", "properties": {}}}}])
+
+
+def _call_row(call_turn: str) -> list[dict]:
+    return [msg("user", "東京の天気は？"), msg("assistant", "", call_turn), msg("tool", "晴れ"),
+            msg("assistant", "東京は晴れです。")]
+
+
+def _one(name="get_weather", arguments='{"city": "Tokyo"}') -> str:
+    return json.dumps([{"id": "c1", "type": "function",
+                        "function": {"name": name, "arguments": arguments}}])
+
+
+def tool_view(conversations, tools):
+    import pyarrow as pa
+
+    from data_engine.filters import MessageView
+    from data_engine.schema import MESSAGE_TYPE
+
+    return MessageView(pa.array(conversations, pa.list_(MESSAGE_TYPE)), pa.array(tools,
+                                                                                  pa.string()))
+
+
+@pytest.mark.parametrize("call_turn, reason", [
+    (_one(), None),
+    (_one(arguments={"city": "Tokyo"}), None),          # arguments given as an object
+    (_one(arguments=""), None),                          # a call without arguments
+    (json.dumps({"name": "get_weather", "arguments": {"city": "Tokyo"}}), None),  # ShareGPT
+    ("get_weather(city='Tokyo')", "bad_tool_call"),      # not JSON
+    (_one(arguments="{'city': 'Tokyo'}"), "bad_tool_call"),  # Python repr, not JSON
+    (_one(arguments='["Tokyo"]'), "bad_tool_call"),      # arguments not an object
+    (_one(name=""), "bad_tool_call"),
+    (json.dumps([{"type": "function", "function": {"arguments": "{}"}}]), "bad_tool_call"),
+    (json.dumps(["get_weather"]), "bad_tool_call"),
+    ("[]", "bad_tool_call"),                             # a call turn that calls nothing
+    (_one(name="get_wether"), "unknown_tool"),           # not one of the row's tools
+])
+def test_bad_tool_call_and_unknown_tool(call_turn, reason):
+    assert bad_tool_call(tool_view([_call_row(call_turn)], [WEATHER_TOOLS]),
+                         CleanConfig()) == [reason]
+
+
+def test_tool_names_are_checked_only_against_tools_the_row_defines():
+    unknown = _call_row(_one(name="search"))
+    flat = json.dumps([{"name": "search", "parameters": {}}])  # glaive/xLAM-style definitions
+    view = tool_view([unknown, unknown, unknown, chat("Hi", "Hello!")],
+                     [WEATHER_TOOLS, None, flat, WEATHER_TOOLS])
+    assert bad_tool_call(view, CleanConfig()) == ["unknown_tool", None, None, None]
+    # a broken call outranks an unknown one in the same row; rows outside `alive` are skipped
+    both = _call_row(_one(name="search")) + [msg("user", "もう一度"),
+                                             msg("assistant", "", "oops"), msg("tool", "x"),
+                                             msg("assistant", "晴れ")]
+    view = tool_view([both, both], [WEATHER_TOOLS, WEATHER_TOOLS])
+    assert bad_tool_call(view, CleanConfig(), alive=[False, True]) == [None, "bad_tool_call"]
 
 # no_assistant_reply ------------------------------------------------------------------------
 

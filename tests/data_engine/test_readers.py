@@ -35,6 +35,27 @@ def test_openai_messages_with_tools_and_parts():
     assert messages[4]["reasoning_content"] == "The tool said sunny."
 
 
+
+@pytest.mark.parametrize("empty", [[], "[]", " ", "null", None])
+def test_an_empty_tool_call_list_is_no_call(empty):
+    """SDK dumps write `"tool_calls": []` on every plain reply. Read as a call turn, each
+    such row lost its final reply (`no_assistant_reply`) or its role order."""
+    from data_engine.config import CleanConfig
+    from data_engine.filters import FILTERS
+
+    from .helpers import view_of
+
+    row = {"messages": [{"role": "user", "content": "Hi", "tool_calls": empty},
+                        {"role": "assistant", "content": "Hello! How can I help?",
+                         "tool_calls": empty},
+                        {"role": "user", "content": "Nothing, thanks."},
+                        {"role": "assistant", "content": "Have a nice day!", "tool_calls": empty}]}
+    messages = to_messages(row, "auto")
+    assert [m["tool_calls"] for m in messages] == [None] * 4
+    view = view_of([messages])
+    assert {f.name: f.check(view, CleanConfig()) for f in FILTERS} == {
+        f.name: [None] for f in FILTERS}
+
 def test_parallel_tool_calls_keep_their_ids_and_names():
     """Two calls in one turn: only `tool_call_id` says which result answers which."""
     calls = [{"id": "call_a", "type": "function",
