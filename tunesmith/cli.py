@@ -408,7 +408,7 @@ def train_run(
         "--dry-run/--no-dry-run", help="Stop after preflight: checks and the plan, no step "
         "(overrides the spec's dry_run).")] = None,
 ) -> None:
-    """Preflight, QLoRA SFT, merge into the 16-bit base, parity and sanity checks, and the
+    """Preflight, QLoRA SFT, merge into the unquantized base, parity and sanity checks, and the
     GGUF export when the spec has `export.gguf`."""
     from data_engine.errors import ConfigError
     from trainer_service.recipe.run import RecipeError, run_recipe

@@ -79,6 +79,21 @@ def test_merge_writes_plain_16bit_folder_stopping_on_end_of_turn(tiny_base, tiny
     assert not torch.equal(base.state_dict()[q], out.state_dict()[q])
 
 
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_merge_keeps_the_bases_precision(tiny_base, tiny_run, tokenizer, tmp_path, dtype):
+    """A float32 or fp16 base merged in bf16 was rounded everywhere: the merged model must
+    be the base's own precision, and match base+adapter to that precision's rounding."""
+    _, adapter, bf16_merged = tiny_run
+    base = tmp_path / "base"
+    AutoModelForCausalLM.from_pretrained(tiny_base, dtype=dtype).save_pretrained(base)
+    tokenizer.save_pretrained(base)
+    merged = merge_adapter(base, adapter, tmp_path / "merged", tokenizer, EOT)
+    assert AutoModelForCausalLM.from_pretrained(merged).dtype == dtype
+    report = check_parity(base, adapter, merged, ROWS, tokenizer, n=4)
+    bf16 = check_parity(base, adapter, bf16_merged, ROWS, tokenizer, n=4)
+    assert report.max_abs_diff < bf16.max_abs_diff / 4, (report, bf16)
+
 def test_merge_refuses_a_quantized_base(tiny_base, tiny_run, tokenizer, tmp_path):
     _, adapter, _ = tiny_run
     fake = tmp_path / "q4base"

@@ -220,6 +220,15 @@ def test_job_runs_to_succeeded_with_events_in_order(server, client, roots):
 
 @pytest.mark.slow
 def test_a_job_with_export_makes_gguf_files_each_checked(client, roots):
+    # The export scores its forms on the job's test split. The scripted base gives the
+    # capitals' replies a PPL near 1e39 (a logit margin of ~500 against every word of them),
+    # where a KL of 1e-4 between two forms moves the PPL ratio by percents; on replies it
+    # makes ("Hello there") the ratio measures the forms, not that margin.
+    (roots[0] / "data" / "test.jsonl").write_text("".join(
+        json.dumps({"id": f"h{i}", "messages": [
+            {"role": "user", "content": question},
+            {"role": "assistant", "content": "Hello there"}]}) + "\n"
+        for i, question in enumerate(["Say hello.", "Greet me.", "Hi!", "Good morning."])))
     job = client.create(job_spec(roots[1], export=pb.ExportSpec(gguf=["q8_0"])))
     events = list(client.watch(job.id))
     done = client.get(job.id)

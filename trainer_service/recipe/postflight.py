@@ -1,12 +1,13 @@
-"""Postflight: save the adapter, merge it into a 16-bit base, and prove the merge worked.
+"""Postflight: save the adapter, merge it into the unquantized base, and prove the merge worked.
 
 The founding failures this guards against: a model that never emitted `<|im_end|>` (so it
 never stopped and looped `」」」」`), and merges that silently did nothing or lost precision.
 Each step checks its own result and raises `VerifyError` with a code a job can fail on:
 
-- `merge_adapter` loads the base in 16 bits (never merges into 4-bit weights), merges with
-  `safe_merge`, saves the *returned* model, and writes a generation config that stops on the
-  end-of-turn token. The merged folder must hold no adapter files.
+- `merge_adapter` loads the base in its own precision (bf16, fp16 or fp32 as its config
+  says; bf16 when it says none), never into 4-bit weights, merges with `safe_merge`, saves
+  the *returned* model, and writes a generation config that stops on the end-of-turn token.
+  The merged folder must hold no adapter files.
 - `check_parity` compares logits of base+adapter with the merged model, and the merged model
   with the base: a merge that changed nothing is `merge_noop`.
 - `sanity_generate` decodes held-out prompts greedily and fails on `no_stop` / `degenerate`.
@@ -74,13 +75,27 @@ def end_of_turn_id(tokenizer, end_of_turn: str) -> int:
     return ids[0]
 
 
+def base_dtype(base_model: str | Path):
+    """The precision the base is stored in (its config's `dtype`) when it is bf16, fp16 or
+    fp32, else bf16. Merging in it keeps the base's weights as they are: a float32 base
+    merged in bf16 is rounded everywhere, and an fp16 one loses 3 mantissa bits."""
+    import torch
+    from transformers import AutoConfig
+
+    floats = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+    config = AutoConfig.from_pretrained(str(base_model))
+    stored = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    return floats.get(str(stored).removeprefix("torch."), torch.bfloat16)
+
+
 def merge_adapter(base_model: str | Path, adapter_dir: str | Path, out_dir: str | Path,
                   tokenizer, end_of_turn: str, dtype=None) -> Path:
-    """Merge the adapter into a 16-bit copy of the base and save it as a plain HF folder."""
+    """Merge the adapter into an unquantized copy of the base, in the base's own precision
+    (``base_dtype``) unless ``dtype`` says otherwise, and save it as a plain HF folder."""
     import torch
     from peft import PeftModel
 
-    dtype = dtype or torch.bfloat16
+    dtype = dtype or base_dtype(base_model)
     if dtype not in (torch.bfloat16, torch.float16, torch.float32):
         raise VerifyError("merge_dtype", f"merge needs a 16- or 32-bit base, got {dtype}",
                           field="dtype")
@@ -142,7 +157,7 @@ def _load_base(base_model, dtype, tokenizer, device: str = "cpu"):
     config = AutoConfig.from_pretrained(str(base_model))
     if getattr(config, "quantization_config", None):
         raise VerifyError("base_quantized", f"{base_model} is a quantized checkpoint; merge needs "
-                          "the 16-bit base (merging into 4-bit weights loses the adapter)",
+                          "the unquantized base (merging into 4-bit weights loses the adapter)",
                           field="base_model")
     base = _load(base_model, dtype, device)
     # Training may have added tokens (resizing embeddings); the adapter's shapes follow that.

@@ -16,7 +16,7 @@ from typing import Any, Callable
 from trainer_service.recipe.chat_format import normalize_messages, resolve_template, row_parts
 from trainer_service.recipe.errors import PreflightError, RecipeError, VerifyError
 from trainer_service.recipe.hooks import RecipeStopped, RunHooks, check_stop
-from trainer_service.recipe.postflight import (check_parity, free_device_memory,
+from trainer_service.recipe.postflight import (base_dtype, check_parity, free_device_memory,
                                                merge_adapter, sanity_generate)
 from trainer_service.recipe.preflight import (check_lora_targets, read_embedding_rows,
                                               run_preflight)
@@ -283,7 +283,8 @@ def _run(spec: TrainSpec, run_dir: Path, state: dict[str, Any],
 
     check_stop(hooks, "training")
     hooks.stage("merging")
-    log("postflight: merging into the 16-bit base")
+    log("postflight: merging into the base, in its own precision ("
+        f"{str(base_dtype(spec.base_model)).removeprefix('torch.')})")
     merged = merge_adapter(spec.base_model, result.adapter_dir, run_dir / "merged", tokenizer,
                            template.end_of_turn)
     state["artifacts"]["merged"] = str(merged)
