@@ -283,10 +283,11 @@ def _run(spec: TrainSpec, run_dir: Path, state: dict[str, Any],
 
     check_stop(hooks, "training")
     hooks.stage("merging")
-    log("postflight: merging into the base, in its own precision ("
-        f"{str(base_dtype(spec.base_model)).removeprefix('torch.')})")
+    dtype = base_dtype(spec.base_model)
+    log(f"postflight: merging into the base, in its own precision "
+        f"({str(dtype).removeprefix('torch.')})")
     merged = merge_adapter(spec.base_model, result.adapter_dir, run_dir / "merged", tokenizer,
-                           template.end_of_turn)
+                           template.end_of_turn, dtype=dtype)
     state["artifacts"]["merged"] = str(merged)
     check_stop(hooks, "merging")
     hooks.stage("verifying")
