@@ -13,29 +13,20 @@ text its template trained: Hermes-style blocks, `<tool_call>\\n{"name": ..., "ar
   order, spacing and 1 vs 1.0 do not matter).
 
 Rows that end with a text reply but offer tools are the other half: a reply holding a
-block there called a tool when it should have answered (`spurious`).
+block there called a tool when it should have answered (`spurious`). The blocks are read by
+`parse_tool_calls`, beside the template that renders them; the training job's sanity
+generation reads its held-out calls the same way.
 """
 
 from __future__ import annotations
 
-import json
-import re
 from typing import Any, Sequence
 
 from evaluator.data import EvalRow
-
-CALL_BLOCK = re.compile(r"<tool_call>(.*?)</tool_call>", re.DOTALL)
+from trainer_service.recipe.chat_format import TOOL_CALL_BLOCK, call_arguments
+from trainer_service.recipe.chat_format import parse_tool_calls as parse_calls
 
 Call = tuple[str, Any]  # (function name, arguments as parsed JSON, or their text)
-
-
-def _arguments(value: Any) -> Any:
-    if isinstance(value, str):
-        try:
-            return json.loads(value)
-        except ValueError:
-            return value
-    return {} if value is None else value
 
 
 def expected_calls(row: EvalRow) -> list[Call] | None:
@@ -45,25 +36,7 @@ def expected_calls(row: EvalRow) -> list[Call] | None:
     calls = []
     for call in row.calls:
         function = call.get("function") or call
-        calls.append((str(function.get("name", "")), _arguments(function.get("arguments"))))
-    return calls
-
-
-def parse_calls(text: str) -> list[Call] | None:
-    """The calls in a reply's `<tool_call>` blocks; None when it has none, or when any
-    block is not a JSON object with a string `name`."""
-    blocks = CALL_BLOCK.findall(text or "")
-    if not blocks:
-        return None
-    calls = []
-    for block in blocks:
-        try:
-            value = json.loads(block)
-        except ValueError:
-            return None
-        if not isinstance(value, dict) or not isinstance(value.get("name"), str):
-            return None
-        calls.append((value["name"], _arguments(value.get("arguments"))))
+        calls.append((str(function.get("name", "")), call_arguments(function.get("arguments"))))
     return calls
 
 
@@ -98,7 +71,8 @@ def score_reply(row: EvalRow, reply: dict[str, Any]) -> None:
     """Writes the reply's `call_parsed`, `call_names` and `call_exact` (None unless the row
     ends with calls) and `called` (whether the reply holds a call block)."""
     made = parse_calls(reply["output"]) if reply["error"] is None else None
-    reply["called"] = reply["error"] is None and bool(CALL_BLOCK.search(reply["output"]))
+    reply["called"] = (reply["error"] is None
+                       and TOOL_CALL_BLOCK.search(reply["output"]) is not None)
     expected = expected_calls(row)
     if expected is None:
         reply["call_parsed"] = reply["call_names"] = reply["call_exact"] = None

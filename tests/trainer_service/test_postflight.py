@@ -289,6 +289,31 @@ def test_sanity_prompts_keep_earlier_tool_calls(tmp_path):
     assert "get_weather" in text and "Kyoto" in text
 
 
+
+def test_sanity_checks_the_calls_of_rows_that_end_with_one(smollm2_dir, tokenizer, tmp_path):
+    """A held-out row cut before a tool call carries the call: the merged model's output
+    there must hold a parseable `<tool_call>` block. The base SmolLM2, never trained on
+    calls, answers in text: counted, and a warning for the run (not a failure)."""
+    from tests.trainer_service.test_chat_format import TOOL_ROW, TOOLS
+    from trainer_service.recipe.run import _prompts
+
+    (tmp_path / "test.jsonl").write_text(
+        json.dumps({"messages": TOOL_ROW[:2], "tools": TOOLS}) + "\n"
+        + json.dumps(ROWS[1]) + "\n")
+    prompts, _ = _prompts(tmp_path)
+    assert prompts[0]["calls"][0]["function"]["name"] == "get_weather"
+    assert prompts[1] == ROWS[1]["messages"][:1]  # a text reply: a plain prompt
+    report = sanity_generate(smollm2_dir, prompts, tokenizer, EOT, max_new_tokens=24,
+                             min_stop_rate=0.0)
+    assert "<tool_call>" not in report.samples[0].output
+    assert [s.call_parsed for s in report.samples] == [False, None]
+    assert (report.call_rows, report.calls_parsed) == (1, 0)
+    assert report.call_warning.startswith("1 of 1 held-out prompts that end with a tool call")
+    assert report.to_json()["samples"][0]["call_parsed"] is False
+    plain = sanity_generate(smollm2_dir, prompts[1:], tokenizer, EOT, max_new_tokens=24,
+                            min_stop_rate=0.0)
+    assert plain.call_rows == 0 and plain.call_warning is None
+
 def test_sanity_prompts_fall_back_to_train_rows_with_a_warning(tmp_path):
     """A dataset of train rows only (allow_no_validation, no test split) still gets its
     sanity generation, on rows the model has seen, and says so; it used to fail

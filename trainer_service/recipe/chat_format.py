@@ -208,6 +208,40 @@ def normalize_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+# A tool call as our ChatML template and Qwen's render it (Hermes style), and as vLLM's
+# `hermes` tool parser reads it back: `<tool_call>\n{"name": ..., "arguments": {...}}\n</tool_call>`.
+TOOL_CALL_BLOCK = re.compile(r"<tool_call>(.*?)</tool_call>", re.DOTALL)
+
+
+def call_arguments(value: Any) -> Any:
+    """A call's arguments as JSON values: JSON text parsed (kept as text when it is not
+    JSON), none as {}."""
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return {} if value is None else value
+
+
+def parse_tool_calls(text: str) -> list[tuple[str, Any]] | None:
+    """(name, arguments) of each `<tool_call>` block in generated text; None when it has
+    none, or when any block is not a JSON object with a string `name` (a client's parser
+    rejects the whole reply then)."""
+    blocks = TOOL_CALL_BLOCK.findall(text or "")
+    if not blocks:
+        return None
+    calls = []
+    for block in blocks:
+        try:
+            value = json.loads(block)
+        except ValueError:
+            return None
+        if not isinstance(value, dict) or not isinstance(value.get("name"), str):
+            return None
+        calls.append((value["name"], call_arguments(value.get("arguments"))))
+    return calls
+
 def renders_tools(tokenizer, template: ChatTemplate, messages: list[dict[str, Any]],
                   tools: list[dict[str, Any]]) -> bool:
     """Whether ``template`` shows ``tools`` in the rendered row (some templates ignore them)."""

@@ -26,7 +26,7 @@ from typing import Sequence
 
 from data_engine.config import RepetitionConfig
 from data_engine.filters.repetition import is_degenerate
-from trainer_service.recipe.chat_format import normalize_messages, row_parts
+from trainer_service.recipe.chat_format import normalize_messages, parse_tool_calls, row_parts
 from trainer_service.recipe.errors import VerifyError
 
 ADAPTER_DIR = "adapter"
@@ -299,6 +299,9 @@ class Sample:
     new_tokens: int
     stopped: bool
     degenerate: bool
+    # for a held-out row that ends with a tool call: whether the output holds parseable
+    # `<tool_call>` blocks; None for one that ends with a text reply
+    call_parsed: bool | None = None
 
 
 @dataclass
@@ -319,9 +322,22 @@ class SanityReport:
     base_degenerate: int | None = None
     device: str = "cpu"
     dtype: str = "float32"
+    # held-out rows ending with a tool call, and the outputs there with parseable calls
+    call_rows: int = 0
+    calls_parsed: int = 0
 
     def to_json(self) -> dict:
         return asdict(self)
+
+    @property
+    def call_warning(self) -> str | None:
+        """A warning when outputs that should call a tool hold no parseable call."""
+        if self.calls_parsed >= self.call_rows:
+            return None
+        return (f"{self.call_rows - self.calls_parsed} of {self.call_rows} held-out prompts "
+                "that end with a tool call got no parseable <tool_call> block from the merged "
+                "model (verify.json sanity.samples, call_parsed): it may answer in text or "
+                "break the call's JSON where a client expects a call")
 
     def dumps(self) -> str:
         return json.dumps(self.to_json(), ensure_ascii=False, indent=1)
@@ -334,6 +350,9 @@ def sanity_generate(model_dir: str | Path, prompts: Sequence, tokenizer, end_of_
     """Greedy-decode up to ``limit`` held-out conversations; fail on loops or no stop.
 
     A conversation ending with an assistant turn (a held-out row) is cut before that turn.
+    A prompt given as `{"messages", "tools", "calls"}` whose `calls` are set was cut before
+    a tool call: its output is checked for parseable `<tool_call>` blocks (`call_rows`,
+    `calls_parsed`; a warning for the run, not a failure).
     A sample stops when it emits ``end_of_turn`` within ``max_new_tokens``; any other stop
     token does not count (it is what the founding failure's server never saw). Raises
     `VerifyError` `degenerate` when any output loops (the data engine's detector; checked
@@ -347,7 +366,8 @@ def sanity_generate(model_dir: str | Path, prompts: Sequence, tokenizer, end_of_
 
     repetition = repetition or RepetitionConfig()
     eot = end_of_turn_id(tokenizer, end_of_turn)
-    convs = [_prompt_turns(p) for p in list(prompts)[:limit]]
+    prompts = list(prompts)[:limit]
+    convs = [_prompt_turns(p) for p in prompts]
     if not convs:
         raise VerifyError("sanity_no_prompts", "no held-out prompts to generate on",
                           field="prompts")
@@ -369,6 +389,11 @@ def sanity_generate(model_dir: str | Path, prompts: Sequence, tokenizer, end_of_
     report.samples = _greedy(model_dir, convs, tokenizer, eot, max_new_tokens, repetition,
                              dtype, device)
     report.stop_rate, report.degenerate = _rates(report.samples)
+    for prompt, sample in zip(prompts, report.samples):
+        if isinstance(prompt, dict) and prompt.get("calls"):
+            sample.call_parsed = parse_tool_calls(sample.output) is not None
+            report.call_rows += 1
+            report.calls_parsed += sample.call_parsed
     if report.degenerate:
         first = next(s for s in report.samples if s.degenerate)
         raise VerifyError("degenerate", f"{report.degenerate}/{len(report.samples)} output(s) "

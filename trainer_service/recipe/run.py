@@ -109,7 +109,9 @@ def _prompts(dataset: Path) -> tuple[list[Any], str | None]:
         last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=None)
         if last:  # whole messages: earlier tool calls and their results are part of it
             prompt = normalize_messages(messages[:last])
-            prompts.append({"messages": prompt, "tools": tools} if tools else prompt)
+            calls = normalize_messages([messages[last]])[0].get("tool_calls")
+            prompts.append({"messages": prompt, "tools": tools, "calls": calls}
+                           if tools or calls else prompt)
         if len(prompts) == SANITY_PROMPTS:
             break
     return prompts, warning
@@ -301,9 +303,12 @@ def _run(spec: TrainSpec, run_dir: Path, state: dict[str, Any],
         if warning:
             state["warnings"].append(warning)
             log(f"WARNING {warning}")
-        verify["sanity"] = sanity_generate(merged, prompts, tokenizer,
-                                           template.end_of_turn, max_new_tokens=budget,
-                                           base_model=spec.base_model).to_json()
+        sanity = sanity_generate(merged, prompts, tokenizer, template.end_of_turn,
+                                 max_new_tokens=budget, base_model=spec.base_model)
+        verify["sanity"] = sanity.to_json()
+        if sanity.call_warning:
+            state["warnings"].append(sanity.call_warning)
+            log(f"WARNING {sanity.call_warning}")
     except VerifyError as exc:
         verify["failed"] = {"code": exc.code, "message": exc.message, "field": exc.field,
                             "details": exc.details}
