@@ -118,6 +118,26 @@ def to_row(raw: dict[str, Any], where: str) -> EvalRow:
                    else None)
 
 
+def call_probes(rows: list[EvalRow]) -> list[EvalRow]:
+    """One row per assistant turn that calls tools: the turns before it as the prompt (with
+    the row's tools), its calls as the expected output. Data engine rows end with a text
+    reply (`no_assistant_reply`), so their calls sit inside the conversation; these rows
+    ask for each of them, as a client would when the model is to call."""
+    probes = []
+    for row in rows:
+        turns = row.prompt + ([{"role": "assistant", "tool_calls": row.calls}] if row.calls
+                              else [])
+        k = 0
+        for i, turn in enumerate(turns):
+            if turn["role"] != "assistant" or not turn.get("tool_calls"):
+                continue
+            k += 1
+            probes.append(EvalRow(id=f"{row.id}#call{k}", source=row.source, tags=row.tags,
+                                  messages=row.messages[:i + 1], prompt=turns[:i],
+                                  tools=row.tools, calls=turn["tool_calls"]))
+    return probes
+
+
 def read_rows(data_dir: str | Path, split: str = "test", limit: int | None = None
               ) -> list[EvalRow]:
     """The rows of DATA_DIR/<split>.jsonl, in file order (the first ``limit`` if given)."""

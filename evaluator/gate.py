@@ -55,8 +55,8 @@ class GateConfig:
     judge_score_min: float | None = None
     """Mean pointwise judge score of the model (needs a judge)."""
     tool_call_exact_min: float | None = None
-    """Share of rows ending with a tool call whose reply makes the same calls, arguments
-    included."""
+    """Share of the data's tool-call turns the model makes as the data does, arguments
+    included (asked the turns before each)."""
 
 
 _RATES = ("usability_min", "win_rate_ci_low_min", "json_validity_min", "tool_call_exact_min")
@@ -203,14 +203,14 @@ def _json_validity(metrics: dict[str, Any], threshold: float) -> dict[str, Any]:
 def _tool_calls(metrics: dict[str, Any], threshold: float) -> dict[str, Any]:
     name, metric, op = "tool_calls", "tool_calls.model.rate", ">="
     model = _get(metrics, "tool_calls", "model")
-    if model is None or not model.get("rows"):
+    if model is None or not model.get("calls"):
         return _check(name, metric, op, threshold, None, "skipped",
-                      "no row ends with a tool call: tool-call accuracy not measured")
-    rate, rows = model["rate"], model["rows"]
+                      "no tool-call turn in the data: tool-call accuracy not measured")
+    rate, calls = model["rate"], model["calls"]
     status, rel = _verdict(rate, op, threshold)
-    reason = (f"tool-call accuracy {rate:.3f} {rel} {threshold:g}: {model['exact']} of {rows} "
-              f"replies make the expected calls ({model['names']} with the right names, "
-              f"{model['parsed']} parseable)")
+    reason = (f"tool-call accuracy {rate:.3f} {rel} {threshold:g}: {model['exact']} of {calls} "
+              f"tool-call turns made as the data makes them ({model['names']} with the right "
+              f"names, {model['parsed']} parseable)")
     return _check(name, metric, op, threshold, rate, status, reason)
 
 

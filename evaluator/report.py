@@ -154,14 +154,14 @@ def _summary_rows(metrics: dict[str, Any]) -> list[tuple[str, ...]]:
 
 
 def _tool_call_rows(calls: dict[str, Any]) -> list[tuple[str, ...]]:
-    """Tool-call accuracy over the rows that end with calls, and calls made where the row
+    """Tool-call accuracy over the data's tool-call turns, and calls made where the row
     answers in text."""
     rows: list[tuple[str, ...]] = []
-    if any((calls.get(side) or {}).get("rows") for side in SIDES):
-        rows.append(("tool calls (rows ending with a call)", *_sides(
-            calls, lambda m: (f"{_fmt(m['rate'])} ({m['exact']} of {m['rows']} exact; "
+    if any((calls.get(side) or {}).get("calls") for side in SIDES):
+        rows.append(("tool-call turns of the data", *_sides(
+            calls, lambda m: (f"{_fmt(m['rate'])} ({m['exact']} of {m['calls']} exact; "
                               f"{m['names']} right names, {m['parsed']} parseable)")
-            if m["rows"] else "—")))
+            if m["calls"] else "—")))
     if any((calls.get(side) or {}).get("answer_rows") for side in SIDES):
         rows.append(("calls where the row answers in text", *_sides(
             calls, lambda m: f"{m['spurious']} of {m['answer_rows']}")))

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from evaluator.data import EvalError, EvalRow, read_rows
+from evaluator.data import EvalError, EvalRow, call_probes, read_rows
 
 PPL_VIA = ("server", "local")
 NO_BASELINE = "none"
@@ -116,8 +116,9 @@ def served(target: Target, options: EvalOptions, log: Callable[[str], None]
 
 
 def evaluate_side(target: Target, rows: list[EvalRow], options: EvalOptions,
-                  log: Callable[[str], None]) -> dict[str, Any]:
-    """Perplexity and replies for one model."""
+                  log: Callable[[str], None], probes: list[EvalRow] | None = None
+                  ) -> dict[str, Any]:
+    """Perplexity and replies for one model, and its replies to the call probes."""
     from transformers import AutoTokenizer
 
     from data_engine.config import CleanConfig
@@ -146,9 +147,19 @@ def evaluate_side(target: Target, rows: list[EvalRow], options: EvalOptions,
         summary = usability.summarize(replies, budget)
         log(f"{target.label}: {summary['usable']}/{summary['rows']} replies usable "
             f"(budget {budget} tokens, {time.monotonic() - started:.1f} s)")
+        probes, call_replies = probes or [], []
+        if probes:
+            started = time.monotonic()
+            gens = usability.generate(base_url, name, probes, budget, options.concurrency)
+            call_replies = [usability.judge_reply(probe, gen, repetition)
+                            for probe, gen in zip(probes, gens)]
+        calls = toolcalls.summarize(probes, call_replies, rows, replies)
+        if probes:
+            log(f"{target.label}: {calls['exact']}/{calls['calls']} tool calls made as the data "
+                f"makes them ({time.monotonic() - started:.1f} s)")
     return {"ppl": ppl, "replies": replies, "usability": summary,
             "json": usability.summarize_json(replies),
-            "tool_calls": toolcalls.summarize(rows, replies),
+            "tool_calls": calls, "call_replies": call_replies,
             "reference": usability.add_reference_scores(rows, replies)}
 
 
@@ -195,9 +206,10 @@ def run_eval(options: EvalOptions, log: Callable[[str], None] = print) -> dict[s
     log(f"eval: {len(rows)} {options.split} rows from {options.data}; baseline "
         f"{baseline_spec if baseline else 'none'}")
 
-    sides = {"model": evaluate_side(model, rows, options, log)}
+    probes = call_probes(rows)
+    sides = {"model": evaluate_side(model, rows, options, log, probes)}
     if baseline:
-        sides["baseline"] = evaluate_side(baseline, rows, options, log)
+        sides["baseline"] = evaluate_side(baseline, rows, options, log, probes)
     ours, theirs = sides["model"], sides.get("baseline")
 
     judged = None
@@ -233,7 +245,10 @@ def run_eval(options: EvalOptions, log: Callable[[str], None] = print) -> dict[s
     metrics["gate"] = evaluate_gate(metrics, gate)
     samples = [_sample(row, ours["replies"][i], theirs["replies"][i] if theirs else None,
                        pairs[i]) for i, row in enumerate(rows)]
-    write_outputs(options.out, metrics, samples)
+    calls = [_call_sample(probe, ours["call_replies"][i],
+                          theirs["call_replies"][i] if theirs else None)
+             for i, probe in enumerate(probes)]
+    write_outputs(options.out, metrics, samples, calls or None)
     write_report(options.out, metrics, samples)
     return metrics
 
@@ -245,10 +260,19 @@ def _sample(row: EvalRow, model: dict, baseline: dict | None, pair: dict | None
             "baseline": baseline, "pair": pair}
 
 
-def write_outputs(out: Path, metrics: dict[str, Any], samples: list[dict[str, Any]]) -> None:
+def _call_sample(probe: EvalRow, model: dict, baseline: dict | None) -> dict[str, Any]:
+    return {"id": probe.id, "source": probe.source, "prompt": probe.question,
+            "reference_calls": probe.calls, "model": model, "baseline": baseline}
+
+
+def write_outputs(out: Path, metrics: dict[str, Any], samples: list[dict[str, Any]],
+                  calls: list[dict[str, Any]] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n",
                                       encoding="utf-8")
-    with (out / "samples.jsonl").open("w", encoding="utf-8") as f:
-        for sample in samples:
-            f.write(json.dumps(sample, ensure_ascii=False) + "\n")
+    for name, records in (("samples.jsonl", samples), ("calls.jsonl", calls)):
+        if records is None:
+            continue
+        with (out / name).open("w", encoding="utf-8") as f:
+            for record in records:
+                f.write(json.dumps(record, ensure_ascii=False) + "\n")

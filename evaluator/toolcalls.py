@@ -1,9 +1,10 @@
-"""Tool-call accuracy: when a row's expected output is a tool call, does the reply make it?
+"""Tool-call accuracy: when the data's next turn is a tool call, does the model make it?
 
-Replies are asked with `tool_choice: none`, so a model that learned to call answers in the
-text its template trained: Hermes-style blocks, `<tool_call>\\n{"name": ..., "arguments":
+Every assistant turn that calls tools is a probe (`data.call_probes`): the model is asked
+the turns before it, with the row's tools, and `tool_choice: none`, so a model that learned
+to call answers in the text its template trained: Hermes-style blocks, `<tool_call>\\n{"name": ..., "arguments":
 {...}}\\n</tool_call>`, as our ChatML template and Qwen's render calls (and as vLLM's
-`hermes` tool parser reads them back). Per reply to a row that ends with calls:
+`hermes` tool parser reads them back). Per reply to a probe:
 
 - `call_parsed`: the reply holds at least one block, and every block is a JSON object with a
   string `name` (a client's parser rejects the whole reply otherwise);
@@ -67,35 +68,38 @@ def _matched(expected: list[Call], made: list[Call], arguments: bool) -> bool:
     return True
 
 
-def score_reply(row: EvalRow, reply: dict[str, Any]) -> None:
-    """Writes the reply's `call_parsed`, `call_names` and `call_exact` (None unless the row
-    ends with calls) and `called` (whether the reply holds a call block)."""
+def score_call(probe: EvalRow, reply: dict[str, Any]) -> None:
+    """Writes a call probe's reply's `call_parsed`, `call_names` and `call_exact`."""
     made = parse_calls(reply["output"]) if reply["error"] is None else None
-    reply["called"] = (reply["error"] is None
-                       and TOOL_CALL_BLOCK.search(reply["output"]) is not None)
-    expected = expected_calls(row)
-    if expected is None:
-        reply["call_parsed"] = reply["call_names"] = reply["call_exact"] = None
-        return
+    expected = expected_calls(probe) or []
     reply["call_parsed"] = made is not None
     reply["call_names"] = made is not None and _matched(expected, made, arguments=False)
     reply["call_exact"] = made is not None and _matched(expected, made, arguments=True)
 
 
-def summarize(rows: Sequence[EvalRow], replies: Sequence[dict[str, Any]]
+def called(reply: dict[str, Any]) -> bool:
+    """The reply holds a `<tool_call>` block."""
+    return reply["error"] is None and TOOL_CALL_BLOCK.search(reply["output"]) is not None
+
+
+def summarize(probes: Sequence[EvalRow], probe_replies: Sequence[dict[str, Any]],
+              rows: Sequence[EvalRow], replies: Sequence[dict[str, Any]]
               ) -> dict[str, Any] | None:
-    """Scores every reply; the side's summary, or None when no row ends with calls and
-    none offers tools. `rate` is the exact-call rate over the rows that end with calls
-    (a failed request counts as a miss)."""
-    for row, reply in zip(rows, replies):
-        score_reply(row, reply)
-    calling = [r for row, r in zip(rows, replies) if row.calls]
-    answering = [r for row, r in zip(rows, replies) if not row.calls and row.tools
-                 and row.reference is not None]
-    if not calling and not answering:
+    """Scores the replies to the call probes (`data.call_probes`) and marks the rows'
+    replies that call (`called`); the side's summary, or None when the rows hold no call
+    and offer no tools. `rate` is the exact-call rate over the probes (a failed request
+    counts as a miss); `spurious` counts calls in replies to rows that offer tools but
+    answer in text."""
+    for probe, reply in zip(probes, probe_replies):
+        score_call(probe, reply)
+    for reply in replies:
+        reply["called"] = called(reply)
+    answering = [r for row, r in zip(rows, replies)
+                 if row.tools and row.reference is not None]
+    if not probes and not answering:
         return None
-    exact = sum(r["call_exact"] for r in calling)
-    return {"rate": exact / len(calling) if calling else None, "rows": len(calling),
-            "parsed": sum(r["call_parsed"] for r in calling),
-            "names": sum(r["call_names"] for r in calling), "exact": exact,
+    exact = sum(r["call_exact"] for r in probe_replies)
+    return {"rate": exact / len(probes) if probes else None, "calls": len(probes),
+            "parsed": sum(r["call_parsed"] for r in probe_replies),
+            "names": sum(r["call_names"] for r in probe_replies), "exact": exact,
             "answer_rows": len(answering), "spurious": sum(r["called"] for r in answering)}

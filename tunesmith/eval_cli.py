@@ -100,9 +100,9 @@ def _print_summary(metrics: dict) -> None:
     typer.echo(f"usability {use['model']['rate']:.3f} ({use['model']['usable']}/"
                f"{use['model']['rows']}; failures {use['model']['failures']})")
     calls = (metrics.get("tool_calls") or {}).get("model")
-    if calls and calls["rows"]:
+    if calls and calls["calls"]:
         baseline = metrics["tool_calls"]["baseline"]
-        typer.echo(f"tool calls {calls['rate']:.3f} ({calls['exact']}/{calls['rows']} exact, "
+        typer.echo(f"tool calls {calls['rate']:.3f} ({calls['exact']}/{calls['calls']} exact, "
                    f"{calls['names']} right names, {calls['parsed']} parseable)"
                    + (f"; baseline {baseline['rate']:.3f}" if baseline else ""))
     judge = metrics["judge"]

@@ -32,17 +32,23 @@ ROWS = [
 TOOLS = [{"type": "function", "function": {
     "name": "get_weather", "description": "Today's weather in a city.",
     "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]
-# A row whose expected output is a call (tool_calls as the data engine writes them), and one
-# that offers the tool but answers in text.
+CALL = json.dumps([{"id": "call_8f3k2a", "type": "function",
+                    "function": {"name": "get_weather", "arguments": "{\"city\": \"Kyoto\"}"}}])
+# Tool rows as the data engine writes them (tool_calls as JSON text): one calls then answers
+# (its call turn is a probe), one offers the tool but answers in text, and one ends with the
+# call (a split made by hand: it is a probe too, and its reply is not judged).
 TOOL_ROWS = [
     {"id": "tool-1", "source": "tools_en", "tags": [], "tools": TOOLS, "messages": [
         {"role": "user", "content": "Weather in Kyoto?"},
-        {"role": "assistant", "content": "", "tool_calls": json.dumps([
-            {"id": "call_8f3k2a", "type": "function",
-             "function": {"name": "get_weather", "arguments": "{\"city\": \"Kyoto\"}"}}])}]},
+        {"role": "assistant", "content": "", "tool_calls": CALL},
+        {"role": "tool", "tool_call_id": "call_8f3k2a", "content": "{\"sky\": \"sunny\"}"},
+        {"role": "assistant", "content": "Sunny in Kyoto."}]},
     {"id": "tool-2", "source": "tools_en", "tags": [], "tools": TOOLS, "messages": [
         {"role": "user", "content": "Say hello."},
         {"role": "assistant", "content": "Hello there"}]},
+    {"id": "tool-3", "source": "tools_en", "tags": [], "tools": TOOLS, "messages": [
+        {"role": "user", "content": "Weather in Kyoto?"},
+        {"role": "assistant", "content": "", "tool_calls": CALL}]},
 ]
 
 
@@ -83,7 +89,10 @@ def test_a_model_that_never_stops_fails_the_gate(endless_model_dir, tool_data_di
     assert check["status"] == "fail" and "no_stop" in check["reason"]
     calls = next(c for c in metrics["gate"]["checks"] if c["name"] == "tool_calls")
     assert calls["status"] == "fail" and calls["value"] == 0.0
-    assert "tool calls 0.000 (0/1 exact, 0 right names, 0 parseable)" in done.stdout
+    assert "tool calls 0.000 (0/2 exact, 0 right names, 0 parseable)" in done.stdout
+    probed = [json.loads(line) for line in (out / "calls.jsonl").read_text().splitlines()]
+    assert [c["id"] for c in probed] == ["tool-1#call1", "tool-3#call1"]
+    assert probed[0]["model"]["output"].startswith("The cat sat on a mat.")
     assert metrics["gate"]["passed"] is False and "FAILED" in done.stdout
     samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     assert [s["model"]["finish_reason"] for s in samples] == ["length"] * rows
@@ -94,8 +103,9 @@ def test_a_model_that_never_stops_fails_the_gate(endless_model_dir, tool_data_di
 @pytest.mark.slow
 def test_eval_with_baseline_and_judge(polite_model_dir, looping_model_dir, smollm2_dir,
                                       tool_data_dir, tmp_path):
-    """Both sides, the judge, and the tool rows: the call row is scored by tool-call
-    accuracy (neither model calls) and left out of the judge's scores and pairs."""
+    """Both sides, the judge, and the tool rows: each tool-call turn is asked as a probe
+    (neither model calls), and the row that ends with a call is left out of the judge's
+    scores and pairs."""
     out = tmp_path / "eval"
     rows = ROWS + TOOL_ROWS
     lines: list[str] = []
@@ -116,14 +126,21 @@ def test_eval_with_baseline_and_judge(polite_model_dir, looping_model_dir, smoll
     samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     assert samples[2]["model"]["chrf"] == pytest.approx(100.0)
     assert samples[0]["baseline"]["degenerate"] is True
-    # "Hello there" makes no call: the call row is a miss, the answering row no false call
-    assert metrics["tool_calls"]["model"] == {"rate": 0.0, "rows": 1, "parsed": 0, "names": 0,
-                                              "exact": 0, "answer_rows": 1, "spurious": 0}
+    # "Hello there" makes no call: both call turns are misses, and the rows that answer in
+    # text (tool-1's final reply, tool-2) got no false call
+    assert metrics["tool_calls"]["model"] == {"rate": 0.0, "calls": 2, "parsed": 0, "names": 0,
+                                              "exact": 0, "answer_rows": 2, "spurious": 0}
     assert metrics["tool_calls"]["baseline"]["exact"] == 0
-    call_sample = samples[len(ROWS)]
-    assert call_sample["reference"] is None and call_sample["model"]["call_exact"] is False
-    assert call_sample["reference_calls"][0]["function"] == {
+    probed = [json.loads(line) for line in (out / "calls.jsonl").read_text().splitlines()]
+    assert [c["id"] for c in probed] == ["tool-1#call1", "tool-3#call1"]
+    assert probed[0]["prompt"] == "Weather in Kyoto?"
+    assert probed[0]["reference_calls"][0]["function"] == {
         "name": "get_weather", "arguments": '{"city": "Kyoto"}'}
+    assert probed[0]["model"]["output"] == "Hello there"
+    assert probed[0]["model"]["call_parsed"] is False and probed[0]["baseline"] is not None
+    assert any("0/2 tool calls made as the data makes them" in line for line in lines)
+    call_sample = samples[len(ROWS) + 2]  # tool-3, ending with the call
+    assert call_sample["reference"] is None and call_sample["reference_calls"] is not None
     judge = metrics["judge"]
     pair = judge["pairwise"]
     judged = len(rows) - 1
@@ -133,13 +150,13 @@ def test_eval_with_baseline_and_judge(polite_model_dir, looping_model_dir, smoll
     pointwise = judge["pointwise"]["model"]
     assert (pointwise["scored"], pointwise["tool_call_rows"]) == (judged, 1)
     assert call_sample["model"]["judge_score"] is None
-    assert all(s["pair"] is not None for s in samples if s["id"] != "tool-1")
+    assert all(s["pair"] is not None for s in samples if s["id"] != "tool-3")
     gate = {c["name"]: c for c in metrics["gate"]["checks"]}
     assert gate["usability"]["status"] == "pass"
     assert any("serving" in line for line in lines)
     page = (out / "report.html").read_text(encoding="utf-8")
     assert len(page) > 10_000  # plots inline
-    assert "tool calls (rows ending with a call)" in page
+    assert "tool-call turns of the data" in page
 
 
 @pytest.mark.slow
@@ -154,6 +171,8 @@ def test_eval_against_a_running_server(polite_model_dir, data_dir, tmp_path):
                                  served_name="other"))
     assert metrics["model"]["name"] == "titles" and metrics["baseline"] is None
     assert metrics["usability"]["model"]["rate"] == 1.0
+    # no row offers tools or calls one: nothing measured, no calls.jsonl
+    assert metrics["tool_calls"] is None and not (tmp_path / "eval" / "calls.jsonl").exists()
     assert wrong.value.code == "model_not_served"
 
 

@@ -223,24 +223,24 @@ def test_optional_checks_when_set():
     assert check(untagged, "json_validity")["status"] == "skipped"
 
 
-def test_tool_call_accuracy_when_rows_end_with_calls():
-    calls = {"rate": 0.75, "rows": 8, "parsed": 8, "names": 7, "exact": 6, "answer_rows": 4,
+def test_tool_call_accuracy_when_the_data_has_call_turns():
+    calls = {"rate": 0.75, "calls": 8, "parsed": 8, "names": 7, "exact": 6, "answer_rows": 4,
              "spurious": 1}
     gate = GateConfig(tool_call_exact_min=0.9)
     failed = check(evaluate_gate(metrics(tool_calls={"model": calls, "baseline": None}), gate),
                    "tool_calls")
     assert (failed["status"], failed["value"], failed["metric"]) == (
         "fail", 0.75, "tool_calls.model.rate")
-    assert failed["reason"] == ("tool-call accuracy 0.750 < 0.9: 6 of 8 replies make the "
-                                "expected calls (7 with the right names, 8 parseable)")
+    assert failed["reason"] == ("tool-call accuracy 0.750 < 0.9: 6 of 8 tool-call turns made "
+                                "as the data makes them (7 with the right names, 8 parseable)")
     passed = evaluate_gate(metrics(tool_calls={"model": calls, "baseline": None}),
                            GateConfig(tool_call_exact_min=0.75))
     assert check(passed, "tool_calls")["status"] == "pass"
-    # tools offered but no row ends with a call; no tools at all: nothing to measure
-    answering = {**calls, "rate": None, "rows": 0, "parsed": 0, "names": 0, "exact": 0}
+    # tools offered but no call turn in the data; no tools at all: nothing to measure
+    answering = {**calls, "rate": None, "calls": 0, "parsed": 0, "names": 0, "exact": 0}
     for value in ({"model": answering, "baseline": None}, None):
         skipped = check(evaluate_gate(metrics(tool_calls=value), gate), "tool_calls")
-        assert skipped["status"] == "skipped" and "no row ends with a tool call" in \
+        assert skipped["status"] == "skipped" and "no tool-call turn in the data" in \
             skipped["reason"]
     assert "tool_calls" not in [c["name"] for c in evaluate_gate(metrics(), GateConfig())[
         "checks"]]

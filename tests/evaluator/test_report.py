@@ -184,13 +184,13 @@ def test_tool_call_accuracy_shows_for_both_sides_when_measured(tmp_path):
     metrics = full_metrics(samples)
     assert "tool calls" not in write_report(tmp_path, metrics, samples).read_text()
     metrics["tool_calls"] = {
-        "model": {"rate": 0.75, "rows": 4, "parsed": 4, "names": 4, "exact": 3,
+        "model": {"rate": 0.75, "calls": 4, "parsed": 4, "names": 4, "exact": 3,
                   "answer_rows": 8, "spurious": 1},
-        "baseline": {"rate": 0.0, "rows": 4, "parsed": 1, "names": 0, "exact": 0,
+        "baseline": {"rate": 0.0, "calls": 4, "parsed": 1, "names": 0, "exact": 0,
                      "answer_rows": 8, "spurious": 0}}
     metrics["judge"]["pointwise"]["model"]["tool_call_rows"] = 4
     page = write_report(tmp_path, metrics, samples).read_text(encoding="utf-8")
-    assert ("<td>tool calls (rows ending with a call)</td><td>0.750 (3 of 4 exact; 4 right "
+    assert ("<td>tool-call turns of the data</td><td>0.750 (3 of 4 exact; 4 right "
             "names, 4 parseable)</td><td>0.000 (0 of 4 exact; 0 right names, 1 parseable)</td>"
             in page)
     assert "<td>calls where the row answers in text</td><td>1 of 8</td><td>0 of 8</td>" in page

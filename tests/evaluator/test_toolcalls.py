@@ -1,5 +1,6 @@
-"""Tool-call accuracy: replies to rows that end with a call are parsed from the template's
-`<tool_call>` blocks and compared with the expected calls (no model needed)."""
+"""Tool-call accuracy: every tool-call turn of the data is a probe; replies to it are parsed
+from the template's `<tool_call>` blocks and compared with the data's calls (no model
+needed)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import json
 
 import pytest
 
-from evaluator.data import to_row
+from evaluator.data import call_probes, to_row
 from evaluator.toolcalls import expected_calls, parse_calls, summarize
 
 TOOLS = [{"type": "function", "function": {
@@ -66,12 +67,39 @@ def test_calls_are_read_from_the_templates_blocks(text, calls):
     assert parse_calls(text) == calls
 
 
+def test_every_call_turn_is_a_probe_asked_the_turns_before_it():
+    """Data engine rows end with a text reply: their calls sit inside the conversation."""
+    first = json.dumps([{"id": "a", "type": "function", "function": {
+        "name": "get_weather", "arguments": '{"city": "Kyoto"}'}}])
+    second = json.dumps([{"id": "b", "type": "function", "function": {
+        "name": "get_weather", "arguments": '{"city": "Osaka"}'}}])
+    row = to_row({"id": "r1", "tools": TOOLS, "messages": [
+        {"role": "user", "content": "Kyoto?"},
+        {"role": "assistant", "content": "", "tool_calls": first},
+        {"role": "tool", "tool_call_id": "a", "content": "sunny"},
+        {"role": "assistant", "content": "Sunny."},
+        {"role": "user", "content": "And Osaka?"},
+        {"role": "assistant", "content": "", "tool_calls": second},
+        {"role": "tool", "tool_call_id": "b", "content": "rain"},
+        {"role": "assistant", "content": "Rain."}]}, "x:1")
+    probes = call_probes([row, _answering(), _calling(("get_weather", {"city": "Nara"}))])
+    assert [p.id for p in probes] == ["r1#call1", "r1#call2", "x:1#call1"]
+    assert [m["content"] for m in probes[0].prompt] == ["Kyoto?"]
+    assert [m["role"] for m in probes[1].prompt] == ["user", "assistant", "tool", "assistant",
+                                                     "user"]
+    assert probes[1].prompt[1]["tool_calls"][0]["id"] == "a"  # earlier calls stay as asked
+    assert [expected_calls(p) for p in probes] == [[("get_weather", {"city": "Kyoto"})],
+                                                   [("get_weather", {"city": "Osaka"})],
+                                                   [("get_weather", {"city": "Nara"})]]
+    assert all(p.tools == TOOLS and p.reference is None and p.answered for p in probes)
+    assert probes[1].question == "And Osaka?"
+
+
 def test_exact_names_parsed_and_spurious_are_counted_per_reply():
     kyoto = ("get_weather", {"city": "Kyoto", "days": 3})
     osaka = ("get_weather", {"city": "Osaka", "days": 3})
-    rows = [_calling(kyoto)] * 6 + [_calling(kyoto, osaka), _answering(), _answering(),
-                                    _answering(tools=None)]
-    replies = [
+    probes = [_calling(kyoto)] * 6 + [_calling(kyoto, osaka)]
+    probe_replies = [
         # same call: key order, spacing and 3 vs 3.0 do not matter
         _reply('<tool_call>\n{"arguments": {"days": 3.0, "city": "Kyoto"}, '
                '"name": "get_weather"}\n</tool_call>'),
@@ -82,27 +110,30 @@ def test_exact_names_parsed_and_spurious_are_counted_per_reply():
         _reply("", error="timeout: no reply"),                          # a failed request
         # parallel calls in the other order
         _reply(_block("get_weather", osaka[1]) + "\n" + _block("get_weather", kyoto[1])),
+    ]
+    rows = [_answering(), _answering(), _answering(tools=None)]
+    replies = [
         _reply(_block("get_weather", {"city": "Kyoto"})),  # called where it should answer
         _reply("Hello there"),
         _reply(_block("x", {})),  # a row offering no tools is not counted either way
     ]
-    summary = summarize(rows, replies)
-    assert [r["call_exact"] for r in replies[:7]] == [True, False, False, False, False, False,
-                                                      True]
-    assert [r["call_names"] for r in replies[:7]] == [True, True, False, True, False, False,
-                                                      True]
-    assert [r["call_parsed"] for r in replies[:7]] == [True, True, True, True, False, False,
-                                                       True]
-    assert replies[7]["call_exact"] is None and replies[7]["called"] is True
-    assert summary == {"rate": 2 / 7, "rows": 7, "parsed": 5, "names": 4, "exact": 2,
+    summary = summarize(probes, probe_replies, rows, replies)
+    assert [r["call_exact"] for r in probe_replies] == [True, False, False, False, False, False,
+                                                        True]
+    assert [r["call_names"] for r in probe_replies] == [True, True, False, True, False, False,
+                                                        True]
+    assert [r["call_parsed"] for r in probe_replies] == [True, True, True, True, False, False,
+                                                         True]
+    assert [r["called"] for r in replies] == [True, False, True]
+    assert summary == {"rate": 2 / 7, "calls": 7, "parsed": 5, "names": 4, "exact": 2,
                        "answer_rows": 2, "spurious": 1}
 
 
 def test_one_call_more_or_less_is_not_the_same_calls():
     kyoto = ("get_weather", {"city": "Kyoto"})
-    rows = [_calling(kyoto), _calling(kyoto, kyoto)]
+    probes = [_calling(kyoto), _calling(kyoto, kyoto)]
     replies = [_reply(_block(*kyoto) + _block(*kyoto)), _reply(_block(*kyoto))]
-    summarize(rows, replies)
+    summarize(probes, replies, [], [])
     assert [(r["call_names"], r["call_exact"]) for r in replies] == [(False, False)] * 2
 
 
@@ -110,5 +141,6 @@ def test_rows_without_tools_have_no_tool_call_summary():
     rows = [to_row({"messages": [{"role": "user", "content": "Hi"},
                                  {"role": "assistant", "content": "Hello"}]}, "x:1")]
     replies = [_reply("Hello")]
-    assert summarize(rows, replies) is None
-    assert replies[0]["call_exact"] is None and replies[0]["called"] is False
+    assert call_probes(rows) == []
+    assert summarize([], [], rows, replies) is None
+    assert replies[0]["called"] is False

@@ -269,7 +269,7 @@ def test_looping_model_fails_degenerate(tiny_base, tokenizer, tmp_path):
 def test_sanity_prompts_keep_earlier_tool_calls(tmp_path):
     """Held-out prompts are the rows' messages up to the last reply, whole: a tool call
     stored as a JSON string stays a call (parsed, as preflight and training see it), not an
-    empty assistant turn."""
+    empty assistant turn. A row with calls is also asked up to its first call."""
     from tests.trainer_service.test_chat_format import MULTI_TURN, TOOL_ROW, smol_tokenizer
     from trainer_service.recipe.chat_format import resolve_template
     from trainer_service.recipe.run import _prompts
@@ -277,8 +277,11 @@ def test_sanity_prompts_keep_earlier_tool_calls(tmp_path):
     with (tmp_path / "test.jsonl").open("w") as f:
         for row in (TOOL_ROW, MULTI_TURN):
             f.write(json.dumps({"messages": row}) + "\n")
-    (tool_prompt, multi_prompt), warning = _prompts(tmp_path)
+    (call_prompt, tool_prompt, multi_prompt), warning = _prompts(tmp_path)
     assert warning is None
+    # the tool row is also asked up to its call, which the call check reads
+    assert call_prompt["messages"] == TOOL_ROW[:1] and call_prompt["tools"] is None
+    assert call_prompt["calls"][0]["function"]["name"] == "get_weather"
     assert [m["role"] for m in tool_prompt] == ["user", "assistant", "tool"]
     call = tool_prompt[1]["tool_calls"][0]["function"]
     assert call == {"name": "get_weather", "arguments": {"city": "Kyoto"}}
@@ -291,18 +294,20 @@ def test_sanity_prompts_keep_earlier_tool_calls(tmp_path):
 
 
 def test_sanity_checks_the_calls_of_rows_that_end_with_one(smollm2_dir, tokenizer, tmp_path):
-    """A held-out row cut before a tool call carries the call: the merged model's output
-    there must hold a parseable `<tool_call>` block. The base SmolLM2, never trained on
+    """A held-out row is also asked up to its first tool call, carrying the call: the
+    merged model's output there must hold a parseable `<tool_call>` block. The base SmolLM2, never trained on
     calls, answers in text: counted, and a warning for the run (not a failure)."""
     from tests.trainer_service.test_chat_format import TOOL_ROW, TOOLS
     from trainer_service.recipe.run import _prompts
 
     (tmp_path / "test.jsonl").write_text(
-        json.dumps({"messages": TOOL_ROW[:2], "tools": TOOLS}) + "\n"
-        + json.dumps(ROWS[1]) + "\n")
+        json.dumps({"messages": TOOL_ROW, "tools": TOOLS}) + "\n" + json.dumps(ROWS[1]) + "\n")
     prompts, _ = _prompts(tmp_path)
+    assert [len(p["messages"]) if isinstance(p, dict) else len(p) for p in prompts] == [1, 3, 1]
     assert prompts[0]["calls"][0]["function"]["name"] == "get_weather"
-    assert prompts[1] == ROWS[1]["messages"][:1]  # a text reply: a plain prompt
+    assert prompts[1]["calls"] is None  # the row's final reply
+    assert prompts[2] == ROWS[1]["messages"][:1]  # a text reply: a plain prompt
+    prompts = [prompts[0], prompts[2]]
     report = sanity_generate(smollm2_dir, prompts, tokenizer, EOT, max_new_tokens=24,
                              min_stop_rate=0.0)
     assert "<tool_call>" not in report.samples[0].output

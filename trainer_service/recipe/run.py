@@ -97,24 +97,29 @@ SEEN_PROMPTS = ("sanity: no test or validation rows, so the sanity generation ru
 
 
 def _prompts(dataset: Path) -> tuple[list[Any], str | None]:
-    """Held-out conversations up to their last user turn: test rows, else validation, else
-    (a dataset of train rows only, allow_no_validation) train rows, with a warning."""
+    """Held-out conversations up to their last assistant turn, and up to their first tool
+    call (its `calls` set, for the call check): test rows, else validation, else (a dataset
+    of train rows only, allow_no_validation) train rows, with a warning."""
     rows = read_split(dataset, "test") or read_split(dataset, "validation")
     warning = None
     if not rows:
         rows, warning = read_split(dataset, "train"), SEEN_PROMPTS
-    prompts = []
+    prompts: list[Any] = []
     for row in rows:
         messages, tools = row_parts(row)
-        last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=None)
-        if last:  # whole messages: earlier tool calls and their results are part of it
-            prompt = normalize_messages(messages[:last])
-            calls = normalize_messages([messages[last]])[0].get("tool_calls")
+        messages = normalize_messages(messages)  # earlier tool calls and results are kept
+        turns = [i for i, m in enumerate(messages) if m["role"] == "assistant" and i]
+        # the row's first tool call (rows end with a text reply: their calls sit inside),
+        # and its last assistant turn
+        cuts = [i for i in turns if messages[i].get("tool_calls")][:1] + turns[-1:]
+        for cut in dict.fromkeys(cuts):
+            calls = messages[cut].get("tool_calls")
+            prompt = messages[:cut]
             prompts.append({"messages": prompt, "tools": tools, "calls": calls}
                            if tools or calls else prompt)
-        if len(prompts) == SANITY_PROMPTS:
+        if len(prompts) >= SANITY_PROMPTS:
             break
-    return prompts, warning
+    return prompts[:SANITY_PROMPTS], warning
 
 
 def _reply_text(message: dict[str, Any]) -> str:
