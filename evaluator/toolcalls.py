@@ -31,7 +31,7 @@ Call = tuple[str, Any]  # (function name, arguments as parsed JSON, or their tex
 
 
 def expected_calls(row: EvalRow) -> list[Call] | None:
-    """The calls a row ends with; None for a row that does not end with calls."""
+    """The calls a probe (or a row that ends with calls) expects; None for any other row."""
     if not row.calls:
         return None
     calls = []
