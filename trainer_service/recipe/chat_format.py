@@ -193,10 +193,8 @@ def normalize_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 call = dict(call)
                 fn = dict(call.get("function", call))
                 if isinstance(fn.get("arguments"), str):
-                    try:  # OpenAI sends arguments as a JSON string; templates expect an object
-                        fn["arguments"] = json.loads(fn["arguments"])
-                    except json.JSONDecodeError:
-                        pass
+                    # OpenAI sends arguments as a JSON string; templates expect an object
+                    fn["arguments"] = call_arguments(fn["arguments"])
                 one = {"type": "function", "function": fn}
                 if "function" in call and call.get("id") is not None:
                     one["id"] = call["id"]  # templates that pair results with calls read it
