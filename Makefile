@@ -56,4 +56,4 @@ lock: install-dev
 		> constraints.txt
 
 clean:
-	rm -rf runs .pytest_cache
+	rm -rf runs gpu-check .pytest_cache
