@@ -57,9 +57,13 @@ class GateConfig:
     tool_call_exact_min: float | None = None
     """Share of the data's tool-call turns the model makes as the data does, arguments
     included (asked the turns before each)."""
+    tool_call_spurious_max: float | None = None
+    """Share of the rows that offer tools but answer in text where the model's reply calls
+    a tool instead (a `<tool_call>` block where the data answers)."""
 
 
-_RATES = ("usability_min", "win_rate_ci_low_min", "json_validity_min", "tool_call_exact_min")
+_RATES = ("usability_min", "win_rate_ci_low_min", "json_validity_min", "tool_call_exact_min",
+          "tool_call_spurious_max")
 
 
 def _problem(key: str, value: Any) -> str | None:
@@ -214,6 +218,20 @@ def _tool_calls(metrics: dict[str, Any], threshold: float) -> dict[str, Any]:
     return _check(name, metric, op, threshold, rate, status, reason)
 
 
+def _spurious_calls(metrics: dict[str, Any], threshold: float) -> dict[str, Any]:
+    name, metric, op = "tool_call_spurious", "tool_calls.model.spurious / answer_rows", "<="
+    model = _get(metrics, "tool_calls", "model")
+    if model is None or not model.get("answer_rows"):
+        return _check(name, metric, op, threshold, None, "skipped",
+                      "no row offers tools and answers in text: spurious calls not measured")
+    rows, spurious = model["answer_rows"], model["spurious"]
+    rate = spurious / rows
+    status, rel = _verdict(rate, op, threshold)
+    reason = (f"spurious tool calls {rate:.3f} {rel} {threshold:g}: {spurious} of {rows} "
+              f"replies to rows that offer tools but answer in text call a tool instead")
+    return _check(name, metric, op, threshold, rate, status, reason)
+
+
 def _not_judged(block: dict[str, Any]) -> str:
     calls = block.get("tool_call_rows") or 0
     return f"; {calls} rows ending with a tool call are not judged" if calls else ""
@@ -269,6 +287,7 @@ _CHECKS: dict[str, Callable[[dict[str, Any], float], dict[str, Any]]] = {
     "win_rate_ci_low_min": _win_rate,
     "judge_score_min": _judge_score,
     "tool_call_exact_min": _tool_calls,
+    "tool_call_spurious_max": _spurious_calls,
 }
 
 

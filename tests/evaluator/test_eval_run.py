@@ -76,7 +76,8 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
 @pytest.mark.slow
 def test_a_model_that_never_stops_fails_the_gate(endless_model_dir, tool_data_dir, tmp_path):
     gate = tmp_path / "gate.yaml"
-    gate.write_text("usability_min: 0.95\ntool_call_exact_min: 0.5\n")
+    gate.write_text("usability_min: 0.95\ntool_call_exact_min: 0.5\n"
+                    "tool_call_spurious_max: 0.0\n")
     out = tmp_path / "eval"
     rows = len(ROWS + TOOL_ROWS)
     done = _cli("--model", str(endless_model_dir), "--data", str(tool_data_dir), "--baseline",
@@ -89,6 +90,8 @@ def test_a_model_that_never_stops_fails_the_gate(endless_model_dir, tool_data_di
     assert check["status"] == "fail" and "no_stop" in check["reason"]
     calls = next(c for c in metrics["gate"]["checks"] if c["name"] == "tool_calls")
     assert calls["status"] == "fail" and calls["value"] == 0.0
+    spurious = next(c for c in metrics["gate"]["checks"] if c["name"] == "tool_call_spurious")
+    assert spurious["status"] == "pass" and "0 of 2 replies" in spurious["reason"]
     assert "tool calls 0.000 (0/2 exact, 0 right names, 0 parseable)" in done.stdout
     probed = [json.loads(line) for line in (out / "calls.jsonl").read_text().splitlines()]
     assert [c["id"] for c in probed] == ["tool-1#call1", "tool-3#call1"]

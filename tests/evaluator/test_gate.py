@@ -246,6 +246,29 @@ def test_tool_call_accuracy_when_the_data_has_call_turns():
         "checks"]]
 
 
+def test_spurious_tool_calls_where_the_data_answers_in_text():
+    calls = {"rate": 1.0, "calls": 2, "parsed": 2, "names": 2, "exact": 2, "answer_rows": 8,
+             "spurious": 2}
+    data = metrics(tool_calls={"model": calls, "baseline": None})
+    failed = check(evaluate_gate(data, GateConfig(tool_call_spurious_max=0.2)),
+                   "tool_call_spurious")
+    assert (failed["status"], failed["value"], failed["op"]) == ("fail", 0.25, "<=")
+    assert failed["reason"] == ("spurious tool calls 0.250 > 0.2: 2 of 8 replies to rows that "
+                                "offer tools but answer in text call a tool instead")
+    assert check(evaluate_gate(data, GateConfig(tool_call_spurious_max=0.25)),
+                 "tool_call_spurious")["status"] == "pass"
+    # only call turns, or no tools at all: nothing to measure
+    calling = {**calls, "answer_rows": 0, "spurious": 0}
+    for value in ({"model": calling, "baseline": None}, None):
+        skipped = check(evaluate_gate(metrics(tool_calls=value),
+                                      GateConfig(tool_call_spurious_max=0.0)),
+                        "tool_call_spurious")
+        assert skipped["status"] == "skipped" and "spurious calls not measured" in \
+            skipped["reason"]
+    assert "tool_call_spurious" not in [c["name"] for c in evaluate_gate(
+        data, GateConfig())["checks"]]
+
+
 def test_a_judge_that_judged_nothing_says_which_rows_it_left_to_tool_call_accuracy():
     data = metrics()
     data["judge"]["pointwise"]["model"].update(mean=None, scored=0, low_mass=0,
