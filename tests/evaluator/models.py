@@ -19,7 +19,8 @@ END_OF_TURN = "<|im_end|>"
 GENERATION_PROMPT_END = "\n"
 
 
-def tiny_config(tokenizer, hidden_size: int = 64, tie: bool = False, arch: str = "llama"):
+def tiny_config(tokenizer, hidden_size: int = 64, tie: bool = False, arch: str = "llama",
+                end_of_turn: str = END_OF_TURN):
     """A 2-layer config of Llama's architecture, or of Qwen3's (``arch="qwen3"``: per-head
     q/k norms, the architecture users fine-tune most), speaking the tokenizer's vocabulary."""
     from transformers import LlamaConfig, Qwen3Config
@@ -32,13 +33,13 @@ def tiny_config(tokenizer, hidden_size: int = 64, tie: bool = False, arch: str =
                         max_position_embeddings=1024, tie_word_embeddings=tie,
                         initializer_range=0.3,  # logits of real-model scale (std ~2)
                         bos_token_id=tokenizer.bos_token_id,
-                        eos_token_id=tokenizer.convert_tokens_to_ids(END_OF_TURN),
+                        eos_token_id=tokenizer.convert_tokens_to_ids(end_of_turn),
                         pad_token_id=tokenizer.pad_token_id)
 
 
-def save_model(model, tokenizer, out: Path) -> Path:
+def save_model(model, tokenizer, out: Path, end_of_turn: str = END_OF_TURN) -> Path:
     """Saves model + tokenizer with a generation config that stops on the end-of-turn."""
-    model.generation_config.eos_token_id = tokenizer.convert_tokens_to_ids(END_OF_TURN)
+    model.generation_config.eos_token_id = tokenizer.convert_tokens_to_ids(end_of_turn)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
@@ -54,11 +55,12 @@ def random_model(tokenizer, out: Path, seed: int = 0) -> Path:
     return save_model(LlamaForCausalLM(tiny_config(tokenizer)), tokenizer, out)
 
 
-def chain_of(tokenizer, reply: str, then: str | None = END_OF_TURN) -> dict[str, str]:
+def chain_of(tokenizer, reply: str, then: str | None = END_OF_TURN,
+             prompt_end: str = GENERATION_PROMPT_END) -> dict[str, str]:
     """The transition map for a model that answers ``reply`` (as the tokenizer splits it)
     and then emits ``then``: the end-of-turn token, or None to loop back to the reply's
-    first token forever."""
-    ids = tokenizer.encode(GENERATION_PROMPT_END, add_special_tokens=False)[-1:]
+    first token forever. ``prompt_end`` is the text the generation prompt ends with."""
+    ids = tokenizer.encode(prompt_end, add_special_tokens=False)[-1:]
     ids += tokenizer.encode(reply, add_special_tokens=False)
     tokens = tokenizer.convert_ids_to_tokens(ids)
     steps = dict(zip(tokens, tokens[1:]))
@@ -69,14 +71,15 @@ def chain_of(tokenizer, reply: str, then: str | None = END_OF_TURN) -> dict[str,
 
 
 def scripted_model(tokenizer, out: Path, steps: dict[str, str], seed: int = 0,
-                   arch: str = "llama") -> Path:
+                   arch: str = "llama", end_of_turn: str = END_OF_TURN) -> Path:
     """A Llama (or a Qwen3, `tiny_config`) whose greedy continuation of token x is
     ``steps[x]`` (token strings)."""
     import torch
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(tiny_config(tokenizer, hidden_size=128, arch=arch))
+    model = AutoModelForCausalLM.from_config(tiny_config(tokenizer, hidden_size=128, arch=arch,
+                                                         end_of_turn=end_of_turn))
     with torch.no_grad():
         for layer in model.model.layers:
             layer.self_attn.o_proj.weight.zero_()
@@ -89,4 +92,4 @@ def scripted_model(tokenizer, out: Path, steps: dict[str, str], seed: int = 0,
             x = embed[tokenizer.convert_tokens_to_ids(source)]
             normalised = x / x.pow(2).mean().sqrt()
             head[tokenizer.convert_tokens_to_ids(target)] += normalised / normalised.norm() * 50
-    return save_model(model, tokenizer, out)
+    return save_model(model, tokenizer, out, end_of_turn)

@@ -1,4 +1,5 @@
-"""The training chat format against real tokenizers: SmolLM2's (embedded) and Qwen2.5's."""
+"""The training chat format against real tokenizers: SmolLM2's (embedded) and Qwen2.5's;
+real non-ChatML templates (Gemma 2, Phi-3.5, Llama 3) on SmolLM2's vocabulary."""
 
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ from trainer_service.recipe.chat_format import (
     ChatFormatError,
     chatml_template,
     encode_row,
+    end_of_turn,
     normalize_messages,
     resolve_template,
+    through_end_of_turn,
 )
 
 FIXTURES = Path(__file__).with_name("fixtures")
@@ -317,3 +320,109 @@ def test_our_template_renders_like_qwen3s_own_thinking_included():
     encoded = encode_row(tok, template, QWEN3_CASES["inline think"], "all_assistant")
     assert supervised_text(tok, encoded) == "<think>\nx\n</think>\n\nhello<|im_end|>"
     assert encoded.mask == encoded.expected_mask
+
+
+# Non-ChatML families: the model's own template (a real one: llama.cpp's copy of the model's,
+# or TRL's copy of Meta-Llama-3-8B-Instruct's) on SmolLM2's vocabulary with the family's
+# control tokens added. `auto` takes TRL's training variant of it.
+FAMILIES = {
+    "gemma-2": (("llama.cpp", "google-gemma-2-2b-it.jinja"),
+                ["<bos>", "<eos>", "<start_of_turn>", "<end_of_turn>"], "<bos>", "<eos>",
+                "<end_of_turn>"),
+    "phi-3.5": (("llama.cpp", "microsoft-Phi-3.5-mini-instruct.jinja"),
+                ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>", "<|endoftext|>"], None,
+                "<|endoftext|>", "<|end|>"),
+    "llama-3": (("trl", "llama3.jinja"),
+                ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>",
+                 "<|end_header_id|>", "<|eot_id|>"], "<|begin_of_text|>", "<|eot_id|>",
+                "<|eot_id|>"),
+}
+
+
+def family_template(source: tuple[str, str]) -> str:
+    where, name = source
+    if where == "llama.cpp":
+        return llama_cpp_template(name)
+    import trl
+
+    return (Path(trl.__file__).parent / "chat_templates" / name).read_text(encoding="utf-8")
+
+
+def family_tokenizer(family: str, eos: str | None = None):
+    """SmolLM2's tokenizer speaking `family`'s chat format (its eos as the model ships it,
+    unless `eos`)."""
+    from transformers import AutoTokenizer
+
+    from tunesmith.models import fetch_default
+
+    source, specials, bos, shipped_eos, _ = FAMILIES[family]
+    tok = AutoTokenizer.from_pretrained(fetch_default())
+    tok.add_special_tokens({"additional_special_tokens": specials})
+    tok.eos_token = eos or shipped_eos
+    if bos:
+        tok.bos_token = bos
+    tok.chat_template = family_template(source)
+    return tok
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_auto_trains_non_chatml_models_with_trls_template(family):
+    """`auto` on a model whose template has no generation markers and is not ChatML: TRL's
+    training variant, checked to render inference prompts as the model's own does; the
+    end of turn read from the template (not the eos: Gemma's and Phi's differ); masks
+    cover each reply through its end of turn and nothing after it (Gemma's newline, Phi's
+    closing eos, which the template's generation block holds)."""
+    tok = family_tokenizer(family)
+    eot = FAMILIES[family][4]
+    template = resolve_template(tok, "auto")
+    assert (template.source, template.end_of_turn) == ("trl", eot)
+    assert template.text != tok.chat_template and "generation" in template.text
+    for messages in ([MULTI_TURN] if family == "gemma-2" else [MULTI_TURN, WITH_SYSTEM]):
+        encoded = encode_row(tok, template, messages, "all_assistant")
+        assert encoded.mask == encoded.expected_mask
+        assert supervised_text(tok, encoded) == f"京都に移住して一年{eot}京都移住一年目{eot}"
+        last = encode_row(tok, template, messages, "last_assistant")
+        assert supervised_text(tok, last) == f"京都移住一年目{eot}"
+    # what the generation block holds past the end of turn is cut (Llama 3's holds nothing)
+    marked = tok.apply_chat_template(MULTI_TURN, chat_template=template.text, tokenize=True,
+                                     return_dict=True, return_assistant_tokens_mask=True)
+    kept = sum(encode_row(tok, template, MULTI_TURN).mask)
+    assert sum(marked["assistant_masks"]) - kept == {"gemma-2": 2, "phi-3.5": 3, "llama-3": 0}[
+        family]
+
+
+def test_end_of_turn_is_read_from_the_template():
+    assert end_of_turn(smol_tokenizer(), smol_tokenizer().chat_template) == "<|im_end|>"
+    tok = family_tokenizer("gemma-2")
+    assert tok.eos_token == "<eos>"
+    assert end_of_turn(tok, tok.chat_template) == "<end_of_turn>"
+    # no special token after the reply: the eos, for the checks downstream to judge
+    assert end_of_turn(tok, "{% for m in messages %}{{ m.content }}\n{% endfor %}") == "<eos>"
+
+
+def test_mask_runs_end_at_their_end_of_turn():
+    eot = 9
+    ids = [1, 5, 6, 9, 2, 3, 7, 9, 9, 4]
+    mask = [0, 1, 1, 1, 1, 0, 1, 1, 1, 1]
+    assert through_end_of_turn(ids, mask, eot) == [0, 1, 1, 1, 0, 0, 1, 1, 0, 0]
+    assert through_end_of_turn(ids, [0] * 10, eot) == [0] * 10
+
+
+def test_a_row_the_models_template_refuses_is_a_coded_error():
+    """Gemma's template raises on a system role: the row and the fix are named, not a raw
+    Jinja traceback."""
+    tok = family_tokenizer("gemma-2")
+    with pytest.raises(ChatFormatError) as err:
+        encode_row(tok, resolve_template(tok, "auto"), WITH_SYSTEM)
+    assert err.value.code == "template_rejects_row"
+    assert "System role not supported" in err.value.message
+    assert "fold the system prompt into the first user turn" in err.value.fix
+
+
+def test_a_template_trl_does_not_know_is_still_refused_with_the_fix():
+    tok = family_tokenizer("llama-3")
+    tok.chat_template = llama_cpp_template("meta-llama-Llama-3.2-3B-Instruct.jinja")
+    with pytest.raises(ChatFormatError) as err:
+        resolve_template(tok, "auto")
+    assert err.value.code == "template_unsupported"
+    assert "TRL has no training variant" in err.value.message

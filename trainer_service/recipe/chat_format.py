@@ -110,14 +110,51 @@ def _from_text(text: str, source: str, tokenizer) -> ChatTemplate:
                 "{% endgeneration %}, or use chat_template: chatml")
     if _is_chatml(text):
         return _chatml(text, source, "<think>" in text)
-    return ChatTemplate(text=text, source=source, end_of_turn=tokenizer.eos_token,
+    return ChatTemplate(text=text, source=source, end_of_turn=end_of_turn(tokenizer, text),
                         supports_reasoning="reasoning_content" in text)
+
+
+_PROBE_REPLY = "Zephyr quartz 7"
+
+
+def end_of_turn(tokenizer, template: str) -> str:
+    """The token the template closes an assistant reply with: the special token right after
+    a rendered reply (Llama 3's <|eot_id|>, Gemma's <end_of_turn>, Phi-3's <|end|>, ChatML's
+    <|im_end|>), which need not be the tokenizer's eos (Gemma's is <eos>); the eos token
+    when no special token follows the reply (the checks downstream then name the problem)."""
+    try:
+        text = _render(tokenizer, [{"role": "user", "content": "Hi there"},
+                                   {"role": "assistant", "content": _PROBE_REPLY}], template)
+    except Exception:  # a template that rejects this shape: leave it to the checks
+        return tokenizer.eos_token
+    at = text.rfind(_PROBE_REPLY)
+    after = text[at + len(_PROBE_REPLY):].lstrip(" ") if at >= 0 else ""
+    specials = set(tokenizer.all_special_tokens) | {
+        t.content for t in tokenizer.added_tokens_decoder.values() if t.special}
+    found = [t for t in specials if t and after.startswith(t)]
+    return max(found, key=len) if found else tokenizer.eos_token
+
+
+def through_end_of_turn(ids: list[int], mask: list[int], eot_id: int) -> list[int]:
+    """The loss mask with each supervised run cut after its end-of-turn token: what a
+    template's generation block holds past it (Gemma's newline, Phi-3's closing eos) is never
+    generated, since generation stops at the end of turn, so it carries no loss."""
+    out, ended = list(mask), False
+    for i, (token, bit) in enumerate(zip(ids, mask)):
+        if not bit:
+            ended = False
+        elif ended:
+            out[i] = 0
+        elif token == eot_id:
+            ended = True
+    return out
 
 
 def resolve_template(tokenizer, spec: str = "auto", check: bool = True) -> ChatTemplate:
     """The training template for `spec`: auto | chatml | a path to a .jinja file.
 
     auto: the model's own template when it has generation markers; for ChatML models ours,
+    for others TRL's training variant of the model's template where TRL has one, each
     checked to render the model's inference prompts byte for byte; else an error.
     """
     model_template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else None
@@ -133,12 +170,19 @@ def resolve_template(tokenizer, spec: str = "auto", check: bool = True) -> ChatT
     chatml_model = (_is_chatml(model_template) if model_template
                     else CHATML_START in vocab and CHATML_END in vocab)
     if spec == "auto" and not chatml_model:
-        raise ChatFormatError(
-            "template_unsupported", "the model's chat template has no {% generation %} markers "
-            "and is not ChatML, so tunesmith cannot tell which tokens are the assistant's.",
-            fix="pass chat_template: path/to/template.jinja, a copy of the model's template with "
-                "{% generation %}...{% endgeneration %} around each assistant reply and its "
-                "end-of-turn token")
+        trl_text = _trl_training_template(tokenizer) if model_template else None
+        if trl_text is None:
+            raise ChatFormatError(
+                "template_unsupported", "the model's chat template has no {% generation %} "
+                "markers, is not ChatML, and TRL has no training variant of it, so tunesmith "
+                "cannot tell which tokens are the assistant's.",
+                fix="pass chat_template: path/to/template.jinja, a copy of the model's template "
+                    "with {% generation %}...{% endgeneration %} around each assistant reply and "
+                    "its end-of-turn token")
+        template = _from_text(trl_text, "trl", tokenizer)
+        if check:
+            check_renders_like(tokenizer, template.text, model_template)
+        return template
     if CHATML_START not in vocab or CHATML_END not in vocab:
         raise ChatFormatError("chatml_tokens_missing", "the tokenizer has no <|im_start|>/<|im_end|> "
                               "tokens", fix="use the model's own template via a .jinja path")
@@ -148,6 +192,18 @@ def resolve_template(tokenizer, spec: str = "auto", check: bool = True) -> ChatT
     if check and model_template:
         check_renders_like(tokenizer, template.text, model_template)
     return template
+
+
+def _trl_training_template(tokenizer) -> str | None:
+    """TRL's training variant of the model's template (Llama 3, Gemma, Gemma 3, Phi-3,
+    DeepSeek, GLM-4, GPT-OSS, LFM2, ... each the model's template with generation markers),
+    or None when TRL has none for it."""
+    from trl.chat_template_utils import get_training_chat_template
+
+    try:
+        return get_training_chat_template(tokenizer)
+    except ValueError:  # "patching is not supported for this template"
+        return None
 
 
 def check_renders_like(tokenizer, ours: str, theirs: str) -> None:
@@ -271,10 +327,12 @@ def _structural_spans(tokenizer, template: ChatTemplate, messages, text, tools):
             prompt = _render(tokenizer, messages[:i], template.text, True, tools)
             turn = _render(tokenizer, messages[:i + 1], template.text, False, tools)
             common = len(_render(tokenizer, messages[:i], template.text, False, tools))
-            if not (turn.startswith(prompt) and text.startswith(turn)):
+            end = turn.find(eot, len(prompt))
+            # up to the reply's end of turn: what follows may close the conversation (Phi-3
+            # appends eos after the last turn), which a longer row does not have there
+            if not (turn.startswith(prompt) and text.startswith(turn[:max(end, 0) + len(eot)])):
                 raise ChatFormatError("template_not_prefix_stable", "rendering a conversation turn by "
                                       "turn does not reproduce its prefix, so replies cannot be located")
-            end = turn.find(eot, len(prompt))
             if end < 0:
                 raise ChatFormatError("turn_without_end_of_turn",
                                       f"assistant turn {i} does not end with {eot}")
@@ -301,11 +359,20 @@ def encode_row(tokenizer, template: ChatTemplate, messages: list[dict[str, Any]]
     if loss_on not in LOSS_ON:
         raise ChatFormatError("loss_on_unknown", f"loss_on {loss_on!r} is not one of "
                               f"{', '.join(LOSS_ON)}", field="loss_on")
+    from jinja2 import TemplateError
+
     messages = normalize_messages(messages)
-    text = _render(tokenizer, messages, template.text, False, tools)
-    marked = tokenizer.apply_chat_template(messages, tools=tools, chat_template=template.text,
-                                           tokenize=True, return_dict=True,
-                                           return_assistant_tokens_mask=True)
+    try:
+        text = _render(tokenizer, messages, template.text, False, tools)
+        marked = tokenizer.apply_chat_template(messages, tools=tools, chat_template=template.text,
+                                               tokenize=True, return_dict=True,
+                                               return_assistant_tokens_mask=True)
+    except TemplateError as err:  # the template's raise_exception, or a field it lacks
+        raise ChatFormatError(
+            "template_rejects_row", f"the chat template ({template.source}) cannot render this "
+            f"row: {err}", fix="reshape the rows to what the model's template takes (Gemma's, "
+            "for one, has no system role: fold the system prompt into the first user turn), or "
+            "pass chat_template: a .jinja file that takes them") from err
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids = list(enc["input_ids"])
     if ids != list(marked["input_ids"]):
@@ -317,7 +384,8 @@ def encode_row(tokenizer, template: ChatTemplate, messages: list[dict[str, Any]]
         pairs = pairs[-1:]
     spans = [reply for _, reply in pairs]
     expected = _char_mask(offsets, spans)
-    mask = list(marked["assistant_masks"])
+    mask = through_end_of_turn(ids, list(marked["assistant_masks"]),
+                               tokenizer.convert_tokens_to_ids(template.end_of_turn))
     if loss_on == "last_assistant" and pairs:
         # markers cover every assistant turn; keep those from the last turn's header on
         first = pairs[0][0][0]

@@ -204,9 +204,10 @@ class TrainSpec:
     base_model: str = _help("Base model: a local HF folder, a hub id, or `default` (the "
                             "embedded SmolLM2-135M-Instruct; `train run` and pipelines).", "")
     dataset: str = _help("A data engine output folder with train.jsonl and validation.jsonl.", "")
-    chat_template: str = _help("auto (the tokenizer's, checked by preflight: training renders "
-                               "what inference servers render) | chatml | a path to a Jinja "
-                               "file.", "auto")
+    chat_template: str = _help("auto (the tokenizer's when it has {% generation %} markers, "
+                               "else ours for ChatML models or TRL's training variant of it, "
+                               "each checked by preflight to render what inference servers "
+                               "render) | chatml | a path to a Jinja file.", "auto")
     quantization: str = _help(
         "nf4 (QLoRA: 4-bit NF4, double quant, bf16 compute on GPU; the QLoRA paper matched "
         "16-bit LoRA quality at about a quarter of the base's memory) | int8 | none (16-bit "

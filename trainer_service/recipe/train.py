@@ -216,15 +216,17 @@ def tokenize_rows(tokenizer, rows: list, loss_on: str):
     and inference servers expect)."""
     from datasets import Dataset
 
-    from trainer_service.recipe.chat_format import normalize_messages, row_parts
+    from trainer_service.recipe.chat_format import (end_of_turn, normalize_messages, row_parts,
+                                                    through_end_of_turn)
 
+    eot_id = tokenizer.convert_tokens_to_ids(end_of_turn(tokenizer, tokenizer.chat_template))
     ids, masks = [], []
     for n, row in enumerate(rows):
         messages, tools = row_parts(row)
         enc = tokenizer.apply_chat_template(normalize_messages(messages), tools=tools,
                                             tokenize=True, return_dict=True,
                                             return_assistant_tokens_mask=True)
-        mask = list(enc["assistant_masks"])
+        mask = through_end_of_turn(list(enc["input_ids"]), list(enc["assistant_masks"]), eot_id)
         if loss_on == "last_assistant":
             mask = last_span_only(mask)
         if 1 not in mask:
