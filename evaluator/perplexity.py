@@ -39,8 +39,8 @@ class Encoded:
 
 def encode_rows(tokenizer, rows: Sequence[EvalRow]) -> list[Encoded]:
     """Renders rows with the training template: the tokenizer's own when it has generation
-    markers (a merged model saves the one it was trained with), else the recipe's ChatML
-    one (a base model)."""
+    markers (a merged model saves the one it was trained with), else the one the recipe
+    trains a base model with (`resolve_template`'s auto)."""
     from trainer_service.recipe.chat_format import ChatFormatError, encode_row, resolve_template
 
     out = []

@@ -419,10 +419,56 @@ def test_a_row_the_models_template_refuses_is_a_coded_error():
     assert "fold the system prompt into the first user turn" in err.value.fix
 
 
-def test_a_template_trl_does_not_know_is_still_refused_with_the_fix():
+LLAMA_3X = ["meta-llama-Llama-3.1-8B-Instruct.jinja", "meta-llama-Llama-3.2-3B-Instruct.jinja",
+            "meta-llama-Llama-3.3-70B-Instruct.jinja"]
+
+
+def llama3x_tokenizer(name: str):
     tok = family_tokenizer("llama-3")
-    tok.chat_template = llama_cpp_template("meta-llama-Llama-3.2-3B-Instruct.jinja")
+    tok.add_special_tokens({"additional_special_tokens": ["<|python_tag|>", "<|eom_id|>"]})
+    tok.chat_template = llama_cpp_template(name)
+    return tok
+
+
+@pytest.mark.parametrize("name", LLAMA_3X)
+def test_llama_3x_templates_get_markers_added_to_their_own_text(name):
+    """Llama 3.1-3.3's real templates (TRL has no training variant of them): markers are
+    added to the model's own text, which then renders prompts and tool calls exactly like
+    it; replies and calls are supervised through <|eot_id|>, and nothing else."""
+    tok = llama3x_tokenizer(name)
+    template = resolve_template(tok, "auto")
+    assert (template.source, template.end_of_turn) == ("model+markers", "<|eot_id|>")
+    for messages in (MULTI_TURN, WITH_SYSTEM):
+        encoded = encode_row(tok, template, messages)
+        assert encoded.mask == encoded.expected_mask
+        assert supervised_text(tok, encoded) == "京都に移住して一年<|eot_id|>京都移住一年目<|eot_id|>"
+    encoded = encode_row(tok, template, TOOL_ROW, tools=TOOLS)
+    assert encoded.mask == encoded.expected_mask
+    assert "Cutting Knowledge Date: December 2023" in encoded.text
+    assert supervised_text(tok, encoded) == ('{"name": "get_weather", "parameters": {"city": '
+                                             '"Kyoto"}}<|eot_id|>Sunny in Kyoto.<|eot_id|>')
+
+
+def test_llama_3x_tool_calls_are_compared_with_the_models_rendering():
+    """The check covers tool calls: a marked template that moved the call's header fails."""
+    from trainer_service.recipe.chat_format import check_renders_like, llama3_markers
+
+    tok = llama3x_tokenizer(LLAMA_3X[1])
+    marked = llama3_markers(tok.chat_template)
+    check_renders_like(tok, marked, tok.chat_template, calls=True)
+    broken = marked.replace("<|end_header_id|>\\n\\n' -}}{%- generation %}",
+                            "<|end_header_id|>\\n' -}}{%- generation %}", 1)
+    assert broken != marked
+    check_renders_like(tok, broken, tok.chat_template)  # plain conversations: no difference
+    with pytest.raises(ChatFormatError) as err:
+        check_renders_like(tok, broken, tok.chat_template, calls=True)
+    assert err.value.code == "template_mismatch"
+
+
+def test_a_template_nobody_has_a_training_variant_of_is_refused_with_the_fix():
+    tok = family_tokenizer("llama-3")
+    tok.chat_template = llama_cpp_template("mistralai-Mistral-Nemo-Instruct-2407.jinja")
     with pytest.raises(ChatFormatError) as err:
         resolve_template(tok, "auto")
     assert err.value.code == "template_unsupported"
-    assert "TRL has no training variant" in err.value.message
+    assert "neither TRL nor tunesmith has a training variant" in err.value.message

@@ -273,17 +273,22 @@ def test_nf4_recipe_on_cuda(polite_qwen3_dir, tmp_path):
     check_nf4_recipe(polite_qwen3_dir, tmp_path, "CUDA")
 
 
-def test_a_llama3_model_trains_on_trls_template_and_stops_on_eot(tmp_path):
-    """A model of Meta-Llama-3-Instruct's chat format (its template, as TRL keeps it; its
-    control tokens on SmolLM2's vocabulary), scripted to answer "Hello there" and stop with
-    <|eot_id|>: `auto` trains it on TRL's training variant of that template, and the merged
-    model renders prompts as the base did and stops on <|eot_id|>."""
+@pytest.mark.parametrize("template", ["llama-3 (TRL's copy)",
+                                      "meta-llama-Llama-3.2-3B-Instruct.jinja"])
+def test_a_llama3_model_trains_and_stops_on_eot(template, tmp_path):
+    """A model of Llama 3's chat format (Meta-Llama-3-Instruct's template as TRL keeps it, or
+    Llama 3.2's real one; its control tokens on SmolLM2's vocabulary), scripted to answer
+    "Hello there" and stop with <|eot_id|>: `auto` trains it on TRL's training variant of
+    the template, or on the model's own with markers added, and the merged model renders
+    prompts as the base did and stops on <|eot_id|>."""
     from transformers import AutoTokenizer, GenerationConfig
 
     from tests.evaluator import models
-    from tests.trainer_service.test_chat_format import family_tokenizer
+    from tests.trainer_service.test_chat_format import family_tokenizer, llama3x_tokenizer
 
-    tokenizer = family_tokenizer("llama-3")
+    trl = template.startswith("llama-3 ")
+    tokenizer = family_tokenizer("llama-3") if trl else llama3x_tokenizer(template)
+    source = "trl" if trl else "model+markers"
     base = models.scripted_model(
         tokenizer, tmp_path / "llama3", models.chain_of(tokenizer, "Hello there", "<|eot_id|>",
                                                         prompt_end="\n\n"),
@@ -292,19 +297,21 @@ def test_a_llama3_model_trains_on_trls_template_and_stops_on_eot(tmp_path):
     done = train_run(str(spec(tmp_path / "spec.yaml", base, data, "quantization: none\n")),
                      "--out", "run", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "preflight: template trl, end of turn <|eot_id|>" in done.stdout + done.stderr
+    assert f"preflight: template {source}, end of turn <|eot_id|>" in done.stdout + done.stderr
     run = tmp_path / "run"
     state = json.loads((run / "run.json").read_text())
     assert state["status"] == "succeeded" and state["global_step"] == 3
     preflight = json.loads((run / "preflight.json").read_text())
-    assert (preflight["template_source"], preflight["end_of_turn_token"]) == ("trl", "<|eot_id|>")
+    assert (preflight["template_source"], preflight["end_of_turn_token"]) == (source,
+                                                                              "<|eot_id|>")
     assert "[[The capital of France is Paris.<|eot_id|>]]" in preflight["sample"]
     merged = AutoTokenizer.from_pretrained(run / "merged")
     prompt = [{"role": "user", "content": "Hi"}]
-    assert (merged.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
-            == tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
-            == "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>"
-               "<|start_header_id|>assistant<|end_header_id|>\n\n")
+    rendered = merged.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+    assert rendered == tokenizer.apply_chat_template(prompt, tokenize=False,
+                                                     add_generation_prompt=True)
+    assert rendered.endswith("<|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>"
+                             "<|start_header_id|>assistant<|end_header_id|>\n\n")
     eot = tokenizer.convert_tokens_to_ids("<|eot_id|>")
     eos = GenerationConfig.from_pretrained(run / "merged").eos_token_id
     assert eot in (eos if isinstance(eos, list) else [eos])

@@ -170,18 +170,20 @@ def resolve_template(tokenizer, spec: str = "auto", check: bool = True) -> ChatT
     chatml_model = (_is_chatml(model_template) if model_template
                     else CHATML_START in vocab and CHATML_END in vocab)
     if spec == "auto" and not chatml_model:
-        trl_text = _trl_training_template(tokenizer) if model_template else None
-        if trl_text is None:
+        source, text = "trl", _trl_training_template(tokenizer) if model_template else None
+        if text is None and model_template:
+            source, text = "model+markers", llama3_markers(model_template)
+        if text is None:
             raise ChatFormatError(
                 "template_unsupported", "the model's chat template has no {% generation %} "
-                "markers, is not ChatML, and TRL has no training variant of it, so tunesmith "
-                "cannot tell which tokens are the assistant's.",
+                "markers, is not ChatML, and neither TRL nor tunesmith has a training variant "
+                "of it, so tunesmith cannot tell which tokens are the assistant's.",
                 fix="pass chat_template: path/to/template.jinja, a copy of the model's template "
                     "with {% generation %}...{% endgeneration %} around each assistant reply and "
                     "its end-of-turn token")
-        template = _from_text(trl_text, "trl", tokenizer)
+        template = _from_text(text, source, tokenizer)
         if check:
-            check_renders_like(tokenizer, template.text, model_template)
+            check_renders_like(tokenizer, template.text, model_template, calls=True)
         return template
     if CHATML_START not in vocab or CHATML_END not in vocab:
         raise ChatFormatError("chatml_tokens_missing", "the tokenizer has no <|im_start|>/<|im_end|> "
@@ -206,17 +208,72 @@ def _trl_training_template(tokenizer) -> str | None:
         return None
 
 
-def check_renders_like(tokenizer, ours: str, theirs: str) -> None:
-    """Raise unless `ours` renders the probe conversations exactly like `theirs`."""
-    for messages in _PROBES:
+_CALL_PROBE = [{"role": "user", "content": "Weather in Kyoto?"},
+               {"role": "assistant", "content": "", "tool_calls": [{
+                   "type": "function", "id": "call_1",
+                   "function": {"name": "get_weather", "arguments": {"city": "Kyoto"}}}]},
+               {"role": "tool", "tool_call_id": "call_1", "content": "{\"sky\": \"sunny\"}"},
+               {"role": "user", "content": "And tomorrow?"}]
+_CALL_TOOLS = [{"type": "function", "function": {
+    "name": "get_weather", "description": "Weather for a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                   "required": ["city"]}}}]
+
+
+# Llama 3.1-3.3's template (Meta's, as the models ship it) renders every plain turn, the
+# assistant's included, in one expression, and a tool call in a branch of its own. Markers
+# are added to the model's own text: that expression is split by role, and the tool-call
+# branch wrapped after its header. resolve_template then checks the result renders prompts
+# (tool calls included) exactly as the model's own does.
+_LLAMA3_TURN = ("{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n'+ "
+                "message['content'] | trim + '<|eot_id|>' }}")
+_LLAMA3_MARKED_TURN = (
+    "{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' }}"
+    "{%- if message['role'] == 'assistant' %}{%- generation %}"
+    "{{- message['content'] | trim + '<|eot_id|>' }}{%- endgeneration %}"
+    "{%- else %}{{- message['content'] | trim + '<|eot_id|>' }}{%- endif %}")
+_LLAMA3_HEADER = "{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' -}}"
+_LLAMA3_CALL = "{%- set tool_call = message.tool_calls[0].function %}"
+_LLAMA3_AFTER_CALL = '{%- elif message.role == "tool" or message.role == "ipython" %}'
+
+
+def llama3_markers(template: str) -> str | None:
+    """Llama 3.1-3.3's template with `{% generation %}` markers around each assistant reply
+    and tool call (through its <|eot_id|>), or None when `template` is not of that shape."""
+    if any(template.count(part) != 1 for part in (_LLAMA3_TURN, _LLAMA3_CALL,
+                                                  _LLAMA3_AFTER_CALL)):
+        return None
+    start = template.index(_LLAMA3_CALL) + len(_LLAMA3_CALL)
+    end = template.index(_LLAMA3_AFTER_CALL)
+    call = template[start:end]
+    if start > end or _LLAMA3_HEADER not in call:
+        return None
+    # the header first, once, then the call's own text (which each of its branches began with
+    # that header) inside the markers
+    marked = (template[:start] + _LLAMA3_HEADER + "{%- generation %}"
+              + call.replace(_LLAMA3_HEADER, "") + "{%- endgeneration %}" + template[end:])
+    return marked.replace(_LLAMA3_TURN, _LLAMA3_MARKED_TURN)
+
+
+def check_renders_like(tokenizer, ours: str, theirs: str, calls: bool = False) -> None:
+    """Raise unless `ours` renders the probe conversations exactly like `theirs` (with
+    `calls`, also a conversation with a tool call and tool definitions)."""
+    probes = [(m, None) for m in _PROBES] + ([(_CALL_PROBE, _CALL_TOOLS)] if calls else [])
+    for messages, tools in probes:
         for gen in (True, False):
             if gen and messages[-1]["role"] == "assistant":
                 continue
             try:
-                expected = _render(tokenizer, messages, theirs, add_generation_prompt=gen)
+                expected = _render(tokenizer, messages, theirs, gen, tools)
             except Exception:  # the model's template rejects this shape: nothing to compare
                 continue
-            got = _render(tokenizer, messages, ours, add_generation_prompt=gen)
+            try:
+                got = _render(tokenizer, messages, ours, gen, tools)
+            except Exception as err:
+                raise ChatFormatError(
+                    "template_mismatch", f"the training template fails on a conversation the "
+                    f"model's own renders: {err}", fix="pass chat_template: path/to/template.jinja, "
+                    "the model's own template with {% generation %} markers added") from err
             if got != expected:
                 at = next((i for i, (a, b) in enumerate(zip(got, expected)) if a != b),
                           min(len(got), len(expected)))
