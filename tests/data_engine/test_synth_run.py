@@ -178,8 +178,11 @@ def test_a_generator_reports_its_replies_while_it_runs(ray_local, smollm2_dir, t
     assert len(heard) >= 3 and {name for name, _ in heard} == {"evol"}
     done = [counts["done"] for _, counts in heard]
     assert done == sorted(done) and done[-1] > done[0]
-    # The rewrites (4 seeds), then the answers of the rewrites that passed: 2 calls.
-    assert all(0 <= c["done"] <= c["asked"] <= 8 and 1 <= c["calls"] <= 2 for _, c in heard)
+    # The rewrites (4 seeds), then the answers of the rewrites that passed: 2 calls. A poll
+    # can land before the first (the generator still writing its prompts): nothing asked yet.
+    assert all(0 <= c["done"] <= c["asked"] <= 8 and 0 <= c["calls"] <= 2
+               and (c["calls"] or not c["asked"]) for _, c in heard)
+    assert max(c["calls"] for _, c in heard) >= 1
     assert ray.get(worker.progress.remote()) is None  # no generator runs now
 
 
