@@ -87,6 +87,30 @@ def test_wrong_eos_fails_and_align_stop_tokens_fixes_it():
     assert run_preflight(**qwen_args(tokenizer=tok, generation_config=config)).eos_token == "<|im_end|>"
 
 
+def test_gemmas_eos_is_not_its_end_of_turn_and_the_fix_names_the_token():
+    """Gemma ships eos <eos>, ends turns with <end_of_turn> (its generation config lists
+    both): preflight names the setting that makes the saved tokenizer stop on the turn."""
+    from transformers import LlamaConfig
+
+    from tests.trainer_service.test_chat_format import family_tokenizer
+
+    tok = family_tokenizer("gemma-2")
+    rows = [{"id": "a", "messages": MULTI_TURN}]
+    eot = tok.convert_tokens_to_ids("<end_of_turn>")
+    args = dict(tokenizer=tok, model_config_or_model=LlamaConfig(vocab_size=len(tok)),
+                train_rows=rows, validation_rows=rows, template=resolve_template(tok),
+                loss_on="all_assistant", max_seq_len=512,
+                generation_config=gen_config(tok.convert_tokens_to_ids("<eos>"), eot))
+    with pytest.raises(PreflightError) as err:
+        run_preflight(**args)
+    assert err.value.code == "eos_not_end_of_turn"
+    assert '"eos_token": "<end_of_turn>"' in err.value.fix
+    tok.eos_token = "<end_of_turn>"
+    report = run_preflight(**args)
+    assert (report.template_source, report.end_of_turn_id) == ("trl", eot)
+    assert "[[京都移住一年目<end_of_turn>]]" in report.sample
+
+
 def test_generation_config_without_end_of_turn_fails():
     with pytest.raises(PreflightError) as err:
         run_preflight(**qwen_args(generation_config=gen_config(151643)))

@@ -346,8 +346,10 @@ def run_preflight(tokenizer, model_config_or_model, train_rows, validation_rows,
     if tokenizer.eos_token != eot:
         raise PreflightError(
             "eos_not_end_of_turn", f"the tokenizer's eos is {tokenizer.eos_token!r} but turns end "
-            f"with {eot!r}; inference would not stop at the end of a reply", "tokenizer.eos_token",
-            f"set tokenizer.eos_token = {eot!r} before training and saving "
+            f"with {eot!r}; a runtime that stops on the tokenizer's eos (a GGUF takes it from "
+            "tokenizer_config.json) would not stop at the end of a reply", "tokenizer.eos_token",
+            f'set "eos_token": {json.dumps(eot)} in tokenizer_config.json of (a copy of) the '
+            f"base model's folder, or tokenizer.eos_token = {eot!r} in code "
             "(chat_format.align_stop_tokens does it)")
     is_model = hasattr(model_config_or_model, "get_input_embeddings")
     if generation_config is None:
