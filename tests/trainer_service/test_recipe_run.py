@@ -318,3 +318,15 @@ def test_a_llama3_model_trains_and_stops_on_eot(template, tmp_path):
     sanity = json.loads((run / "verify.json").read_text())["sanity"]
     assert sanity["stop_rate"] == 1.0 and sanity["degenerate"] == 0
     assert {s["output"] for s in sanity["samples"]} == {"Hello there"}
+    if trl:
+        return
+    # Llama 3.2's template with markers in the merged folder: llama.cpp's F16 GGUF stops on
+    # <|eot_id|>, tokenizes and renders chat prompts as the merged model does
+    done = subprocess.run([CLI, "export", "gguf", "run", "--types", "f16"], capture_output=True,
+                          text=True, cwd=tmp_path, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    [stage] = json.loads((run / "gguf" / "export.json").read_text())["stages"]
+    checks = {c["name"]: c for c in stage["checks"]}
+    assert all(c["ok"] for c in checks.values()), checks
+    assert checks["eos"]["gguf"]["token"] == "<|eot_id|>"
+    assert checks["chat_prompt"]["mismatched"] == 0 and checks["chat_prompt"]["prompts"] >= 4
