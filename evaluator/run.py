@@ -123,6 +123,7 @@ def evaluate_side(target: Target, rows: list[EvalRow], options: EvalOptions,
 
     from data_engine.config import CleanConfig
     from evaluator import perplexity, toolcalls, usability
+    from trainer_service.recipe.chat_format import call_format
 
     with served(target, options, log) as (base_url, name, folder):
         target.served_name = name
@@ -153,7 +154,8 @@ def evaluate_side(target: Target, rows: list[EvalRow], options: EvalOptions,
             gens = usability.generate(base_url, name, probes, budget, options.concurrency)
             call_replies = [usability.judge_reply(probe, gen, repetition)
                             for probe, gen in zip(probes, gens)]
-        calls = toolcalls.summarize(probes, call_replies, rows, replies)
+        calls = toolcalls.summarize(probes, call_replies, rows, replies,
+                                    call_format(tokenizer, tokenizer.chat_template))
         if probes:
             log(f"{target.label}: {calls['exact']}/{calls['calls']} tool calls made as the data "
                 f"makes them ({time.monotonic() - started:.1f} s)")

@@ -2,11 +2,13 @@
 
 Every assistant turn that calls tools is a probe (`data.call_probes`): the model is asked
 the turns before it, with the row's tools, and `tool_choice: none`, so a model that learned
-to call answers in the text its template trained: Hermes-style blocks, `<tool_call>\\n{"name": ..., "arguments":
-{...}}\\n</tool_call>`, as our ChatML template and Qwen's render calls (and as vLLM's
-`hermes` tool parser reads them back). Per reply to a probe:
+to call answers in the text its template trained. That text has the template's call format
+(`chat_format.call_format`, read from the model's own template): Hermes-style blocks,
+`<tool_call>\n{"name": ..., "arguments": {...}}\n</tool_call>`, as our ChatML template and
+Qwen's render calls (vLLM's `hermes` parser), or Llama 3.1-3.3's bare
+`{"name": ..., "parameters": {...}}` (vLLM's `llama3_json`). Per reply to a probe:
 
-- `call_parsed`: the reply holds at least one block, and every block is a JSON object with a
+- `call_parsed`: the reply holds at least one call, and every call is a JSON object with a
   string `name` (a client's parser rejects the whole reply otherwise);
 - `call_names`: the same function names as the expected calls, as a multiset (parallel calls
   in any order);
@@ -14,7 +16,7 @@ to call answers in the text its template trained: Hermes-style blocks, `<tool_ca
   order, spacing and 1 vs 1.0 do not matter).
 
 Rows that end with a text reply but offer tools are the other half: a reply holding a
-block there called a tool when it should have answered (`spurious`). The blocks are read by
+call there called a tool when it should have answered (`spurious`). Calls are read by
 `parse_tool_calls`, beside the template that renders them; the training job's sanity
 generation reads its held-out calls the same way.
 """
@@ -24,7 +26,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from evaluator.data import EvalRow
-from trainer_service.recipe.chat_format import TOOL_CALL_BLOCK, call_arguments
+from trainer_service.recipe.chat_format import call_arguments, holds_call
 from trainer_service.recipe.chat_format import parse_tool_calls as parse_calls
 
 Call = tuple[str, Any]  # (function name, arguments as parsed JSON, or their text)
@@ -68,32 +70,33 @@ def _matched(expected: list[Call], made: list[Call], arguments: bool) -> bool:
     return True
 
 
-def score_call(probe: EvalRow, reply: dict[str, Any]) -> None:
-    """Writes a call probe's reply's `call_parsed`, `call_names` and `call_exact`."""
-    made = parse_calls(reply["output"]) if reply["error"] is None else None
+def score_call(probe: EvalRow, reply: dict[str, Any], fmt: str = "hermes") -> None:
+    """Writes a call probe's reply's `call_parsed`, `call_names` and `call_exact`, reading
+    calls in the template's format `fmt` (`chat_format.call_format`)."""
+    made = parse_calls(reply["output"], fmt) if reply["error"] is None else None
     expected = expected_calls(probe) or []
     reply["call_parsed"] = made is not None
     reply["call_names"] = made is not None and _matched(expected, made, arguments=False)
     reply["call_exact"] = made is not None and _matched(expected, made, arguments=True)
 
 
-def called(reply: dict[str, Any]) -> bool:
-    """The reply holds a `<tool_call>` block."""
-    return reply["error"] is None and TOOL_CALL_BLOCK.search(reply["output"]) is not None
+def called(reply: dict[str, Any], fmt: str = "hermes") -> bool:
+    """The reply calls a tool: a `<tool_call>` block, or a Llama 3.1 call object."""
+    return reply["error"] is None and holds_call(reply["output"], fmt)
 
 
 def summarize(probes: Sequence[EvalRow], probe_replies: Sequence[dict[str, Any]],
-              rows: Sequence[EvalRow], replies: Sequence[dict[str, Any]]
-              ) -> dict[str, Any] | None:
+              rows: Sequence[EvalRow], replies: Sequence[dict[str, Any]],
+              fmt: str = "hermes") -> dict[str, Any] | None:
     """Scores the replies to the call probes (`data.call_probes`) and marks the rows'
     replies that call (`called`); the side's summary, or None when the rows hold no call
     and offer no tools. `rate` is the exact-call rate over the probes (a failed request
     counts as a miss); `spurious` counts calls in replies to rows that offer tools but
-    answer in text."""
+    answer in text. `fmt` is the model's call format (`chat_format.call_format`)."""
     for probe, reply in zip(probes, probe_replies):
-        score_call(probe, reply)
+        score_call(probe, reply, fmt)
     for reply in replies:
-        reply["called"] = called(reply)
+        reply["called"] = called(reply, fmt)
     answering = [r for row, r in zip(rows, replies)
                  if row.tools and row.reference is not None]
     if not probes and not answering:
@@ -102,4 +105,5 @@ def summarize(probes: Sequence[EvalRow], probe_replies: Sequence[dict[str, Any]]
     return {"rate": exact / len(probes) if probes else None, "calls": len(probes),
             "parsed": sum(r["call_parsed"] for r in probe_replies),
             "names": sum(r["call_names"] for r in probe_replies), "exact": exact,
-            "answer_rows": len(answering), "spurious": sum(r["called"] for r in answering)}
+            "answer_rows": len(answering), "spurious": sum(r["called"] for r in answering),
+            "format": fmt}

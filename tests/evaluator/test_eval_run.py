@@ -132,7 +132,8 @@ def test_eval_with_baseline_and_judge(polite_model_dir, looping_model_dir, smoll
     # "Hello there" makes no call: both call turns are misses, and the rows that answer in
     # text (tool-1's final reply, tool-2) got no false call
     assert metrics["tool_calls"]["model"] == {"rate": 0.0, "calls": 2, "parsed": 0, "names": 0,
-                                              "exact": 0, "answer_rows": 2, "spurious": 0}
+                                              "exact": 0, "answer_rows": 2, "spurious": 0,
+                                              "format": "hermes"}
     assert metrics["tool_calls"]["baseline"]["exact"] == 0
     probed = [json.loads(line) for line in (out / "calls.jsonl").read_text().splitlines()]
     assert [c["id"] for c in probed] == ["tool-1#call1", "tool-3#call1"]

@@ -126,7 +126,30 @@ def test_exact_names_parsed_and_spurious_are_counted_per_reply():
                                                          True]
     assert [r["called"] for r in replies] == [True, False, True]
     assert summary == {"rate": 2 / 7, "calls": 7, "parsed": 5, "names": 4, "exact": 2,
-                       "answer_rows": 2, "spurious": 1}
+                       "answer_rows": 2, "spurious": 1, "format": "hermes"}
+
+
+def test_llama3_json_calls_are_read_in_their_own_format():
+    """Llama 3.1-3.3 write a call as the bare turn {"name", "parameters"}: read as such, a
+    JSON answer without "parameters" is no call, and a <tool_call> block is no Llama call."""
+    kyoto = ("get_weather", {"city": "Kyoto", "days": 3})
+    probes = [_calling(kyoto)] * 4
+    probe_replies = [
+        _reply('{"name": "get_weather", "parameters": {"days": 3, "city": "Kyoto"}}'),
+        _reply('<|python_tag|>{"name": "get_weather", "parameters": {"city": "Kyoto", '
+               '"days": 4}}'),
+        _reply(_block(*kyoto)),  # hermes: not what this model's template trains
+        _reply('{"name": "get_weather", "parameters": {"city": "Kyoto"}} Let me check.'),
+    ]
+    rows = [_answering(), _answering()]
+    replies = [_reply('{"name": "Kyoto", "population": 1460000}'),  # a JSON answer
+               _reply('{"name": "get_weather", "parameters": {"city": "Kyoto"}}')]
+    summary = summarize(probes, probe_replies, rows, replies, "llama3_json")
+    assert [r["call_parsed"] for r in probe_replies] == [True, True, False, False]
+    assert [r["call_exact"] for r in probe_replies] == [True, False, False, False]
+    assert [r["called"] for r in replies] == [False, True]
+    assert (summary["exact"], summary["parsed"], summary["spurious"], summary["format"]) == (
+        1, 2, 1, "llama3_json")
 
 
 def test_one_call_more_or_less_is_not_the_same_calls():

@@ -465,6 +465,18 @@ def test_llama_3x_tool_calls_are_compared_with_the_models_rendering():
     assert err.value.code == "template_mismatch"
 
 
+def test_the_call_format_is_read_from_the_template():
+    from trainer_service.recipe.chat_format import call_format
+
+    assert call_format(qwen_tokenizer(), qwen_tokenizer().chat_template) == "hermes"
+    tok = llama3x_tokenizer(LLAMA_3X[0])
+    assert call_format(tok, tok.chat_template) == "llama3_json"
+    assert call_format(tok, resolve_template(tok, "auto").text) == "llama3_json"
+    # a template that renders no calls (Gemma's refuses tool turns): the default
+    gemma = family_tokenizer("gemma-2")
+    assert call_format(gemma, gemma.chat_template) == "hermes"
+
+
 def test_a_template_nobody_has_a_training_variant_of_is_refused_with_the_fix():
     tok = family_tokenizer("llama-3")
     tok.chat_template = llama_cpp_template("mistralai-Mistral-Nemo-Instruct-2407.jinja")

@@ -335,10 +335,38 @@ def call_arguments(value: Any) -> Any:
     return {} if value is None else value
 
 
-def parse_tool_calls(text: str) -> list[tuple[str, Any]] | None:
-    """(name, arguments) of each `<tool_call>` block in generated text; None when it has
-    none, or when any block is not a JSON object with a string `name` (a client's parser
-    rejects the whole reply then)."""
+CALL_FORMATS = ("hermes", "llama3_json")
+_PYTHON_TAG = "<|python_tag|>"
+
+
+def call_format(tokenizer, template: str | None) -> str:
+    """How `template` writes a tool call, read from a rendered one: "llama3_json" (the turn
+    is a bare {"name": ..., "parameters": {...}} object: Llama 3.1-3.3, vLLM's `llama3_json`
+    parser) or "hermes" (`<tool_call>` blocks: our ChatML, Qwen; vLLM's `hermes`), the
+    default for templates that render no calls."""
+    try:
+        text = _render(tokenizer, _CALL_PROBE[:2], template, False, _CALL_TOOLS)
+    except Exception:  # a template without tool calls
+        return "hermes"
+    if "<tool_call>" not in text and '{"name": "get_weather", "parameters": ' in text:
+        return "llama3_json"
+    return "hermes"
+
+
+def holds_call(text: str, fmt: str = "hermes") -> bool:
+    """Whether generated text calls a tool: a `<tool_call>` block, broken or not (hermes);
+    a parseable call object (llama3_json, whose calls have no wrapper to find)."""
+    if fmt == "llama3_json":
+        return parse_tool_calls(text, fmt) is not None
+    return TOOL_CALL_BLOCK.search(text or "") is not None
+
+
+def parse_tool_calls(text: str, fmt: str = "hermes") -> list[tuple[str, Any]] | None:
+    """(name, arguments) of each call in generated text, in the template's `fmt`
+    (`call_format`); None when it has none, or when any is not a JSON object with a string
+    `name` (a client's parser rejects the whole reply then)."""
+    if fmt == "llama3_json":
+        return _llama3_calls(text)
     blocks = TOOL_CALL_BLOCK.findall(text or "")
     if not blocks:
         return None
@@ -352,6 +380,30 @@ def parse_tool_calls(text: str) -> list[tuple[str, Any]] | None:
             return None
         calls.append((value["name"], call_arguments(value.get("arguments"))))
     return calls
+
+def _llama3_calls(text: str) -> list[tuple[str, Any]] | None:
+    """Llama 3.1's JSON calls: the whole reply is one {"name", "parameters"} object, or
+    several separated by ';' (as vLLM's llama3_json parser reads them), after an optional
+    <|python_tag|>. A reply that is anything else, a JSON answer without "parameters"
+    included, is not a call."""
+    body = (text or "").strip().removeprefix(_PYTHON_TAG).strip()
+    decoder, at, calls = json.JSONDecoder(), 0, []
+    while at < len(body):
+        try:
+            value, at = decoder.raw_decode(body, at)
+        except ValueError:
+            return None
+        if not (isinstance(value, dict) and isinstance(value.get("name"), str)
+                and ("parameters" in value or "arguments" in value)):
+            return None
+        args = value["parameters"] if "parameters" in value else value["arguments"]
+        calls.append((value["name"], call_arguments(args)))
+        rest = body[at:].lstrip()
+        if rest.startswith(";"):
+            rest = rest[1:].lstrip()
+        at = len(body) - len(rest)
+    return calls or None
+
 
 def renders_tools(tokenizer, template: ChatTemplate, messages: list[dict[str, Any]],
                   tools: list[dict[str, Any]]) -> bool:

@@ -26,7 +26,8 @@ from typing import Sequence
 
 from data_engine.config import RepetitionConfig
 from data_engine.filters.repetition import is_degenerate
-from trainer_service.recipe.chat_format import normalize_messages, parse_tool_calls, row_parts
+from trainer_service.recipe.chat_format import (call_format, normalize_messages,
+                                                parse_tool_calls, row_parts)
 from trainer_service.recipe.errors import VerifyError
 
 ADAPTER_DIR = "adapter"
@@ -322,9 +323,11 @@ class SanityReport:
     base_degenerate: int | None = None
     device: str = "cpu"
     dtype: str = "float32"
-    # held-out rows ending with a tool call, and the outputs there with parseable calls
+    # held-out rows ending with a tool call, and the outputs there with parseable calls in
+    # the template's call format (`chat_format.call_format`)
     call_rows: int = 0
     calls_parsed: int = 0
+    call_format: str = "hermes"
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -334,8 +337,10 @@ class SanityReport:
         """A warning when outputs that should call a tool hold no parseable call."""
         if self.calls_parsed >= self.call_rows:
             return None
+        form = ("<tool_call> block" if self.call_format == "hermes"
+                else f"call ({self.call_format})")
         return (f"{self.call_rows - self.calls_parsed} of {self.call_rows} held-out prompts "
-                "that end with a tool call got no parseable <tool_call> block from the merged "
+                f"that end with a tool call got no parseable {form} from the merged "
                 "model (verify.json sanity.samples, call_parsed): it may answer in text or "
                 "break the call's JSON where a client expects a call")
 
@@ -351,8 +356,9 @@ def sanity_generate(model_dir: str | Path, prompts: Sequence, tokenizer, end_of_
 
     A conversation ending with an assistant turn (a held-out row) is cut before that turn.
     A prompt given as `{"messages", "tools", "calls"}` whose `calls` are set was cut before
-    a tool call: its output is checked for parseable `<tool_call>` blocks (`call_rows`,
-    `calls_parsed`; a warning for the run, not a failure).
+    a tool call: its output is checked for a parseable call in the template's format
+    (`<tool_call>` blocks, or Llama 3.1's JSON: `call_format`; `call_rows`, `calls_parsed`;
+    a warning for the run, not a failure).
     A sample stops when it emits ``end_of_turn`` within ``max_new_tokens``; any other stop
     token does not count (it is what the founding failure's server never saw). Raises
     `VerifyError` `degenerate` when any output loops (the data engine's detector; checked
@@ -389,9 +395,10 @@ def sanity_generate(model_dir: str | Path, prompts: Sequence, tokenizer, end_of_
     report.samples = _greedy(model_dir, convs, tokenizer, eot, max_new_tokens, repetition,
                              dtype, device)
     report.stop_rate, report.degenerate = _rates(report.samples)
+    report.call_format = call_format(tokenizer, tokenizer.chat_template)
     for prompt, sample in zip(prompts, report.samples):
         if isinstance(prompt, dict) and prompt.get("calls"):
-            sample.call_parsed = parse_tool_calls(sample.output) is not None
+            sample.call_parsed = parse_tool_calls(sample.output, report.call_format) is not None
             report.call_rows += 1
             report.calls_parsed += sample.call_parsed
     if report.degenerate:
