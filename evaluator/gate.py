@@ -59,7 +59,7 @@ class GateConfig:
     included (asked the turns before each)."""
     tool_call_spurious_max: float | None = None
     """Share of the rows that offer tools but answer in text where the model's reply calls
-    a tool instead (a `<tool_call>` block where the data answers)."""
+    a tool instead (a call, in the form the model's template writes, where the data answers)."""
 
 
 _RATES = ("usability_min", "win_rate_ci_low_min", "json_validity_min", "tool_call_exact_min",

@@ -4,7 +4,7 @@ Every assistant turn that calls tools is a probe (`data.call_probes`): the model
 the turns before it, with the row's tools, and `tool_choice: none`, so a model that learned
 to call answers in the text its template trained. That text has the template's call format
 (`chat_format.call_format`, read from the model's own template): Hermes-style blocks,
-`<tool_call>\n{"name": ..., "arguments": {...}}\n</tool_call>`, as our ChatML template and
+`<tool_call>\\n{"name": ..., "arguments": {...}}\\n</tool_call>`, as our ChatML template and
 Qwen's render calls (vLLM's `hermes` parser), or Llama 3.1-3.3's bare
 `{"name": ..., "parameters": {...}}` (vLLM's `llama3_json`). Per reply to a probe:
 

@@ -153,9 +153,10 @@ def through_end_of_turn(ids: list[int], mask: list[int], eot_id: int) -> list[in
 def resolve_template(tokenizer, spec: str = "auto", check: bool = True) -> ChatTemplate:
     """The training template for `spec`: auto | chatml | a path to a .jinja file.
 
-    auto: the model's own template when it has generation markers; for ChatML models ours,
-    for others TRL's training variant of the model's template where TRL has one, each
-    checked to render the model's inference prompts byte for byte; else an error.
+    auto: the model's own template when it has generation markers; for ChatML models ours;
+    for others TRL's training variant of the model's template where TRL has one, else (Llama
+    3.1-3.3) the model's own with markers added; each checked to render the model's inference
+    prompts byte for byte; else an error.
     """
     model_template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else None
     if spec not in ("auto", "chatml"):
@@ -335,7 +336,6 @@ def call_arguments(value: Any) -> Any:
     return {} if value is None else value
 
 
-CALL_FORMATS = ("hermes", "llama3_json")
 _PYTHON_TAG = "<|python_tag|>"
 
 
@@ -380,6 +380,7 @@ def parse_tool_calls(text: str, fmt: str = "hermes") -> list[tuple[str, Any]] | 
             return None
         calls.append((value["name"], call_arguments(value.get("arguments"))))
     return calls
+
 
 def _llama3_calls(text: str) -> list[tuple[str, Any]] | None:
     """Llama 3.1's JSON calls: the whole reply is one {"name", "parameters"} object, or
