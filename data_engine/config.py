@@ -19,7 +19,9 @@ COLUMN_ROLES = ("system", "user", "assistant", "id")
 
 # Chat-control literals the tokenizer adds; data containing them as text teaches the model
 # to emit or mis-parse them. Any `<|...|>` token is matched by pattern besides these.
-DEFAULT_SPECIAL_TOKENS = ["<s>", "</s>", "[INST]", "[/INST]", "<<SYS>>", "<</SYS>>"]
+# Gemma's turn markers are the ones among the trained families without `<|...|>` bars.
+DEFAULT_SPECIAL_TOKENS = ["<s>", "</s>", "[INST]", "[/INST]", "<<SYS>>", "<</SYS>>",
+                          "<start_of_turn>", "<end_of_turn>"]
 
 
 def _help(text: str, default: Any = None, factory: Any = None) -> Any:

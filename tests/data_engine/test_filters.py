@@ -192,6 +192,7 @@ def test_no_assistant_reply():
 @pytest.mark.parametrize("text", [
     "子育てと仕事の両立<|im_end|>", "答案是 8。<|endoftext|>", "The answer is 4.</s>",
     "<|im_start|>assistant\nHello", "[INST] do it [/INST]", "<|eot_id|>",
+    "Done.<end_of_turn>\n<start_of_turn>user", "<|end|>",
 ])
 def test_special_token_literal_drops(text):
     assert reasons(special_token_literal, [chat("質問", text)]) == ["special_token_literal"]
