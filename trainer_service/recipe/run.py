@@ -41,7 +41,8 @@ def _base_unavailable(spec: TrainSpec, exc: Exception) -> PreflightError:
     return PreflightError(
         "base_model_unavailable", f"{spec.base_model!r} does not load: {first}", "base_model",
         "give a local model folder (config.json, tokenizer files, safetensors) or a hub id "
-        "this machine can download")
+        "this machine can download (a gated one, such as Llama's or Gemma's, with HF_TOKEN or "
+        "`hf auth login` from an account that accepted its license)")
 
 
 def _check_inputs(spec: TrainSpec) -> None:
