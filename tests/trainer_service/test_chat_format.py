@@ -477,6 +477,19 @@ def test_the_call_format_is_read_from_the_template():
     assert call_format(gemma, gemma.chat_template) == "hermes"
 
 
+def test_a_base_model_without_any_template_is_told_to_bring_one():
+    """A tokenizer with no chat template and no ChatML tokens (MiniLM's WordPiece)."""
+    from transformers import AutoTokenizer
+
+    from data_engine.synth.embed import model_dir
+
+    tok = AutoTokenizer.from_pretrained(model_dir())
+    assert tok.chat_template is None
+    with pytest.raises(ChatFormatError) as err:
+        resolve_template(tok, "auto")
+    assert err.value.code == "no_chat_template" and "no chat template" in err.value.message
+
+
 def test_a_template_nobody_has_a_training_variant_of_is_refused_with_the_fix():
     tok = family_tokenizer("llama-3")
     tok.chat_template = llama_cpp_template("mistralai-Mistral-Nemo-Instruct-2407.jinja")
