@@ -134,8 +134,9 @@ def _bench_numbers(path: Path) -> dict[str, Any]:
                "tokens_per_s": {"recipe": recipe["tokens_per_s"],
                                 "padded": padded["tokens_per_s"]},
                "attention": recipe["attention"]}
-    if "mfu" in recipe:
-        numbers["mfu"] = {"recipe": recipe["mfu"], "padded": padded["mfu"]}
+    for key in ("mfu", "mfu_lora"):
+        if key in recipe:
+            numbers[key] = {"recipe": recipe[key], "padded": padded[key]}
     return numbers
 
 
@@ -148,7 +149,7 @@ def summarize(records: list[dict[str, Any]]) -> list[str]:
         elif "error" in r:
             lines.append(head + f"{r['error']} (see {r['log']})")
         else:
-            mfu = r.get("mfu")
+            mfu, lora = r.get("mfu"), r.get("mfu_lora")
             lines.append(
                 head + f"recipe {r['tokens_per_s']['recipe']:,.0f} vs padded "
                 f"{r['tokens_per_s']['padded']:,.0f} tokens/s = {r['ratio']:.2f}x "
@@ -157,6 +158,7 @@ def summarize(records: list[dict[str, Any]]) -> list[str]:
                 f"({'meets' if r['packing_efficiency'] >= PACKING_TARGET else 'misses'} "
                 f"{PACKING_TARGET}); "
                 + (f"MFU {mfu['recipe']:.1%} vs {mfu['padded']:.1%}" if mfu else "MFU n/a")
+                + (f" (4N+6n: {lora['recipe']:.1%} vs {lora['padded']:.1%})" if lora else "")
                 + f"; {r['quantization']}, {r['attention']}")
     return lines
 

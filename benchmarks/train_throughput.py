@@ -34,7 +34,8 @@ and real tokens per step, packing efficiency (real tokens / token slots: for the
 side the slots are batch x longest row; for the recipe, blocks x max-seq-len, i.e. how full
 the BFD bins are; being padding-free, the recipe computes on real tokens only), peak memory
 (process RSS on CPU, CUDA max allocated on GPU), the last train loss, and the ratio
-recipe / padded of steady tokens/s. On GPU also MFU (6 x params x tokens/s / --peak-tflops).
+recipe / padded of steady tokens/s. On GPU also MFU (6 x params x tokens/s / --peak-tflops,
+the convention, and 4N + 6n for LoRA's frozen base: `lora_flops`).
 `results.json` in the workdir holds the same numbers.
 
 Note: bitsandbytes 4-bit on CPU is very slow (dequantizing every layer each step), so the
@@ -253,6 +254,7 @@ def run_side(side: str, args: argparse.Namespace, out_path: Path) -> None:
                           callbacks=[Timer()])
         block_fill, blocks = None, len(ds)
     trainer.remove_callback(PrinterCallback)
+    trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     base = trainer.model.get_base_model() if hasattr(trainer.model, "get_base_model") \
         else trainer.model
     base.register_forward_pre_hook(count, with_kwargs=True)
@@ -276,7 +278,8 @@ def run_side(side: str, args: argparse.Namespace, out_path: Path) -> None:
         "padded_slots_total": (counts["slots"] if side == "padded"
                                else None),
         "block_fill": block_fill, "train_items": blocks, "train_rows": len(ds),
-        "params": params, "last_loss": losses[-1] if losses else None, "attention": attention,
+        "params": params, "trainable_params": trainable,
+        "last_loss": losses[-1] if losses else None, "attention": attention,
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         "rss_after_load_bytes": rss_loaded,
         "cuda_max_allocated_bytes": torch.cuda.max_memory_allocated() if cuda else None,
@@ -315,9 +318,19 @@ def _combine(runs: list[dict[str, Any]], batch: int, max_seq_len: int) -> dict[s
                                      if runs[0]["cuda_max_allocated_bytes"] is not None else None),
         "last_loss": [r["last_loss"] for r in runs],
         "load_before": [r["load_before"] for r in runs],
-        "params": runs[0]["params"], "device": runs[0]["device"],
+        "params": runs[0]["params"], "trainable_params": runs[0]["trainable_params"],
+        "device": runs[0]["device"],
         "attention": runs[0]["attention"],
     }
+
+
+def lora_flops(side: dict[str, Any]) -> float:
+    """Model FLOPs per trained token with a frozen base of N parameters and n trainable
+    (LoRA) ones: forward 2N + 2n, backward 2N for the activations' gradients alone (a frozen
+    weight gets none) + 4n. The usual 6N counts weight gradients the base never computes,
+    so its MFU reads 1.5x high for LoRA; both are printed. Attention's own FLOPs and
+    gradient checkpointing's recomputation are left out of both, as MFU conventionally does."""
+    return 4 * side["params"] + 6 * side["trainable_params"]
 
 
 def print_report(results: dict[str, Any]) -> None:
@@ -351,7 +364,9 @@ def print_report(results: dict[str, Any]) -> None:
     if sides["recipe"]["cuda_max_allocated_bytes"] is not None:
         row("CUDA max allocated (GiB)", get("cuda_max_allocated_bytes", lambda v: f"{v / GIB:.2f}"))
     if "mfu" in sides["recipe"]:
-        row(f"MFU (peak {results['peak_tflops']:g} TFLOPS)", get("mfu", lambda v: f"{v:.1%}"))
+        row(f"MFU, 6N (peak {results['peak_tflops']:g} TFLOPS)",
+            get("mfu", lambda v: f"{v:.1%}"))
+        row("MFU, 4N + 6n (LoRA: frozen base)", get("mfu_lora", lambda v: f"{v:.1%}"))
     row("last train loss", get("last_loss", lambda v: " / ".join(f"{x:.3f}" for x in v)))
     row("load average at start", get("load_before", lambda v: " / ".join(f"{x:.1f}" for x in v)))
     print(f"attention: recipe {sides['recipe']['attention']}; padded "
@@ -476,6 +491,7 @@ def main() -> None:
                 for s in SIDES:
                     side = results["sides"][s]
                     side["mfu"] = 6 * side["params"] * side["tokens_per_s"] / (peak * 1e12)
+                    side["mfu_lora"] = lora_flops(side) * side["tokens_per_s"] / (peak * 1e12)
         (workdir / "results.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
         print_report(results)
         print(f"results: {workdir / 'results.json'}" if args.workdir else
