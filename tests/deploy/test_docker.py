@@ -83,6 +83,9 @@ def test_dockerfile(path):
         assert "NVIDIA_DRIVER_CAPABILITIES" in env
     else:
         assert index == "https://download.pytorch.org/whl/cpu"
+        # the tested versions, as `make install` applies them
+        assert "-c /tmp/constraints.txt" in project_line
+        assert "/src/constraints.txt > /tmp/constraints.txt" in project_line
     users = [c.value[0] for c in commands if c.cmd == "USER"]
     assert users and users[-1].split(":")[0] not in ("root", "0"), "runs as root"
     exposed = {int(p.split("/")[0]) for c in commands if c.cmd == "EXPOSE" for p in c.value}
@@ -97,7 +100,10 @@ def test_dockerfile_copies_the_package_and_its_context_allows_it(path):
     for c in _parse(path):
         if c.cmd == "COPY" and not any(f.startswith("--from") for f in c.flags):
             copied.update(c.value[:-1])
-    assert copied == {*common.package_dirs(), "pyproject.toml", "README.md"}
+    expected = {*common.package_dirs(), "pyproject.toml", "README.md"}
+    if path.name.endswith("cpu"):  # the CUDA image resolves vLLM's own pins instead
+        expected.add("constraints.txt")
+    assert copied == expected
     for source in copied:
         assert (common.ROOT / source).exists(), source
     ignore = path.with_name(path.name + ".dockerignore")
