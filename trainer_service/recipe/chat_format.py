@@ -171,9 +171,6 @@ def resolve_template(tokenizer, spec: str = "auto", check: bool = True) -> ChatT
     chatml_model = (_is_chatml(model_template) if model_template
                     else CHATML_START in vocab and CHATML_END in vocab)
     if spec == "auto" and not chatml_model:
-        source, text = "trl", _trl_training_template(tokenizer) if model_template else None
-        if text is None and model_template:
-            source, text = "model+markers", llama3_markers(model_template)
         if model_template is None:
             raise ChatFormatError(
                 "no_chat_template", "the model's tokenizer has no chat template (a base model's "
@@ -181,6 +178,9 @@ def resolve_template(tokenizer, spec: str = "auto", check: bool = True) -> ChatT
                 "written for it", fix="pass chat_template: path/to/template.jinja, the format the "
                 "fine-tune should speak, with {% generation %}...{% endgeneration %} around each "
                 "assistant reply and its end-of-turn token (a token of this tokenizer)")
+        source, text = "trl", _trl_training_template(tokenizer)
+        if text is None:
+            source, text = "model+markers", llama3_markers(model_template)
         if text is None:
             raise ChatFormatError(
                 "template_unsupported", "the model's chat template has no {% generation %} "
