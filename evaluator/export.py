@@ -533,6 +533,9 @@ def _piece(llama_vocab, token: int) -> str:
 # rows
 
 
+BUILT_IN_PROBES = "built-in probes"
+
+
 def probe_rows() -> list[EvalRow]:
     return [to_row({"id": f"probe-{i}", "source": "probe",
                     "messages": [{"role": r, "content": c} for r, c in turns]}, f"probe:{i}")
@@ -565,7 +568,22 @@ def export_rows(run_dir: Path, data_dir: Path | None, limit: int
     if data_dir is not None:
         raise ExportError("data_not_found", f"{data_dir} has no test or validation rows "
                           "ending with an assistant turn", "data", bad_input=True)
-    return probe_rows()[:limit], "built-in probes"
+    return probe_rows()[:limit], BUILT_IN_PROBES
+
+
+def _probes_it_renders(tokenizer, rows: list[EvalRow]) -> list[EvalRow]:
+    """The built-in probes the model's template takes: Gemma's, for one, refuses the probe
+    with a system prompt (the run's own rows, when there are any, must all render)."""
+    from evaluator.perplexity import encode_rows
+
+    kept = []
+    for row in rows:
+        try:
+            encode_rows(tokenizer, [row])
+        except EvalError:
+            continue
+        kept.append(row)
+    return kept or rows  # none renders: let the encoding say why
 
 
 # ---------------------------------------------------------------------------------------------
@@ -649,6 +667,8 @@ def _export(merged: Path, out: Path, forms: list[str], limits: dict[str, Toleran
                                   " logits_all)"}
     eval_rows, source = eval_rows
     tokenizer = AutoTokenizer.from_pretrained(str(merged))
+    if source == BUILT_IN_PROBES:
+        eval_rows = _probes_it_renders(tokenizer, eval_rows)
     try:
         encoded = encode_rows(tokenizer, eval_rows)
     except EvalError as exc:

@@ -317,3 +317,16 @@ def test_a_merged_model_too_large_for_float32_is_scored_in_bfloat16(tiny_run, co
     assert f16["tolerance"] == {"max_ppl_ratio": 1.01, "max_mean_kl": 0.005,
                                 "min_same_top": 0.92}
     assert f16["ok"] and f16["scores"]["mean_kl"] > 1e-5  # bf16 compute shows, within bounds
+
+
+def test_built_in_probes_a_models_template_refuses_are_left_out():
+    """Gemma's template has no system role: its export scores the other probes, where the one
+    with a system prompt used to stop the whole export."""
+    from evaluator.export import _probes_it_renders, probe_rows
+    from tests.trainer_service.test_chat_format import family_tokenizer
+
+    probes = probe_rows()
+    kept = _probes_it_renders(family_tokenizer("gemma-2"), probes)
+    assert [r.id for r in kept] == [r.id for r in probes
+                                    if r.messages[0]["role"] != "system"]
+    assert len(kept) == len(probes) - 1
