@@ -323,8 +323,8 @@ def test_our_template_renders_like_qwen3s_own_thinking_included():
 
 
 # Non-ChatML families: the model's own template (a real one: llama.cpp's copy of the model's,
-# or TRL's copy of Meta-Llama-3-8B-Instruct's) on SmolLM2's vocabulary with the family's
-# control tokens added. `auto` takes TRL's training variant of it.
+# or TRL's copy of Meta-Llama-3-8B-Instruct's and Gemma 3's) on SmolLM2's vocabulary with
+# the family's control tokens added. `auto` takes TRL's training variant of it.
 FAMILIES = {
     "gemma-2": (("llama.cpp", "google-gemma-2-2b-it.jinja"),
                 ["<bos>", "<eos>", "<start_of_turn>", "<end_of_turn>"], "<bos>", "<eos>",
@@ -332,6 +332,9 @@ FAMILIES = {
     "phi-3.5": (("llama.cpp", "microsoft-Phi-3.5-mini-instruct.jinja"),
                 ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>", "<|endoftext|>"], None,
                 "<|endoftext|>", "<|end|>"),
+    "gemma-3": (("trl", "gemma3.jinja"),
+                ["<bos>", "<eos>", "<start_of_turn>", "<end_of_turn>", "<start_of_image>"],
+                "<bos>", "<eos>", "<end_of_turn>"),
     "llama-3": (("trl", "llama3.jinja"),
                 ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>",
                  "<|end_header_id|>", "<|eot_id|>"], "<|begin_of_text|>", "<|eot_id|>",
@@ -387,8 +390,8 @@ def test_auto_trains_non_chatml_models_with_trls_template(family):
     marked = tok.apply_chat_template(MULTI_TURN, chat_template=template.text, tokenize=True,
                                      return_dict=True, return_assistant_tokens_mask=True)
     kept = sum(encode_row(tok, template, MULTI_TURN).mask)
-    assert sum(marked["assistant_masks"]) - kept == {"gemma-2": 2, "phi-3.5": 3, "llama-3": 0}[
-        family]
+    assert sum(marked["assistant_masks"]) - kept == {"gemma-2": 2, "gemma-3": 2, "phi-3.5": 3,
+                                                     "llama-3": 0}[family]
 
 
 def test_end_of_turn_is_read_from_the_template():
