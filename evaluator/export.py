@@ -574,13 +574,17 @@ def export_rows(run_dir: Path, data_dir: Path | None, limit: int
 def _probes_it_renders(tokenizer, rows: list[EvalRow]) -> list[EvalRow]:
     """The built-in probes the model's template takes: Gemma's, for one, refuses the probe
     with a system prompt (the run's own rows, when there are any, must all render)."""
-    from evaluator.perplexity import encode_rows
+    from trainer_service.recipe.chat_format import ChatFormatError, encode_row, resolve_template
 
+    try:
+        template = resolve_template(tokenizer, "auto")  # once, not once per probe
+    except ChatFormatError:
+        return rows  # the encoding says why
     kept = []
     for row in rows:
         try:
-            encode_rows(tokenizer, [row])
-        except EvalError:
+            encode_row(tokenizer, template, row.messages, tools=row.tools)
+        except ChatFormatError:
             continue
         kept.append(row)
     return kept or rows  # none renders: let the encoding say why
