@@ -65,3 +65,32 @@ def test_every_element_is_commented(tmp_path):
         missing += [m.name for j, m in enumerate(service.method)
                     if (6, i, 2, j) not in commented]
     assert not missing, f"uncommented: {missing}"
+
+
+def test_job_spec_has_every_field_of_the_train_spec():
+    """A `train run` YAML spec submits to the service unchanged: each TrainSpec field, nested
+    ones too, is a JobSpec field of the same name (and only `resources` is service-only),
+    and a value set in YAML reaches the recipe's spec through the wire form."""
+    from dataclasses import fields, is_dataclass
+
+    from protos.tunesmith.training.v1 import training_pb2 as pb
+    from trainer_service.jobs.validate import spec_from_mapping, to_train_spec
+    from trainer_service.recipe.spec import TrainSpec
+
+    def missing(cls, descriptor, prefix=""):
+        out = []
+        for f in fields(cls):
+            proto = descriptor.fields_by_name.get(f.name)
+            if proto is None:
+                out.append(prefix + f.name)
+            elif isinstance(f.default_factory, type) and is_dataclass(f.default_factory):
+                out += missing(f.default_factory, proto.message_type, f"{prefix}{f.name}.")
+        return out
+
+    assert missing(TrainSpec, pb.JobSpec.DESCRIPTOR) == []
+    assert set(pb.JobSpec.DESCRIPTOR.fields_by_name) - {f.name for f in fields(TrainSpec)} \
+        == {"resources"}
+    recipe = to_train_spec(spec_from_mapping({"base_model": "m", "dataset": "d",
+                                              "align_eos": True,
+                                              "training": {"attention": "sdpa"}}))
+    assert recipe.align_eos and recipe.training.attention == "sdpa"

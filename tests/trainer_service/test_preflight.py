@@ -81,34 +81,48 @@ def test_wrong_eos_fails_and_align_stop_tokens_fixes_it():
     with pytest.raises(PreflightError) as err:
         run_preflight(**qwen_args(tokenizer=tok))
     assert err.value.code == "eos_not_end_of_turn" and err.value.field == "tokenizer.eos_token"
+    assert err.value.fix.startswith("set align_eos: true in the spec")
+    assert '"eos_token": "<|im_end|>"' in err.value.fix
     config = gen_config(151643)
     changes = align_stop_tokens(tok, config, resolve_template(tok))
     assert len(changes) == 2 and 151645 in config.eos_token_id
     assert run_preflight(**qwen_args(tokenizer=tok, generation_config=config)).eos_token == "<|im_end|>"
 
 
-def test_gemmas_eos_is_not_its_end_of_turn_and_the_fix_names_the_token():
-    """Gemma ships eos <eos>, ends turns with <end_of_turn> (its generation config lists
-    both): preflight names the setting that makes the saved tokenizer stop on the turn."""
+@pytest.mark.parametrize("family", ["gemma-2", "gemma-3", "phi-3.5"])
+def test_families_whose_eos_is_not_their_end_of_turn_pass_once_aligned(family):
+    """Gemma ships eos <eos> and ends turns with <end_of_turn>, Phi-3.5 <|endoftext|> and
+    <|end|>: preflight names the setting (the spec's align_eos, or the tokenizer_config.json
+    line); aligned, the same rows pass with the same masks, each reply supervised through
+    its end of turn and nothing after it (Phi's template now closes with <|end|>, still
+    outside the loss)."""
     from transformers import LlamaConfig
 
-    from tests.trainer_service.test_chat_format import family_tokenizer
+    from tests.trainer_service.test_chat_format import FAMILIES, family_tokenizer
 
-    tok = family_tokenizer("gemma-2")
+    tok = family_tokenizer(family)
+    eot_token = FAMILIES[family][4]
+    eot, shipped = (tok.convert_tokens_to_ids(t) for t in (eot_token, tok.eos_token))
+    template = resolve_template(tok)
     rows = [{"id": "a", "messages": MULTI_TURN}]
-    eot = tok.convert_tokens_to_ids("<end_of_turn>")
     args = dict(tokenizer=tok, model_config_or_model=LlamaConfig(vocab_size=len(tok)),
-                train_rows=rows, validation_rows=rows, template=resolve_template(tok),
-                loss_on="all_assistant", max_seq_len=512,
-                generation_config=gen_config(tok.convert_tokens_to_ids("<eos>"), eot))
+                train_rows=rows, validation_rows=rows, template=template,
+                loss_on="all_assistant", max_seq_len=512, generation_config=gen_config(shipped))
+    mask = encode_row(tok, template, MULTI_TURN).mask
     with pytest.raises(PreflightError) as err:
         run_preflight(**args)
     assert err.value.code == "eos_not_end_of_turn"
-    assert '"eos_token": "<end_of_turn>"' in err.value.fix
-    tok.eos_token = "<end_of_turn>"
+    assert f'"eos_token": "{eot_token}"' in err.value.fix and "align_eos: true" in err.value.fix
+    assert align_stop_tokens(tok, args["generation_config"], template) == [
+        f"tokenizer.eos_token: {FAMILIES[family][3]!r} -> {eot_token!r}",
+        f"generation_config.eos_token_id: [{shipped}] -> [{shipped}, {eot}]"]
     report = run_preflight(**args)
-    assert (report.template_source, report.end_of_turn_id) == ("trl", eot)
-    assert "[[京都移住一年目<end_of_turn>]]" in report.sample
+    assert (report.template_source, report.end_of_turn_id, report.eos_token) == (
+        "trl", eot, eot_token)
+    assert encode_row(tok, template, MULTI_TURN).mask == mask
+    assert report.sample.count("[[") == 2 and f"[[京都移住一年目{eot_token}]]" in report.sample
+    if family == "phi-3.5":
+        assert report.sample.endswith(f"]]\n{eot_token}")  # the template's closing eos
 
 
 def test_generation_config_without_end_of_turn_fails():

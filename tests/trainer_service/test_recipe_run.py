@@ -273,6 +273,55 @@ def test_nf4_recipe_on_cuda(polite_qwen3_dir, tmp_path):
     check_nf4_recipe(polite_qwen3_dir, tmp_path, "CUDA")
 
 
+def test_a_base_whose_eos_is_not_its_end_of_turn_trains_with_align_eos(tmp_path):
+    """A base model of Qwen2.5's kind: ChatML turns end with <|im_end|>, but its tokenizer's eos
+    and its generation config's eos id are <|endoftext|> (as Qwen2.5-0.5B ships), so a model
+    trained from it as it is would not stop in a runtime reading the eos (a GGUF). The run
+    refuses it before loading any weights and names the setting; with `align_eos: true` it
+    trains, says what it changed, and saves adapter/ and merged/ stopping on <|im_end|>,
+    leaving the base's folder as it was."""
+    from transformers import AutoTokenizer, GenerationConfig
+
+    from tests.evaluator import models
+    from tests.trainer_service.test_chat_format import qwen_tokenizer
+
+    tokenizer = qwen_tokenizer(eos="<|endoftext|>", fresh=True)
+    base = models.scripted_model(tokenizer, tmp_path / "qwen-base",
+                                 models.chain_of(tokenizer, "Hello there"), arch="qwen3",
+                                 end_of_turn="<|endoftext|>")
+    data = dataset(tmp_path / "data")
+    plain = spec(tmp_path / "plain.yaml", base, data, "quantization: none\n")
+    done = train_run(str(plain), "--out", "plain", "--dry-run", cwd=tmp_path)
+    assert done.returncode == 4, done.stderr[-3000:]
+    error = json.loads((tmp_path / "plain" / "run.json").read_text())["error"]
+    assert (error["code"], error["field"]) == ("eos_not_end_of_turn", "tokenizer.eos_token")
+    assert error["fix"].startswith("set align_eos: true in the spec")
+
+    aligned = spec(tmp_path / "aligned.yaml", base, data, "quantization: none\nalign_eos: true\n")
+    done = train_run(str(aligned), "--out", "run", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    run = tmp_path / "run"
+    state = json.loads((run / "run.json").read_text())
+    assert state["status"] == "succeeded" and state["global_step"] == 3
+    im_end, endoftext = (tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>",
+                                                                      "<|endoftext|>"))
+    assert state["warnings"][:2] == [
+        "align_eos: tokenizer.eos_token: '<|endoftext|>' -> '<|im_end|>', in this run and in "
+        "adapter/ and merged/",
+        f"align_eos: generation_config.eos_token_id: [{endoftext}] -> [{endoftext}, {im_end}], "
+        "in this run and in adapter/ and merged/"]
+    preflight = json.loads((run / "preflight.json").read_text())
+    assert preflight["eos_token"] == "<|im_end|>" and im_end in preflight["generation_eos_ids"]
+    for folder in (run / "adapter", run / "merged"):
+        assert AutoTokenizer.from_pretrained(folder).eos_token == "<|im_end|>", folder
+    eos = GenerationConfig.from_pretrained(run / "merged").eos_token_id
+    assert im_end in (eos if isinstance(eos, list) else [eos])
+    sanity = json.loads((run / "verify.json").read_text())["sanity"]
+    assert sanity["stop_rate"] == 1.0
+    assert {s["output"] for s in sanity["samples"]} == {"Hello there"}
+    assert AutoTokenizer.from_pretrained(base).eos_token == "<|endoftext|>"  # the base as it was
+
+
 @pytest.mark.parametrize("template", ["llama-3 (TRL's copy)",
                                       "meta-llama-Llama-3.2-3B-Instruct.jinja"])
 def test_a_llama3_model_trains_and_stops_on_eot(template, tmp_path):

@@ -348,9 +348,9 @@ def run_preflight(tokenizer, model_config_or_model, train_rows, validation_rows,
             "eos_not_end_of_turn", f"the tokenizer's eos is {tokenizer.eos_token!r} but turns end "
             f"with {eot!r}; a runtime that stops on the tokenizer's eos (a GGUF takes it from "
             "tokenizer_config.json) would not stop at the end of a reply", "tokenizer.eos_token",
-            f'set "eos_token": {json.dumps(eot)} in tokenizer_config.json of (a copy of) the '
-            f"base model's folder, or tokenizer.eos_token = {eot!r} in code "
-            "(chat_format.align_stop_tokens does it)")
+            f"set align_eos: true in the spec (the run then uses {eot!r} as the eos and saves "
+            f'adapter/ and merged/ with it), or set "eos_token": {json.dumps(eot)} in '
+            "tokenizer_config.json of (a copy of) the base model's folder")
     is_model = hasattr(model_config_or_model, "get_input_embeddings")
     if generation_config is None:
         from transformers import GenerationConfig
@@ -366,7 +366,8 @@ def run_preflight(tokenizer, model_config_or_model, train_rows, validation_rows,
             "generation_eos_missing", f"generation_config.eos_token_id {gen_ids} lacks {eot!r} "
             f"({eot_id}); generate() and servers reading it would not stop after a reply",
             "generation_config.eos_token_id",
-            f"add {eot_id} to generation_config.eos_token_id (chat_format.align_stop_tokens does it)")
+            f"set align_eos: true in the spec, or add {eot_id} to eos_token_id in the base "
+            "model's generation_config.json")
     if tokenizer.pad_token_id == eot_id:
         warnings.append(f"pad token is {eot!r}: padding must be masked by attention_mask, never by "
                         "token id, or the stop token leaves the loss (TRL masks by attention_mask)")

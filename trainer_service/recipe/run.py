@@ -222,6 +222,23 @@ def _spec_dict(spec: TrainSpec) -> dict[str, Any]:
     return asdict(spec)
 
 
+def _align_eos(spec: TrainSpec, tokenizer: Any, generation: Any, config: Any,
+               template: Any) -> tuple[list[str], Any]:
+    """With `align_eos`, makes the end-of-turn token the tokenizer's eos and one of the
+    generation config's eos ids (one is built from the model's config when the base ships
+    none); returns a warning per change and the generation config preflight checks."""
+    if not spec.align_eos:
+        return [], generation
+    from transformers import GenerationConfig
+
+    from trainer_service.recipe.chat_format import align_stop_tokens
+
+    generation = generation or GenerationConfig.from_model_config(config)
+    changes = align_stop_tokens(tokenizer, generation, template)
+    return [f"align_eos: {change}, in this run and in adapter/ and merged/"
+            for change in changes], generation
+
+
 def _run(spec: TrainSpec, run_dir: Path, state: dict[str, Any],
          log: Callable[[str], None], hooks: RunHooks) -> dict[str, Any]:
     from transformers import AutoTokenizer, GenerationConfig
@@ -242,6 +259,7 @@ def _run(spec: TrainSpec, run_dir: Path, state: dict[str, Any],
     log(f"preflight: template {template.source}, end of turn {template.end_of_turn}")
     base, embedding_skip = _preflight_model(spec)
     config = getattr(base, "config", base)
+    aligned, generation = _align_eos(spec, tokenizer, generation, config, template)
     check_lora_targets(config, spec.lora.target_modules)
     choose_attention(spec, config)  # a kernel this machine lacks fails here, dry runs too
     train_rows = read_split(dataset, "train")
@@ -250,8 +268,8 @@ def _run(spec: TrainSpec, run_dir: Path, state: dict[str, Any],
                            spec.allow_no_validation, generation_config=generation,
                            embedding_skip=embedding_skip, training=spec.training)
     # the spec's own advice, now that the rows are counted (3 epochs on 638 rows)
-    report.warnings[:0] = [w for w in spec.warnings(len(train_rows))
-                           if w not in report.warnings]
+    report.warnings[:0] = aligned + [w for w in spec.warnings(len(train_rows))
+                                     if w not in report.warnings]
     (run_dir / "preflight.json").write_text(report.to_json(), encoding="utf-8")
     state["artifacts"]["preflight"] = str(run_dir / "preflight.json")
     if report.plan:

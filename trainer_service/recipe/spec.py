@@ -220,6 +220,13 @@ class TrainSpec:
     allow_no_validation: bool = _help(
         "Train without a validation split. Off: the failed run had none and nobody saw it "
         "overfit.", False)
+    align_eos: bool = _help(
+        "Make the template's end-of-turn token the tokenizer's eos and add it to the "
+        "generation config's eos ids, for the run and in adapter/ and merged/, each change a "
+        "warning: what Qwen2.5's chat release did to its base (eos <|endoftext|> -> "
+        "<|im_end|>), and what Gemma (<eos>, turns end <end_of_turn>) and Phi-3 (<|endoftext|>, "
+        "turns end <|end|>) need for a runtime that stops on the eos (a GGUF). Off: preflight "
+        "fails eos_not_end_of_turn instead, naming the token.", False)
     dry_run: bool = _help("Stop after preflight: the template, masks, stop token, lengths and "
                           "the plan (optimizer steps, warmup, evaluations) are checked and "
                           "written (preflight.json), only the embedding rows are read from the "

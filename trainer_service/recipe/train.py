@@ -15,7 +15,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from data_engine.readers.formats import tool_definitions
-from trainer_service.recipe.chat_format import has_generation_markers
+from trainer_service.recipe.chat_format import end_of_turn, has_generation_markers
 from trainer_service.recipe.errors import TrainError
 from trainer_service.recipe.hooks import RecipeStopped, RunHooks
 from trainer_service.recipe.metrics import (METRICS_FILE, MetricsCallback, OverfittingCallback,
@@ -216,7 +216,7 @@ def tokenize_rows(tokenizer, rows: list, loss_on: str):
     and inference servers expect)."""
     from datasets import Dataset
 
-    from trainer_service.recipe.chat_format import (end_of_turn, normalize_messages, row_parts,
+    from trainer_service.recipe.chat_format import (normalize_messages, row_parts,
                                                     through_end_of_turn)
 
     eot_id = tokenizer.convert_tokens_to_ids(end_of_turn(tokenizer, tokenizer.chat_template))
@@ -418,6 +418,8 @@ def train(spec: TrainSpec, run_dir: str | Path,
 
     tokenizer = AutoTokenizer.from_pretrained(spec.base_model)
     tokenizer.chat_template = _resolve_template(spec, tokenizer, chat_template)
+    if spec.align_eos:  # as preflight aligned it; adapter/ is saved with it
+        tokenizer.eos_token = end_of_turn(tokenizer, tokenizer.chat_template)
     train_ds = tokenize_rows(tokenizer, train_rows, spec.loss_on)
     val_ds = tokenize_rows(tokenizer, val_rows, spec.loss_on) if val_rows else None
 

@@ -113,7 +113,7 @@ class ExportSpec(_message.Message):
     def __init__(self, gguf: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class JobSpec(_message.Message):
-    __slots__ = ("base_model", "dataset", "chat_template", "quantization", "lora", "loss_on", "training", "allow_no_validation", "dry_run", "resources", "export")
+    __slots__ = ("base_model", "dataset", "chat_template", "quantization", "lora", "loss_on", "training", "allow_no_validation", "dry_run", "resources", "export", "align_eos")
     BASE_MODEL_FIELD_NUMBER: _ClassVar[int]
     DATASET_FIELD_NUMBER: _ClassVar[int]
     CHAT_TEMPLATE_FIELD_NUMBER: _ClassVar[int]
@@ -125,6 +125,7 @@ class JobSpec(_message.Message):
     DRY_RUN_FIELD_NUMBER: _ClassVar[int]
     RESOURCES_FIELD_NUMBER: _ClassVar[int]
     EXPORT_FIELD_NUMBER: _ClassVar[int]
+    ALIGN_EOS_FIELD_NUMBER: _ClassVar[int]
     base_model: str
     dataset: str
     chat_template: str
@@ -136,7 +137,8 @@ class JobSpec(_message.Message):
     dry_run: bool
     resources: Resources
     export: ExportSpec
-    def __init__(self, base_model: _Optional[str] = ..., dataset: _Optional[str] = ..., chat_template: _Optional[str] = ..., quantization: _Optional[str] = ..., lora: _Optional[_Union[LoraSpec, _Mapping]] = ..., loss_on: _Optional[str] = ..., training: _Optional[_Union[TrainingSpec, _Mapping]] = ..., allow_no_validation: _Optional[bool] = ..., dry_run: _Optional[bool] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., export: _Optional[_Union[ExportSpec, _Mapping]] = ...) -> None: ...
+    align_eos: bool
+    def __init__(self, base_model: _Optional[str] = ..., dataset: _Optional[str] = ..., chat_template: _Optional[str] = ..., quantization: _Optional[str] = ..., lora: _Optional[_Union[LoraSpec, _Mapping]] = ..., loss_on: _Optional[str] = ..., training: _Optional[_Union[TrainingSpec, _Mapping]] = ..., allow_no_validation: _Optional[bool] = ..., dry_run: _Optional[bool] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., export: _Optional[_Union[ExportSpec, _Mapping]] = ..., align_eos: _Optional[bool] = ...) -> None: ...
 
 class JobError(_message.Message):
     __slots__ = ("code", "message", "field", "fix")
