@@ -493,10 +493,136 @@ def test_a_base_model_without_any_template_is_told_to_bring_one():
     assert err.value.code == "no_chat_template" and "no chat template" in err.value.message
 
 
-def test_a_template_nobody_has_a_training_variant_of_is_refused_with_the_fix():
-    tok = family_tokenizer("llama-3")
+MISTRAL_SPECIALS = ["<s>", "</s>", "[INST]", "[/INST]", "[TOOL_CALLS]", "[AVAILABLE_TOOLS]",
+                    "[/AVAILABLE_TOOLS]", "[TOOL_RESULTS]", "[/TOOL_RESULTS]"]
+
+
+def mistral_tokenizer():
+    """SmolLM2's tokenizer speaking Mistral's format (Mistral-Nemo-Instruct-2407's template,
+    llama.cpp's copy; its control tokens, eos </s>), which neither TRL nor we have a
+    training variant of."""
+    from transformers import AutoTokenizer
+
+    from tunesmith.models import fetch_default
+
+    tok = AutoTokenizer.from_pretrained(fetch_default())
+    tok.add_special_tokens({"additional_special_tokens": MISTRAL_SPECIALS})
+    tok.eos_token, tok.bos_token = "</s>", "<s>"
     tok.chat_template = llama_cpp_template("mistralai-Mistral-Nemo-Instruct-2407.jinja")
+    return tok
+
+
+def test_a_template_nobody_has_marked_trains_by_its_turns():
+    """Mistral's template: no markers, no TRL variant, not ChatML. `auto` keeps the model's
+    own template (what it is served with) and finds each reply as what its turn adds to the
+    rendered conversation, supervised through the </s> that closes it."""
+    tok = mistral_tokenizer()
+    template = resolve_template(tok, "auto")
+    assert (template.source, template.end_of_turn, template.markers) == ("model+turns", "</s>",
+                                                                         False)
+    assert template.text == tok.chat_template
+    encoded = encode_row(tok, template, MULTI_TURN)
+    assert encoded.text == ("<s>[INST]Title for a post about moving to Kyoto?[/INST]京都に移住して一年"
+                            "</s>[INST]Shorter, please.[/INST]京都移住一年目</s>")
+    assert encoded.mask == encoded.expected_mask
+    assert supervised_text(tok, encoded) == "京都に移住して一年</s>京都移住一年目</s>"
+    assert supervised_text(tok, encode_row(tok, template, MULTI_TURN, "last_assistant")) \
+        == "京都移住一年目</s>"
+
+
+def test_a_template_that_moves_earlier_turns_is_refused_row_by_row_with_the_fix():
+    """Mistral's template puts the system prompt into the last user turn, and only when that
+    turn is the conversation's last: rendered whole, a row with a system prompt does not
+    contain what rendering it turn by turn does, so no reply can be located. The row is
+    refused, saying why and what to do."""
+    tok = mistral_tokenizer()
+    template = resolve_template(tok, "auto")
+    for loss_on in ("all_assistant", "last_assistant"):
+        with pytest.raises(ChatFormatError) as err:
+            encode_row(tok, template, WITH_SYSTEM, loss_on)
+        assert err.value.code == "template_not_prefix_stable"
+        assert "Mistral's moves the system prompt" in err.value.message
+        assert "fold a system prompt into the first user turn" in err.value.fix
+
+
+def test_a_template_without_a_stop_token_after_replies_is_refused_with_the_fix():
+    """A template whose replies no special token closes: a fine-tune on it could not learn
+    to stop, so there is nothing to train by its turns either."""
+    tok = mistral_tokenizer()
+    tok.chat_template = tok.chat_template.replace('message["content"] + eos_token', 'message["content"]')
     with pytest.raises(ChatFormatError) as err:
         resolve_template(tok, "auto")
     assert err.value.code == "template_unsupported"
-    assert "neither TRL nor tunesmith has a training variant" in err.value.message
+    assert "no special token follows an assistant reply" in err.value.message
+    assert "chat_template: path/to/template.jinja" in err.value.fix
+
+
+def test_a_chatml_model_ours_does_not_render_alike_trains_on_its_own_template():
+    """Qwen3.5's template opens a thinking block in the generation prompt (ours does not) and
+    drops it from replies before the last user turn (TRL's training variant keeps it, so
+    neither renders inference prompts alike): `auto` takes the model's own, replies located
+    after each assistant header, the last one's thinking block supervised as rendered."""
+    tok = qwen_tokenizer(fresh=True)
+    tok.chat_template = llama_cpp_template("Qwen3.5-4B.jinja")
+    with pytest.raises(ChatFormatError) as err:
+        resolve_template(tok, "chatml")
+    assert err.value.code == "template_mismatch" and "'<think>\\n'" in err.value.message
+    template = resolve_template(tok, "auto")
+    assert (template.source, template.end_of_turn, template.markers) == ("model+turns",
+                                                                         "<|im_end|>", False)
+    row = MULTI_TURN[:3] + [{**MULTI_TURN[3], "reasoning_content": "shorter still"}]
+    encoded = encode_row(tok, template, row)
+    assert encoded.mask == encoded.expected_mask
+    assert supervised_text(tok, encoded) == ("京都に移住して一年<|im_end|>"
+                                             "<think>\nshorter still\n</think>\n\n京都移住一年目<|im_end|>")
+    prompt = tok.apply_chat_template(MULTI_TURN[:1], tokenize=False, add_generation_prompt=True)
+    assert prompt.endswith("<|im_start|>assistant\n<think>\n")
+
+
+def test_a_tokenizer_with_named_templates_is_checked_against_its_default():
+    """Hermes 2 Pro and 3 and Command R ship named templates (`default`, `tool_use`): the
+    default one is what a conversation without tools renders with, so ours is built and
+    checked against it (here Qwen2.5's, whose default system prompt ours then carries)."""
+    tok = qwen_tokenizer(fresh=True)
+    tok.chat_template = {"default": tok.chat_template, "tool_use": llama_cpp_template(
+        "NousResearch-Hermes-3-Llama-3.1-8B-tool_use.jinja")}
+    template = resolve_template(tok, "auto")
+    assert template.source == "chatml"
+    rendered = tok.apply_chat_template(MULTI_TURN, chat_template=template.text, tokenize=False)
+    assert rendered.startswith("<|im_start|>system\nYou are Qwen, created by Alibaba Cloud.")
+
+
+def test_a_model_template_that_renders_no_probe_is_not_taken_on_trust():
+    """A template that raises on every conversation without tools (Hermes 3's `tool_use` one
+    alone) leaves nothing to compare: refused with a code, not a traceback."""
+    tok = qwen_tokenizer(fresh=True)
+    tok.chat_template = llama_cpp_template("NousResearch-Hermes-3-Llama-3.1-8B-tool_use.jinja")
+    with pytest.raises(ChatFormatError) as err:
+        resolve_template(tok, "auto")
+    assert err.value.code == "template_mismatch"
+    assert "renders none of the probe conversations" in err.value.message
+
+
+def test_a_generation_prompt_that_opens_what_turns_leave_out_starts_the_reply_after_it():
+    """DeepSeek-R1's template (R1-Distill-Llama-8B's, llama.cpp's copy) ends the generation
+    prompt with `<think>\\n`, which it strips from rendered replies: each reply is located
+    where its turn departs from the generation prompt, after <｜Assistant｜>, and supervised
+    through <｜end▁of▁sentence｜>."""
+    from transformers import AutoTokenizer
+
+    from tunesmith.models import fetch_default
+
+    tok = AutoTokenizer.from_pretrained(fetch_default())
+    eos = "<｜end▁of▁sentence｜>"
+    tok.add_special_tokens({"additional_special_tokens": [
+        "<｜begin▁of▁sentence｜>", eos, "<｜User｜>", "<｜Assistant｜>"]})
+    tok.eos_token, tok.bos_token = eos, "<｜begin▁of▁sentence｜>"
+    tok.chat_template = llama_cpp_template("deepseek-ai-DeepSeek-R1-Distill-Llama-8B.jinja")
+    assert tok.apply_chat_template(MULTI_TURN[:1], tokenize=False,
+                                   add_generation_prompt=True).endswith("<｜Assistant｜><think>\n")
+    template = resolve_template(tok, "auto")
+    assert (template.source, template.end_of_turn) == ("model+turns", eos)
+    for messages in (MULTI_TURN, WITH_SYSTEM):
+        encoded = encode_row(tok, template, messages)
+        assert "<｜Assistant｜>京都に移住して一年" + eos in encoded.text
+        assert supervised_text(tok, encoded) == f"京都に移住して一年{eos}京都移住一年目{eos}"

@@ -322,6 +322,51 @@ def test_a_base_whose_eos_is_not_its_end_of_turn_trains_with_align_eos(tmp_path)
     assert AutoTokenizer.from_pretrained(base).eos_token == "<|endoftext|>"  # the base as it was
 
 
+def train_scripted(tokenizer, tmp_path: Path, end_of_turn: str, prompt_end: str
+                   ) -> tuple[subprocess.CompletedProcess, Path]:
+    """`train run` (16-bit base, `spec`'s few steps) of a model speaking ``tokenizer``'s chat
+    format, scripted to answer "Hello there" and stop with ``end_of_turn`` after a generation
+    prompt ending with ``prompt_end``; returns the finished command and the run folder."""
+    from tests.evaluator import models
+
+    base = models.scripted_model(
+        tokenizer, tmp_path / "base", models.chain_of(tokenizer, "Hello there", end_of_turn,
+                                                      prompt_end=prompt_end),
+        end_of_turn=end_of_turn)
+    data = dataset(tmp_path / "data")
+    done = train_run(str(spec(tmp_path / "spec.yaml", base, data, "quantization: none\n")),
+                     "--out", "run", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done, tmp_path / "run"
+
+
+def test_a_model_nobody_has_a_training_template_for_trains_on_its_own(tmp_path):
+    """A model of Mistral's chat format (Mistral-Nemo's template; its control tokens on
+    SmolLM2's vocabulary), scripted to answer "Hello there" and stop with </s>: no markers,
+    no TRL variant, so `auto` trains it on its own template with each reply located by its
+    turn; the merged model keeps that template, and it stops."""
+    from transformers import AutoTokenizer
+
+    from tests.trainer_service.test_chat_format import mistral_tokenizer
+
+    tokenizer = mistral_tokenizer()
+    _, run = train_scripted(tokenizer, tmp_path, "</s>", prompt_end="[/INST]")
+    state = json.loads((run / "run.json").read_text())
+    assert state["status"] == "succeeded" and state["global_step"] == 3
+    preflight = json.loads((run / "preflight.json").read_text())
+    assert (preflight["template_source"], preflight["end_of_turn_token"]) == ("model+turns",
+                                                                              "</s>")
+    assert "[INST]What is the capital of France?[/INST][[The capital of France is Paris.</s>]]" \
+        in preflight["sample"]
+    losses = [json.loads(line)["loss"] for line in (run / "metrics.jsonl").open()
+              if json.loads(line)["loss"] is not None]
+    assert losses and all(loss > 0 for loss in losses)
+    assert AutoTokenizer.from_pretrained(run / "merged").chat_template == tokenizer.chat_template
+    sanity = json.loads((run / "verify.json").read_text())["sanity"]
+    assert sanity["stop_rate"] == 1.0
+    assert {s["output"] for s in sanity["samples"]} == {"Hello there"}
+
+
 @pytest.mark.parametrize("template", ["llama-3 (TRL's copy)",
                                       "meta-llama-Llama-3.2-3B-Instruct.jinja"])
 def test_a_llama3_model_trains_and_stops_on_eot(template, tmp_path):
@@ -332,22 +377,13 @@ def test_a_llama3_model_trains_and_stops_on_eot(template, tmp_path):
     prompts as the base did and stops on <|eot_id|>."""
     from transformers import AutoTokenizer, GenerationConfig
 
-    from tests.evaluator import models
     from tests.trainer_service.test_chat_format import family_tokenizer, llama3x_tokenizer
 
     trl = template.startswith("llama-3 ")
     tokenizer = family_tokenizer("llama-3") if trl else llama3x_tokenizer(template)
     source = "trl" if trl else "model+markers"
-    base = models.scripted_model(
-        tokenizer, tmp_path / "llama3", models.chain_of(tokenizer, "Hello there", "<|eot_id|>",
-                                                        prompt_end="\n\n"),
-        end_of_turn="<|eot_id|>")
-    data = dataset(tmp_path / "data")
-    done = train_run(str(spec(tmp_path / "spec.yaml", base, data, "quantization: none\n")),
-                     "--out", "run", cwd=tmp_path)
-    assert done.returncode == 0, done.stderr[-3000:]
+    done, run = train_scripted(tokenizer, tmp_path, "<|eot_id|>", prompt_end="\n\n")
     assert f"preflight: template {source}, end of turn <|eot_id|>" in done.stdout + done.stderr
-    run = tmp_path / "run"
     state = json.loads((run / "run.json").read_text())
     assert state["status"] == "succeeded" and state["global_step"] == 3
     preflight = json.loads((run / "preflight.json").read_text())

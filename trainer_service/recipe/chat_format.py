@@ -5,7 +5,9 @@ sat outside the loss mask, so generation never stopped. Here the template is res
 that every supervised assistant turn includes its end-of-turn token inside `{% generation %}`
 markers, and the mask is computed twice: once from those markers (what TRL's
 `assistant_only_loss` trains on) and once independently from the rendered text's structure,
-so that preflight can compare the two.
+so that preflight can compare the two. A model whose template nobody has marked (Mistral's,
+Granite's, a newer Qwen's) trains on its own template with the mask from the structure
+alone (`markers=False`): each reply is what its turn adds to the rendered conversation.
 """
 
 from __future__ import annotations
@@ -41,11 +43,14 @@ class ChatTemplate:
     """A resolved training template and the control tokens it relies on."""
 
     text: str
-    source: str  # "model" | "chatml" | a file path
+    source: str  # "model" | "chatml" | "trl" | "model+markers" | "model+turns" | a file path
     end_of_turn: str  # the token every assistant turn ends with, which must be the eos token
     turn_start: str | None = None  # ChatML's <|im_start|>; None for other formats
     assistant_header: str | None = None  # the prompt text before an assistant reply
     supports_reasoning: bool = False
+    # False: the text has no generation markers, and the loss mask is the structural one
+    # (the model's own template, source "model+turns")
+    markers: bool = True
 
 
 @dataclass
@@ -77,7 +82,10 @@ def _render(tokenizer, messages, template: str, add_generation_prompt=False, too
 
 def _default_system(tokenizer, model_template: str) -> str | None:
     """The system prompt the model's template inserts when a conversation has none."""
-    text = _render(tokenizer, [{"role": "user", "content": "Hi there"}], model_template)
+    try:
+        text = _render(tokenizer, [{"role": "user", "content": "Hi there"}], model_template)
+    except Exception:  # it rejects a plain conversation: check_renders_like finds nothing alike
+        return None
     head = CHATML_START + "system\n"
     if not text.startswith(head):
         return None
@@ -122,17 +130,23 @@ def end_of_turn(tokenizer, template: str) -> str:
     a rendered reply (Llama 3's <|eot_id|>, Gemma's <end_of_turn>, Phi-3's <|end|>, ChatML's
     <|im_end|>), which need not be the tokenizer's eos (Gemma's is <eos>); the eos token
     when no special token follows the reply (the checks downstream then name the problem)."""
+    return _token_after_reply(tokenizer, template) or tokenizer.eos_token
+
+
+def _token_after_reply(tokenizer, template: str) -> str | None:
+    """The special token right after a rendered reply, or None (no special token follows
+    it, or the template rejects a one-turn conversation)."""
     try:
         text = _render(tokenizer, [{"role": "user", "content": "Hi there"},
                                    {"role": "assistant", "content": _PROBE_REPLY}], template)
     except Exception:  # a template that rejects this shape: leave it to the checks
-        return tokenizer.eos_token
+        return None
     at = text.rfind(_PROBE_REPLY)
     after = text[at + len(_PROBE_REPLY):].lstrip(" ") if at >= 0 else ""
     specials = set(tokenizer.all_special_tokens) | {
         t.content for t in tokenizer.added_tokens_decoder.values() if t.special}
     found = [t for t in specials if t and after.startswith(t)]
-    return max(found, key=len) if found else tokenizer.eos_token
+    return max(found, key=len) if found else None
 
 
 def through_end_of_turn(ids: list[int], mask: list[int], eot_id: int) -> list[int]:
@@ -153,12 +167,14 @@ def through_end_of_turn(ids: list[int], mask: list[int], eot_id: int) -> list[in
 def resolve_template(tokenizer, spec: str = "auto", check: bool = True) -> ChatTemplate:
     """The training template for `spec`: auto | chatml | a path to a .jinja file.
 
-    auto: the model's own template when it has generation markers; for ChatML models ours;
-    for others TRL's training variant of the model's template where TRL has one, else (Llama
+    auto, in order: the model's own template when it has generation markers; for ChatML
+    models ours; TRL's training variant of the model's template where TRL has one, or (Llama
     3.1-3.3) the model's own with markers added; each checked to render the model's inference
-    prompts byte for byte; else an error.
+    prompts byte for byte. When none is there or renders alike, the model's own template with
+    masks from its turns (`model+turns`), when a special token closes each reply and the
+    replies can be located; else an error.
     """
-    model_template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else None
+    model_template = model_chat_template(tokenizer)
     if spec not in ("auto", "chatml"):
         path = Path(spec)
         if not path.is_file():
@@ -178,21 +194,8 @@ def resolve_template(tokenizer, spec: str = "auto", check: bool = True) -> ChatT
                 "written for it", fix="pass chat_template: path/to/template.jinja, the format the "
                 "fine-tune should speak, with {% generation %}...{% endgeneration %} around each "
                 "assistant reply and its end-of-turn token (a token of this tokenizer)")
-        source, text = "trl", _trl_training_template(tokenizer)
-        if text is None:
-            source, text = "model+markers", llama3_markers(model_template)
-        if text is None:
-            raise ChatFormatError(
-                "template_unsupported", "the model's chat template has no {% generation %} "
-                "markers, is not ChatML, and neither TRL nor tunesmith has a training variant "
-                "of it, so tunesmith cannot tell which tokens are the assistant's.",
-                fix="pass chat_template: path/to/template.jinja, a copy of the model's template "
-                    "with {% generation %}...{% endgeneration %} around each assistant reply and "
-                    "its end-of-turn token")
-        template = _from_text(text, source, tokenizer)
-        if check:
-            check_renders_like(tokenizer, template.text, model_template, calls=True)
-        return template
+        return _marked_variant(tokenizer, model_template, check) or _by_turns(tokenizer,
+                                                                              model_template)
     if CHATML_START not in vocab or CHATML_END not in vocab:
         raise ChatFormatError("chatml_tokens_missing", "the tokenizer has no <|im_start|>/<|im_end|> "
                               "tokens", fix="use the model's own template via a .jinja path")
@@ -200,8 +203,86 @@ def resolve_template(tokenizer, spec: str = "auto", check: bool = True) -> ChatT
     think = bool(model_template) and "<think>" in model_template
     template = _chatml(chatml_template(default_system, think), "chatml", think)
     if check and model_template:
-        check_renders_like(tokenizer, template.text, model_template)
+        try:
+            check_renders_like(tokenizer, template.text, model_template)
+        except ChatFormatError as mismatch:  # a ChatML model ours does not render alike
+            if spec != "auto":
+                raise
+            return _marked_variant(tokenizer, model_template, check) or _by_turns(
+                tokenizer, model_template, mismatch)
     return template
+
+
+def _marked_variant(tokenizer, model_template: str, check: bool) -> ChatTemplate | None:
+    """TRL's training variant of the model's template, or Llama 3.1-3.3's own with markers
+    added, when there is one and (with `check`) it renders like the model's, tool calls
+    included; else None."""
+    source, text = "trl", _trl_training_template(tokenizer)
+    if text is None:
+        source, text = "model+markers", llama3_markers(model_template)
+    if text is None:
+        return None
+    template = _from_text(text, source, tokenizer)
+    if check:
+        try:
+            check_renders_like(tokenizer, template.text, model_template, calls=True)
+        except ChatFormatError:
+            return None  # the model's own template, by its turns, is what it is served with
+    return template
+
+
+# Conversations whose replies `_by_turns` must locate before it takes a template.
+_TURN_PROBES = [[{"role": "user", "content": "Hi there"},
+                 {"role": "assistant", "content": "Hello"}], _PROBES[3]]
+
+
+def _by_turns(tokenizer, model_template: str,
+              mismatch: ChatFormatError | None = None) -> ChatTemplate:
+    """The model's own template, unchanged, with each reply located by rendering the
+    conversation turn by turn (ChatML: after each assistant header) and supervised through
+    the special token that closes it: what the model is served with, with no markers to
+    cross-check the mask. Raises `template_unsupported` (or ``mismatch``, the reason ours
+    was refused) when no special token closes a reply or the replies cannot be located."""
+    eot = _token_after_reply(tokenizer, model_template)
+    why = None
+    if eot is None:
+        why = "no special token follows an assistant reply, so a fine-tune could not learn to stop"
+    else:
+        if _is_chatml(model_template) and eot == CHATML_END:
+            template = ChatTemplate(
+                text=model_template, source="model+turns", end_of_turn=eot,
+                turn_start=CHATML_START, assistant_header=CHATML_START + "assistant\n",
+                supports_reasoning="<think>" in model_template, markers=False)
+        else:
+            template = ChatTemplate(text=model_template, source="model+turns", end_of_turn=eot,
+                                    supports_reasoning="reasoning_content" in model_template,
+                                    markers=False)
+        try:
+            for messages in _TURN_PROBES:
+                text = _render(tokenizer, messages, model_template)
+                _structural_spans(tokenizer, template, messages, text, None)
+            return template
+        except Exception as err:  # a ChatFormatError, or the template rejecting a probe
+            why = f"its replies cannot be located turn by turn ({err})"
+    if mismatch is not None:
+        raise mismatch
+    raise ChatFormatError(
+        "template_unsupported", f"the model's chat template has no {{% generation %}} markers, "
+        f"neither TRL nor tunesmith has a training variant of it, and {why}, so tunesmith "
+        "cannot tell which tokens are the assistant's.",
+        fix="pass chat_template: path/to/template.jinja, a copy of the model's template with "
+            "{% generation %}...{% endgeneration %} around each assistant reply and its "
+            "end-of-turn token")
+
+
+def model_chat_template(tokenizer) -> str | None:
+    """The tokenizer's chat template; of a tokenizer with several named ones (Hermes 2 Pro and
+    3, Command R: `default` and `tool_use`), the `default` one, which renders a conversation
+    without tools."""
+    template = tokenizer.chat_template
+    if isinstance(template, dict):
+        template = template.get("default")
+    return template if isinstance(template, str) else None
 
 
 def _trl_training_template(tokenizer) -> str | None:
@@ -213,6 +294,8 @@ def _trl_training_template(tokenizer) -> str | None:
     try:
         return get_training_chat_template(tokenizer)
     except ValueError:  # "patching is not supported for this template"
+        return None
+    except Exception:  # TRL renders the template to match it, and this one raised
         return None
 
 
@@ -267,6 +350,7 @@ def check_renders_like(tokenizer, ours: str, theirs: str, calls: bool = False) -
     """Raise unless `ours` renders the probe conversations exactly like `theirs` (with
     `calls`, also a conversation with a tool call and tool definitions)."""
     probes = [(m, None) for m in _PROBES] + ([(_CALL_PROBE, _CALL_TOOLS)] if calls else [])
+    compared = 0
     for messages, tools in probes:
         for gen in (True, False):
             if gen and messages[-1]["role"] == "assistant":
@@ -275,6 +359,7 @@ def check_renders_like(tokenizer, ours: str, theirs: str, calls: bool = False) -
                 expected = _render(tokenizer, messages, theirs, gen, tools)
             except Exception:  # the model's template rejects this shape: nothing to compare
                 continue
+            compared += 1
             try:
                 got = _render(tokenizer, messages, ours, gen, tools)
             except Exception as err:
@@ -290,6 +375,12 @@ def check_renders_like(tokenizer, ours: str, theirs: str, calls: bool = False) -
                     f"model's at character {at}: {got[at:at + 40]!r} vs {expected[at:at + 40]!r}",
                     fix="pass chat_template: path/to/template.jinja, the model's own template with "
                         "{% generation %} markers added")
+    if not compared:
+        raise ChatFormatError(
+            "template_mismatch", "the model's own template renders none of the probe "
+            "conversations (a plain exchange, a system prompt, two turns), so nothing shows "
+            "the training template renders what it does", fix="pass chat_template: "
+            "path/to/template.jinja, the model's own template with {% generation %} markers added")
 
 
 def row_parts(row: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
@@ -421,8 +512,12 @@ def renders_tools(tokenizer, template: ChatTemplate, messages: list[dict[str, An
             != _render(tokenizer, messages, template.text, False, None))
 
 
-def _structural_spans(tokenizer, template: ChatTemplate, messages, text, tools):
-    """(header, reply) character spans per assistant turn, found without generation markers."""
+def _structural_spans(tokenizer, template: ChatTemplate, messages, text, tools,
+                      last_only: bool = False):
+    """(header, reply) character spans per assistant turn, found without generation markers;
+    with `last_only`, the last turn's alone where turns are found by rendering them (a
+    template that renders an earlier turn differently once more follow, as Mistral's moves
+    the system prompt into the last user turn, can still have its last reply located)."""
     n_assistant = sum(m["role"] == "assistant" for m in messages)
     eot = template.end_of_turn
     pairs = []
@@ -438,26 +533,45 @@ def _structural_spans(tokenizer, template: ChatTemplate, messages, text, tools):
             pairs.append(((start, body), (body, end + len(eot))))
             start = text.find(header, end)
     else:  # any other format: an assistant reply is what its turn adds to the prompt before it
-        for i, m in enumerate(messages):
-            if m["role"] != "assistant":
-                continue
+        turns = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+        if last_only:
+            turns, n_assistant = turns[-1:], min(n_assistant, 1)
+        for i in turns:
             prompt = _render(tokenizer, messages[:i], template.text, True, tools)
             turn = _render(tokenizer, messages[:i + 1], template.text, False, tools)
             common = len(_render(tokenizer, messages[:i], template.text, False, tools))
-            end = turn.find(eot, len(prompt))
+            # the reply starts where the turn departs from the generation prompt: all of it,
+            # or less where the prompt opens what a rendered turn leaves out (DeepSeek-R1's
+            # `<think>\n`, which its template strips from replies)
+            start = _common_prefix(prompt, turn)
+            end = turn.find(eot, start)
             # up to the reply's end of turn: what follows may close the conversation (Phi-3
             # appends eos after the last turn), which a longer row does not have there
-            if not (turn.startswith(prompt) and text.startswith(turn[:max(end, 0) + len(eot)])):
-                raise ChatFormatError("template_not_prefix_stable", "rendering a conversation turn by "
-                                      "turn does not reproduce its prefix, so replies cannot be located")
+            if not (start >= common and text.startswith(turn[:max(end, 0) + len(eot)])):
+                raise ChatFormatError(
+                    "template_not_prefix_stable", f"rendering the conversation up to assistant "
+                    f"turn {i} does not reproduce how the whole conversation renders it, so the "
+                    "reply cannot be located (the template renders earlier turns differently "
+                    "once later ones follow, as Mistral's moves the system prompt into the last "
+                    "user turn)",
+                    fix="set loss_on: last_assistant (only the last reply is then located), "
+                        "fold a system prompt into the first user turn, split multi-turn rows "
+                        "into one row per reply, or pass chat_template: a .jinja file with "
+                        "{% generation %} markers")
             if end < 0:
                 raise ChatFormatError("turn_without_end_of_turn",
                                       f"assistant turn {i} does not end with {eot}")
-            pairs.append(((common, len(prompt)), (len(prompt), end + len(eot))))
+            pairs.append(((common, start), (start, end + len(eot))))
     if len(pairs) != n_assistant:
         raise ChatFormatError("assistant_turns_mismatch", f"found {len(pairs)} assistant turns in the "
                               f"rendered text, the row has {n_assistant}")
     return pairs
+
+
+def _common_prefix(a: str, b: str) -> int:
+    """The length of the longest common prefix of ``a`` and ``b``."""
+    n = min(len(a), len(b))
+    return next((i for i in range(n) if a[i] != b[i]), n)
 
 
 def _char_mask(offsets, spans) -> list[int]:
@@ -483,7 +597,7 @@ def encode_row(tokenizer, template: ChatTemplate, messages: list[dict[str, Any]]
         text = _render(tokenizer, messages, template.text, False, tools)
         marked = tokenizer.apply_chat_template(messages, tools=tools, chat_template=template.text,
                                                tokenize=True, return_dict=True,
-                                               return_assistant_tokens_mask=True)
+                                               return_assistant_tokens_mask=template.markers)
     except TemplateError as err:  # the template's raise_exception, or a field it lacks
         raise ChatFormatError(
             "template_rejects_row", f"the chat template ({template.source}) cannot render this "
@@ -496,11 +610,15 @@ def encode_row(tokenizer, template: ChatTemplate, messages: list[dict[str, Any]]
         raise ChatFormatError("tokenization_mismatch", "tokenizing the rendered text differs from "
                               "apply_chat_template's ids; offsets cannot be trusted")
     offsets = [tuple(o) for o in enc["offset_mapping"]]
-    pairs = _structural_spans(tokenizer, template, messages, text, tools)
+    pairs = _structural_spans(tokenizer, template, messages, text, tools,
+                              last_only=loss_on == "last_assistant")
     if loss_on == "last_assistant":
         pairs = pairs[-1:]
     spans = [reply for _, reply in pairs]
     expected = _char_mask(offsets, spans)
+    if not template.markers:  # the structure is the only mask there is
+        return EncodedRow(text=text, input_ids=ids, mask=list(expected), expected_mask=expected,
+                          offsets=offsets, spans=spans, headers=[h for h, _ in pairs])
     mask = through_end_of_turn(ids, list(marked["assistant_masks"]),
                                tokenizer.convert_tokens_to_ids(template.end_of_turn))
     if loss_on == "last_assistant" and pairs:

@@ -293,7 +293,7 @@ def _run(spec: TrainSpec, run_dir: Path, state: dict[str, Any],
     check_stop(hooks, "validating")
     hooks.stage("training")
     result = train(spec, run_dir, trainable_token_indices=report.trainable_token_ids or None,
-                   chat_template=template.text, log=log, hooks=hooks,
+                   chat_template=template, log=log, hooks=hooks,
                    announced=tuple(state["warnings"]))
     free_device_memory("cuda")  # the trained 4-bit model, before verification loads its own
     state["warnings"] += [w for w in result.warnings if w not in state["warnings"]]

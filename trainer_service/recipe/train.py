@@ -15,7 +15,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from data_engine.readers.formats import tool_definitions
-from trainer_service.recipe.chat_format import end_of_turn, has_generation_markers
+from trainer_service.recipe.chat_format import ChatTemplate, end_of_turn, has_generation_markers
 from trainer_service.recipe.errors import TrainError
 from trainer_service.recipe.hooks import RecipeStopped, RunHooks
 from trainer_service.recipe.metrics import (METRICS_FILE, MetricsCallback, OverfittingCallback,
@@ -209,31 +209,43 @@ def last_span_only(mask: list[int]) -> list[int]:
     return out
 
 
-def tokenize_rows(tokenizer, rows: list, loss_on: str):
+def tokenize_rows(tokenizer, rows: list, loss_on: str, template: ChatTemplate | None = None):
     """A datasets.Dataset of input_ids + assistant_masks rendered with the tokenizer's template,
     from the rows (`read_split`'s, or message lists) as preflight checks them, with the tools
     each offers (`normalize_messages`: tool calls stored as JSON strings parsed, as templates
-    and inference servers expect)."""
+    and inference servers expect). The masks come from the template's generation markers, or,
+    for a ``template`` without them (`model+turns`), from its turns, as preflight computes
+    them."""
     from datasets import Dataset
 
-    from trainer_service.recipe.chat_format import (normalize_messages, row_parts,
+    from trainer_service.recipe.chat_format import (ChatFormatError, encode_row,
+                                                    normalize_messages, row_parts,
                                                     through_end_of_turn)
 
     eot_id = tokenizer.convert_tokens_to_ids(end_of_turn(tokenizer, tokenizer.chat_template))
+    by_turns = template is not None and not template.markers
     ids, masks = [], []
     for n, row in enumerate(rows):
         messages, tools = row_parts(row)
-        enc = tokenizer.apply_chat_template(normalize_messages(messages), tools=tools,
-                                            tokenize=True, return_dict=True,
-                                            return_assistant_tokens_mask=True)
-        mask = through_end_of_turn(list(enc["input_ids"]), list(enc["assistant_masks"]), eot_id)
-        if loss_on == "last_assistant":
-            mask = last_span_only(mask)
+        if by_turns:
+            try:
+                encoded = encode_row(tokenizer, template, messages, loss_on, tools)
+            except ChatFormatError as err:
+                raise TrainError(err.code, f"row {n}: {err.message}", err.field) from err
+            row_ids, mask = encoded.input_ids, encoded.mask
+        else:
+            enc = tokenizer.apply_chat_template(normalize_messages(messages), tools=tools,
+                                                tokenize=True, return_dict=True,
+                                                return_assistant_tokens_mask=True)
+            row_ids = list(enc["input_ids"])
+            mask = through_end_of_turn(row_ids, list(enc["assistant_masks"]), eot_id)
+            if loss_on == "last_assistant":
+                mask = last_span_only(mask)
         if 1 not in mask:
             raise TrainError("empty_loss_mask", f"row {n} has no assistant tokens in the loss "
                              f"mask; the chat template needs {GENERATION_MARKER} markers",
                              "chat_template")
-        ids.append(list(enc["input_ids"]))
+        ids.append(row_ids)
         masks.append(mask)
     return Dataset.from_dict({"input_ids": ids, "assistant_masks": masks})
 
@@ -382,7 +394,7 @@ def finished_result(spec: TrainSpec, run_dir: Path) -> TrainResult | None:
 
 def train(spec: TrainSpec, run_dir: str | Path,
           trainable_token_indices: list[int] | dict[str, list[int]] | None = None,
-          chat_template: str | None = None, log=print,
+          chat_template: str | ChatTemplate | None = None, log=print,
           hooks: RunHooks | None = None, announced: tuple[str, ...] = ()) -> TrainResult:
     """Runs QLoRA SFT for `spec`, writing checkpoints, metrics.jsonl, report.html and adapter/
     under `run_dir`; resumes from the newest checkpoint there. Raises RecipeStopped when the
@@ -417,11 +429,13 @@ def train(spec: TrainSpec, run_dir: str | Path,
         check_checkpoints_match(spec, run_dir / CHECKPOINTS_DIR)
 
     tokenizer = AutoTokenizer.from_pretrained(spec.base_model)
-    tokenizer.chat_template = _resolve_template(spec, tokenizer, chat_template)
+    template = chat_template if isinstance(chat_template, ChatTemplate) else None
+    tokenizer.chat_template = (template.text if template is not None
+                               else _resolve_template(spec, tokenizer, chat_template))
     if spec.align_eos:  # as preflight aligned it; adapter/ is saved with it
         tokenizer.eos_token = end_of_turn(tokenizer, tokenizer.chat_template)
-    train_ds = tokenize_rows(tokenizer, train_rows, spec.loss_on)
-    val_ds = tokenize_rows(tokenizer, val_rows, spec.loss_on) if val_rows else None
+    train_ds = tokenize_rows(tokenizer, train_rows, spec.loss_on, template)
+    val_ds = tokenize_rows(tokenizer, val_rows, spec.loss_on, template) if val_rows else None
 
     use_cpu = not torch.cuda.is_available()
     out_dir = run_dir / CHECKPOINTS_DIR
