@@ -5,11 +5,13 @@ the turns before it, with the row's tools, and `tool_choice: none`, so a model t
 to call answers in the text its template trained. That text has the template's call format
 (`chat_format.call_format`, read from the model's own template): Hermes-style blocks,
 `<tool_call>\\n{"name": ..., "arguments": {...}}\\n</tool_call>`, as our ChatML template and
-Qwen's render calls (vLLM's `hermes` parser), or Llama 3.1-3.3's bare
-`{"name": ..., "parameters": {...}}` (vLLM's `llama3_json`). Per reply to a probe:
+Qwen2.5's and Qwen3's render calls (vLLM's `hermes` parser); Qwen3.5's blocks of
+`<function=...>` and `<parameter=...>` tags (`qwen3_xml`); Llama 3.1-3.3's bare
+`{"name": ..., "parameters": {...}}` (`llama3_json`); or Mistral's `[TOOL_CALLS]` and a
+JSON list of calls (`mistral`). Per reply to a probe:
 
-- `call_parsed`: the reply holds at least one call, and every call is a JSON object with a
-  string `name` (a client's parser rejects the whole reply otherwise);
+- `call_parsed`: the reply holds at least one call, and every call has a string `name`
+  and arguments in the format's form (a client's parser rejects the whole reply otherwise);
 - `call_names`: the same function names as the expected calls, as a multiset (parallel calls
   in any order);
 - `call_exact`: the same names with equal arguments (parsed JSON compared as values: key
@@ -81,7 +83,7 @@ def score_call(probe: EvalRow, reply: dict[str, Any], fmt: str = "hermes") -> No
 
 
 def called(reply: dict[str, Any], fmt: str = "hermes") -> bool:
-    """The reply calls a tool: a `<tool_call>` block, or a Llama 3.1 call object."""
+    """The reply calls a tool: a `<tool_call>` block, or a Llama 3.1 or Mistral call."""
     return reply["error"] is None and holds_call(reply["output"], fmt)
 
 

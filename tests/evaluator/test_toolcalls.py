@@ -152,6 +152,51 @@ def test_llama3_json_calls_are_read_in_their_own_format():
         1, 2, 1, "llama3_json")
 
 
+def test_qwen35_xml_calls_are_read_in_their_own_format():
+    """Qwen3.5 writes a call as `<function=...>` and `<parameter=...>` tags inside its
+    <tool_call> block, a string bare and a number as JSON: read as such; a JSON block is no
+    call of this format, nor is a block with text outside its tags."""
+    kyoto = ("get_weather", {"city": "Kyoto", "days": 3})
+
+    def xml(name, **params):
+        inner = "".join(f"<parameter={k}>\n{v}\n</parameter>\n" for k, v in params.items())
+        return f"<tool_call>\n<function={name}>\n{inner}</function>\n</tool_call>"
+
+    probes = [_calling(kyoto)] * 4 + [_calling(kyoto, ("get_weather", {"city": "Osaka"}))]
+    probe_replies = [
+        _reply(xml("get_weather", days=3, city="Kyoto")),
+        _reply("<think>\nAsk the tool.\n</think>\n\n" + xml("get_weather", city="Kyoto", days=4)),
+        _reply(_block(*kyoto)),  # hermes JSON: not what this template trains
+        _reply(xml("get_weather", city="Kyoto").replace("</function>", "oops</function>")),
+        _reply(xml("get_weather", city="Osaka") + "\n" + xml("get_weather", city="Kyoto", days=3)),
+    ]
+    rows = [_answering(), _answering()]
+    replies = [_reply("Hello there"), _reply(xml("get_weather", city="Kyoto"))]
+    summary = summarize(probes, probe_replies, rows, replies, "qwen3_xml")
+    assert [r["call_parsed"] for r in probe_replies] == [True, True, False, False, True]
+    assert [r["call_exact"] for r in probe_replies] == [True, False, False, False, True]
+    assert [r["called"] for r in replies] == [False, True]
+    assert (summary["exact"], summary["parsed"], summary["spurious"], summary["format"]) == (
+        2, 3, 1, "qwen3_xml")
+
+
+def test_mistral_calls_are_read_with_or_without_their_control_token():
+    """Mistral writes `[TOOL_CALLS]` and a JSON list of {"name", "arguments"}; a server that
+    drops control tokens leaves the list alone, still a call. A JSON list of anything else
+    is an answer."""
+    kyoto = ("get_weather", {"city": "Kyoto", "days": 3})
+    listed = ('[{"name": "get_weather", "arguments": {"city": "Kyoto", "days": 3}, '
+              '"id": "a1b2c3d4e"}]')
+    probes = [_calling(kyoto)] * 3
+    probe_replies = [_reply("[TOOL_CALLS]" + listed), _reply(listed), _reply(_block(*kyoto))]
+    rows = [_answering(), _answering()]
+    replies = [_reply('[{"name": "Kyoto", "population": 1460000}]'), _reply(listed)]
+    summary = summarize(probes, probe_replies, rows, replies, "mistral")
+    assert [r["call_exact"] for r in probe_replies] == [True, True, False]
+    assert [r["called"] for r in replies] == [False, True]
+    assert (summary["parsed"], summary["spurious"], summary["format"]) == (2, 1, "mistral")
+
+
 def test_one_call_more_or_less_is_not_the_same_calls():
     kyoto = ("get_weather", {"city": "Kyoto"})
     probes = [_calling(kyoto), _calling(kyoto, kyoto)]

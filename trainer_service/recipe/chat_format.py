@@ -301,9 +301,9 @@ def _trl_training_template(tokenizer) -> str | None:
 
 _CALL_PROBE = [{"role": "user", "content": "Weather in Kyoto?"},
                {"role": "assistant", "content": "", "tool_calls": [{
-                   "type": "function", "id": "call_1",
+                   "type": "function", "id": "call00001",  # Mistral's template takes 9-character ids
                    "function": {"name": "get_weather", "arguments": {"city": "Kyoto"}}}]},
-               {"role": "tool", "tool_call_id": "call_1", "content": "{\"sky\": \"sunny\"}"},
+               {"role": "tool", "tool_call_id": "call00001", "content": "{\"sky\": \"sunny\"}"},
                {"role": "user", "content": "And tomorrow?"}]
 _CALL_TOOLS = [{"type": "function", "function": {
     "name": "get_weather", "description": "Weather for a city",
@@ -435,39 +435,52 @@ def call_arguments(value: Any) -> Any:
 
 
 _PYTHON_TAG = "<|python_tag|>"
+_MISTRAL_CALLS = "[TOOL_CALLS]"
 
 
 def call_format(tokenizer, template: str | None) -> str:
-    """How `template` writes a tool call, read from a rendered one: "llama3_json" (the turn
-    is a bare {"name": ..., "parameters": {...}} object: Llama 3.1-3.3, vLLM's `llama3_json`
-    parser) or "hermes" (`<tool_call>` blocks: our ChatML, Qwen; vLLM's `hermes`), the
-    default for templates that render no calls."""
+    """How `template` writes a tool call, read from a rendered one, named as vLLM's tool
+    parser for it: "hermes" (`<tool_call>` blocks of JSON: our ChatML, Qwen2.5, Qwen3),
+    "qwen3_xml" (`<tool_call>` blocks of `<function=...>` and `<parameter=...>` tags:
+    Qwen3.5, Qwen3-Coder), "llama3_json" (the turn is a bare {"name": ..., "parameters":
+    {...}} object: Llama 3.1-3.3) or "mistral" (`[TOOL_CALLS]` and a JSON list of calls:
+    Mistral 7B v0.3, Nemo); "hermes" for templates that render no calls."""
     try:
         text = _render(tokenizer, _CALL_PROBE[:2], template, False, _CALL_TOOLS)
     except Exception:  # a template without tool calls
         return "hermes"
+    if "<tool_call>" in text and "<function=get_weather>" in text:
+        return "qwen3_xml"
+    if "[TOOL_CALLS][" in text:
+        return "mistral"
     if "<tool_call>" not in text and '{"name": "get_weather", "parameters": ' in text:
         return "llama3_json"
     return "hermes"
 
 
 def holds_call(text: str, fmt: str = "hermes") -> bool:
-    """Whether generated text calls a tool: a `<tool_call>` block, broken or not (hermes);
-    a parseable call object (llama3_json, whose calls have no wrapper to find)."""
-    if fmt == "llama3_json":
+    """Whether generated text calls a tool: a `<tool_call>` block, broken or not (hermes,
+    qwen3_xml); a parseable call (llama3_json and mistral, whose calls may come with no
+    wrapper to find: a server drops the `[TOOL_CALLS]` control token from the text)."""
+    if fmt in ("llama3_json", "mistral"):
         return parse_tool_calls(text, fmt) is not None
     return TOOL_CALL_BLOCK.search(text or "") is not None
 
 
 def parse_tool_calls(text: str, fmt: str = "hermes") -> list[tuple[str, Any]] | None:
     """(name, arguments) of each call in generated text, in the template's `fmt`
-    (`call_format`); None when it has none, or when any is not a JSON object with a string
-    `name` (a client's parser rejects the whole reply then)."""
+    (`call_format`); None when it has none, or when any is malformed: not a JSON object with
+    a string `name` (hermes), not a function tag holding only parameter tags (qwen3_xml) (a
+    client's parser rejects the whole reply then)."""
     if fmt == "llama3_json":
         return _llama3_calls(text)
+    if fmt == "mistral":
+        return _mistral_calls(text)
     blocks = TOOL_CALL_BLOCK.findall(text or "")
     if not blocks:
         return None
+    if fmt == "qwen3_xml":
+        return _xml_calls(blocks)
     calls = []
     for block in blocks:
         try:
@@ -478,6 +491,40 @@ def parse_tool_calls(text: str, fmt: str = "hermes") -> list[tuple[str, Any]] | 
             return None
         calls.append((value["name"], call_arguments(value.get("arguments"))))
     return calls
+
+
+_XML_FUNCTION = re.compile(r"\s*<function=([^>\n]+)>(.*?)</function>\s*", re.DOTALL)
+_XML_PARAMETER = re.compile(r"<parameter=([^>\n]+)>\n?(.*?)\n?</parameter>", re.DOTALL)
+
+
+def _xml_calls(blocks: list[str]) -> list[tuple[str, Any]] | None:
+    """Qwen3.5's calls: each block one `<function=NAME>` holding `<parameter=KEY>` tags,
+    each value JSON where it parses as JSON (numbers, objects), else its text (as the
+    template writes a string: bare); None when any block is not of that shape."""
+    calls = []
+    for block in blocks:
+        function = _XML_FUNCTION.fullmatch(block)
+        if function is None or _XML_PARAMETER.sub("", function[2]).strip():
+            return None
+        calls.append((function[1].strip(), {key.strip(): call_arguments(value) for key, value
+                                            in _XML_PARAMETER.findall(function[2])}))
+    return calls
+
+
+def _mistral_calls(text: str) -> list[tuple[str, Any]] | None:
+    """Mistral's calls: a JSON list of {"name", "arguments"} objects, after `[TOOL_CALLS]`
+    (which a server, dropping control tokens, may leave out). Anything else, a JSON list
+    of other objects included, is not a call."""
+    body = (text or "").strip().removeprefix(_MISTRAL_CALLS).strip()
+    try:
+        value = json.loads(body)
+    except ValueError:
+        return None
+    if not (isinstance(value, list) and value and all(
+            isinstance(v, dict) and isinstance(v.get("name"), str) and "arguments" in v
+            for v in value)):
+        return None
+    return [(v["name"], call_arguments(v["arguments"])) for v in value]
 
 
 def _llama3_calls(text: str) -> list[tuple[str, Any]] | None:

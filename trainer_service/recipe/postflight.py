@@ -357,8 +357,8 @@ def sanity_generate(model_dir: str | Path, prompts: Sequence, tokenizer, end_of_
     A conversation ending with an assistant turn (a held-out row) is cut before that turn.
     A prompt given as `{"messages", "tools", "calls"}` whose `calls` are set was cut before
     a tool call: its output is checked for a parseable call in the template's format
-    (`<tool_call>` blocks, or Llama 3.1's JSON: `call_format`; `call_rows`, `calls_parsed`;
-    a warning for the run, not a failure).
+    (`call_format`: `<tool_call>` blocks, Llama 3.1's JSON, Mistral's list; `call_rows`,
+    `calls_parsed`; a warning for the run, not a failure).
     A sample stops when it emits ``end_of_turn`` within ``max_new_tokens``; any other stop
     token does not count (it is what the founding failure's server never saw). Raises
     `VerifyError` `degenerate` when any output loops (the data engine's detector; checked
