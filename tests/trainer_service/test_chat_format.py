@@ -630,3 +630,39 @@ def test_a_generation_prompt_that_opens_what_turns_leave_out_starts_the_reply_af
         encoded = encode_row(tok, template, messages)
         assert "<｜Assistant｜>京都に移住して一年" + eos in encoded.text
         assert supervised_text(tok, encoded) == f"京都に移住して一年{eos}京都移住一年目{eos}"
+
+
+# Current families in the 0.5B-8B range that neither TRL nor we have a marked template of:
+# llama.cpp's copy of the template, the control tokens it needs, the eos, the end of turn.
+BY_TURNS = {
+    "gemma-4": ("google-gemma-4-31B-it.jinja",
+                ["<bos>", "<eos>", "<|turn>", "<turn|>", "<|think|>", "<|channel>", "<channel|>",
+                 "<|tool_call>", "<tool_call|>", "<|tool>", "<tool|>", "<|tool_response>",
+                 "<tool_response|>", "<|image|>", "<|audio|>", "<|video|>"], "<turn|>"),
+    "granite-3.3": ("ibm-granite-granite-3.3-2B-Instruct.jinja",
+                    ["<|start_of_role|>", "<|end_of_role|>", "<|end_of_text|>", "<|tool_call|>"],
+                    "<|end_of_text|>"),
+    "smollm3": ("HuggingFaceTB-SmolLM3-3B.jinja", [], "<|im_end|>"),
+}
+
+
+@pytest.mark.parametrize("family", sorted(BY_TURNS))
+def test_current_families_nobody_has_marked_train_by_their_turns(family):
+    """Gemma 4, Granite 3.3 and SmolLM3 (whose template adds metadata to the system prompt
+    that ours does not): their own templates, each reply supervised through its end of
+    turn, the system prompt and headers outside the loss."""
+    from transformers import AutoTokenizer
+
+    from tunesmith.models import fetch_default
+
+    name, specials, eot = BY_TURNS[family]
+    tok = AutoTokenizer.from_pretrained(fetch_default())
+    tok.add_special_tokens({"additional_special_tokens": specials})
+    tok.eos_token = eot
+    tok.chat_template = llama_cpp_template(name)
+    template = resolve_template(tok, "auto")
+    assert (template.source, template.end_of_turn) == ("model+turns", eot)
+    for messages in (MULTI_TURN, WITH_SYSTEM):
+        encoded = encode_row(tok, template, messages)
+        assert supervised_text(tok, encoded) == f"京都に移住して一年{eot}京都移住一年目{eot}"
+    assert "You write article titles." in encoded.text  # WITH_SYSTEM's, outside the loss
