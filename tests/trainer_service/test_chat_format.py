@@ -475,6 +475,9 @@ def test_the_call_format_is_read_from_the_template():
     tok = llama3x_tokenizer(LLAMA_3X[0])
     assert call_format(tok, tok.chat_template) == "llama3_json"
     assert call_format(tok, resolve_template(tok, "auto").text) == "llama3_json"
+    # named templates: the one a conversation with tools renders with
+    assert call_format(tok, {"default": "{{ messages[0]['content'] }}",
+                             "tool_use": tok.chat_template}) == "llama3_json"
     qwen35 = qwen_tokenizer(fresh=True)
     qwen35.chat_template = llama_cpp_template("Qwen3.5-4B.jinja")
     assert call_format(qwen35, qwen35.chat_template) == "qwen3_xml"

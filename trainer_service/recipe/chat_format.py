@@ -438,13 +438,16 @@ _PYTHON_TAG = "<|python_tag|>"
 _MISTRAL_CALLS = "[TOOL_CALLS]"
 
 
-def call_format(tokenizer, template: str | None) -> str:
+def call_format(tokenizer, template: str | dict[str, str] | None) -> str:
     """How `template` writes a tool call, read from a rendered one, named as vLLM's tool
     parser for it: "hermes" (`<tool_call>` blocks of JSON: our ChatML, Qwen2.5, Qwen3),
     "qwen3_xml" (`<tool_call>` blocks of `<function=...>` and `<parameter=...>` tags:
     Qwen3.5, Qwen3-Coder), "llama3_json" (the turn is a bare {"name": ..., "parameters":
     {...}} object: Llama 3.1-3.3) or "mistral" (`[TOOL_CALLS]` and a JSON list of calls:
-    Mistral 7B v0.3, Nemo); "hermes" for templates that render no calls."""
+    Mistral 7B v0.3, Nemo); "hermes" for templates that render no calls. Of named templates
+    (a tokenizer's `chat_template` dict), the one a conversation with tools renders with."""
+    if isinstance(template, dict):
+        template = template.get("tool_use") or template.get("default")
     try:
         text = _render(tokenizer, _CALL_PROBE[:2], template, False, _CALL_TOOLS)
     except Exception:  # a template without tool calls

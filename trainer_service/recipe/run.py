@@ -13,7 +13,8 @@ import json
 from pathlib import Path
 from typing import Any, Callable
 
-from trainer_service.recipe.chat_format import normalize_messages, resolve_template, row_parts
+from trainer_service.recipe.chat_format import (align_stop_tokens, normalize_messages,
+                                                resolve_template, row_parts)
 from trainer_service.recipe.errors import PreflightError, RecipeError, VerifyError
 from trainer_service.recipe.hooks import RecipeStopped, RunHooks, check_stop
 from trainer_service.recipe.postflight import (base_dtype, check_parity, free_device_memory,
@@ -230,8 +231,6 @@ def _align_eos(spec: TrainSpec, tokenizer: Any, generation: Any, config: Any,
     if not spec.align_eos:
         return [], generation
     from transformers import GenerationConfig
-
-    from trainer_service.recipe.chat_format import align_stop_tokens
 
     generation = generation or GenerationConfig.from_model_config(config)
     changes = align_stop_tokens(tokenizer, generation, template)

@@ -222,8 +222,9 @@ def tokenize_rows(tokenizer, rows: list, loss_on: str, template: ChatTemplate | 
                                                     normalize_messages, row_parts,
                                                     through_end_of_turn)
 
-    eot_id = tokenizer.convert_tokens_to_ids(end_of_turn(tokenizer, tokenizer.chat_template))
     by_turns = template is not None and not template.markers
+    if not by_turns:
+        eot_id = tokenizer.convert_tokens_to_ids(end_of_turn(tokenizer, tokenizer.chat_template))
     ids, masks = [], []
     for n, row in enumerate(rows):
         messages, tools = row_parts(row)
@@ -433,7 +434,8 @@ def train(spec: TrainSpec, run_dir: str | Path,
     tokenizer.chat_template = (template.text if template is not None
                                else _resolve_template(spec, tokenizer, chat_template))
     if spec.align_eos:  # as preflight aligned it; adapter/ is saved with it
-        tokenizer.eos_token = end_of_turn(tokenizer, tokenizer.chat_template)
+        tokenizer.eos_token = (template.end_of_turn if template is not None
+                               else end_of_turn(tokenizer, tokenizer.chat_template))
     train_ds = tokenize_rows(tokenizer, train_rows, spec.loss_on, template)
     val_ds = tokenize_rows(tokenizer, val_rows, spec.loss_on, template) if val_rows else None
 
