@@ -7,8 +7,9 @@ to call answers in the text its template trained. That text has the template's c
 `<tool_call>\\n{"name": ..., "arguments": {...}}\\n</tool_call>`, as our ChatML template and
 Qwen2.5's and Qwen3's render calls (vLLM's `hermes` parser); Qwen3.5's blocks of
 `<function=...>` and `<parameter=...>` tags (`qwen3_xml`); Llama 3.1-3.3's bare
-`{"name": ..., "parameters": {...}}` (`llama3_json`); or Mistral's `[TOOL_CALLS]` and a
-JSON list of calls (`mistral`). Per reply to a probe:
+`{"name": ..., "parameters": {...}}` (`llama3_json`); Mistral's `[TOOL_CALLS]` and a
+JSON list of calls, or `[TOOL_CALLS]name[ARGS]{...}` per call (`mistral`); or Gemma 4's
+`<|tool_call>call:name{key:value}<tool_call|>` (`gemma4`). Per reply to a probe:
 
 - `call_parsed`: the reply holds at least one call, and every call has a string `name`
   and arguments in the format's form (a client's parser rejects the whole reply otherwise);
@@ -83,7 +84,8 @@ def score_call(probe: EvalRow, reply: dict[str, Any], fmt: str = "hermes") -> No
 
 
 def called(reply: dict[str, Any], fmt: str = "hermes") -> bool:
-    """The reply calls a tool: a `<tool_call>` block, or a Llama 3.1 or Mistral call."""
+    """The reply calls a tool: a `<tool_call>` block, or a Llama 3.1, Mistral or Gemma 4
+    call."""
     return reply["error"] is None and holds_call(reply["output"], fmt)
 
 

@@ -197,6 +197,71 @@ def test_mistral_calls_are_read_with_or_without_their_control_token():
     assert (summary["parsed"], summary["spurious"], summary["format"]) == (2, 1, "mistral")
 
 
+def test_mistral_v11_calls_are_read_with_or_without_their_control_tokens():
+    """Ministral 3, Mistral Small 3.2 and Devstral write each call as
+    `[TOOL_CALLS]name[ARGS]{...}` (vLLM's `mistral` parser reads both forms); a server that
+    drops control tokens leaves `name{...}`. Text after a call, or a bare JSON object, is no
+    call."""
+    kyoto = ("get_weather", {"city": "Kyoto", "days": 3})
+    osaka = ("get_weather", {"city": "Osaka"})
+    args = '{"city": "Kyoto", "days": 3}'
+    probes = [_calling(kyoto)] * 4 + [_calling(kyoto, osaka)]
+    probe_replies = [
+        _reply("[TOOL_CALLS]get_weather[ARGS]" + args),
+        _reply("get_weather" + args),  # the control tokens dropped
+        _reply("get_weather" + args + " Let me know if you need more."),
+        _reply(args),
+        _reply('[TOOL_CALLS]get_weather[CALL_ID]a1b2c3d4e[ARGS]{"city": "Osaka"}'
+               "[TOOL_CALLS]get_weather[ARGS]" + args),
+    ]
+    rows = [_answering(), _answering()]
+    replies = [_reply("Hello there"), _reply("get_weather" + args)]
+    summary = summarize(probes, probe_replies, rows, replies, "mistral")
+    assert [r["call_parsed"] for r in probe_replies] == [True, True, False, False, True]
+    assert [r["call_exact"] for r in probe_replies] == [True, True, False, False, True]
+    assert [r["called"] for r in replies] == [False, True]
+    assert (summary["exact"], summary["spurious"]) == (3, 1)
+
+
+def test_gemma4_calls_are_read_with_or_without_their_control_tokens():
+    """Gemma 4 writes `<|tool_call>call:name{key:value}<tool_call|>`, strings between `<|"|>`
+    tokens and numbers bare; a server that drops control tokens leaves `call:name{...}` with
+    bare strings, read as JSON where they parse. An unclosed string is a broken call, and
+    an answer is no call."""
+    q = '<|"|>'
+    kyoto = ("get_weather", {"city": "Kyoto", "days": 3})
+    probes = [_calling(kyoto)] * 5 + [_calling(kyoto, ("get_weather", {"city": "Osaka"}))]
+    probe_replies = [
+        _reply(f"<|tool_call>call:get_weather{{city:{q}Kyoto{q},days:3}}<tool_call|>"),
+        _reply("call:get_weather{city:Kyoto,days:3}"),  # the control tokens dropped
+        _reply(f"<|tool_call>call:get_weather{{city:{q}Kyoto{q},days:{q}3{q}}}<tool_call|>"),
+        _reply(f"<|tool_call>call:get_weather{{city:{q}Kyoto}}<tool_call|>"),
+        _reply("It is sunny in Kyoto."),
+        _reply(f"<|tool_call>call:get_weather{{city:{q}Osaka{q}}}<tool_call|>"
+               f"<|tool_call>call:get_weather{{days:3,city:{q}Kyoto{q}}}<tool_call|>"),
+    ]
+    rows = [_answering(), _answering()]
+    replies = [_reply("Hello there"), _reply(f"<|tool_call>call:get_weather{{city:{q}")]
+    summary = summarize(probes, probe_replies, rows, replies, "gemma4")
+    assert [r["call_parsed"] for r in probe_replies] == [True, True, True, False, False, True]
+    # a quoted "3" is a string, not the data's integer
+    assert [r["call_exact"] for r in probe_replies] == [True, True, False, False, False, True]
+    assert [r["called"] for r in replies] == [False, True]  # broken, but a call
+    assert (summary["exact"], summary["parsed"], summary["format"]) == (3, 4, "gemma4")
+
+
+@pytest.mark.parametrize("text", [
+    '<|tool_call>call:f{a:{<|"|>k<|"|>:[1,<|"|>x, y<|"|>,true]},b:null}<tool_call|>',
+    "call:f{a:{k:[1,x,true]},b:null}"])
+def test_gemma4_nested_values_are_read_as_its_template_writes_them(text):
+    """Objects (their keys quoted inside values), lists, booleans and null, as Gemma 4's
+    `format_argument` writes them; without the quote tokens a string with a comma splits."""
+    calls = parse_calls(text, "gemma4")
+    assert calls is not None and calls[0][0] == "f"
+    expected = "x, y" if "<|" in text else "x"
+    assert calls[0][1] == {"a": {"k": [1, expected, True]}, "b": None}
+
+
 def test_one_call_more_or_less_is_not_the_same_calls():
     kyoto = ("get_weather", {"city": "Kyoto"})
     probes = [_calling(kyoto), _calling(kyoto, kyoto)]

@@ -669,3 +669,79 @@ def test_current_families_nobody_has_marked_train_by_their_turns(family):
         encoded = encode_row(tok, template, messages)
         assert supervised_text(tok, encoded) == f"京都に移住して一年{eot}京都移住一年目{eot}"
     assert "You write article titles." in encoded.text  # WITH_SYSTEM's, outside the loss
+
+
+GEMMA4_QUOTE = '<|"|>'
+
+
+def gemma4_tokenizer():
+    """SmolLM2's tokenizer speaking Gemma 4's format (gemma-4-31B-it's template, llama.cpp's
+    copy; its control tokens, the string quote `<|"|>` among them; eos <eos>, as Gemma 4
+    ships it)."""
+    from transformers import AutoTokenizer
+
+    from tunesmith.models import fetch_default
+
+    name, specials, _ = BY_TURNS["gemma-4"]
+    tok = AutoTokenizer.from_pretrained(fetch_default())
+    tok.add_special_tokens({"additional_special_tokens": specials + [GEMMA4_QUOTE]})
+    tok.eos_token, tok.bos_token = "<eos>", "<bos>"
+    tok.chat_template = llama_cpp_template(name)
+    return tok
+
+
+def test_gemma4_calls_are_supervised_through_the_token_that_closes_them():
+    """Gemma 4 ends a call with <|tool_response>, not <turn|>: the tool's result is written
+    into the same model turn, and the reply after it closes the turn. Both stop tokens are
+    supervised; the result, between them, is not."""
+    tok = gemma4_tokenizer()
+    template = resolve_template(tok, "auto")
+    assert (template.source, template.end_of_turn, template.call_end) == (
+        "model+turns", "<turn|>", "<|tool_response>")
+    assert template.stop_tokens == ["<turn|>", "<|tool_response>"]
+    encoded = encode_row(tok, template, TOOL_ROW, tools=TOOLS)
+    assert encoded.mask == encoded.expected_mask
+    q = GEMMA4_QUOTE
+    assert supervised_text(tok, encoded) == (f"<|tool_call>call:get_weather{{city:{q}Kyoto{q}}}"
+                                             "<tool_call|><|tool_response>Sunny in Kyoto.<turn|>")
+    assert f"<|tool_response>response:get_weather{{value:{q}" in encoded.text
+    last = encode_row(tok, template, TOOL_ROW, "last_assistant", TOOLS)
+    assert supervised_text(tok, last) == "Sunny in Kyoto.<turn|>"
+    for messages in (MULTI_TURN, WITH_SYSTEM):  # replies without calls: as before
+        assert supervised_text(tok, encode_row(tok, template, messages)) == (
+            "京都に移住して一年<turn|>京都移住一年目<turn|>")
+
+
+def test_calls_that_end_like_any_reply_have_no_token_of_their_own():
+    """ChatML (ours), Llama 3.x (markers added), Mistral Nemo and Ministral 3 (by turns) end
+    a call turn with their end of turn; Gemma 2's template renders no calls at all."""
+    ministral = mistral_tokenizer()
+    ministral.add_special_tokens({"additional_special_tokens": MINISTRAL_SPECIALS})
+    ministral.chat_template = llama_cpp_template("mistralai-Ministral-3-14B-Reasoning-2512.jinja")
+    for tok in (qwen_tokenizer(), llama3x_tokenizer(LLAMA_3X[0]), mistral_tokenizer(),
+                ministral, family_tokenizer("gemma-2")):
+        template = resolve_template(tok, "auto")
+        assert template.call_end is None, template.source
+        assert template.stop_tokens == [template.end_of_turn]
+        if tok is ministral:
+            assert template.source == "model+turns"
+            encoded = encode_row(tok, template, TOOL_ROW, tools=TOOLS)
+            assert supervised_text(tok, encoded) == ('[TOOL_CALLS]get_weather[ARGS]{"city": '
+                                                     '"Kyoto"}</s>Sunny in Kyoto.</s>')
+
+
+MINISTRAL_SPECIALS = ["[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]", "[ARGS]", "[THINK]", "[/THINK]",
+                      "[IMG]"]
+
+
+def test_the_newer_call_formats_are_read_from_their_templates():
+    """Ministral 3 (tokenizer v11: `[TOOL_CALLS]name[ARGS]{...}`) reads as vLLM's `mistral`
+    parser does, and Gemma 4's `<|tool_call>call:name{...}<tool_call|>` as `gemma4`."""
+    from trainer_service.recipe.chat_format import call_format
+
+    ministral = mistral_tokenizer()
+    ministral.add_special_tokens({"additional_special_tokens": MINISTRAL_SPECIALS})
+    ministral.chat_template = llama_cpp_template("mistralai-Ministral-3-14B-Reasoning-2512.jinja")
+    assert call_format(ministral, ministral.chat_template) == "mistral"
+    gemma4 = gemma4_tokenizer()
+    assert call_format(gemma4, gemma4.chat_template) == "gemma4"

@@ -125,6 +125,38 @@ def test_families_whose_eos_is_not_their_end_of_turn_pass_once_aligned(family):
         assert report.sample.endswith(f"]]\n{eot_token}")  # the template's closing eos
 
 
+def test_gemma4_tool_rows_need_their_call_token_to_stop_generation():
+    """Gemma 4 closes a call with <|tool_response>; as shipped, its generation config stops
+    on it ([<eos>, <turn|>, <|tool_response>]). A base without it would run on after a call
+    and write the tool's result itself: preflight names the token, align_eos adds it, and
+    rows without calls do not need it."""
+    from transformers import LlamaConfig
+
+    from tests.trainer_service.test_chat_format import TOOL_ROW, TOOLS, gemma4_tokenizer
+
+    tok = gemma4_tokenizer()
+    template = resolve_template(tok)
+    eos, eot, call = (tok.convert_tokens_to_ids(t) for t in ("<eos>", "<turn|>",
+                                                             "<|tool_response>"))
+    tok.eos_token = "<turn|>"
+    rows = [{"id": "t", "messages": TOOL_ROW, "tools": TOOLS},
+            {"id": "a", "messages": MULTI_TURN}]
+    args = dict(tokenizer=tok, model_config_or_model=LlamaConfig(vocab_size=len(tok)),
+                train_rows=rows, validation_rows=rows, template=template,
+                loss_on="all_assistant", max_seq_len=512, generation_config=gen_config(eos, eot))
+    with pytest.raises(PreflightError) as err:
+        run_preflight(**args)
+    assert err.value.code == "generation_eos_missing"
+    assert "'<|tool_response>'" in err.value.message and "1 supervised turns end" in err.value.message
+    assert run_preflight(**{**args, "train_rows": rows[1:]}).call_turns == 0  # no calls
+    assert align_stop_tokens(tok, args["generation_config"], template) == [
+        f"generation_config.eos_token_id: [{eos}, {eot}] -> [{eos}, {eot}, {call}]"]
+    report = run_preflight(**args)
+    assert (report.call_end_token, report.call_turns, report.supervised_turns) == (
+        "<|tool_response>", 1, 4)
+    assert "<tool_call|><|tool_response>]]response:get_weather" in report.sample
+
+
 def test_generation_config_without_end_of_turn_fails():
     with pytest.raises(PreflightError) as err:
         run_preflight(**qwen_args(generation_config=gen_config(151643)))

@@ -367,6 +367,76 @@ def test_a_model_nobody_has_a_training_template_for_trains_on_its_own(tmp_path):
     assert {s["output"] for s in sanity["samples"]} == {"Hello there"}
 
 
+TIME_TOOLS = [{"type": "function", "function": {
+    "name": "get_time", "description": "The time now",
+    "parameters": {"type": "object", "properties": {}}}}]
+
+
+def tool_dataset(folder: Path) -> Path:
+    """A data engine output folder of rows that call a tool, then answer from its result."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = [{"id": f"t{i}", "tools": TIME_TOOLS, "messages": [
+        {"role": "user", "content": f"What time is it in {city}?"},
+        {"role": "assistant", "content": None, "tool_calls": json.dumps(
+            [{"id": f"call{i:05d}", "type": "function",
+              "function": {"name": "get_time", "arguments": "{}"}}])},
+        {"role": "tool", "tool_call_id": f"call{i:05d}", "content": '{"time": "12:00"}'},
+        {"role": "assistant", "content": "It is noon."}]}
+        for i, (_, city) in enumerate(CAPITALS)]
+    splits = {"train": rows[:16], "validation": rows[16:20], "test": rows[20:]}
+    for name, part in splits.items():
+        (folder / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in part))
+    return folder
+
+
+def test_a_gemma4_model_learns_to_stop_after_its_calls(tmp_path):
+    """A model of Gemma 4's chat format (its real template; its control tokens on SmolLM2's
+    vocabulary; eos <eos> and a generation config stopping on <eos> and <turn|>), scripted
+    to call get_time and close the call with <|tool_response>, and after the tool's result
+    to answer and close the turn with <turn|>. Gemma 4 writes the result into the same turn,
+    so a call ends with <|tool_response>, not <turn|>: with align_eos the run adds it to the
+    stop tokens, trains through both, and the merged model stops after its held-out calls,
+    which are read in Gemma 4's form."""
+    from transformers import GenerationConfig
+
+    from tests.evaluator import models
+    from tests.trainer_service.test_chat_format import gemma4_tokenizer
+
+    tokenizer = gemma4_tokenizer()
+    steps = {**models.chain_of(tokenizer, "<|tool_call>call:get_time{}<tool_call|>",
+                               "<|tool_response>", prompt_end="<channel|>"),
+             **models.chain_of(tokenizer, "It is noon.", "<turn|>",
+                               prompt_end="<tool_response|>")}
+    base = models.scripted_model(tokenizer, tmp_path / "base", steps, end_of_turn="<turn|>")
+    eos, eot, call = (tokenizer.convert_tokens_to_ids(t)
+                      for t in ("<eos>", "<turn|>", "<|tool_response>"))
+    shipped = GenerationConfig.from_pretrained(base)
+    shipped.eos_token_id = [eos, eot]
+    shipped.save_pretrained(base)
+    data = tool_dataset(tmp_path / "data")
+    done = train_run(str(spec(tmp_path / "spec.yaml", base, data,
+                              "quantization: none\nalign_eos: true\n")),
+                     "--out", "run", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    run = tmp_path / "run"
+    state = json.loads((run / "run.json").read_text())
+    assert state["status"] == "succeeded" and state["global_step"] == 3
+    assert (f"align_eos: generation_config.eos_token_id: [{eos}, {eot}] -> [{eos}, {eot}, "
+            f"{call}], in this run and in adapter/ and merged/") in state["warnings"]
+    preflight = json.loads((run / "preflight.json").read_text())
+    assert (preflight["template_source"], preflight["end_of_turn_token"],
+            preflight["call_end_token"], preflight["call_turns"]) == (
+        "model+turns", "<turn|>", "<|tool_response>", 16)
+    assert "[[<|tool_call>call:get_time{}<tool_call|><|tool_response>]]response:get_time" \
+        in preflight["sample"]
+    assert {eot, call} <= set(GenerationConfig.from_pretrained(run / "merged").eos_token_id)
+    sanity = json.loads((run / "verify.json").read_text())["sanity"]
+    assert (sanity["call_format"], sanity["stop_rate"]) == ("gemma4", 1.0)
+    assert sanity["call_rows"] == sanity["calls_parsed"] == 4
+    assert sorted({s["output"] for s in sanity["samples"]}) == ["It is noon.",
+                                                               "call:get_time{}"]
+
+
 @pytest.mark.parametrize("template", ["llama-3 (TRL's copy)",
                                       "meta-llama-Llama-3.2-3B-Instruct.jinja"])
 def test_a_llama3_model_trains_and_stops_on_eot(template, tmp_path):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import re
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,19 @@ class ChatTemplate:
     # False: the text has no generation markers, and the loss mask is the structural one
     # (the model's own template, source "model+turns")
     markers: bool = True
+    # the token a reply that ends in tool calls closes with, where it is not end_of_turn:
+    # Gemma 4 ends a call with <|tool_response>, after which the tool's result is written
+    # into the same model turn (its generation config stops on it); None elsewhere
+    call_end: str | None = None
+
+    @property
+    def stop_tokens(self) -> list[str]:
+        """The tokens a supervised reply may end with, which generation must stop on."""
+        return [self.end_of_turn] + ([self.call_end] if self.call_end else [])
+
+    def closing(self, message: dict[str, Any]) -> str:
+        """The token an assistant turn closes with: call_end after tool calls, if any."""
+        return self.call_end if self.call_end and message.get("tool_calls") else self.end_of_turn
 
 
 @dataclass
@@ -118,8 +132,10 @@ def _from_text(text: str, source: str, tokenizer) -> ChatTemplate:
                 "{% endgeneration %}, or use chat_template: chatml")
     if _is_chatml(text):
         return _chatml(text, source, "<think>" in text)
-    return ChatTemplate(text=text, source=source, end_of_turn=end_of_turn(tokenizer, text),
-                        supports_reasoning="reasoning_content" in text)
+    eot = end_of_turn(tokenizer, text)
+    return ChatTemplate(text=text, source=source, end_of_turn=eot,
+                        supports_reasoning="reasoning_content" in text,
+                        call_end=_call_end(tokenizer, text, eot))
 
 
 _PROBE_REPLY = "Zephyr quartz 7"
@@ -143,23 +159,74 @@ def _token_after_reply(tokenizer, template: str) -> str | None:
         return None
     at = text.rfind(_PROBE_REPLY)
     after = text[at + len(_PROBE_REPLY):].lstrip(" ") if at >= 0 else ""
-    specials = set(tokenizer.all_special_tokens) | {
-        t.content for t in tokenizer.added_tokens_decoder.values() if t.special}
-    found = [t for t in specials if t and after.startswith(t)]
+    found = [t for t in _specials(tokenizer) if after.startswith(t)]
     return max(found, key=len) if found else None
 
 
-def through_end_of_turn(ids: list[int], mask: list[int], eot_id: int) -> list[int]:
-    """The loss mask with each supervised run cut after its end-of-turn token: what a
-    template's generation block holds past it (Gemma's newline, Phi-3's closing eos) is never
-    generated, since generation stops at the end of turn, so it carries no loss."""
+_SPECIALS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _specials(tokenizer) -> frozenset[str]:
+    """The tokenizer's special tokens, added ones included (kept per tokenizer while its
+    vocabulary and special tokens stay as they were: read once per turn of every row)."""
+    key = (len(tokenizer), tuple(tokenizer.all_special_tokens))
+    cached = _SPECIALS.get(tokenizer)
+    if cached is None or cached[0] != key:
+        found = frozenset(t for t in set(tokenizer.all_special_tokens) | {
+            t.content for t in tokenizer.added_tokens_decoder.values() if t.special} if t)
+        cached = _SPECIALS[tokenizer] = (key, found)
+    return cached[1]
+
+
+def _call_end(tokenizer, template: str, eot: str | None) -> str | None:
+    """The special token that closes a reply ending in a tool call, where it is not ``eot``
+    (Gemma 4's <|tool_response>); None where calls end like any reply, or the template
+    renders none: the last special token that a conversation ending with the call and the
+    same one followed by the tool's result both render after the call."""
+    try:
+        alone = _render(tokenizer, _CALL_PROBE[:2], template, False, _CALL_TOOLS)
+        answered = _render(tokenizer, _CALL_PROBE[:3], template, False, _CALL_TOOLS)
+    except Exception:  # a template without tool calls
+        return None
+    after = alone.rfind("get_weather") + len("get_weather")
+    shared = _common_prefix(alone, answered)
+    if after < len("get_weather") or shared <= after:
+        return None  # the call itself does not render alike: nothing to read after it
+    # the last special token the two share after the call (the shared text may end inside
+    # one, where the next turn's header starts like the conversation's closing token)
+    ends = [(i + len(t), t) for t in _specials(tokenizer)
+            for i in _occurrences(alone, t, after) if i + len(t) <= shared]
+    if not ends:
+        return None
+    end, token = max(ends, key=lambda e: (e[0], len(e[1])))
+    if alone[end:shared].strip() and not any(t.startswith(alone[end:shared].strip())
+                                             for t in _specials(tokenizer)):
+        return None  # text, not a closing token, ends what the two share
+    return token if token != eot else None
+
+
+def _occurrences(text: str, token: str, start: int) -> list[int]:
+    """Where ``token`` occurs in ``text`` from ``start`` on."""
+    found, at = [], text.find(token, start)
+    while at >= 0:
+        found.append(at)
+        at = text.find(token, at + 1)
+    return found
+
+
+def through_end_of_turn(ids: list[int], mask: list[int], stop_ids: int | set[int]) -> list[int]:
+    """The loss mask with each supervised run cut after its end-of-turn token (any of
+    ``stop_ids``, `ChatTemplate.stop_tokens`' ids): what a template's generation block holds
+    past it (Gemma's newline, Phi-3's closing eos) is never generated, since generation stops
+    at the end of turn, so it carries no loss."""
+    stops = {stop_ids} if isinstance(stop_ids, int) else set(stop_ids)
     out, ended = list(mask), False
     for i, (token, bit) in enumerate(zip(ids, mask)):
         if not bit:
             ended = False
         elif ended:
             out[i] = 0
-        elif token == eot_id:
+        elif token in stops:
             ended = True
     return out
 
@@ -256,7 +323,8 @@ def _by_turns(tokenizer, model_template: str,
         else:
             template = ChatTemplate(text=model_template, source="model+turns", end_of_turn=eot,
                                     supports_reasoning="reasoning_content" in model_template,
-                                    markers=False)
+                                    markers=False,
+                                    call_end=_call_end(tokenizer, model_template, eot))
         try:
             for messages in _TURN_PROBES:
                 text = _render(tokenizer, messages, model_template)
@@ -436,6 +504,7 @@ def call_arguments(value: Any) -> Any:
 
 _PYTHON_TAG = "<|python_tag|>"
 _MISTRAL_CALLS = "[TOOL_CALLS]"
+_GEMMA4_OPEN, _GEMMA4_CLOSE, _GEMMA4_QUOTE = "<|tool_call>", "<tool_call|>", '<|"|>'
 
 
 def call_format(tokenizer, template: str | dict[str, str] | None) -> str:
@@ -443,8 +512,10 @@ def call_format(tokenizer, template: str | dict[str, str] | None) -> str:
     parser for it: "hermes" (`<tool_call>` blocks of JSON: our ChatML, Qwen2.5, Qwen3),
     "qwen3_xml" (`<tool_call>` blocks of `<function=...>` and `<parameter=...>` tags:
     Qwen3.5, Qwen3-Coder), "llama3_json" (the turn is a bare {"name": ..., "parameters":
-    {...}} object: Llama 3.1-3.3) or "mistral" (`[TOOL_CALLS]` and a JSON list of calls:
-    Mistral 7B v0.3, Nemo); "hermes" for templates that render no calls. Of named templates
+    {...}} object: Llama 3.1-3.3), "mistral" (`[TOOL_CALLS]` and a JSON list of calls:
+    Mistral 7B v0.3, Nemo; or `[TOOL_CALLS]name[ARGS]{...}` per call: Ministral 3, Mistral
+    Small 3.2, Devstral) or "gemma4" (`<|tool_call>call:name{key:value}<tool_call|>`, strings
+    between `<|"|>` tokens); "hermes" for templates that render no calls. Of named templates
     (a tokenizer's `chat_template` dict), the one a conversation with tools renders with."""
     if isinstance(template, dict):
         template = template.get("tool_use") or template.get("default")
@@ -454,8 +525,10 @@ def call_format(tokenizer, template: str | dict[str, str] | None) -> str:
         return "hermes"
     if "<tool_call>" in text and "<function=get_weather>" in text:
         return "qwen3_xml"
-    if "[TOOL_CALLS][" in text:
+    if "[TOOL_CALLS][" in text or "[TOOL_CALLS]get_weather" in text:
         return "mistral"
+    if _GEMMA4_OPEN + "call:get_weather{" in text:
+        return "gemma4"
     if "<tool_call>" not in text and '{"name": "get_weather", "parameters": ' in text:
         return "llama3_json"
     return "hermes"
@@ -463,9 +536,12 @@ def call_format(tokenizer, template: str | dict[str, str] | None) -> str:
 
 def holds_call(text: str, fmt: str = "hermes") -> bool:
     """Whether generated text calls a tool: a `<tool_call>` block, broken or not (hermes,
-    qwen3_xml); a parseable call (llama3_json and mistral, whose calls may come with no
-    wrapper to find: a server drops the `[TOOL_CALLS]` control token from the text)."""
-    if fmt in ("llama3_json", "mistral"):
+    qwen3_xml), or Gemma 4's `<|tool_call>`; a parseable call (llama3_json, mistral and
+    gemma4, whose calls may come with no wrapper to find: a server drops control tokens,
+    `[TOOL_CALLS]` and `<|tool_call>` among them, from the text)."""
+    if fmt == "gemma4" and _GEMMA4_OPEN in (text or ""):
+        return True
+    if fmt in ("llama3_json", "mistral", "gemma4"):
         return parse_tool_calls(text, fmt) is not None
     return TOOL_CALL_BLOCK.search(text or "") is not None
 
@@ -479,6 +555,8 @@ def parse_tool_calls(text: str, fmt: str = "hermes") -> list[tuple[str, Any]] | 
         return _llama3_calls(text)
     if fmt == "mistral":
         return _mistral_calls(text)
+    if fmt == "gemma4":
+        return _gemma4_calls(text)
     blocks = TOOL_CALL_BLOCK.findall(text or "")
     if not blocks:
         return None
@@ -515,19 +593,130 @@ def _xml_calls(blocks: list[str]) -> list[tuple[str, Any]] | None:
 
 
 def _mistral_calls(text: str) -> list[tuple[str, Any]] | None:
-    """Mistral's calls: a JSON list of {"name", "arguments"} objects, after `[TOOL_CALLS]`
-    (which a server, dropping control tokens, may leave out). Anything else, a JSON list
-    of other objects included, is not a call."""
-    body = (text or "").strip().removeprefix(_MISTRAL_CALLS).strip()
-    try:
-        value = json.loads(body)
-    except ValueError:
-        return None
-    if not (isinstance(value, list) and value and all(
-            isinstance(v, dict) and isinstance(v.get("name"), str) and "arguments" in v
-            for v in value)):
-        return None
-    return [(v["name"], call_arguments(v["arguments"])) for v in value]
+    """Mistral's calls: a JSON list of {"name", "arguments"} objects after `[TOOL_CALLS]`
+    (Mistral 7B v0.3, Nemo), or, from tokenizer v11 on (Ministral 3, Mistral Small 3.2,
+    Devstral), each call as `[TOOL_CALLS]name[ARGS]{...}` (`[CALL_ID]id` may come before
+    `[ARGS]`). A server that drops control tokens leaves the list alone, or `name{...}` per
+    call: both still calls. Anything else, a JSON list of other objects included, is not."""
+    body = (text or "").strip()
+    listed = body.removeprefix(_MISTRAL_CALLS).strip()
+    if listed.startswith("["):
+        try:
+            value = json.loads(listed)
+        except ValueError:
+            return None
+        if not (isinstance(value, list) and value and all(
+                isinstance(v, dict) and isinstance(v.get("name"), str) and "arguments" in v
+                for v in value)):
+            return None
+        return [(v["name"], call_arguments(v["arguments"])) for v in value]
+    decoder, at, calls = json.JSONDecoder(), 0, []
+    while at < len(body):
+        head = _MISTRAL_CALL.match(body, at)
+        if head is None:
+            return None
+        try:
+            args, at = decoder.raw_decode(body, head.end())
+        except ValueError:
+            return None
+        calls.append((head["name"], args))
+        at = len(body) - len(body[at:].lstrip())
+    return calls or None
+
+
+# one v11 call's head, up to its arguments' `{`: `[TOOL_CALLS]name[CALL_ID]id[ARGS]`, the
+# control tokens optional (a server may have dropped them)
+_MISTRAL_CALL = re.compile(r"(?:\[TOOL_CALLS\])?\s*(?P<name>[A-Za-z_][\w.\-]*)"
+                           r"(?:\[CALL_ID\][A-Za-z0-9]+)?(?:\[ARGS\])?(?=\{)")
+
+
+def _gemma4_calls(text: str) -> list[tuple[str, Any]] | None:
+    """Gemma 4's calls: `<|tool_call>call:name{key:value,...}<tool_call|>` each, strings
+    between `<|"|>` tokens, keys, numbers and booleans bare (its template's
+    `format_argument`). A server that drops control tokens leaves `call:name{...}` per call
+    with strings unquoted: a bare value is then read as JSON where it parses (3, true), else
+    as its text. None when any call is malformed, or when text outside the calls says
+    something (a reply that answers is not a call)."""
+    body = (text or "").strip()
+    calls, at = [], 0
+    while at < len(body):
+        if body.startswith(_GEMMA4_OPEN, at):
+            at += len(_GEMMA4_OPEN)
+        head = _GEMMA4_CALL.match(body, at)
+        if head is None:
+            return None
+        try:
+            args, at = _Gemma4Reader(body).value(head.end() - 1)
+        except ValueError:
+            return None
+        calls.append((head["name"], args))
+        if body.startswith(_GEMMA4_CLOSE, at):
+            at += len(_GEMMA4_CLOSE)
+        at = len(body) - len(body[at:].lstrip())
+    return calls or None
+
+
+_GEMMA4_CALL = re.compile(r"call:(?P<name>[A-Za-z_][\w.\-]*)\{")
+
+
+class _Gemma4Reader:
+    """Reads one value of Gemma 4's call syntax: `{key:value,...}`, `[value,...]`,
+    `<|"|>text<|"|>`, or a bare word up to the next `,`, `}` or `]` (JSON where it parses)."""
+
+    def __init__(self, text: str):
+        self.text = text
+
+    def value(self, at: int) -> tuple[Any, int]:
+        """The value starting at ``at`` and the index after it; ValueError when malformed."""
+        text = self.text
+        if text.startswith(_GEMMA4_QUOTE, at):
+            end = text.find(_GEMMA4_QUOTE, at + len(_GEMMA4_QUOTE))
+            if end < 0:
+                raise ValueError("an unclosed string")
+            return text[at + len(_GEMMA4_QUOTE):end], end + len(_GEMMA4_QUOTE)
+        if text.startswith("{", at):
+            out: dict[str, Any] = {}
+            return out, self._items(at + 1, "}", lambda at: self._pair(at, out))
+        if text.startswith("[", at):
+            items: list[Any] = []
+            return items, self._items(at + 1, "]", lambda at: self._item(at, items))
+        end = at
+        while end < len(text) and text[end] not in ",}]":
+            end += 1
+        word = text[at:end].strip()
+        if not word or "<|" in word or "|>" in word:
+            raise ValueError("no value")
+        return call_arguments(word), end
+
+    def _items(self, at: int, close: str, one) -> int:
+        if self.text.startswith(close, at):
+            return at + 1
+        while True:
+            at = one(at)
+            if self.text.startswith(",", at):
+                at += 1
+            elif self.text.startswith(close, at):
+                return at + 1
+            else:
+                raise ValueError(f"expected , or {close}")
+
+    def _pair(self, at: int, out: dict[str, Any]) -> int:
+        if self.text.startswith(_GEMMA4_QUOTE, at):  # a key inside a value: quoted
+            key, at = self.value(at)
+        else:
+            colon = self.text.find(":", at)
+            key, at = self.text[at:colon].strip(), colon
+            if colon < 0 or not key or any(c in key for c in ",{}[]"):
+                raise ValueError("no key")
+        if not self.text.startswith(":", at):
+            raise ValueError("expected :")
+        out[key], at = self.value(at + 1)
+        return at
+
+    def _item(self, at: int, items: list[Any]) -> int:
+        item, at = self.value(at)
+        items.append(item)
+        return at
 
 
 def _llama3_calls(text: str) -> list[tuple[str, Any]] | None:
@@ -593,7 +782,8 @@ def _structural_spans(tokenizer, template: ChatTemplate, messages, text, tools,
             # the reply starts where the turn departs from the generation prompt: all of it,
             # or less where the prompt opens what a rendered turn leaves out (DeepSeek-R1's
             # `<think>\n`, which its template strips from replies)
-            start = _common_prefix(prompt, turn)
+            start = _token_start(tokenizer, turn, _common_prefix(prompt, turn))
+            eot = template.closing(messages[i])
             end = turn.find(eot, start)
             # up to the reply's end of turn: what follows may close the conversation (Phi-3
             # appends eos after the last turn), which a longer row does not have there
@@ -616,6 +806,17 @@ def _structural_spans(tokenizer, template: ChatTemplate, messages, text, tools,
         raise ChatFormatError("assistant_turns_mismatch", f"found {len(pairs)} assistant turns in the "
                               f"rendered text, the row has {n_assistant}")
     return pairs
+
+
+def _token_start(tokenizer, text: str, at: int) -> int:
+    """``at``, or the start of the special token of ``text`` that ``at`` falls inside (a
+    reply that opens with <|tool_call> departs from a prompt ending with <|channel> two
+    characters in)."""
+    for token in _specials(tokenizer):
+        begin = text.rfind(token, max(0, at - len(token) + 1), at + len(token) - 1)
+        if 0 <= begin < at < begin + len(token):
+            return begin
+    return at
 
 
 def _common_prefix(a: str, b: str) -> int:
@@ -670,7 +871,7 @@ def encode_row(tokenizer, template: ChatTemplate, messages: list[dict[str, Any]]
         return EncodedRow(text=text, input_ids=ids, mask=list(expected), expected_mask=expected,
                           offsets=offsets, spans=spans, headers=[h for h, _ in pairs])
     mask = through_end_of_turn(ids, list(marked["assistant_masks"]),
-                               tokenizer.convert_tokens_to_ids(template.end_of_turn))
+                               {tokenizer.convert_tokens_to_ids(t) for t in template.stop_tokens})
     if loss_on == "last_assistant" and pairs:
         # markers cover every assistant turn; keep those from the last turn's header on
         first = pairs[0][0][0]
@@ -681,16 +882,18 @@ def encode_row(tokenizer, template: ChatTemplate, messages: list[dict[str, Any]]
 
 def align_stop_tokens(tokenizer, generation_config, template: ChatTemplate) -> list[str]:
     """Make the end-of-turn token the eos of the tokenizer and generation config (the Qwen
-    base-model fix: eos <|endoftext|> -> <|im_end|>). Returns what changed, for the report."""
+    base-model fix: eos <|endoftext|> -> <|im_end|>), and the template's `call_end` one of
+    the generation config's eos ids too. Returns what changed, for the report."""
     changes = []
-    eot_id = tokenizer.convert_tokens_to_ids(template.end_of_turn)
     if tokenizer.eos_token != template.end_of_turn:
         changes.append(f"tokenizer.eos_token: {tokenizer.eos_token!r} -> {template.end_of_turn!r}")
         tokenizer.eos_token = template.end_of_turn
     if generation_config is not None:
         ids = generation_config.eos_token_id
         ids = [] if ids is None else ([ids] if isinstance(ids, int) else list(ids))
-        if eot_id not in ids:
-            changes.append(f"generation_config.eos_token_id: {ids} -> {ids + [eot_id]}")
-            generation_config.eos_token_id = ids + [eot_id]
+        stops = [tokenizer.convert_tokens_to_ids(t) for t in template.stop_tokens]
+        missing = [i for i in stops if i not in ids]
+        if missing:
+            changes.append(f"generation_config.eos_token_id: {ids} -> {ids + missing}")
+            generation_config.eos_token_id = ids + missing
     return changes

@@ -90,9 +90,11 @@ def base_dtype(base_model: str | Path):
 
 
 def merge_adapter(base_model: str | Path, adapter_dir: str | Path, out_dir: str | Path,
-                  tokenizer, end_of_turn: str, dtype=None) -> Path:
+                  tokenizer, end_of_turn: str, dtype=None, call_end: str | None = None) -> Path:
     """Merge the adapter into an unquantized copy of the base, in the base's own precision
-    (``base_dtype``) unless ``dtype`` says otherwise, and save it as a plain HF folder."""
+    (``base_dtype``) unless ``dtype`` says otherwise, and save it as a plain HF folder whose
+    generation config stops on ``end_of_turn`` (and ``call_end``, the template's token after
+    a tool call where it has its own)."""
     import torch
     from peft import PeftModel
 
@@ -111,6 +113,8 @@ def merge_adapter(base_model: str | Path, adapter_dir: str | Path, out_dir: str 
 
     gen = merged.generation_config
     gen.eos_token_id = _with_id(gen.eos_token_id, eot)
+    if call_end:
+        gen.eos_token_id = _with_id(gen.eos_token_id, end_of_turn_id(tokenizer, call_end))
     if gen.pad_token_id is None:
         gen.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eot
     merged.config.eos_token_id = _with_id(merged.config.eos_token_id, eot)
@@ -351,15 +355,17 @@ class SanityReport:
 def sanity_generate(model_dir: str | Path, prompts: Sequence, tokenizer, end_of_turn: str,
                     max_new_tokens: int = 64, min_stop_rate: float = 0.8,
                     repetition: RepetitionConfig | None = None, limit: int = 10,
-                    dtype=None, base_model: str | Path | None = None) -> SanityReport:
+                    dtype=None, base_model: str | Path | None = None,
+                    call_end: str | None = None) -> SanityReport:
     """Greedy-decode up to ``limit`` held-out conversations; fail on loops or no stop.
 
     A conversation ending with an assistant turn (a held-out row) is cut before that turn.
     A prompt given as `{"messages", "tools", "calls"}` whose `calls` are set was cut before
     a tool call: its output is checked for a parseable call in the template's format
-    (`call_format`: `<tool_call>` blocks, Llama 3.1's JSON, Mistral's list; `call_rows`,
+    (`call_format`: `<tool_call>` blocks, Llama 3.1's JSON, Mistral's, Gemma 4's; `call_rows`,
     `calls_parsed`; a warning for the run, not a failure).
-    A sample stops when it emits ``end_of_turn`` within ``max_new_tokens``; any other stop
+    A sample stops when it emits ``end_of_turn`` within ``max_new_tokens``, or ``call_end``
+    (a template's own token after a tool call: Gemma 4's <|tool_response>); any other stop
     token does not count (it is what the founding failure's server never saw). Raises
     `VerifyError` `degenerate` when any output loops (the data engine's detector; checked
     first, being the more specific diagnosis) and `no_stop` below ``min_stop_rate``.
@@ -371,7 +377,9 @@ def sanity_generate(model_dir: str | Path, prompts: Sequence, tokenizer, end_of_
     import torch
 
     repetition = repetition or RepetitionConfig()
-    eot = end_of_turn_id(tokenizer, end_of_turn)
+    stops = [end_of_turn_id(tokenizer, end_of_turn)]
+    if call_end:
+        stops.append(end_of_turn_id(tokenizer, call_end))
     prompts = list(prompts)[:limit]
     convs = [_prompt_turns(p) for p in prompts]
     if not convs:
@@ -389,10 +397,10 @@ def sanity_generate(model_dir: str | Path, prompts: Sequence, tokenizer, end_of_
                           dtype=str(dtype).removeprefix("torch."))
     if base_model is not None:
         report.base_model = str(base_model)
-        report.base_samples = _greedy(base_model, convs, tokenizer, eot, max_new_tokens,
+        report.base_samples = _greedy(base_model, convs, tokenizer, stops, max_new_tokens,
                                       repetition, dtype, device)
         report.base_stop_rate, report.base_degenerate = _rates(report.base_samples)
-    report.samples = _greedy(model_dir, convs, tokenizer, eot, max_new_tokens, repetition,
+    report.samples = _greedy(model_dir, convs, tokenizer, stops, max_new_tokens, repetition,
                              dtype, device)
     report.stop_rate, report.degenerate = _rates(report.samples)
     report.call_format = call_format(tokenizer, tokenizer.chat_template)
@@ -417,13 +425,14 @@ def sanity_generate(model_dir: str | Path, prompts: Sequence, tokenizer, end_of_
 
 
 def _greedy(model_dir: str | Path, convs: list[tuple[list[dict], list[dict] | None]],
-            tokenizer, eot: int, max_new_tokens: int, repetition: RepetitionConfig, dtype,
-            device: str = "cpu") -> list[Sample]:
-    """One left-padded greedy batch; a sample stops only on ``eot``."""
+            tokenizer, stops: list[int], max_new_tokens: int, repetition: RepetitionConfig,
+            dtype, device: str = "cpu") -> list[Sample]:
+    """One left-padded greedy batch; a sample stops only on one of ``stops`` (the end of
+    turn first)."""
     import torch
 
     model = _load(model_dir, dtype, device).eval()
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eot
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
     texts = [tokenizer.apply_chat_template(c, tools=tools, tokenize=False,
                                            add_generation_prompt=True) for c, tools in convs]
     side, pad_token = tokenizer.padding_side, tokenizer.pad_token
@@ -439,13 +448,14 @@ def _greedy(model_dir: str | Path, convs: list[tuple[list[dict], list[dict] | No
             tokenizer.pad_token = None
     with torch.no_grad():
         out = model.generate(**batch, do_sample=False, max_new_tokens=max_new_tokens,
-                             eos_token_id=[eot], pad_token_id=pad).cpu()
+                             eos_token_id=list(stops), pad_token_id=pad).cpu()
     del model
     free_device_memory(device)
     samples = []
     for (conv, _), row in zip(convs, out[:, batch["input_ids"].shape[1]:].tolist()):
-        stopped = eot in row
-        new = row[:row.index(eot)] if stopped else row
+        at = next((i for i, token in enumerate(row) if token in stops), None)
+        stopped = at is not None
+        new = row[:at] if stopped else row
         reply = tokenizer.decode(new, skip_special_tokens=True)
         samples.append(Sample(prompt=conv[-1]["content"], output=reply, new_tokens=len(new),
                               stopped=stopped, degenerate=is_degenerate(reply, repetition)))

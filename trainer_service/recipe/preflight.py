@@ -56,6 +56,10 @@ class PreflightReport:
     plan: dict[str, Any] = field(default_factory=dict)  # blocks, steps, warmup, evaluations
     trainable_token_ids: list[int] = field(default_factory=list)
     embedding_check: dict[str, Any] = field(default_factory=dict)
+    # the token replies that end in tool calls close with, where it is not the end of turn
+    # (Gemma 4's <|tool_response>), and how many supervised turns end with it
+    call_end_token: str | None = None
+    call_turns: int = 0
     warnings: list[str] = field(default_factory=list)
     sample: str = ""  # the first row with supervised text in [[...]]
 
@@ -73,7 +77,7 @@ def _messages(row) -> tuple[list[dict], list[dict] | None, str]:
     return messages, tools, str(row.get("id", "")) if isinstance(row, dict) else ""
 
 
-def _check_row(tokenizer, encoded, eot_id: int, row_id: str) -> int:
+def _check_row(tokenizer, encoded, stop_ids: set[int], row_id: str) -> int:
     """Raise on a mask defect; return the number of supervised turns."""
     where = f"row {row_id!r}" if row_id else "a row"
     leaked = [i for i, (m, e) in enumerate(zip(encoded.mask, encoded.expected_mask)) if m and not e]
@@ -87,7 +91,7 @@ def _check_row(tokenizer, encoded, eot_id: int, row_id: str) -> int:
     missing = [i for i, (m, e) in enumerate(zip(encoded.mask, encoded.expected_mask)) if e and not m]
     for start, end in encoded.spans:
         last = max(i for i, (a, b) in enumerate(encoded.offsets) if a < end and b > start)
-        if encoded.input_ids[last] != eot_id:
+        if encoded.input_ids[last] not in stop_ids:
             raise PreflightError(
                 "turn_without_end_of_turn", f"{where}: a supervised assistant turn ends with "
                 f"{tokenizer.decode([encoded.input_ids[last]])!r}, not the end-of-turn token",
@@ -368,6 +372,7 @@ def run_preflight(tokenizer, model_config_or_model, train_rows, validation_rows,
             "generation_config.eos_token_id",
             f"set align_eos: true in the spec, or add {eot_id} to eos_token_id in the base "
             "model's generation_config.json")
+    stop_ids = {tokenizer.convert_tokens_to_ids(t) for t in template.stop_tokens}
     if tokenizer.pad_token_id == eot_id:
         warnings.append(f"pad token is {eot!r}: padding must be masked by attention_mask, never by "
                         "token id, or the stop token leaves the loss (TRL masks by attention_mask)")
@@ -385,6 +390,7 @@ def run_preflight(tokenizer, model_config_or_model, train_rows, validation_rows,
                              "point the job at a data engine output folder with train.jsonl")
 
     lengths, truncated, unsupervised, turns, dropped_reasoning, sample = [], 0, 0, 0, 0, ""
+    calls = 0  # supervised turns that end with the template's call_end
     replies: list[int] = []
     offered, tools_shown = 0, None  # rows with tool definitions; whether the template shows them
     for index, row in enumerate(train_rows):
@@ -394,7 +400,9 @@ def run_preflight(tokenizer, model_config_or_model, train_rows, validation_rows,
         except ChatFormatError as err:
             raise PreflightError(err.code, f"row {row_id or index}: {err.message}", err.field,
                                  err.fix or "fix the row or the template") from err
-        turns += _check_row(tokenizer, encoded, eot_id, row_id or str(index))
+        turns += _check_row(tokenizer, encoded, stop_ids, row_id or str(index))
+        calls += sum(1 for start, end in encoded.spans if template.call_end
+                     and encoded.text[:end].endswith(template.call_end))
         # reasoning the rendered text lacks: a template without thinking blocks, or one
         # that, like Qwen3's, renders them only after the last user message
         dropped_reasoning += sum(
@@ -418,6 +426,17 @@ def run_preflight(tokenizer, model_config_or_model, train_rows, validation_rows,
             pieces = [encoded.text[cuts[i]:cuts[i + 1]] for i in range(len(cuts) - 1)]
             sample = "".join(f"[[{p}]]" if i % 2 else p for i, p in enumerate(pieces))
             sample += encoded.text[cuts[-1]:]
+    if calls and template.call_end:
+        call_id = tokenizer.convert_tokens_to_ids(template.call_end)
+        if call_id not in gen_ids:
+            raise PreflightError(
+                "generation_eos_missing", f"generation_config.eos_token_id {gen_ids} lacks "
+                f"{template.call_end!r} ({call_id}), which the template ends a tool call "
+                f"with; {calls} supervised turns end with a call, and after one generate() "
+                "and servers reading it would run on and write the tool's result themselves",
+                "generation_config.eos_token_id",
+                f"set align_eos: true in the spec, or add {call_id} to eos_token_id in the "
+                "base model's generation_config.json")
     if dropped_reasoning:
         warnings.append(f"{dropped_reasoning} assistant turns have reasoning_content that the "
                         "template does not render (it has no thinking blocks, or, like "
@@ -450,7 +469,7 @@ def run_preflight(tokenizer, model_config_or_model, train_rows, validation_rows,
     embedding_check: dict[str, Any] = {}
     trainable: list[int] = []
     if is_model:
-        ids = [eot_id]
+        ids = [eot_id] + ([tokenizer.convert_tokens_to_ids(template.call_end)] if calls else [])
         if template.turn_start:
             ids.append(tokenizer.convert_tokens_to_ids(template.turn_start))
         embedding_check, trainable = check_embeddings(tokenizer, model_config_or_model, ids)
@@ -476,4 +495,5 @@ def run_preflight(tokenizer, model_config_or_model, train_rows, validation_rows,
         packing_efficiency=_pack_efficiency(lengths, max_seq_len, packing, batch_size),
         plan=plan,
         trainable_token_ids=trainable, embedding_check=embedding_check, warnings=warnings,
-        sample=sample)
+        sample=sample, call_end_token=template.call_end if calls else None,
+        call_turns=calls)

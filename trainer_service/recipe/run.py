@@ -312,7 +312,7 @@ def _run(spec: TrainSpec, run_dir: Path, state: dict[str, Any],
     log(f"postflight: merging into the base, in its own precision "
         f"({str(dtype).removeprefix('torch.')})")
     merged = merge_adapter(spec.base_model, result.adapter_dir, run_dir / "merged", tokenizer,
-                           template.end_of_turn, dtype=dtype)
+                           template.end_of_turn, dtype=dtype, call_end=template.call_end)
     state["artifacts"]["merged"] = str(merged)
     check_stop(hooks, "merging")
     hooks.stage("verifying")
@@ -327,7 +327,8 @@ def _run(spec: TrainSpec, run_dir: Path, state: dict[str, Any],
             state["warnings"].append(warning)
             log(f"WARNING {warning}")
         sanity = sanity_generate(merged, prompts, tokenizer, template.end_of_turn,
-                                 max_new_tokens=budget, base_model=spec.base_model)
+                                 max_new_tokens=budget, base_model=spec.base_model,
+                                 call_end=template.call_end)
         verify["sanity"] = sanity.to_json()
         if sanity.call_warning:
             state["warnings"].append(sanity.call_warning)

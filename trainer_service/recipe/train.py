@@ -224,7 +224,9 @@ def tokenize_rows(tokenizer, rows: list, loss_on: str, template: ChatTemplate | 
 
     by_turns = template is not None and not template.markers
     if not by_turns:
-        eot_id = tokenizer.convert_tokens_to_ids(end_of_turn(tokenizer, tokenizer.chat_template))
+        stops = (template.stop_tokens if template is not None
+                 else [end_of_turn(tokenizer, tokenizer.chat_template)])
+        stop_ids = {tokenizer.convert_tokens_to_ids(t) for t in stops}
     ids, masks = [], []
     for n, row in enumerate(rows):
         messages, tools = row_parts(row)
@@ -239,7 +241,7 @@ def tokenize_rows(tokenizer, rows: list, loss_on: str, template: ChatTemplate | 
                                                 tokenize=True, return_dict=True,
                                                 return_assistant_tokens_mask=True)
             row_ids = list(enc["input_ids"])
-            mask = through_end_of_turn(row_ids, list(enc["assistant_masks"]), eot_id)
+            mask = through_end_of_turn(row_ids, list(enc["assistant_masks"]), stop_ids)
             if loss_on == "last_assistant":
                 mask = last_span_only(mask)
         if 1 not in mask:
