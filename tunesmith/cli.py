@@ -411,15 +411,17 @@ def train_run(
     """Preflight, QLoRA SFT, merge into the unquantized base, parity and sanity checks, and the
     GGUF export when the spec has `export.gguf`."""
     from data_engine.errors import ConfigError
-    from trainer_service.recipe.run import RecipeError, run_recipe
+    from trainer_service.recipe.errors import RecipeError
     from trainer_service.recipe.spec import load_spec
 
     try:
         loaded = load_spec(spec, {"dataset": str(dataset.resolve()) if dataset else None,
                                   "base_model": base_model, "dry_run": dry_run})
-    except ConfigError as exc:
+    except ConfigError as exc:  # before torch, transformers and peft load: at once
         typer.secho(f"error: {exc}", err=True, fg="red")
         raise typer.Exit(exc.exit_code) from None
+    from trainer_service.recipe.run import run_recipe
+
     if loaded.base_model == "default":
         from data_engine.engines import resolve_model
 

@@ -42,6 +42,24 @@ def test_unknown_and_bad_keys_are_all_reported(tmp_path):
     assert any("quantization" in p for p in err.value.problems)
 
 
+def test_train_run_refuses_a_bad_spec_before_the_training_stack_loads(tmp_path):
+    """`train run` with a bad spec lists every problem and exits 2 without importing peft,
+    transformers' trainer or bitsandbytes (4-5 s here, and bitsandbytes' CPU warning)."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "spec.yaml"
+    path.write_text("base_model: m\ndataset: d\ntraining: {epochs: two, learning_rate: 3}\n")
+    probe = ("import sys\nfrom tunesmith.cli import entry\ntry:\n    entry()\n"
+             "except SystemExit as exc:\n    print('exit', exc.code, sorted(m for m in "
+             "('peft', 'bitsandbytes', 'trl') if m in sys.modules))\n")
+    done = subprocess.run([sys.executable, "-c", probe, "train", "run", str(path), "--out",
+                           str(tmp_path / "run")], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip().splitlines()[-1] == "exit 2 []", done.stdout + done.stderr
+    assert "training.epochs: expected float, got 'two'" in done.stderr
+    assert "training.learning_rate: must be in (0, 1)" in done.stderr
+
+
 def test_export_gguf_names_known_forms_only(tmp_path):
     from evaluator.export import TYPES
     from trainer_service.recipe.spec import GGUF_TYPES
