@@ -18,6 +18,10 @@ JSON list of calls, or `[TOOL_CALLS]name[ARGS]{...}` per call (`mistral`); or Ge
 - `call_exact`: the same names with equal arguments (parsed JSON compared as values: key
   order, spacing and 1 vs 1.0 do not matter).
 
+A server that parses calls out of the reply into `message.tool_calls` anyway (transformers'
+server does for Qwen and Gemma 4 models, whatever `tool_choice` says, and leaves them out
+of `content`) has its parsed calls read instead (`made_calls`).
+
 Rows that end with a text reply but offer tools are the other half: a reply holding a
 call there called a tool when it should have answered (`spurious`). Calls are read by
 `parse_tool_calls`, beside the template that renders them; the training job's sanity
@@ -73,10 +77,27 @@ def _matched(expected: list[Call], made: list[Call], arguments: bool) -> bool:
     return True
 
 
+def made_calls(reply: dict[str, Any], fmt: str = "hermes") -> list[Call] | None:
+    """The calls a reply makes: those the server parsed out of it (`tool_calls`: transformers'
+    server does for Qwen and Gemma 4 models, whatever `tool_choice` says), else those its
+    text holds in the template's format `fmt`; None when it makes none, or any is malformed
+    (a server-parsed call whose arguments are not an object)."""
+    if reply["error"] is not None:
+        return None
+    served = reply.get("tool_calls")
+    if served:
+        if not all(isinstance(c["name"], str) and isinstance(c["arguments"], dict)
+                   for c in served):
+            return None
+        return [(c["name"], c["arguments"]) for c in served]
+    return parse_calls(reply["output"], fmt)
+
+
 def score_call(probe: EvalRow, reply: dict[str, Any], fmt: str = "hermes") -> None:
     """Writes a call probe's reply's `call_parsed`, `call_names` and `call_exact`, reading
-    calls in the template's format `fmt` (`chat_format.call_format`)."""
-    made = parse_calls(reply["output"], fmt) if reply["error"] is None else None
+    calls in the template's format `fmt` (`chat_format.call_format`), or as the server
+    parsed them (`made_calls`)."""
+    made = made_calls(reply, fmt)
     expected = expected_calls(probe) or []
     reply["call_parsed"] = made is not None
     reply["call_names"] = made is not None and _matched(expected, made, arguments=False)
@@ -84,9 +105,10 @@ def score_call(probe: EvalRow, reply: dict[str, Any], fmt: str = "hermes") -> No
 
 
 def called(reply: dict[str, Any], fmt: str = "hermes") -> bool:
-    """The reply calls a tool: a `<tool_call>` block, or a Llama 3.1, Mistral or Gemma 4
-    call."""
-    return reply["error"] is None and holds_call(reply["output"], fmt)
+    """The reply calls a tool: the server parsed a call out of it, or its text holds a
+    `<tool_call>` block, or a Llama 3.1, Mistral or Gemma 4 call."""
+    return reply["error"] is None and (bool(reply.get("tool_calls"))
+                                       or holds_call(reply["output"], fmt))
 
 
 def summarize(probes: Sequence[EvalRow], probe_replies: Sequence[dict[str, Any]],

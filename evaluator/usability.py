@@ -84,7 +84,10 @@ def judge_reply(row: EvalRow, gen: Generation, repetition: RepetitionConfig) -> 
             "empty": flags["empty"], "degenerate": flags["degenerate"],
             "usable": failure is None, "failure": failure, "error": gen.error,
             "json_valid": json_valid(text) if JSON_TAG in row.tags else None,
-            "chrf": None, "rouge_l": None, "judge_score": None, "judge_mass": None}
+            "chrf": None, "rouge_l": None, "judge_score": None, "judge_mass": None,
+            # calls the server parsed out of the reply (`message.tool_calls`), not in `output`
+            "tool_calls": [{"name": name, "arguments": arguments}
+                           for name, arguments in gen.tool_calls or []] or None}
 
 
 def summarize(replies: Sequence[dict[str, Any]], budget: int) -> dict[str, Any]:

@@ -9,6 +9,7 @@ never dropped and one row's failure never raises.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import random
@@ -202,7 +203,8 @@ class OpenAIEngine:
         text, cut = cut_at_stop(choice.message.content or "", params.stop)
         reason = "length" if choice.finish_reason == "length" and not cut else "stop"
         return Generation(text, reason, tokens,
-                          prompt_tokens=reply.usage.prompt_tokens if reply.usage else None)
+                          prompt_tokens=reply.usage.prompt_tokens if reply.usage else None,
+                          tool_calls=_server_calls(choice.message))
 
     def next_token_scores(self, conversations: list[Conversation], labels: list[str]
                           ) -> list[TokenScores]:
@@ -236,3 +238,21 @@ class OpenAIEngine:
     def close(self) -> None:
         self.pool.shutdown(wait=True)
         self.client.close()
+
+
+def _server_calls(message: Any) -> list[tuple[str, Any]] | None:
+    """(name, arguments) of the calls the server returned in `tool_calls`, arguments parsed
+    from their JSON text (kept as text where it is not JSON); None when it returned none."""
+    calls = []
+    for call in getattr(message, "tool_calls", None) or []:
+        function = getattr(call, "function", None)
+        if function is None:  # a custom (non-function) tool call
+            continue
+        arguments = function.arguments
+        if isinstance(arguments, str):
+            try:
+                arguments = json.loads(arguments) if arguments.strip() else {}
+            except ValueError:
+                pass
+        calls.append((function.name, arguments))
+    return calls or None

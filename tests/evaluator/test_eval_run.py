@@ -180,6 +180,46 @@ def test_eval_against_a_running_server(polite_model_dir, data_dir, tmp_path):
     assert wrong.value.code == "model_not_served"
 
 
+TIME_TOOLS = [{"type": "function", "function": {
+    "name": "get_time", "description": "The time now.",
+    "parameters": {"type": "object", "properties": {}}}}]
+
+
+@pytest.mark.slow
+def test_calls_a_server_parses_out_of_the_reply_are_scored(tmp_path):
+    """transformers' server parses the calls of a Qwen model (by its model type) out of the
+    reply into `message.tool_calls`, whatever `tool_choice` says, and leaves `content`
+    empty: the calls are read from there. A scripted model of Qwen3's architecture that
+    calls get_time, served so."""
+    from tests.evaluator import models
+    from tests.trainer_service.test_chat_format import qwen_tokenizer
+
+    tokenizer = qwen_tokenizer()
+    model = models.scripted_model(
+        tokenizer, tmp_path / "caller", models.chain_of(
+            tokenizer, '<tool_call>{"name":"get_time","arguments":{}}</tool_call>'),
+        arch="qwen3")
+    call = json.dumps([{"id": "call_1", "type": "function",
+                        "function": {"name": "get_time", "arguments": "{}"}}])
+    rows = [{"id": f"t{i}", "source": "tools", "tags": [], "tools": TIME_TOOLS, "messages": [
+        {"role": "user", "content": question},
+        {"role": "assistant", "content": "", "tool_calls": call},
+        {"role": "tool", "tool_call_id": "call_1", "content": "{\"time\": \"12:00\"}"},
+        {"role": "assistant", "content": "It is noon."}]}
+        for i, question in enumerate(["What time is it?", "Time, please."])]
+    data = tmp_path / "data"
+    data.mkdir()
+    metrics = run_eval(EvalOptions(data=_data(data, rows), out=tmp_path / "eval",
+                                   model=str(model), baseline="none", max_tokens=32,
+                                   backend="transformers"))
+    assert metrics["tool_calls"]["model"] == {
+        "rate": 1.0, "calls": 2, "parsed": 2, "names": 2, "exact": 2, "answer_rows": 2,
+        "spurious": 2, "format": "hermes"}  # it calls where the rows answer, too
+    probed = [json.loads(line) for line in (tmp_path / "eval" / "calls.jsonl").open()]
+    assert [p["model"]["output"] for p in probed] == ["", ""]
+    assert probed[0]["model"]["tool_calls"] == [{"name": "get_time", "arguments": {}}]
+
+
 def test_the_baseline_defaults_to_the_runs_base_model(polite_model_dir, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(polite_model_dir, run / "merged")

@@ -262,6 +262,24 @@ def test_gemma4_nested_values_are_read_as_its_template_writes_them(text):
     assert calls[0][1] == {"a": {"k": [1, expected, True]}, "b": None}
 
 
+def test_calls_the_server_parsed_out_of_the_text_count_as_made():
+    """A server that parses calls into `tool_calls` (transformers' does for Qwen and Gemma 4)
+    leaves the text without them: those calls are scored, and called where a row answers.
+    A server-parsed call whose arguments are not an object is not a parseable call."""
+    kyoto = ("get_weather", {"city": "Kyoto", "days": 3})
+    probes = [_calling(kyoto)] * 3
+    served = {"name": "get_weather", "arguments": {"city": "Kyoto", "days": 3}}
+    probe_replies = [{**_reply(""), "tool_calls": [served]},
+                     {**_reply(""), "tool_calls": [{**served, "arguments": "{broken"}]},
+                     {**_reply("Checking."), "tool_calls": None}]
+    replies = [{**_reply(""), "tool_calls": [served]}, _reply("Hello there")]
+    summary = summarize(probes, probe_replies, [_answering(), _answering()], replies)
+    assert [r["call_parsed"] for r in probe_replies] == [True, False, False]
+    assert [r["call_exact"] for r in probe_replies] == [True, False, False]
+    assert [r["called"] for r in replies] == [True, False]
+    assert (summary["exact"], summary["spurious"]) == (1, 1)
+
+
 def test_one_call_more_or_less_is_not_the_same_calls():
     kyoto = ("get_weather", {"city": "Kyoto"})
     probes = [_calling(kyoto), _calling(kyoto, kyoto)]
