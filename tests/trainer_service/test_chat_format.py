@@ -745,3 +745,30 @@ def test_the_newer_call_formats_are_read_from_their_templates():
     assert call_format(ministral, ministral.chat_template) == "mistral"
     gemma4 = gemma4_tokenizer()
     assert call_format(gemma4, gemma4.chat_template) == "gemma4"
+
+
+@pytest.mark.parametrize("family", ["smollm3", "granite-3.3"])
+def test_a_template_that_drops_tool_calls_is_refused_for_rows_that_call(family):
+    """SmolLM3's and Granite 3.3's templates render an assistant turn's `content` only: a
+    call turn would train as an empty reply, teaching the model to end the turn where it
+    should call. Such rows are refused with the fix; rows without calls train as before."""
+    from transformers import AutoTokenizer
+
+    from tunesmith.models import fetch_default
+
+    name, specials, eot = BY_TURNS[family]
+    tok = AutoTokenizer.from_pretrained(fetch_default())
+    tok.add_special_tokens({"additional_special_tokens": specials})
+    tok.eos_token = eot
+    tok.chat_template = llama_cpp_template(name)
+    template = resolve_template(tok, "auto")
+    calling = [TOOL_ROW[0], {**TOOL_ROW[1], "content": ""}] + TOOL_ROW[2:]  # Granite needs a str
+    for loss_on in ("all_assistant", "last_assistant"):
+        row = calling if loss_on == "all_assistant" else calling[:2]
+        with pytest.raises(ChatFormatError) as err:
+            encode_row(tok, template, row, loss_on, TOOLS)
+        assert err.value.code == "template_drops_tool_calls"
+        assert "assistant turn 1 without its tool calls (get_weather)" in err.value.message
+        assert "chat_template: chatml" in err.value.fix
+    assert supervised_text(tok, encode_row(tok, template, MULTI_TURN)) == (
+        f"京都に移住して一年{eot}京都移住一年目{eot}")

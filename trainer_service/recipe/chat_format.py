@@ -515,14 +515,24 @@ def call_format(tokenizer, template: str | dict[str, str] | None) -> str:
     {...}} object: Llama 3.1-3.3), "mistral" (`[TOOL_CALLS]` and a JSON list of calls:
     Mistral 7B v0.3, Nemo; or `[TOOL_CALLS]name[ARGS]{...}` per call: Ministral 3, Mistral
     Small 3.2, Devstral) or "gemma4" (`<|tool_call>call:name{key:value}<tool_call|>`, strings
-    between `<|"|>` tokens); "hermes" for templates that render no calls. Of named templates
-    (a tokenizer's `chat_template` dict), the one a conversation with tools renders with."""
+    between `<|"|>` tokens); "hermes" for templates that render no calls, or calls in a form
+    none of these is. Of named templates (a tokenizer's `chat_template` dict), the one a
+    conversation with tools renders with."""
+    return known_call_format(tokenizer, template) or "hermes"
+
+
+def known_call_format(tokenizer, template: str | dict[str, str] | None) -> str | None:
+    """`call_format`'s answer where the template renders a call in one of its forms; None
+    where it renders none (or raises on one), or renders it in another form (Granite's,
+    DeepSeek's): the `--tool-call-parser` a server needs, or None for none it can be sure
+    of."""
     if isinstance(template, dict):
         template = template.get("tool_use") or template.get("default")
     try:
         text = _render(tokenizer, _CALL_PROBE[:2], template, False, _CALL_TOOLS)
     except Exception:  # a template without tool calls
-        return "hermes"
+        return None
+    text = text.rsplit(_CALL_PROBE[0]["content"], 1)[-1]  # the call turn, not the tools
     if "<tool_call>" in text and "<function=get_weather>" in text:
         return "qwen3_xml"
     if "[TOOL_CALLS][" in text or "[TOOL_CALLS]get_weather" in text:
@@ -531,7 +541,9 @@ def call_format(tokenizer, template: str | dict[str, str] | None) -> str:
         return "gemma4"
     if "<tool_call>" not in text and '{"name": "get_weather", "parameters": ' in text:
         return "llama3_json"
-    return "hermes"
+    if re.search(r'<tool_call>\s*\{"name": "get_weather"', text):
+        return "hermes"
+    return None
 
 
 def holds_call(text: str, fmt: str = "hermes") -> bool:
@@ -866,6 +878,7 @@ def encode_row(tokenizer, template: ChatTemplate, messages: list[dict[str, Any]]
     if loss_on == "last_assistant":
         pairs = pairs[-1:]
     spans = [reply for _, reply in pairs]
+    _check_calls_rendered(template, messages, text, spans, loss_on)
     expected = _char_mask(offsets, spans)
     if not template.markers:  # the structure is the only mask there is
         return EncodedRow(text=text, input_ids=ids, mask=list(expected), expected_mask=expected,
@@ -878,6 +891,29 @@ def encode_row(tokenizer, template: ChatTemplate, messages: list[dict[str, Any]]
         mask = [m if offsets[i][1] > first else 0 for i, m in enumerate(mask)]
     return EncodedRow(text=text, input_ids=ids, mask=mask, expected_mask=expected,
                       offsets=offsets, spans=spans, headers=[h for h, _ in pairs])
+
+
+def _check_calls_rendered(template: ChatTemplate, messages: list[dict[str, Any]], text: str,
+                          spans: list[tuple[int, int]], loss_on: str) -> None:
+    """Raise `template_drops_tool_calls` when a supervised assistant turn with tool calls
+    renders without them (SmolLM3's, LFM2's, Granite 3.3's and Phi-3.5's templates render
+    only `content`): the model would learn to end the turn where it should call."""
+    turns = [m for m in messages if m["role"] == "assistant"]
+    if loss_on == "last_assistant":
+        turns = turns[-1:]
+    for number, (message, (start, end)) in enumerate(zip(turns, spans), 1):
+        names = [call["function"]["name"] for call in message.get("tool_calls") or []]
+        missing = [name for name in names if name not in text[start:end]]
+        if missing:
+            raise ChatFormatError(
+                "template_drops_tool_calls", f"the chat template ({template.source}) renders "
+                f"assistant turn {number} without its tool calls ({', '.join(missing)}): its "
+                f"reply reads {text[start:end]!r}, so the model would learn to end the turn "
+                "where it should call the tool",
+                fix="use chat_template: chatml for a ChatML model (ours renders calls as "
+                    "Qwen's <tool_call> blocks), pass chat_template: a .jinja file that renders "
+                    "message.tool_calls, or write each call into the turn's content in the "
+                    "form the model was trained to call in")
 
 
 def align_stop_tokens(tokenizer, generation_config, template: ChatTemplate) -> list[str]:
