@@ -772,3 +772,26 @@ def test_a_template_that_drops_tool_calls_is_refused_for_rows_that_call(family):
         assert "chat_template: chatml" in err.value.fix
     assert supervised_text(tok, encode_row(tok, template, MULTI_TURN)) == (
         f"京都に移住して一年{eot}京都移住一年目{eot}")
+
+
+def test_a_reply_that_opens_like_the_generation_prompt_keeps_its_first_characters():
+    """DeepSeek-R1's generation prompt ends with `<think>\\n` (one token in its tokenizer) and
+    Gemma 4's with <|channel>thought...: a reply starting with "<" departs from either one
+    character in, and that character is the reply's, not the header's."""
+    from transformers import AutoTokenizer
+
+    from tunesmith.models import fetch_default
+
+    deepseek = AutoTokenizer.from_pretrained(fetch_default())
+    eos = "<｜end▁of▁sentence｜>"
+    deepseek.add_special_tokens({"additional_special_tokens": [
+        "<｜begin▁of▁sentence｜>", eos, "<｜User｜>", "<｜Assistant｜>"]})
+    deepseek.add_tokens(["<think>", "</think>"])  # added, not special, as R1-Distill's are
+    deepseek.eos_token, deepseek.bos_token = eos, "<｜begin▁of▁sentence｜>"
+    deepseek.chat_template = llama_cpp_template("deepseek-ai-DeepSeek-R1-Distill-Llama-8B.jinja")
+    for tok in (deepseek, gemma4_tokenizer()):
+        template = resolve_template(tok, "auto")
+        for reply in ("< 5 is true", "<div>Hi</div>", "Hello"):
+            encoded = encode_row(tok, template, [{"role": "user", "content": "q"},
+                                                 {"role": "assistant", "content": reply}])
+            assert supervised_text(tok, encoded) == reply + template.end_of_turn

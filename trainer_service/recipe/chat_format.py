@@ -794,7 +794,7 @@ def _structural_spans(tokenizer, template: ChatTemplate, messages, text, tools,
             # the reply starts where the turn departs from the generation prompt: all of it,
             # or less where the prompt opens what a rendered turn leaves out (DeepSeek-R1's
             # `<think>\n`, which its template strips from replies)
-            start = _token_start(tokenizer, turn, _common_prefix(prompt, turn))
+            start = _reply_start(tokenizer, prompt, turn)
             eot = template.closing(messages[i])
             end = turn.find(eot, start)
             # up to the reply's end of turn: what follows may close the conversation (Phi-3
@@ -820,15 +820,17 @@ def _structural_spans(tokenizer, template: ChatTemplate, messages, text, tools,
     return pairs
 
 
-def _token_start(tokenizer, text: str, at: int) -> int:
-    """``at``, or the start of the special token of ``text`` that ``at`` falls inside (a
-    reply that opens with <|tool_call> departs from a prompt ending with <|channel> two
-    characters in)."""
-    for token in _specials(tokenizer):
-        begin = text.rfind(token, max(0, at - len(token) + 1), at + len(token) - 1)
-        if 0 <= begin < at < begin + len(token):
-            return begin
-    return at
+def _reply_start(tokenizer, prompt: str, turn: str) -> int:
+    """Where a reply starts in ``turn``: where it departs from the generation ``prompt``, or,
+    where it departs inside a token of the prompt (the reply "< 5" after DeepSeek-R1's
+    `<think>`, a <|tool_call> after Gemma 4's <|channel>), at that token's start: the
+    characters the two share there are the reply's, not the header's."""
+    at = _common_prefix(prompt, turn)
+    if at >= len(prompt):
+        return at
+    offsets = tokenizer(prompt, add_special_tokens=False,
+                        return_offsets_mapping=True)["offset_mapping"]
+    return next((a for a, b in offsets if a < at < b), at)
 
 
 def _common_prefix(a: str, b: str) -> int:
