@@ -795,3 +795,41 @@ def test_a_reply_that_opens_like_the_generation_prompt_keeps_its_first_character
             encoded = encode_row(tok, template, [{"role": "user", "content": "q"},
                                                  {"role": "assistant", "content": reply}])
             assert supervised_text(tok, encoded) == reply + template.end_of_turn
+
+
+@pytest.mark.parametrize("row, code, says", [
+    ([{"role": "user", "content": [{"type": "text", "text": "hi"}]},
+      {"role": "assistant", "content": "yo"}], "template_rejects_row",
+     "TypeError: can only concatenate str"),
+    ([{"role": "user", "content": "w"}, {"role": "tool", "content": {"sky": "sunny"}},
+      {"role": "assistant", "content": "yo"}], "template_rejects_row", "TypeError"),
+    ([{"role": "user", "content": "w"},
+      {"role": "assistant", "content": "", "tool_calls": "[{bad"}], "row_invalid",
+     "tool calls cannot be read (JSONDecodeError"),
+    ([], "row_invalid", "non-empty list"),
+    ([{"content": "no role"}], "row_invalid", "string `role`"),
+    ([{"role": "user", "content": "Show me"},
+      {"role": "assistant", "content": "Use <|im_end|> to end a turn"}],
+     "row_holds_stop_token", "message 2 (assistant) holds the template's stop token"),
+    ([{"role": "user", "content": "Say <|im_end|>"}, {"role": "assistant", "content": "No"}],
+     "row_holds_stop_token", "message 1 (user)"),
+])
+def test_rows_a_template_cannot_take_are_refused_with_a_code(row, code, says):
+    """Rows hand-made splits hold (content as a list of parts, a dict for a tool result,
+    tool calls that are not JSON, a stop token written into the text) get a coded error,
+    not a traceback; a literal <|im_end|> in a reply would end the turn there."""
+    tok = qwen_tokenizer()
+    with pytest.raises(ChatFormatError) as err:
+        encode_row(tok, resolve_template(tok, "chatml"), row)
+    assert err.value.code == code and says in err.value.message
+
+
+def test_a_row_that_opens_with_the_reply_is_refused_where_turns_are_located_by_rendering():
+    """Llama 3.2's template (markers added) cannot render the conversation before a first
+    assistant turn: refused with a code, naming the cause."""
+    tok = llama3x_tokenizer(LLAMA_3X[1])
+    row = [{"role": "assistant", "content": "How can I help?"}] + MULTI_TURN
+    with pytest.raises(ChatFormatError) as err:
+        encode_row(tok, resolve_template(tok, "auto"), row)
+    assert err.value.code == "template_rejects_row"
+    assert "empty conversation" in err.value.message and "a user turn first" in err.value.fix

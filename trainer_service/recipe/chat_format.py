@@ -857,26 +857,30 @@ def encode_row(tokenizer, template: ChatTemplate, messages: list[dict[str, Any]]
                               f"{', '.join(LOSS_ON)}", field="loss_on")
     from jinja2 import TemplateError
 
-    messages = normalize_messages(messages)
+    messages = _readable(messages)
+    _check_no_stop_tokens(template, messages)
+    # what a template raises on a row it cannot take: its raise_exception, a field it lacks,
+    # or Python's own error inside it (content given as a list of parts, a dict where it
+    # concatenates text, a conversation that opens with the reply)
+    refused = (TemplateError, TypeError, ValueError, KeyError, IndexError, AttributeError)
     try:
         text = _render(tokenizer, messages, template.text, False, tools)
         marked = tokenizer.apply_chat_template(messages, tools=tools, chat_template=template.text,
                                                tokenize=True, return_dict=True,
                                                return_assistant_tokens_mask=template.markers)
-    except TemplateError as err:  # the template's raise_exception, or a field it lacks
-        raise ChatFormatError(
-            "template_rejects_row", f"the chat template ({template.source}) cannot render this "
-            f"row: {err}", fix="reshape the rows to what the model's template takes (Gemma's, "
-            "for one, has no system role: fold the system prompt into the first user turn), or "
-            "pass chat_template: a .jinja file that takes them") from err
+    except refused as err:
+        raise _rejects_row(template, err) from err
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids = list(enc["input_ids"])
     if ids != list(marked["input_ids"]):
         raise ChatFormatError("tokenization_mismatch", "tokenizing the rendered text differs from "
                               "apply_chat_template's ids; offsets cannot be trusted")
     offsets = [tuple(o) for o in enc["offset_mapping"]]
-    pairs = _structural_spans(tokenizer, template, messages, text, tools,
-                              last_only=loss_on == "last_assistant")
+    try:
+        pairs = _structural_spans(tokenizer, template, messages, text, tools,
+                                  last_only=loss_on == "last_assistant")
+    except refused as err:  # the template refuses a conversation cut before a turn
+        raise _rejects_row(template, err) from err
     if loss_on == "last_assistant":
         pairs = pairs[-1:]
     spans = [reply for _, reply in pairs]
@@ -893,6 +897,53 @@ def encode_row(tokenizer, template: ChatTemplate, messages: list[dict[str, Any]]
         mask = [m if offsets[i][1] > first else 0 for i, m in enumerate(mask)]
     return EncodedRow(text=text, input_ids=ids, mask=mask, expected_mask=expected,
                       offsets=offsets, spans=spans, headers=[h for h, _ in pairs])
+
+
+def _readable(messages: Any) -> list[dict[str, Any]]:
+    """``normalize_messages`` of a row, or `row_invalid` naming what is wrong with it."""
+    if not (isinstance(messages, list) and messages and all(
+            isinstance(m, dict) and isinstance(m.get("role"), str) for m in messages)):
+        raise ChatFormatError("row_invalid", "the row's messages are not a non-empty list of "
+                              "objects each with a string `role`",
+                              fix="give every row `messages`: [{role, content}, ...] (the data "
+                                  "engine's output form)")
+    try:
+        return normalize_messages(messages)
+    except (ValueError, TypeError, KeyError, AttributeError) as err:
+        raise ChatFormatError("row_invalid", f"the row's tool calls cannot be read "
+                              f"({type(err).__name__}: {err})",
+                              fix="write `tool_calls` as a list (or its JSON text) of "
+                                  "{type, function: {name, arguments}}") from err
+
+
+def _rejects_row(template: ChatTemplate, err: Exception) -> ChatFormatError:
+    """`template_rejects_row` for what rendering the row raised."""
+    from jinja2 import TemplateError
+
+    detail = str(err) if isinstance(err, TemplateError) else f"{type(err).__name__}: {err}"
+    return ChatFormatError(
+        "template_rejects_row", f"the chat template ({template.source}) cannot render this "
+        f"row: {detail}", fix="reshape the rows to what the model's template takes (Gemma's, "
+        "for one, has no system role: fold the system prompt into the first user turn; "
+        "content as text, not a list of parts; a user turn first), or pass chat_template: a "
+        ".jinja file that takes them")
+
+
+def _check_no_stop_tokens(template: ChatTemplate, messages: list[dict[str, Any]]) -> None:
+    """Raise `row_holds_stop_token` when a message's text holds the template's stop token
+    (`<|im_end|>` in a reply): tokenized, it is the token itself, so the turn would end
+    there and the rest of the reply would train as prompt, or the model learn to stop
+    mid-reply."""
+    for number, message in enumerate(messages, 1):
+        for key in ("content", "reasoning_content"):
+            value = message.get(key)
+            found = [t for t in template.stop_tokens if isinstance(value, str) and t in value]
+            if found:
+                raise ChatFormatError(
+                    "row_holds_stop_token", f"message {number} ({message['role']}) holds the "
+                    f"template's stop token {found[0]!r} in its {key}: tokenized, it ends the "
+                    "turn there", fix="drop or rewrite such rows (the data engine's "
+                    "special-token filter drops them, with the reason on record)")
 
 
 def _check_calls_rendered(template: ChatTemplate, messages: list[dict[str, Any]], text: str,
