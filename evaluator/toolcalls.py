@@ -77,10 +77,12 @@ def _matched(expected: list[Call], made: list[Call], arguments: bool) -> bool:
     return True
 
 
-def made_calls(reply: dict[str, Any], fmt: str = "hermes") -> list[Call] | None:
+def made_calls(reply: dict[str, Any], fmt: str = "hermes",
+               tools: list[dict[str, Any]] | None = None) -> list[Call] | None:
     """The calls a reply makes: those the server parsed out of it (`tool_calls`: transformers'
     server does for Qwen and Gemma 4 models, whatever `tool_choice` says), else those its
-    text holds in the template's format `fmt`; None when it makes none, or any is malformed
+    text holds in the template's format `fmt` (typed by the offered ``tools``' schemas where
+    the format writes values as bare text); None when it makes none, or any is malformed
     (a server-parsed call whose arguments are not an object)."""
     if reply["error"] is not None:
         return None
@@ -90,14 +92,14 @@ def made_calls(reply: dict[str, Any], fmt: str = "hermes") -> list[Call] | None:
                    for c in served):
             return None
         return [(c["name"], c["arguments"]) for c in served]
-    return parse_calls(reply["output"], fmt)
+    return parse_calls(reply["output"], fmt, tools)
 
 
 def score_call(probe: EvalRow, reply: dict[str, Any], fmt: str = "hermes") -> None:
     """Writes a call probe's reply's `call_parsed`, `call_names` and `call_exact`, reading
     calls in the template's format `fmt` (`chat_format.call_format`), or as the server
     parsed them (`made_calls`)."""
-    made = made_calls(reply, fmt)
+    made = made_calls(reply, fmt, probe.tools)
     expected = expected_calls(probe) or []
     reply["call_parsed"] = made is not None
     reply["call_names"] = made is not None and _matched(expected, made, arguments=False)

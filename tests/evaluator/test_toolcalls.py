@@ -280,6 +280,41 @@ def test_calls_the_server_parsed_out_of_the_text_count_as_made():
     assert (summary["exact"], summary["spurious"]) == (1, 1)
 
 
+def test_qwen35_values_are_typed_by_the_offered_tools_schema():
+    """Qwen3.5's template writes every value bare (`"123"` and `123` alike, True as `True`),
+    so a call is read back as vLLM's parser reads it, by the tool's schema: a string stays
+    text, a boolean and an integer are read as such. The call as the model's own template
+    renders it scores exact."""
+    from trainer_service.recipe.chat_format import _render
+
+    from tests.trainer_service.test_chat_format import llama_cpp_template, qwen_tokenizer
+
+    tools = [{"type": "function", "function": {
+        "name": "lookup", "description": "Look a code up.", "parameters": {
+            "type": "object", "properties": {"zip": {"type": "string"},
+                                             "exact": {"type": "boolean"},
+                                             "limit": {"type": "integer"},
+                                             "tags": {"type": "array"}}}}}]
+    arguments = {"zip": "123", "exact": True, "limit": 3, "tags": ["a", "b"]}
+    tok = qwen_tokenizer(fresh=True)
+    tok.chat_template = llama_cpp_template("Qwen3.5-4B.jinja")
+    rendered = _render(tok, [{"role": "user", "content": "Find 123"}, {
+        "role": "assistant", "content": "", "tool_calls": [
+            {"type": "function", "function": {"name": "lookup", "arguments": arguments}}]}],
+        tok.chat_template, False, tools)
+    reply = rendered[rendered.rindex("<tool_call>"):rendered.rindex("</tool_call>") + 12]
+    assert "<parameter=exact>\nTrue\n</parameter>" in reply
+    assert parse_calls(reply, "qwen3_xml", tools) == [("lookup", arguments)]
+    assert parse_calls(reply, "qwen3_xml")[0][1]["zip"] == 123  # no schema: read as JSON
+    probe = to_row({"tools": tools, "messages": [
+        {"role": "user", "content": "Find 123"},
+        {"role": "assistant", "content": "", "tool_calls": json.dumps([
+            {"type": "function", "function": {"name": "lookup",
+                                              "arguments": json.dumps(arguments)}}])}]}, "x:3")
+    summary = summarize([probe], [_reply(reply)], [], [], "qwen3_xml")
+    assert summary["exact"] == 1
+
+
 def test_one_call_more_or_less_is_not_the_same_calls():
     kyoto = ("get_weather", {"city": "Kyoto"})
     probes = [_calling(kyoto), _calling(kyoto, kyoto)]

@@ -558,11 +558,14 @@ def holds_call(text: str, fmt: str = "hermes") -> bool:
     return TOOL_CALL_BLOCK.search(text or "") is not None
 
 
-def parse_tool_calls(text: str, fmt: str = "hermes") -> list[tuple[str, Any]] | None:
+def parse_tool_calls(text: str, fmt: str = "hermes", tools: list[dict[str, Any]] | None = None
+                     ) -> list[tuple[str, Any]] | None:
     """(name, arguments) of each call in generated text, in the template's `fmt`
     (`call_format`); None when it has none, or when any is malformed: not a JSON object with
     a string `name` (hermes), not a function tag holding only parameter tags (qwen3_xml) (a
-    client's parser rejects the whole reply then)."""
+    client's parser rejects the whole reply then). ``tools``, the definitions the prompt
+    offered, type qwen3_xml's values, which the template writes as bare text (`"123"` and
+    `123` alike, True as `True`), as vLLM's parser does."""
     if fmt == "llama3_json":
         return _llama3_calls(text)
     if fmt == "mistral":
@@ -573,7 +576,7 @@ def parse_tool_calls(text: str, fmt: str = "hermes") -> list[tuple[str, Any]] | 
     if not blocks:
         return None
     if fmt == "qwen3_xml":
-        return _xml_calls(blocks)
+        return _xml_calls(blocks, tools)
     calls = []
     for block in blocks:
         try:
@@ -590,18 +593,48 @@ _XML_FUNCTION = re.compile(r"\s*<function=([^>\n]+)>(.*?)</function>\s*", re.DOT
 _XML_PARAMETER = re.compile(r"<parameter=([^>\n]+)>\n?(.*?)\n?</parameter>", re.DOTALL)
 
 
-def _xml_calls(blocks: list[str]) -> list[tuple[str, Any]] | None:
-    """Qwen3.5's calls: each block one `<function=NAME>` holding `<parameter=KEY>` tags,
-    each value JSON where it parses as JSON (numbers, objects), else its text (as the
-    template writes a string: bare); None when any block is not of that shape."""
+def _xml_calls(blocks: list[str], tools: list[dict[str, Any]] | None = None
+               ) -> list[tuple[str, Any]] | None:
+    """Qwen3.5's calls: each block one `<function=NAME>` holding `<parameter=KEY>` tags;
+    None when any block is not of that shape. Each value is typed by the offered tool's
+    schema where it names the parameter (`_typed`), else read as JSON where it parses (or
+    as the Python literal the template writes: True, False, None), else as its text."""
+    schemas = {}
+    for tool in tools or []:
+        function = tool.get("function", tool) if isinstance(tool, dict) else {}
+        properties = (function.get("parameters") or {}).get("properties") or {}
+        schemas[function.get("name")] = properties if isinstance(properties, dict) else {}
     calls = []
     for block in blocks:
         function = _XML_FUNCTION.fullmatch(block)
         if function is None or _XML_PARAMETER.sub("", function[2]).strip():
             return None
-        calls.append((function[1].strip(), {key.strip(): call_arguments(value) for key, value
-                                            in _XML_PARAMETER.findall(function[2])}))
+        name = function[1].strip()
+        properties = schemas.get(name, {})
+        calls.append((name, {key.strip(): _typed(value, properties.get(key.strip()))
+                             for key, value in _XML_PARAMETER.findall(function[2])}))
     return calls
+
+
+_PYTHON_LITERALS = {"True": True, "False": False, "None": None}
+
+
+def _typed(text: str, schema: Any) -> Any:
+    """A qwen3_xml value as its schema types it: text for a string; an integer, number or
+    boolean (`true`, `True`) where the text reads as one; JSON for objects and arrays. With
+    no schema (or a type not read here), JSON where the text parses, else a Python literal,
+    else the text."""
+    kind = schema.get("type") if isinstance(schema, dict) else None
+    if kind == "string":
+        return text
+    if kind == "boolean" and text.strip().lower() in ("true", "false"):
+        return text.strip().lower() == "true"
+    if text.strip() in _PYTHON_LITERALS:
+        return _PYTHON_LITERALS[text.strip()]
+    value = call_arguments(text)
+    if kind in ("integer", "number") and not isinstance(value, (int, float)):
+        return text
+    return value
 
 
 def _mistral_calls(text: str) -> list[tuple[str, Any]] | None:
@@ -698,6 +731,8 @@ class _Gemma4Reader:
         word = text[at:end].strip()
         if not word or "<|" in word or "|>" in word:
             raise ValueError("no value")
+        if word in _PYTHON_LITERALS:  # the template writes None as Python does
+            return _PYTHON_LITERALS[word], end
         return call_arguments(word), end
 
     def _items(self, at: int, close: str, one) -> int:
