@@ -204,12 +204,19 @@ def _json_validity(metrics: dict[str, Any], threshold: float) -> dict[str, Any]:
     return _check(name, metric, op, threshold, rate, status, reason)
 
 
+UNREAD_CALLS = ("the model's template writes tool calls in a form tunesmith does not read "
+                "(format unknown) and the server parsed none: not measured; serve it with "
+                "vLLM's tool-call parser for its format (--tool-call-parser) to measure it")
+
+
 def _tool_calls(metrics: dict[str, Any], threshold: float) -> dict[str, Any]:
     name, metric, op = "tool_calls", "tool_calls.model.rate", ">="
     model = _get(metrics, "tool_calls", "model")
     if model is None or not model.get("calls"):
         return _check(name, metric, op, threshold, None, "skipped",
                       "no tool-call turn in the data: tool-call accuracy not measured")
+    if model["rate"] is None:
+        return _check(name, metric, op, threshold, None, "skipped", UNREAD_CALLS)
     rate, calls = model["rate"], model["calls"]
     status, rel = _verdict(rate, op, threshold)
     reason = (f"tool-call accuracy {rate:.3f} {rel} {threshold:g}: {model['exact']} of {calls} "
@@ -224,6 +231,8 @@ def _spurious_calls(metrics: dict[str, Any], threshold: float) -> dict[str, Any]
     if model is None or not model.get("answer_rows"):
         return _check(name, metric, op, threshold, None, "skipped",
                       "no row offers tools and answers in text: spurious calls not measured")
+    if model["spurious"] is None:
+        return _check(name, metric, op, threshold, None, "skipped", UNREAD_CALLS)
     rows, spurious = model["answer_rows"], model["spurious"]
     rate = spurious / rows
     status, rel = _verdict(rate, op, threshold)

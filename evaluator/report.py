@@ -164,7 +164,8 @@ def _tool_call_rows(calls: dict[str, Any]) -> list[tuple[str, ...]]:
             if m["calls"] else "—")))
     if any((calls.get(side) or {}).get("answer_rows") for side in SIDES):
         rows.append(("calls where the row answers in text", *_sides(
-            calls, lambda m: f"{m['spurious']} of {m['answer_rows']}")))
+            calls, lambda m: "—" if m["spurious"] is None
+            else f"{m['spurious']} of {m['answer_rows']}")))
     return rows
 
 

@@ -156,7 +156,10 @@ def evaluate_side(target: Target, rows: list[EvalRow], options: EvalOptions,
                             for probe, gen in zip(probes, gens)]
         calls = toolcalls.summarize(probes, call_replies, rows, replies,
                                     call_format(tokenizer, tokenizer.chat_template))
-        if probes:
+        if probes and calls["rate"] is None:
+            log(f"{target.label}: tool calls not read: its template writes them in a form "
+                "tunesmith does not parse, and the server parsed none")
+        elif probes:
             log(f"{target.label}: {calls['exact']}/{calls['calls']} tool calls made as the data "
                 f"makes them ({time.monotonic() - started:.1f} s)")
     return {"ppl": ppl, "replies": replies, "usability": summary,

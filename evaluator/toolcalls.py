@@ -120,7 +120,8 @@ def summarize(probes: Sequence[EvalRow], probe_replies: Sequence[dict[str, Any]]
     replies that call (`called`); the side's summary, or None when the rows hold no call
     and offer no tools. `rate` is the exact-call rate over the probes (a failed request
     counts as a miss); `spurious` counts calls in replies to rows that offer tools but
-    answer in text. `fmt` is the model's call format (`chat_format.call_format`)."""
+    answer in text. `fmt` is the model's call format (`chat_format.call_format`); when it
+    is "unknown" and no server parsed a call, `rate` and `spurious` are None (not measured)."""
     for probe, reply in zip(probes, probe_replies):
         score_call(probe, reply, fmt)
     for reply in replies:
@@ -130,8 +131,13 @@ def summarize(probes: Sequence[EvalRow], probe_replies: Sequence[dict[str, Any]]
     if not probes and not answering:
         return None
     exact = sum(r["call_exact"] for r in probe_replies)
-    return {"rate": exact / len(probes) if probes else None, "calls": len(probes),
-            "parsed": sum(r["call_parsed"] for r in probe_replies),
+    # a template that writes calls in a form no parser here reads ("unknown"): only calls a
+    # server parsed can be counted, and with none, nothing says whether the model called
+    unread = fmt == "unknown" and not any(r.get("tool_calls") for r in [*probe_replies,
+                                                                          *replies])
+    return {"rate": exact / len(probes) if probes and not unread else None,
+            "calls": len(probes), "parsed": sum(r["call_parsed"] for r in probe_replies),
             "names": sum(r["call_names"] for r in probe_replies), "exact": exact,
-            "answer_rows": len(answering), "spurious": sum(r["called"] for r in answering),
+            "answer_rows": len(answering),
+            "spurious": None if unread else sum(r["called"] for r in answering),
             "format": fmt}

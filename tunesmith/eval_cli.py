@@ -100,11 +100,15 @@ def _print_summary(metrics: dict) -> None:
     typer.echo(f"usability {use['model']['rate']:.3f} ({use['model']['usable']}/"
                f"{use['model']['rows']}; failures {use['model']['failures']})")
     calls = (metrics.get("tool_calls") or {}).get("model")
-    if calls and calls["calls"]:
+    if calls and calls["calls"] and calls["rate"] is None:
+        typer.echo("tool calls not measured: the template writes them in a form tunesmith "
+                   "does not read, and the server parsed none")
+    elif calls and calls["calls"]:
         baseline = metrics["tool_calls"]["baseline"]
         typer.echo(f"tool calls {calls['rate']:.3f} ({calls['exact']}/{calls['calls']} exact, "
                    f"{calls['names']} right names, {calls['parsed']} parseable)"
-                   + (f"; baseline {baseline['rate']:.3f}" if baseline else ""))
+                   + (f"; baseline {baseline['rate']:.3f}" if baseline and baseline["rate"]
+                      is not None else ""))
     judge = metrics["judge"]
     if judge and judge["pairwise"]:
         pair = judge["pairwise"]

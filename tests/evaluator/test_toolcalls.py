@@ -315,6 +315,29 @@ def test_qwen35_values_are_typed_by_the_offered_tools_schema():
     assert summary["exact"] == 1
 
 
+def test_calls_in_an_unknown_form_are_not_measured_unless_a_server_parsed_them():
+    """A template whose calls no parser here reads ("unknown"): without server-parsed calls,
+    accuracy and spurious calls are None (not 0, which would read as a model that never
+    calls), and the gate skips both, saying why; calls a server parsed are still scored."""
+    from evaluator.gate import GateConfig, evaluate_gate
+
+    kyoto = ("get_weather", {"city": "Kyoto", "days": 3})
+    written = _reply('<function name="get_weather"><param name="city">Kyoto</param></function>')
+    summary = summarize([_calling(kyoto)], [dict(written)], [_answering()], [dict(written)],
+                        "unknown")
+    assert (summary["rate"], summary["spurious"], summary["format"]) == (None, None, "unknown")
+    gate = evaluate_gate({"tool_calls": {"model": summary}},
+                         GateConfig(tool_call_exact_min=0.5, tool_call_spurious_max=0.0))
+    checks = {c["name"]: c for c in gate["checks"]}
+    for name in ("tool_calls", "tool_call_spurious"):
+        assert checks[name]["status"] == "skipped"
+        assert "format unknown" in checks[name]["reason"]
+    served = {**_reply(""), "tool_calls": [{"name": "get_weather",
+                                             "arguments": {"city": "Kyoto", "days": 3}}]}
+    summary = summarize([_calling(kyoto)], [served], [_answering()], [_reply("Hi")], "unknown")
+    assert (summary["rate"], summary["spurious"]) == (1.0, 0)
+
+
 def test_one_call_more_or_less_is_not_the_same_calls():
     kyoto = ("get_weather", {"city": "Kyoto"})
     probes = [_calling(kyoto), _calling(kyoto, kyoto)]

@@ -833,3 +833,22 @@ def test_a_row_that_opens_with_the_reply_is_refused_where_turns_are_located_by_r
         encode_row(tok, resolve_template(tok, "auto"), row)
     assert err.value.code == "template_rejects_row"
     assert "empty conversation" in err.value.message and "a user turn first" in err.value.fix
+
+
+def test_calls_in_a_form_no_parser_here_reads_are_unknown_not_hermes():
+    """MiniCPM5's template writes a call as `<function name="..."><param ...>`: a form
+    neither tunesmith nor its parsers read. It is "unknown" (so nothing reads 0 calls as a
+    model that never calls), where a template that renders no call at all stays "hermes"."""
+    from transformers import AutoTokenizer
+
+    from trainer_service.recipe.chat_format import call_format, holds_call, parse_tool_calls
+    from tunesmith.models import fetch_default
+
+    tok = AutoTokenizer.from_pretrained(fetch_default())
+    tok.chat_template = llama_cpp_template("openbmb-MiniCPM5-1B.jinja")
+    assert call_format(tok, tok.chat_template) == "unknown"
+    written = '<function name="get_weather"><param name="city">Kyoto</param></function>'
+    assert parse_tool_calls(written, "unknown") is None and not holds_call(written, "unknown")
+    smollm3 = AutoTokenizer.from_pretrained(fetch_default())
+    smollm3.chat_template = llama_cpp_template(BY_TURNS["smollm3"][0])  # drops calls
+    assert call_format(smollm3, smollm3.chat_template) == "hermes"

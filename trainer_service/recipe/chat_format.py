@@ -515,10 +515,25 @@ def call_format(tokenizer, template: str | dict[str, str] | None) -> str:
     {...}} object: Llama 3.1-3.3), "mistral" (`[TOOL_CALLS]` and a JSON list of calls:
     Mistral 7B v0.3, Nemo; or `[TOOL_CALLS]name[ARGS]{...}` per call: Ministral 3, Mistral
     Small 3.2, Devstral) or "gemma4" (`<|tool_call>call:name{key:value}<tool_call|>`, strings
-    between `<|"|>` tokens); "hermes" for templates that render no calls, or calls in a form
-    none of these is. Of named templates (a tokenizer's `chat_template` dict), the one a
+    between `<|"|>` tokens); "hermes" for templates that render no calls; "unknown" for calls
+    rendered in a form none of these is (DeepSeek's, MiniCPM5's), which `parse_tool_calls`
+    cannot read. Of named templates (a tokenizer's `chat_template` dict), the one a
     conversation with tools renders with."""
-    return known_call_format(tokenizer, template) or "hermes"
+    known = known_call_format(tokenizer, template)
+    if known is None and _renders_calls(tokenizer, template):
+        return "unknown"
+    return known or "hermes"
+
+
+def _renders_calls(tokenizer, template: str | dict[str, str] | None) -> bool:
+    """Whether the template writes a call turn's call (its function's name) at all."""
+    if isinstance(template, dict):
+        template = template.get("tool_use") or template.get("default")
+    try:
+        text = _render(tokenizer, _CALL_PROBE[:2], template, False, _CALL_TOOLS)
+    except Exception:  # a template without tool calls
+        return False
+    return "get_weather" in text.rsplit(_CALL_PROBE[0]["content"], 1)[-1]
 
 
 def known_call_format(tokenizer, template: str | dict[str, str] | None) -> str | None:
@@ -553,6 +568,8 @@ def holds_call(text: str, fmt: str = "hermes") -> bool:
     `[TOOL_CALLS]` and `<|tool_call>` among them, from the text)."""
     if fmt == "gemma4" and _GEMMA4_OPEN in (text or ""):
         return True
+    if fmt == "unknown":
+        return False
     if fmt in ("llama3_json", "mistral", "gemma4"):
         return parse_tool_calls(text, fmt) is not None
     return TOOL_CALL_BLOCK.search(text or "") is not None
@@ -565,7 +582,9 @@ def parse_tool_calls(text: str, fmt: str = "hermes", tools: list[dict[str, Any]]
     a string `name` (hermes), not a function tag holding only parameter tags (qwen3_xml) (a
     client's parser rejects the whole reply then). ``tools``, the definitions the prompt
     offered, type qwen3_xml's values, which the template writes as bare text (`"123"` and
-    `123` alike, True as `True`), as vLLM's parser does."""
+    `123` alike, True as `True`), as vLLM's parser does. None for an "unknown" format."""
+    if fmt == "unknown":
+        return None
     if fmt == "llama3_json":
         return _llama3_calls(text)
     if fmt == "mistral":

@@ -405,7 +405,8 @@ def sanity_generate(model_dir: str | Path, prompts: Sequence, tokenizer, end_of_
     report.stop_rate, report.degenerate = _rates(report.samples)
     report.call_format = call_format(tokenizer, tokenizer.chat_template)
     for prompt, sample in zip(prompts, report.samples):
-        if isinstance(prompt, dict) and prompt.get("calls"):
+        # calls written in a form parse_tool_calls cannot read are not checked
+        if report.call_format != "unknown" and isinstance(prompt, dict) and prompt.get("calls"):
             sample.call_parsed = parse_tool_calls(sample.output, report.call_format) is not None
             report.call_rows += 1
             report.calls_parsed += sample.call_parsed
