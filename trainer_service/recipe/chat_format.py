@@ -527,13 +527,20 @@ def call_format(tokenizer, template: str | dict[str, str] | None) -> str:
 
 def _renders_calls(tokenizer, template: str | dict[str, str] | None) -> bool:
     """Whether the template writes a call turn's call (its function's name) at all."""
+    return "get_weather" in (_call_turn(tokenizer, template) or "")
+
+
+def _call_turn(tokenizer, template: str | dict[str, str] | None) -> str | None:
+    """The probe's call turn as the template renders it (of named templates, the one a
+    conversation with tools renders with), from after the user's question on; None when
+    the template raises on it (it takes no tool calls)."""
     if isinstance(template, dict):
         template = template.get("tool_use") or template.get("default")
     try:
         text = _render(tokenizer, _CALL_PROBE[:2], template, False, _CALL_TOOLS)
     except Exception:  # a template without tool calls
-        return False
-    return "get_weather" in text.rsplit(_CALL_PROBE[0]["content"], 1)[-1]
+        return None
+    return text.rsplit(_CALL_PROBE[0]["content"], 1)[-1]  # the call turn, not the tools
 
 
 def known_call_format(tokenizer, template: str | dict[str, str] | None) -> str | None:
@@ -541,13 +548,9 @@ def known_call_format(tokenizer, template: str | dict[str, str] | None) -> str |
     where it renders none (or raises on one), or renders it in another form (Granite's,
     DeepSeek's): the `--tool-call-parser` a server needs, or None for none it can be sure
     of."""
-    if isinstance(template, dict):
-        template = template.get("tool_use") or template.get("default")
-    try:
-        text = _render(tokenizer, _CALL_PROBE[:2], template, False, _CALL_TOOLS)
-    except Exception:  # a template without tool calls
+    text = _call_turn(tokenizer, template)
+    if text is None:
         return None
-    text = text.rsplit(_CALL_PROBE[0]["content"], 1)[-1]  # the call turn, not the tools
     if "<tool_call>" in text and "<function=get_weather>" in text:
         return "qwen3_xml"
     if "[TOOL_CALLS][" in text or "[TOOL_CALLS]get_weather" in text:
