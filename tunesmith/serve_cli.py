@@ -78,9 +78,14 @@ def serve(
                          dtype=dtype, startup_timeout_s=startup_timeout,
                          log_path=log_file) as server:
             ready = True
+            command = server.command
+            parser = (command[command.index("--tool-call-parser") + 1]
+                      if "--tool-call-parser" in command else None)
             typer.echo(f"base URL: {server.base_url}\nmodel:    {server.name}\n"
                        f"backend:  {server.backend}\npid:      {server.pid}\n"
-                       f"log:      {server.log_path}\n\n"
+                       + (f"tools:    calls returned in tool_calls (vLLM's {parser} parser, "
+                          "the form the chat template writes them in)\n" if parser else "")
+                       + f"log:      {server.log_path}\n\n"
                        f"{client_snippet(server.base_url, server.name)}\n"
                        "Serving until Ctrl+C or SIGTERM.")
             code = None

@@ -34,7 +34,7 @@ from pathlib import Path
 from evaluator.serving.errors import ServeError
 from evaluator.serving.inputs import check_adapter_dir, check_model_dir, ensure_hf_home
 from evaluator.serving.llama_cpp_cli import check_gguf_file, llama_cpp_command
-from evaluator.serving.vllm_cli import find_vllm, vllm_command
+from evaluator.serving.vllm_cli import find_vllm, tool_call_parser, vllm_command
 
 BACKENDS = ("auto", "vllm", "transformers", "llama_cpp")  # llama_cpp: a .gguf MODEL
 DTYPES = ("auto", "bfloat16", "float16", "float32")
@@ -152,7 +152,8 @@ def start_server(model_dir: Path | str, adapter: Path | str | None = None,
     elif chosen == "vllm":
         command = vllm_command(model_dir, host=host, port=port, served_name=name,
                                adapter=adapter, vllm_bin=vllm_path or "vllm", dtype=dtype,
-                               extra_args=extra_args)
+                               extra_args=extra_args,
+                               tool_parser=tool_call_parser(model_dir, extra_args))
     else:
         command = [sys.executable, "-m", "evaluator.serving.hf_app", str(model_dir),
                    "--served-name", name, "--host", host, "--port", str(port), "--dtype", dtype,

@@ -50,16 +50,40 @@ def find_vllm(vllm_bin: str | None = None) -> str | None:
 
 def vllm_command(model_dir: Path, *, host: str, port: int, served_name: str,
                  adapter: Path | None = None, vllm_bin: str = "vllm", dtype: str = "auto",
-                 extra_args: Sequence[str] = ()) -> list[str]:
+                 extra_args: Sequence[str] = (), tool_parser: str | None = None) -> list[str]:
     """`vllm serve` for `model_dir` under `served_name`; with an adapter, the base is served
     under its folder's name and the adapter under `served_name` (requests naming it get base
-    + adapter), with `--max-lora-rank` from the adapter's own rank."""
+    + adapter), with `--max-lora-rank` from the adapter's own rank. With `tool_parser`,
+    requests with `tool_choice: auto` get the model's calls in `tool_calls`
+    (`--enable-auto-tool-choice --tool-call-parser`; vLLM answers them 400 without)."""
     base_name = model_dir.name if adapter is not None else served_name
     command = [vllm_bin, "serve", str(model_dir), "--host", host, "--port", str(port),
                "--served-model-name", base_name, "--generation-config", "vllm"]
     if dtype != "auto":
         command += ["--dtype", dtype]
+    if tool_parser is not None:
+        command += ["--enable-auto-tool-choice", "--tool-call-parser", tool_parser]
     if adapter is not None:
         command += ["--enable-lora", "--lora-modules", f"{served_name}={adapter}",
                     "--max-lora-rank", str(max_lora_rank(adapter_rank(adapter)))]
     return command + list(extra_args)
+
+
+def tool_call_parser(model_dir: Path, extra_args: Sequence[str] = ()) -> str | None:
+    """vLLM's `--tool-call-parser` for the model: the form its chat template writes calls in
+    (`chat_format.known_call_format`, named as vLLM's parsers are: hermes, qwen3_xml,
+    llama3_json, mistral, gemma4); None when the template writes none, in a form none of
+    those reads, or when `extra_args` already choose (`--tool-call-parser`,
+    `--enable-auto-tool-choice`)."""
+    if any(arg.split("=")[0] in ("--tool-call-parser", "--enable-auto-tool-choice")
+           for arg in extra_args):
+        return None
+    from transformers import AutoTokenizer
+
+    from trainer_service.recipe.chat_format import known_call_format
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    except (OSError, ValueError):  # no tokenizer here: vLLM's own error says more
+        return None
+    return known_call_format(tokenizer, tokenizer.chat_template)

@@ -368,6 +368,31 @@ def test_vllm_command_sets_name_generation_config_and_lora_rank(tiny, tmp_path):
     assert with_lora[with_lora.index("--max-lora-rank") + 1] == "64"
 
 
+def test_vllm_parses_calls_in_the_form_the_chat_template_writes_them(tmp_path):
+    """A model whose template writes tool calls is served by vLLM with its parser, so a
+    client's `tool_choice: auto` request gets `tool_calls` (vLLM answers it 400 without);
+    one whose template writes none, or whose arguments after `--` choose, gets none."""
+    from evaluator.serving.vllm_cli import tool_call_parser
+    from tests.trainer_service.test_chat_format import (LLAMA_3X, llama3x_tokenizer,
+                                                        qwen_tokenizer)
+    from tunesmith.models import fetch_default
+
+    folders = {}
+    for name, tok in (("qwen", qwen_tokenizer()), ("llama", llama3x_tokenizer(LLAMA_3X[1]))):
+        tok.save_pretrained(tmp_path / name)
+        folders[name] = tmp_path / name
+    assert tool_call_parser(folders["qwen"]) == "hermes"
+    assert tool_call_parser(folders["llama"]) == "llama3_json"
+    assert tool_call_parser(fetch_default()) is None  # SmolLM2's template writes no calls
+    assert tool_call_parser(folders["qwen"], ["--tool-call-parser", "qwen3_xml"]) is None
+    assert tool_call_parser(tmp_path / "missing") is None
+    command = vllm_command(folders["qwen"], host="127.0.0.1", port=8001, served_name="q",
+                           tool_parser="hermes")
+    at = command.index("--tool-call-parser")
+    assert command[at - 1:at + 2] == ["--enable-auto-tool-choice", "--tool-call-parser",
+                                      "hermes"]
+
+
 def test_backend_choice():
     vllm_here = find_vllm() is not None
     expected = "vllm" if vllm_here and torch.cuda.is_available() else "transformers"
