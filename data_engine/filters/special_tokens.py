@@ -21,7 +21,11 @@ from data_engine.config import CleanConfig
 from data_engine.filters.base import MessageView, Reasons, reasons_of
 from data_engine.normalizers.text import matches_where, python_whitespace, re2_literal
 
-_PIPE_TOKEN = r"<\|[^|<>\s]{1,40}\|>"
+# `<|im_end|>`-style tokens; Gemma 4's half-piped ones (`<|turn>`, `<turn|>`, `<|tool_call>`,
+# `<tool_response|>`); DeepSeek's full-width ones (`<｜end▁of▁sentence｜>`). No HTML tag has a
+# `|` right after `<` or right before `>`.
+_PIPE_TOKEN = (r"<\|[^|<>\s]{1,40}\|>|<\|[a-z_]{1,40}>|<[a-z_]{1,40}\|>"
+               r"|<｜[^｜<>\s]{1,40}｜>")
 
 
 @lru_cache(maxsize=8)
@@ -33,8 +37,12 @@ def _pattern(literals: tuple[str, ...]) -> re.Pattern[str]:
 @lru_cache(maxsize=8)
 def _re2_pattern(literals: tuple[str, ...]) -> str:
     """``_pattern(literals)`` in RE2 syntax."""
-    pipe = "<\\|[^" + re2_literal("|<>" + python_whitespace()) + "]{1,40}\\|>"
-    return "|".join([pipe] + [re2_literal(t) for t in literals if t])
+    space = python_whitespace()
+    pipe = "<\\|[^" + re2_literal("|<>" + space) + "]{1,40}\\|>"
+    half = "<\\|[a-z_]{1,40}>|<[a-z_]{1,40}\\|>"
+    wide = (re2_literal("<｜") + "[^" + re2_literal("｜<>" + space) + "]{1,40}"
+            + re2_literal("｜>"))
+    return "|".join([pipe, half, wide] + [re2_literal(t) for t in literals if t])
 
 
 def _contains(texts: pa.Array, literals: tuple[str, ...]) -> np.ndarray:

@@ -193,6 +193,8 @@ def test_no_assistant_reply():
     "子育てと仕事の両立<|im_end|>", "答案是 8。<|endoftext|>", "The answer is 4.</s>",
     "<|im_start|>assistant\nHello", "[INST] do it [/INST]", "<|eot_id|>",
     "Done.<end_of_turn>\n<start_of_turn>user", "<|end|>",
+    "Done.<turn|>", "<|turn>model\nHi", '<|tool_call>call:f{a:<|"|>x<|"|>}<tool_call|>',
+    "<tool_response|>", "答えは4です。<｜end▁of▁sentence｜>", "<｜Assistant｜>Hi",
 ])
 def test_special_token_literal_drops(text):
     assert reasons(special_token_literal, [chat("質問", text)]) == ["special_token_literal"]
@@ -200,7 +202,8 @@ def test_special_token_literal_drops(text):
 
 def test_special_token_literal_checks_reasoning_and_keeps_plain_markup():
     with_reasoning = [msg("user", "Q?"), msg("assistant", "A.", reasoning="think <|im_end|>")]
-    plain = chat("Use a pipe: a | b", "Write `x || y` or <b>bold</b>; 1 < 2 > 0 and |x|.")
+    plain = chat("Use a pipe: a | b", "Write `x || y` or <b>bold</b>; 1 < 2 > 0 and |x|, "
+                 "a <| b, c |> d, <Tab|> in caps, <｜ wide ｜>.")
     assert reasons(special_token_literal, [with_reasoning, plain]) == ["special_token_literal", None]
 
 
