@@ -188,10 +188,10 @@ def _call_end(tokenizer, template: str, eot: str | None) -> str | None:
         answered = _render(tokenizer, _CALL_PROBE[:3], template, False, _CALL_TOOLS)
     except Exception:  # a template without tool calls
         return None
-    after = alone.rfind("get_weather") + len("get_weather")
-    shared = _common_prefix(alone, answered)
-    if after < len("get_weather") or shared <= after:
-        return None  # the call itself does not render alike: nothing to read after it
+    called = alone.rfind("get_weather")
+    after, shared = called + len("get_weather"), _common_prefix(alone, answered)
+    if called < alone.rfind(_CALL_PROBE[0]["content"]) or shared <= after:
+        return None  # no call rendered after the question, or not alike: nothing to read
     # the last special token the two share after the call (the shared text may end inside
     # one, where the next turn's header starts like the conversation's closing token)
     ends = [(i + len(t), t) for t in _specials(tokenizer)
@@ -545,8 +545,8 @@ def _call_turn(tokenizer, template: str | dict[str, str] | None) -> str | None:
 
 def known_call_format(tokenizer, template: str | dict[str, str] | None) -> str | None:
     """`call_format`'s answer where the template renders a call in one of its forms; None
-    where it renders none (or raises on one), or renders it in another form (Granite's,
-    DeepSeek's): the `--tool-call-parser` a server needs, or None for none it can be sure
+    where it renders none (or raises on one), or renders it in another form (DeepSeek's,
+    MiniCPM5's): the `--tool-call-parser` a server needs, or None for none it can be sure
     of."""
     text = _call_turn(tokenizer, template)
     if text is None:
