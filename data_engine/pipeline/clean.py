@@ -15,15 +15,21 @@ from data_engine.schema import MESSAGE_TYPE, NUM_TOKENS
 STAGE = "clean"
 
 
+NORMALISED = ("content", "reasoning_content", "tool_calls")
+
+
 def normalize_messages(messages: pa.Array | pa.ChunkedArray, config: CleanConfig) -> pa.ListArray:
-    """Returns ``messages`` with content and reasoning normalised (same list shape)."""
+    """Returns ``messages`` with content, reasoning and the tool calls' JSON text normalised
+    (same list shape): a call's arguments then read as the prompt that asked for them does
+    (`ＩＤ１２３` in both, or `ID123` in both). The normalisers change letters, digits and
+    invisible characters only, never JSON's quotes, brackets or escapes."""
     values, offsets = list_offsets(messages)
 
     def norm(column: str) -> pa.Array:
         return normalize_texts(values.field(column), config.fix_mojibake, config.normalize_width)
 
     struct = pa.StructArray.from_arrays(
-        [norm(f.name) if f.name in ("content", "reasoning_content") else values.field(f.name)
+        [norm(f.name) if f.name in NORMALISED else values.field(f.name)
          for f in MESSAGE_TYPE], fields=list(MESSAGE_TYPE))
     return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), struct,
                                     type=pa.list_(MESSAGE_TYPE))

@@ -155,20 +155,40 @@ def _text(value: Any, where: str) -> str:
     raise UnknownFormat(f"{where}: expected text, got {type(value).__name__}")
 
 
+def _calls_text(value: Any) -> str | None:
+    """A turn's tool calls as the JSON text of a list: a list as it is, one call given alone
+    (an object, or its JSON text, as ShareGPT's `function_call` turns hold it) wrapped in one;
+    None for no call (`[]`, as SDK dumps write it on every plain reply). Text that is not
+    JSON is kept as it is, for the `bad_tool_call` filter to drop with its reason."""
+    if isinstance(value, str):
+        if value.strip() in ("", "[]", "null"):
+            return None
+        try:
+            parsed = json.loads(value)
+        except ValueError:
+            return value
+        if not isinstance(parsed, dict):
+            return value
+        value = parsed
+    if isinstance(value, dict):
+        value = [value]
+    return json.dumps(value, ensure_ascii=False) if value else None
+
+
 def _openai_message(m: Any) -> Message:
     if not isinstance(m, dict) or "role" not in m:
         raise UnknownFormat("messages: each turn needs a role")
     tool_calls = m.get("tool_calls")
-    if isinstance(tool_calls, str) and tool_calls.strip() in ("", "[]", "null"):
-        tool_calls = None  # SDK dumps write `"tool_calls": []` on every plain reply
-    if tool_calls is not None and not isinstance(tool_calls, str):
-        tool_calls = json.dumps(tool_calls, ensure_ascii=False) if tool_calls else None
+    if tool_calls is None and m.get("function_call") is not None:
+        # OpenAI's legacy form: one call, `function_call: {name, arguments}`
+        tool_calls = [{"type": "function", "function": m["function_call"]}]
+    role = str(m["role"]).strip().lower()
     reasoning = m.get("reasoning_content", m.get("reasoning"))
     message = {
-        "role": str(m["role"]).strip().lower(),
+        "role": "tool" if role == "function" else role,  # the legacy form's result turn
         "content": _text(m.get("content"), "content"),
         "reasoning_content": None if reasoning is None else _text(reasoning, "reasoning_content"),
-        "tool_calls": tool_calls or None,
+        "tool_calls": _calls_text(tool_calls),
     }
     for key in _HASHED_WHEN_SET:  # a tool turn's call id and function name, kept as given
         value = m.get(key)
@@ -198,7 +218,7 @@ def _sharegpt(row: dict[str, Any]) -> list[Message]:
             who = str(turn["from"]).strip().lower()
             if who == "function_call":
                 messages.append({"role": "assistant", "content": "", "reasoning_content": None,
-                                 "tool_calls": _text(turn.get("value"), "value")})
+                                 "tool_calls": _calls_text(_text(turn.get("value"), "value"))})
                 continue
             messages.append(_message(SHAREGPT_ROLES.get(who, who), turn.get("value"), "value"))
         elif "role" in turn:

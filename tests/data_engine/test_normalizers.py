@@ -49,6 +49,23 @@ def test_normalize_messages_keeps_shape_and_tool_calls():
     assert sliced == out[1:]
 
 
+def test_a_calls_arguments_are_normalised_as_the_prompt_that_asked_for_them():
+    """Full-width letters and digits fold in the tool calls' JSON text too: the user's
+    `ＩＤ１２３` became `ID123` while the call kept `ＩＤ１２３`, so the model learned to
+    turn one into the other. The JSON's own characters are left as they were."""
+    import json
+
+    calls = json.dumps([{"type": "function", "function": {
+        "name": "lookup", "arguments": json.dumps({"id": "ＩＤ１２３", "note": "「ｶﾞｲﾄﾞ」"},
+                                                  ensure_ascii=False)}}], ensure_ascii=False)
+    row = [msg("user", "ＩＤ１２３の天気は？"), msg("assistant", "", tool_calls=calls),
+           msg("tool", "ＩＤ１２３：晴れ"), msg("assistant", "晴れです。")]
+    out = normalize_messages(work_table([row]).column("messages"), CleanConfig()).to_pylist()[0]
+    assert out[0]["content"] == "ID123の天気は？"
+    arguments = json.loads(json.loads(out[1]["tool_calls"])[0]["function"]["arguments"])
+    assert arguments == {"id": "ID123", "note": "「ガイド」"}
+
+
 # --- the vectorised paths against their one-string definitions -------------------------------
 
 def _random_strings(seed: int, count: int) -> list[str | None]:

@@ -56,6 +56,50 @@ def test_an_empty_tool_call_list_is_no_call(empty):
     assert {f.name: f.check(view, CleanConfig()) for f in FILTERS} == {
         f.name: [None] for f in FILTERS}
 
+def test_a_call_given_alone_or_in_the_legacy_form_becomes_a_list_of_calls():
+    """One call given as an object (ShareGPT's `function_call` turn, a `tool_calls` that is
+    not a list) is written as a list of one, as training reads calls; OpenAI's legacy
+    `function_call` and `function` result turn become a call and a tool turn. Each row then
+    passes every filter; written as they came, training could not read the first two, and
+    the legacy call was lost."""
+    from data_engine.config import CleanConfig
+    from data_engine.filters import FILTERS, MessageView
+    from data_engine.schema import MESSAGE_TYPE
+
+    call = {"name": "get_weather", "arguments": {"city": "Oslo"}}
+    tools = [{"type": "function", "function": {
+        "name": "get_weather", "parameters": {"type": "object", "properties": {
+            "city": {"type": "string"}}}}}]
+    sharegpt = {"tools": json.dumps(tools), "conversations": [
+        {"from": "human", "value": "Weather in Oslo?"},
+        {"from": "function_call", "value": json.dumps(call)},
+        {"from": "observation", "value": "{\"temp\": 3}"},
+        {"from": "gpt", "value": "It is 3 degrees."}]}
+    alone = {"tools": tools, "messages": [
+        {"role": "user", "content": "Weather in Oslo?"},
+        {"role": "assistant", "content": None, "tool_calls": {"type": "function",
+                                                              "function": call}},
+        {"role": "tool", "content": "{\"temp\": 3}"},
+        {"role": "assistant", "content": "It is 3 degrees."}]}
+    legacy = {"tools": tools, "messages": [
+        {"role": "user", "content": "Weather in Oslo?"},
+        {"role": "assistant", "content": None,
+         "function_call": {"name": "get_weather", "arguments": "{\"city\": \"Oslo\"}"}},
+        {"role": "function", "name": "get_weather", "content": "{\"temp\": 3}"},
+        {"role": "assistant", "content": "It is 3 degrees."}]}
+    for row in (sharegpt, alone, legacy):
+        messages = to_messages(row, "auto")
+        assert [m["role"] for m in messages] == ["user", "assistant", "tool", "assistant"]
+        calls = json.loads(messages[1]["tool_calls"])
+        assert isinstance(calls, list) and len(calls) == 1
+        function = calls[0].get("function", calls[0])
+        assert function["name"] == "get_weather"
+        view = MessageView(pa.array([messages], pa.list_(MESSAGE_TYPE)),
+                           pa.array([row_tools(row)], pa.string()))
+        assert {f.name: f.check(view, CleanConfig())[0] for f in FILTERS} == {
+            f.name: None for f in FILTERS}
+
+
 def test_parallel_tool_calls_keep_their_ids_and_names():
     """Two calls in one turn: only `tool_call_id` says which result answers which."""
     calls = [{"id": "call_a", "type": "function",

@@ -852,3 +852,17 @@ def test_calls_in_a_form_no_parser_here_reads_are_unknown_not_hermes():
     smollm3 = AutoTokenizer.from_pretrained(fetch_default())
     smollm3.chat_template = llama_cpp_template(BY_TURNS["smollm3"][0])  # drops calls
     assert call_format(smollm3, smollm3.chat_template) == "hermes"
+
+
+def test_empty_argument_text_renders_as_no_arguments():
+    """`"arguments": ""` (a call with no arguments, as some exports write it) passes the data
+    engine's filter as {}; training renders it so too, not as `"arguments": }`."""
+    from trainer_service.recipe.chat_format import call_arguments
+
+    assert call_arguments("") == {} and call_arguments("  ") == {} and call_arguments(None) == {}
+    tok = qwen_tokenizer()
+    row = [{"role": "user", "content": "Time?"},
+           {"role": "assistant", "content": None, "tool_calls": json.dumps([
+               {"type": "function", "function": {"name": "get_time", "arguments": ""}}])}]
+    encoded = encode_row(tok, resolve_template(tok, "chatml"), row)
+    assert '{"name": "get_time", "arguments": {}}' in encoded.text

@@ -493,7 +493,9 @@ TOOL_CALL_BLOCK = re.compile(r"<tool_call>(.*?)</tool_call>", re.DOTALL)
 
 def call_arguments(value: Any) -> Any:
     """A call's arguments as JSON values: JSON text parsed (kept as text when it is not
-    JSON), none as {}."""
+    JSON), none (null, or empty text, as the data engine's filter reads it) as {}."""
+    if isinstance(value, str) and not value.strip():
+        return {}
     if isinstance(value, str):
         try:
             return json.loads(value)
