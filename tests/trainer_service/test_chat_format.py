@@ -649,20 +649,28 @@ BY_TURNS = {
 }
 
 
-@pytest.mark.parametrize("family", sorted(BY_TURNS))
-def test_current_families_nobody_has_marked_train_by_their_turns(family):
-    """Gemma 4, Granite 3.3 and SmolLM3 (whose template adds metadata to the system prompt
-    that ours does not): their own templates, each reply supervised through its end of
-    turn, the system prompt and headers outside the loss."""
+def by_turns_tokenizer(family: str, extra: tuple[str, ...] | list[str] = ()):
+    """SmolLM2's tokenizer speaking `family`'s format (`BY_TURNS`: llama.cpp's copy of its
+    template, the control tokens it needs, and ``extra`` ones; eos its end of turn)."""
     from transformers import AutoTokenizer
 
     from tunesmith.models import fetch_default
 
     name, specials, eot = BY_TURNS[family]
     tok = AutoTokenizer.from_pretrained(fetch_default())
-    tok.add_special_tokens({"additional_special_tokens": specials})
+    tok.add_special_tokens({"additional_special_tokens": specials + list(extra)})
     tok.eos_token = eot
     tok.chat_template = llama_cpp_template(name)
+    return tok
+
+
+@pytest.mark.parametrize("family", sorted(BY_TURNS))
+def test_current_families_nobody_has_marked_train_by_their_turns(family):
+    """Gemma 4, Granite 3.3 and SmolLM3 (whose template adds metadata to the system prompt
+    that ours does not): their own templates, each reply supervised through its end of
+    turn, the system prompt and headers outside the loss."""
+    tok = by_turns_tokenizer(family)
+    eot = BY_TURNS[family][2]
     template = resolve_template(tok, "auto")
     assert (template.source, template.end_of_turn) == ("model+turns", eot)
     for messages in (MULTI_TURN, WITH_SYSTEM):
@@ -678,15 +686,8 @@ def gemma4_tokenizer():
     """SmolLM2's tokenizer speaking Gemma 4's format (gemma-4-31B-it's template, llama.cpp's
     copy; its control tokens, the string quote `<|"|>` among them; eos <eos>, as Gemma 4
     ships it)."""
-    from transformers import AutoTokenizer
-
-    from tunesmith.models import fetch_default
-
-    name, specials, _ = BY_TURNS["gemma-4"]
-    tok = AutoTokenizer.from_pretrained(fetch_default())
-    tok.add_special_tokens({"additional_special_tokens": specials + [GEMMA4_QUOTE]})
+    tok = by_turns_tokenizer("gemma-4", [GEMMA4_QUOTE])
     tok.eos_token, tok.bos_token = "<eos>", "<bos>"
-    tok.chat_template = llama_cpp_template(name)
     return tok
 
 
@@ -752,15 +753,8 @@ def test_a_template_that_drops_tool_calls_is_refused_for_rows_that_call(family):
     """SmolLM3's and Granite 3.3's templates render an assistant turn's `content` only: a
     call turn would train as an empty reply, teaching the model to end the turn where it
     should call. Such rows are refused with the fix; rows without calls train as before."""
-    from transformers import AutoTokenizer
-
-    from tunesmith.models import fetch_default
-
-    name, specials, eot = BY_TURNS[family]
-    tok = AutoTokenizer.from_pretrained(fetch_default())
-    tok.add_special_tokens({"additional_special_tokens": specials})
-    tok.eos_token = eot
-    tok.chat_template = llama_cpp_template(name)
+    tok = by_turns_tokenizer(family)
+    eot = BY_TURNS[family][2]
     template = resolve_template(tok, "auto")
     calling = [TOOL_ROW[0], {**TOOL_ROW[1], "content": ""}] + TOOL_ROW[2:]  # Granite needs a str
     for loss_on in ("all_assistant", "last_assistant"):
