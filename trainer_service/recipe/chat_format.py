@@ -1010,12 +1010,12 @@ def _check_calls_rendered(template: ChatTemplate, messages: list[dict[str, Any]]
     """Raise `template_drops_tool_calls` when a supervised assistant turn with tool calls
     renders without them (SmolLM3's, LFM2's, Granite 3.3's and Phi-3.5's templates render
     only `content`): the model would learn to end the turn where it should call."""
-    turns = [m for m in messages if m["role"] == "assistant"]
+    turns = list(enumerate((m for m in messages if m["role"] == "assistant"), 1))
     if loss_on == "last_assistant":
         turns = turns[-1:]
-    for number, (message, (start, end)) in enumerate(zip(turns, spans), 1):
-        names = [call["function"]["name"] for call in message.get("tool_calls") or []]
-        missing = [name for name in names if name not in text[start:end]]
+    for (number, message), (start, end) in zip(turns, spans):
+        names = [call["function"].get("name") for call in message.get("tool_calls") or []]
+        missing = [name for name in names if name and name not in text[start:end]]
         if missing:
             raise ChatFormatError(
                 "template_drops_tool_calls", f"the chat template ({template.source}) renders "
