@@ -20,6 +20,7 @@ from data_engine.config import RepetitionConfig
 from data_engine.engines.base import Generation, SamplingParams
 from data_engine.filters.repetition import TOKEN, is_degenerate
 from evaluator.data import EvalRow
+from trainer_service.recipe.chat_format import call_arguments
 
 JSON_TAG = "json"
 # The order a reply's single failure is named in; every condition is also counted alone.
@@ -86,7 +87,7 @@ def judge_reply(row: EvalRow, gen: Generation, repetition: RepetitionConfig) -> 
             "json_valid": json_valid(text) if JSON_TAG in row.tags else None,
             "chrf": None, "rouge_l": None, "judge_score": None, "judge_mass": None,
             # calls the server parsed out of the reply (`message.tool_calls`), not in `output`
-            "tool_calls": [{"name": name, "arguments": arguments}
+            "tool_calls": [{"name": name, "arguments": call_arguments(arguments)}
                            for name, arguments in gen.tool_calls or []] or None}
 
 

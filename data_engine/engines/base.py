@@ -44,9 +44,9 @@ class Generation:
     tokens: int = 0
     error: str | None = None
     prompt_tokens: int | None = None  # the prompt as the server rendered it, where it says
-    # (name, arguments) of the calls a server parsed out of the reply into `tool_calls`
-    # (transformers' server does so for Qwen and Gemma 4 models whatever `tool_choice`
-    # says, leaving them out of `text`); None when it returned none
+    # (name, arguments' JSON text) of the calls a server parsed out of the reply into
+    # `tool_calls` (transformers' server does so for Qwen and Gemma 4 models whatever
+    # `tool_choice` says, leaving them out of `text`); None when it returned none
     tool_calls: list[tuple[str, Any]] | None = None
 
     @property

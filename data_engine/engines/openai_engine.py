@@ -9,7 +9,6 @@ never dropped and one row's failure never raises.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import random
@@ -241,18 +240,9 @@ class OpenAIEngine:
 
 
 def _server_calls(message: Any) -> list[tuple[str, Any]] | None:
-    """(name, arguments) of the calls the server returned in `tool_calls`, arguments parsed
-    from their JSON text (kept as text where it is not JSON); None when it returned none."""
-    calls = []
-    for call in getattr(message, "tool_calls", None) or []:
-        function = getattr(call, "function", None)
-        if function is None:  # a custom (non-function) tool call
-            continue
-        arguments = function.arguments
-        if isinstance(arguments, str):
-            try:
-                arguments = json.loads(arguments) if arguments.strip() else {}
-            except ValueError:
-                pass
-        calls.append((function.name, arguments))
+    """(name, arguments as the server sent them: JSON text) of the calls it returned in
+    `tool_calls`; None when it returned none."""
+    calls = [(call.function.name, call.function.arguments)
+             for call in getattr(message, "tool_calls", None) or []
+             if getattr(call, "function", None) is not None]  # not custom (non-function) ones
     return calls or None

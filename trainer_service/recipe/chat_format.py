@@ -521,15 +521,11 @@ def call_format(tokenizer, template: str | dict[str, str] | None) -> str:
     rendered in a form none of these is (DeepSeek's, MiniCPM5's), which `parse_tool_calls`
     cannot read. Of named templates (a tokenizer's `chat_template` dict), the one a
     conversation with tools renders with."""
-    known = known_call_format(tokenizer, template)
-    if known is None and _renders_calls(tokenizer, template):
-        return "unknown"
+    text = _call_turn(tokenizer, template)
+    known = _form_of(text)
+    if known is None and text is not None and "get_weather" in text:
+        return "unknown"  # a call is rendered, in none of the forms above
     return known or "hermes"
-
-
-def _renders_calls(tokenizer, template: str | dict[str, str] | None) -> bool:
-    """Whether the template writes a call turn's call (its function's name) at all."""
-    return "get_weather" in (_call_turn(tokenizer, template) or "")
 
 
 def _call_turn(tokenizer, template: str | dict[str, str] | None) -> str | None:
@@ -550,7 +546,11 @@ def known_call_format(tokenizer, template: str | dict[str, str] | None) -> str |
     where it renders none (or raises on one), or renders it in another form (DeepSeek's,
     MiniCPM5's): the `--tool-call-parser` a server needs, or None for none it can be sure
     of."""
-    text = _call_turn(tokenizer, template)
+    return _form_of(_call_turn(tokenizer, template))
+
+
+def _form_of(text: str | None) -> str | None:
+    """The form of the probe's call turn as rendered (`_call_turn`); None for none known."""
     if text is None:
         return None
     if "<tool_call>" in text and "<function=get_weather>" in text:
