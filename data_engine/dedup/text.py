@@ -6,8 +6,8 @@ Exact: roles and contents (and tool calls) after NFKC and whitespace collapsing,
 arguments' JSON key order and spacing settled, so one conversation logged twice is one
 conversation. The tool turns' `tool_call_id` and a row's `tools` (the definitions it
 offers) are not compared: two rows with the same turns are duplicates, whatever tools they
-offer. Near: the contents only,
-lower-cased, one line per turn; MinHash runs over its character n-grams, which works for
+offer. Near: the contents only (system turns left out: a prompt shared by a source's rows
+would make them all look alike), lower-cased, one line per turn; MinHash runs over its character n-grams, which works for
 Japanese and Chinese without word boundaries. Prompt: the user turns of the near text, what
 decontamination against an eval set compares by default.
 
@@ -63,10 +63,8 @@ class BatchTexts:
 
     @cached_property
     def prompt_array(self) -> pa.StringArray:
-        users_before = np.zeros(len(self.is_user) + 1, dtype=np.int32)
-        np.cumsum(self.is_user.to_numpy(zero_copy_only=False), out=users_before[1:])
-        user_offsets = users_before[self.offsets]  # user turns before each row's first turn
-        return _join(self.near_turns.filter(self.is_user), user_offsets, "\n")
+        return _join(self.near_turns.filter(self.is_user),
+                     _offsets_of(self.is_user, self.offsets), "\n")
 
     @cached_property
     def exact(self) -> list[str]:
@@ -212,11 +210,24 @@ def batch_texts(messages: pa.ListArray | pa.ChunkedArray) -> BatchTexts:
                                              content_all, "\x1f")
     near_turn = _lower(pc.if_else(pc.is_valid(tools),
                                   pc.binary_join_element_wise(content, tools, " "), content))
+    # A system prompt is most often one template shared by every row of a source: in the
+    # near text it would outweigh the turns that differ (a shared 1.4 kB prompt put 100
+    # unrelated question/answer rows at Jaccard 0.9), so it is left out, as from the prompt
+    # text. The exact text keeps it: rows that differ only in it are near duplicates.
+    kept = pc.invert(pc.fill_null(pc.equal(values.field("role"), "system"), False))
 
     is_user = pc.fill_null(pc.equal(values.field("role"), "user"), False)
     return BatchTexts(exact_array=_join(exact_turn, offsets, "\x1e"),
-                      near_array=_join(near_turn, offsets, "\n"),
+                      near_array=_join(near_turn.filter(kept), _offsets_of(kept, offsets),
+                                       "\n"),
                       near_turns=near_turn, is_user=is_user, offsets=offsets)
+
+
+def _offsets_of(kept: pa.BooleanArray, offsets: np.ndarray) -> np.ndarray:
+    """Each row's offsets among the turns ``kept`` selects (``offsets``: among all)."""
+    before = np.zeros(len(kept) + 1, dtype=np.int32)
+    np.cumsum(kept.to_numpy(zero_copy_only=False), out=before[1:])
+    return before[offsets]
 
 
 def _join(turns: pa.Array, offsets: np.ndarray, sep: str) -> pa.StringArray:
@@ -242,7 +253,8 @@ def exact_key(messages: Iterable[dict[str, Any]]) -> int:
 
 
 def near_text(messages: Iterable[dict[str, Any]]) -> str:
-    """Contents of every turn, normalised and lower-cased, one line each."""
+    """Contents of every turn but the system prompt's, normalised and lower-cased, one
+    line each."""
     return _one(messages).near[0]
 
 

@@ -194,6 +194,22 @@ def test_cjk_near_duplicates_found_and_same_template_rows_not():
     assert verdict["ja"] == (None, None) and verdict["zh"] == (None, None)
 
 
+def test_a_shared_system_prompt_does_not_make_rows_near_duplicates():
+    # Agent, RAG and support datasets give every row one long system prompt. Compared with
+    # it, 40 unrelated question/answer rows scored ~0.9 and chained into one cluster.
+    rng = random.Random(3)
+    system = "You are the support assistant of a parcel company. Policy:\n" + "\n".join(
+        f"{i}. " + " ".join(_words(rng, 12)) for i in range(20))
+    rows = [chat(" ".join(_words(rng, 14)) + "?", " ".join(_words(rng, 30)) + ".", system)
+            for _ in range(40)]
+    rows.append(chat(rows[0][1]["content"], rows[0][2]["content"], "Be brief."))
+    assert len(system) > 1000 and similarity(rows[0], rows[1]) < 0.3
+    _, verdict = dedup_rows(rows, [f"r{i}" for i in range(len(rows))])
+    # Only the row whose turns repeat row 0's under another system prompt is a duplicate.
+    assert {i: v for i, v in verdict.items() if v[0]} == {"r40": ("near_duplicate", "r0")}
+    assert near_text(rows[0]) == near_text(rows[0][1:])
+
+
 # --- exact normalisation and the keep rule (unit level) ---------------------------------------
 
 
@@ -205,8 +221,10 @@ def test_exact_text_normalises_width_and_whitespace_and_keeps_roles():
     # The role is part of the text: the same words as a system turn are another conversation.
     as_system = [msg("system", "Tokyo tower"), msg("assistant", "It is 333 m tall.")]
     assert exact_key(as_system) != exact_key(plain)
-    # ...while the near text compares contents only (case-folded), so it matches.
-    assert near_text(as_system) == near_text(plain) == near_text(wide)
+    # ...while the near text compares contents only (case-folded), so it matches; a system
+    # prompt is not in it (a template every row shares would make them all look alike).
+    assert near_text(plain) == near_text(wide) == "tokyo tower\nit is 333 m tall."
+    assert near_text(as_system) == "it is 333 m tall."
     assert exact_key([msg("user", "Tokyo Tower"), msg("assistant", "It is 333 m tall.")]) != \
         exact_key(plain)  # case matters for exact duplicates
     assert prompt_text(plain) == "tokyo tower"
