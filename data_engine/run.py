@@ -11,11 +11,14 @@ at once.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import platform
+import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
@@ -43,7 +46,8 @@ from data_engine.readers.shards import Shard, check_inputs, file_sha256, plan_sh
 from data_engine.schema import IDX, JUDGE_FIELDS, SPLITS
 from data_engine.stages import StageOutput, StageStore, stage_key, write_table
 from data_engine.writers.outputs import (OUTPUT_SCHEMA, REJECTED_FILE, SPLIT_FILES,
-                                         DatasetWriter, finalize_batch, render_batch)
+                                         DatasetWriter, finalize_batch, partial_name,
+                                         render_batch)
 from data_engine.writers.report import write_report
 
 STAGES = ("ingest", "clean", "synth", "judge", "dedup", "mix", "split", "export")
@@ -82,6 +86,12 @@ def run(config: DataConfig, out_dir: Path, console: Console | None = None,
     check_shapes(config.inputs)  # a wrong `columns:` would reject every row and go on
     check_shapes(config.dedup.reference.inputs, "dedup.reference.inputs")
     check_out(out_dir, config)
+    with _holding(out_dir):
+        return _run(config, out_dir, console, progress, started)
+
+
+def _run(config: DataConfig, out_dir: Path, console: Console, progress: bool,
+         started: float) -> RunResult:
     problem = tokenizer_problem(config.clean.length.tokenizer)
     if not problem and config.ray.address is None and (config.judge or config.synth.enabled()):
         problem = config.engine.missing_model()  # the engine runs on this machine's Ray
@@ -100,6 +110,8 @@ def run(config: DataConfig, out_dir: Path, console: Console | None = None,
     (out_dir / "manifest.json").unlink(missing_ok=True)  # written last: marks a finished run
     for name in FINAL_OUTPUTS:  # an earlier run's: a run that fails must not leave them looking
         (out_dir / name).unlink(missing_ok=True)  # finished (training reads train.jsonl)
+        (out_dir / partial_name(name)).unlink(missing_ok=True)  # a killed run's
+    shutil.rmtree(out_dir / "hf", ignore_errors=True)
     with ray_session(config.ray, out_dir) as session:
         plan = planned.result()
         if not any(shard.rows for shard in plan.shards):
@@ -118,8 +130,9 @@ def run(config: DataConfig, out_dir: Path, console: Console | None = None,
                                  mixed, split, time.perf_counter() - started, rows)
             manifest["stage_keys"] = plan.keys
             write_report(out_dir / "report.html", manifest, writer.tokens, writer.examples)
-        partial = out_dir / "manifest.json.partial"
+        partial = out_dir / partial_name("manifest.json")
         partial.write_text(json.dumps(manifest, ensure_ascii=False, indent=2), encoding="utf-8")
+        writer.publish()
         partial.replace(out_dir / "manifest.json")
     finally:
         session.wait_stopped()
@@ -128,8 +141,33 @@ def run(config: DataConfig, out_dir: Path, console: Console | None = None,
     return RunResult(out_dir, manifest)
 
 
-# The files of a finished run beside manifest.json (`hf/` is replaced when it is saved).
+# The files of a finished run beside manifest.json and `hf/`.
 FINAL_OUTPUTS = (*SPLIT_FILES.values(), REJECTED_FILE, "report.html")
+LOCK_FILE = ".lock"
+
+
+@contextmanager
+def _holding(out_dir: Path) -> Iterator[None]:
+    """Holds ``out_dir``'s lock while the block runs, or raises OutputPlaceError when
+    another run holds it: two runs into one folder clear each other's stage parts, and the
+    one that finishes would publish a dataset missing rows."""
+    fh = open(out_dir / LOCK_FILE, "a+", encoding="utf-8")
+    try:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "unknown"
+            raise OutputPlaceError(str(out_dir), f"another run is writing into it (pid "
+                                   f"{holder}): wait for it to end, or choose another "
+                                   "--out") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"{os.getpid()}\n")
+        fh.flush()
+        yield
+    finally:
+        fh.close()  # releases the lock
 
 
 def check_out(out_dir: Path, config: DataConfig) -> None:
@@ -144,7 +182,7 @@ def check_out(out_dir: Path, config: DataConfig) -> None:
         raise OutputPlaceError(str(out_dir), f"cannot be made: {exc.strerror or exc}") from None
     if not os.access(out_dir, os.W_OK | os.X_OK):
         raise OutputPlaceError(str(out_dir), "is not writable")
-    written = FINAL_OUTPUTS + ("manifest.json",)
+    written = FINAL_OUTPUTS + ("manifest.json", "hf")
     for item in config.inputs + config.dedup.reference.inputs:
         source = Path(item.path).resolve()
         if source == out_dir or (source.parent == out_dir and source.name in written):

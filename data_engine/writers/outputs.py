@@ -10,6 +10,7 @@ text (the row's own JSON text where it can be embedded as it is, see `rejected_l
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from collections import Counter, defaultdict
@@ -43,6 +44,11 @@ EXAMPLES_PER_REASON = 3
 # The output contract's files (besides manifest.json, report.html and hf/).
 SPLIT_FILES = {split: f"{split}.jsonl" for split in SPLITS}
 REJECTED_FILE = "rejected.jsonl"
+
+
+def partial_name(name: str) -> str:
+    """Where an output file is written until the run publishes it."""
+    return f"{name}.partial"
 OUTPUT_SCHEMA = pa.schema(list(ROW_SCHEMA) + [NUM_TOKENS] + PROVENANCE_FIELDS + JUDGE_FIELDS)
 # Rejected rows sort after every kept row when the output follows the mix order.
 _REJECTED_ORDER = 1 << 62
@@ -419,9 +425,12 @@ class DatasetWriter:
         self.sources: dict[str, Counter[str]] = defaultdict(Counter)
         self._tokens: dict[str, list[np.ndarray]] = {s: [] for s in SPLITS}
         self.examples: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        # binary: lines are written straight from Arrow's UTF-8 buffers
-        self._split_files = {s: open(out_dir / SPLIT_FILES[s], "wb") for s in SPLITS}
-        self._rejected = open(out_dir / REJECTED_FILE, "wb")
+        # binary: lines are written straight from Arrow's UTF-8 buffers, under `.partial`
+        # names until `publish` (a run killed while exporting leaves no `train.jsonl` that
+        # a trainer would read as the whole split)
+        self._split_files = {s: open(out_dir / partial_name(SPLIT_FILES[s]), "wb")
+                             for s in SPLITS}
+        self._rejected = open(out_dir / partial_name(REJECTED_FILE), "wb")
         self._arrow = {s: pa.ipc.new_stream(str(self.work_dir / f"{s}.arrow"), OUTPUT_SCHEMA)
                        for s in SPLITS}
 
@@ -520,6 +529,12 @@ class DatasetWriter:
             fh.close()
         for writer in self._arrow.values():
             writer.close()
+
+    def publish(self) -> None:
+        """Moves the closed JSONL outputs to their names (the run's last step but the
+        manifest)."""
+        for name in [*SPLIT_FILES.values(), REJECTED_FILE]:
+            os.replace(self.out_dir / partial_name(name), self.out_dir / name)
 
     @contextmanager
     def closing(self) -> Iterator[None]:
