@@ -33,6 +33,10 @@ _MOJIBAKE_HINT = re.compile("[\u00c2-\u00f0][\u0080-\u00bf\u0152\u0153\u0160\u01
 # C0/C1 controls except tab and newline, zero-width spaces/joiners and the BOM.
 _INVISIBLE = re.compile("[\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f-\u009f"
                         "\u200b-\u200d\u2060\ufeff]")
+# Unicode's line and paragraph separators (text from web pages and PDFs): line breaks, as
+# "\n" and a blank line. Left in, they end a line for Python's `str.splitlines`, so a JSONL
+# reader using it cut a row in two.
+_SEPARATORS = {"\u2028": "\n", "\u2029": "\n\n"}
 _HALFWIDTH_KANA = re.compile("[\uff61-\uff9f]+")
 _FULLWIDTH_RANGES = ((0xFF10, 0xFF19), (0xFF21, 0xFF3A), (0xFF41, 0xFF5A))
 _FULLWIDTH_ALNUM = {cp: cp - 0xFEE0 for r in _FULLWIDTH_RANGES for cp in range(r[0], r[1] + 1)}
@@ -40,14 +44,20 @@ _FULLWIDTH_ALNUM = {cp: cp - 0xFEE0 for r in _FULLWIDTH_RANGES for cp in range(r
 _WIDTH_HINT = re.compile("[\uff10-\uff19\uff21-\uff3a\uff41-\uff5a\uff61-\uff9f]")
 
 
-def normalize_text(text: str, fix_mojibake: bool = True, normalize_width: bool = True) -> str:
-    """Returns ``text`` repaired, width-folded where safe, and trimmed."""
+def normalize_text(text: str, fix_mojibake: bool = True, normalize_width: bool = True,
+                   json_text: bool = False) -> str:
+    """Returns ``text`` repaired, width-folded where safe, and trimmed. ``json_text``: the
+    text is JSON (a turn's tool calls), where the line and paragraph separators stay (a
+    line break there would need an escape for each level of JSON text it is nested in)."""
     if not text:
         return text
     if fix_mojibake and _MOJIBAKE_HINT.search(text):
         text = ftfy.fix_encoding(text)
     if "\r" in text:
         text = text.replace("\r\n", "\n").replace("\r", "\n")
+    for separator, breaks in _SEPARATORS.items():
+        if separator in text and not json_text:
+            text = text.replace(separator, breaks)
     text = _INVISIBLE.sub("", text)
     if normalize_width and not text.isascii():
         text = text.translate(_FULLWIDTH_ALNUM)
@@ -56,7 +66,7 @@ def normalize_text(text: str, fix_mojibake: bool = True, normalize_width: bool =
 
 
 def normalize_texts(texts: pa.Array, fix_mojibake: bool = True,
-                    normalize_width: bool = True) -> pa.Array:
+                    normalize_width: bool = True, json_text: bool = False) -> pa.Array:
     """``normalize_text`` of every string of ``texts`` (nulls stay null), vectorised.
 
     Most strings only need ``str.strip()``, which Arrow does for all of them. A regex picks
@@ -65,25 +75,28 @@ def normalize_texts(texts: pa.Array, fix_mojibake: bool = True,
     or a mojibake hint (when repairing) or a foldable character (when folding); those go
     through ``normalize_text``. A string without hint or foldable
     character is exactly what ``normalize_text`` handles without ftfy and folding. The
-    replacements only delete characters or turn CR into LF, outside the hint and width
+    replacements only delete characters or turn CR (and the line and paragraph separators)
+    into LF, outside the hint and width
     classes, so testing the raw string, as ``normalize_text`` tests the partly normalised
     one, picks the same strings.
     """
     hints = ([_MOJIBAKE_HINT.pattern] if fix_mojibake else []) + (
         [_WIDTH_HINT.pattern] if normalize_width else [])
-    invisible = _INVISIBLE.pattern[:-1] + "\r]"  # the class, plus CR
+    invisible = _INVISIBLE.pattern[:-1] + "\r" + "".join(_SEPARATORS) + "]"  # plus CR, LS, PS
     work = matches_where(texts, "|".join(re2_class_pattern(p) for p in [invisible] + hints),
                          [r for p in [invisible] + hints for r in first_bytes(p)])
     if work.any():
         work = pa.array(work)
         some = texts.filter(work)
         fixed = pc.replace_substring(pc.replace_substring(some, "\r\n", "\n"), "\r", "\n")
+        for separator, breaks in _SEPARATORS.items() if not json_text else ():
+            fixed = pc.replace_substring(fixed, separator, breaks)
         fixed = pc.replace_substring_regex(fixed, re2_class_pattern(_INVISIBLE.pattern), "")
         if hints:
             slow = pc.fill_null(pc.match_substring_regex(
                 some, "|".join(re2_class_pattern(p) for p in hints)), False)
             if pc.any(slow).as_py():
-                redone = [normalize_text(t, fix_mojibake, normalize_width)
+                redone = [normalize_text(t, fix_mojibake, normalize_width, json_text)
                           for t in some.filter(slow).to_pylist()]
                 fixed = pc.replace_with_mask(fixed, slow, pa.array(redone, fixed.type))
         texts = pc.replace_with_mask(texts, work, fixed)

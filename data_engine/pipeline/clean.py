@@ -26,7 +26,8 @@ def normalize_messages(messages: pa.Array | pa.ChunkedArray, config: CleanConfig
     values, offsets = list_offsets(messages)
 
     def norm(column: str) -> pa.Array:
-        return normalize_texts(values.field(column), config.fix_mojibake, config.normalize_width)
+        return normalize_texts(values.field(column), config.fix_mojibake, config.normalize_width,
+                               json_text=column == "tool_calls")
 
     struct = pa.StructArray.from_arrays(
         [norm(f.name) if f.name in NORMALISED else values.field(f.name)

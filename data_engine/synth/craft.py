@@ -156,7 +156,7 @@ def load_fewshots(path: str | Path) -> list[dict[str, Any]]:
 
     rows, problems = [], []
     try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
+        lines = Path(path).read_text(encoding="utf-8").split("\n")  # JSON text may hold U+2028
     except OSError as exc:
         raise InputError(str(path), str(exc), "craft.fewshots") from None
     for number, line in enumerate(lines, 1):

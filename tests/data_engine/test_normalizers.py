@@ -19,6 +19,7 @@ from .helpers import chat, msg, work_table
     ("  子育て\r\nの話  ", "子育て\nの話"),
     ("zero\u200bwidth\ufeff", "zerowidth"),
     ("bell\x07 char", "bell char"),
+    ("line\u2028break\u2029paragraph", "line\nbreak\n\nparagraph"),  # web pages and PDFs
 ])
 def test_normalize_text_repairs(raw, expected):
     assert normalize_text(raw) == expected
@@ -66,6 +67,24 @@ def test_a_calls_arguments_are_normalised_as_the_prompt_that_asked_for_them():
     assert arguments == {"id": "ID123", "note": "「ガイド」"}
 
 
+def test_line_separators_become_line_breaks_and_the_calls_json_stays_json():
+    """U+2028 kept raw in train.jsonl ended a line for the trainer's `str.splitlines`, so
+    training failed on `dataset_row_invalid`, and the suggested fix wrote the same file.
+    In text it is a line break; a call's JSON text keeps it (valid JSON at any depth)."""
+    import json
+
+    calls = json.dumps([{"type": "function", "function": {
+        "name": "note", "arguments": json.dumps({"text": "a\u2028b"}, ensure_ascii=False)}}],
+        ensure_ascii=False)
+    assert "\u2028" in calls  # json.dumps leaves it raw
+    row = [msg("user", "one\u2028two"), msg("assistant", "", tool_calls=calls),
+           msg("tool", "ok"), msg("assistant", "x\u2029y")]
+    out = normalize_messages(work_table([row]).column("messages"), CleanConfig()).to_pylist()[0]
+    assert out[0]["content"] == "one\ntwo" and out[3]["content"] == "x\n\ny"
+    arguments = json.loads(json.loads(out[1]["tool_calls"])[0]["function"]["arguments"])
+    assert arguments == {"text": "a\u2028b"}
+
+
 # --- the vectorised paths against their one-string definitions -------------------------------
 
 def _random_strings(seed: int, count: int) -> list[str | None]:
@@ -75,7 +94,7 @@ def _random_strings(seed: int, count: int) -> list[str | None]:
 
     rng = random.Random(seed)
     pools = ["abc XYZ 09", " \t\n\r\x0b\x0c\x1c\x85\xa0\u3000", "â€™Ã©Â", "ＡＩ２ｶﾞｲﾄﾞ",
-             "\u200b\ufeff\x07\x7f\x9f", "子育て東京、。", "éüÅ", "\U0001F600\U00020000", "<|#"]
+             "\u200b\ufeff\x07\x7f\x9f\u2028\u2029", "子育て東京、。", "éüÅ", "\U0001F600\U00020000", "<|#"]
     out: list[str | None] = []
     for _ in range(count):
         if rng.random() < 0.05:

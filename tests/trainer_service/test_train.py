@@ -261,6 +261,16 @@ def test_read_split_keeps_tools_and_refuses_bad_ones(tmp_path):
     assert err.value.code == "dataset_row_invalid" and "train.jsonl:1: `tools`" in err.value.message
 
 
+def test_read_split_splits_lines_at_newlines_only(tmp_path):
+    """JSON writers that keep non-ASCII text (`ensure_ascii=False`) leave U+2028 and U+2029
+    raw, which `str.splitlines` also breaks at: such a row failed `dataset_row_invalid`."""
+    rows = [{"messages": [{"role": "user", "content": "a\u2028b"},
+                          {"role": "assistant", "content": "c\u2029d\x85e"}]}]
+    (tmp_path / "train.jsonl").write_text(
+        "".join(json.dumps(r, ensure_ascii=False) + "\r\n" for r in rows * 2), encoding="utf-8")
+    assert read_split(tmp_path, "train") == rows * 2
+
+
 def test_train_loss_falls_metrics_report_and_resume(tiny_model, tmp_path):
     data = _write(tmp_path / "ds", _rows(48, "blue blue blue"), _rows(8, "blue blue blue", 1000))
     run = tmp_path / "run"

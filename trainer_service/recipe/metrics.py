@@ -83,7 +83,7 @@ class MetricsCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         # A resumed run rewrites history after its checkpoint's step, so no step appears twice.
         if self.path.is_file():
-            kept = [line for line in self.path.read_text(encoding="utf-8").splitlines()
+            kept = [line for line in self.path.read_text(encoding="utf-8").split("\n")
                     if line.strip() and json.loads(line)["step"] <= state.global_step]
             self.path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
         self._last = (time.monotonic(), state.num_input_tokens_seen or 0)
@@ -154,7 +154,7 @@ def read_metrics(path: Path) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n")
             if line.strip()]
 
 
