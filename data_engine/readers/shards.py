@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -21,6 +22,9 @@ from data_engine.config import InputConfig
 from data_engine.errors import InputError
 
 _SCAN_BLOCK = 16 << 20
+_BOM = "\ufeff".encode("utf-8")
+# A JSON escape of a UTF-16 surrogate, the only way JSON text holds one.
+_LONE_SURROGATE_HINT = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
 @dataclass
@@ -214,10 +218,16 @@ def iter_shard(shard: Shard) -> Iterator[tuple[int, dict[str, Any] | None, str]]
         for offset, raw in enumerate(data.split(b"\n")):
             if not raw.strip():
                 continue  # blank lines (and the final newline) are not rows
+            if offset == 0 and shard.start == 0 and raw.startswith(_BOM):
+                raw = raw[len(_BOM):]  # a byte-order mark Windows editors write: not text
             try:  # JSON text is UTF-8 (RFC 8259): other bytes make the line malformed, not
                 text = raw.decode("utf-8").rstrip("\r")  # silently replaced characters
                 row = json.loads(text)
-            except UnicodeDecodeError:
+                if _LONE_SURROGATE_HINT.search(raw):
+                    # an escaped half of a pair (`"\ud83d"`): json reads it, UTF-8 cannot
+                    # hold it, so the row would fail every step that writes it
+                    json.dumps(row, ensure_ascii=False).encode("utf-8")
+            except UnicodeError:  # bytes that are not UTF-8, or a lone surrogate
                 text, row = raw.decode("utf-8", errors="replace").rstrip("\r"), None
             except ValueError:
                 row = None

@@ -261,6 +261,25 @@ def test_a_line_that_is_not_utf8_is_malformed_not_silently_replaced(tmp_path):
     assert "Caf\ufffd?" in rows[1]["_raw"]  # the raw line, kept for rejected.jsonl
 
 
+def test_a_lone_surrogate_is_malformed_and_a_bom_is_not_text(tmp_path):
+    """An emoji cut in half (`"\\ud83d"`, which json reads) aborted the whole run with a
+    UnicodeEncodeError traceback; a byte-order mark lost line 1 as malformed_json, but
+    only for shapes the Arrow reader leaves to the per-row path (alpaca here)."""
+    def alpaca(i: int, out: str) -> str:
+        return '{"instruction": "How long is river %d?", "output": "%s"}' % (i, out)
+
+    path = tmp_path / "rows.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + "\n".join([
+        alpaca(0, "10 km."), alpaca(1, "cut \\ud83d here."), alpaca(2, "whole \\ud83d\\ude00 one."),
+        alpaca(3, "low \\uDE00 half.")]).encode("utf-8") + b"\n")
+    rows = _ingest(tmp_path, [InputConfig(path=str(path))])[0].to_pylist()
+    assert [(r["_line"], r["_reason"]) for r in rows] == [
+        (1, None), (2, "malformed_json"), (3, None), (4, "malformed_json")]
+    assert rows[0]["messages"][0]["content"] == "How long is river 0?"
+    assert rows[2]["messages"][1]["content"] == "whole \U0001F600 one."
+    assert "\\ud83d" in rows[1]["_raw"]
+
+
 def test_parquet_file_and_folder(tmp_path):
     rows = [{"instruction": f"{i}+1?", "input": "", "output": f"等于 {i + 1}。"} for i in range(5)]
     folder = tmp_path / "pq"
