@@ -33,6 +33,7 @@ from rich.console import Console
 
 from data_engine.config import DataConfig
 from data_engine.dedup.stage import REF_BASE, DedupInputs, run_dedup, sign_rows, signature_key
+from data_engine.dedup.text import conversation_keys
 from data_engine.errors import ConfigError, InputError, LeakError, OutputPlaceError
 from data_engine.executor import RaySession, map_tasks, ray_session
 from data_engine.filters.length import tokenizer_problem
@@ -493,6 +494,8 @@ def _split(ctx: _Context, stored: _Rows, dedup: StageOutput, mixed: StageOutput,
     cluster[where[found]] = members.column("dup_cluster").to_numpy()[found]
     links.append(_same_value_links(np.where(cluster >= 0, cluster, None)))
     ids = rows.column("id").to_pylist()
+    links.append(_same_value_links(np.array(ids, dtype=object)))
+    links.append(_lineage_links(ctx, stored, idx, ids))
     result = assign_splits(ids, rows.column("source").to_pylist(), weight.astype(np.int64),
                            np.concatenate(links), ctx.config.split, ctx.config.seed)
     pairs = dedup.read("pairs")
@@ -509,6 +512,49 @@ def _split(ctx: _Context, stored: _Rows, dedup: StageOutput, mixed: StageOutput,
             f"in the output, {leaks['leaks']} across splits")
     return {**result.facts, "warnings": warnings, "leak_check": leaks,
             "progress": ctx.tracker.snapshot(("split",))}
+
+
+def _lineage_links(ctx: _Context, stored: _Rows, idx: np.ndarray, ids: list[str]
+                   ) -> np.ndarray:
+    """Pairs of positions (in ``idx``) of rows that must share a split beyond their group
+    and duplicate cluster: a conversation and the same conversation cut short (a whole row
+    that is a prefix of another, as ShareGPT dumps store one chat at several lengths, ~0.35
+    apart in Jaccard, so no duplicate pair); a synthesized row and its parent (an
+    evolution of a test prompt in train is the test prompt learnt); rows of one parent."""
+    parts = list(map_tasks(lineage_part, [(f,) for f in stored.files()], ctx.read_args))
+    table = pa.concat_tables(parts) if parts else pa.table({})
+    if not table.num_rows:
+        return np.zeros((0, 2), np.int64)
+    where, found = _positions(idx, table.column("_idx").to_numpy())
+    table, where = table.filter(pa.array(found)), where[found]
+    position = {key: pos for key, pos in zip(table.column("key").to_pylist(), where.tolist())}
+    position_of_id = {row_id: pos for pos, row_id in enumerate(ids)}
+    pairs = []
+    for pos, prefixes, parent in zip(where.tolist(), table.column("prefixes").to_pylist(),
+                                     table.column("parent_id").to_pylist()):
+        pairs += [(pos, position[key]) for key in prefixes if key in position]
+        if parent is not None and parent in position_of_id:
+            pairs.append((pos, position_of_id[parent]))
+    parents = np.full(len(idx), None, dtype=object)
+    parents[where] = np.array(table.column("parent_id").to_pylist(), dtype=object)
+    siblings = _same_value_links(parents)
+    return np.concatenate([np.array(pairs, np.int64).reshape(-1, 2), siblings])
+
+
+def lineage_part(path: str) -> pa.Table:
+    """Ray task: the kept rows of one stored part with their exact key, their prefixes'
+    keys (`conversation_keys`) and their `parent_id` (synthesized rows)."""
+    file = pq.ParquetFile(path)
+    columns = [c for c in ("_idx", "messages", "_reason", "parent_id")
+               if c in file.schema_arrow.names]
+    table = file.read(columns=columns)
+    table = table.filter(pc.is_null(table.column("_reason")))
+    keys, prefixes = conversation_keys(table.column("messages"))
+    parent = (table.column("parent_id") if "parent_id" in table.column_names
+              else pa.nulls(table.num_rows, pa.string()))
+    return pa.table({"_idx": table.column("_idx"), "key": pa.array(keys, pa.int64()),
+                     "prefixes": pa.array(prefixes, pa.list_(pa.int64())),
+                     "parent_id": parent})
 
 
 def _shared_ids(ids: pa.ChunkedArray) -> list[str]:

@@ -198,16 +198,45 @@ def _call_texts(values: pa.Array) -> pa.Array:
                     pa.string())
 
 
-def batch_texts(messages: pa.ListArray | pa.ChunkedArray) -> BatchTexts:
-    """Exact, near and prompt texts of every conversation in ``messages``."""
-    values, offsets = list_offsets(messages)
-    offsets = offsets.astype(np.int32)
+def _turn_texts(values: pa.StructArray) -> tuple[pa.Array, pa.Array, pa.Array]:
+    """Each turn's canonical content and tool calls' text, and its exact text."""
     content = _canonical(pc.fill_null(values.field("content"), ""))
     tools = _canonical(_call_texts(values.field("tool_calls")))
     with_tools = pc.binary_join_element_wise(content, pc.fill_null(tools, ""), "\x1f")
     content_all = pc.if_else(pc.is_valid(tools), with_tools, content)
     exact_turn = pc.binary_join_element_wise(pc.fill_null(values.field("role"), ""),
                                              content_all, "\x1f")
+    return content, tools, exact_turn
+
+
+def _key(text: str) -> int:
+    """`BatchTexts.exact_keys` of one exact text."""
+    digest = hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") >> 1
+
+
+def conversation_keys(messages: pa.ListArray | pa.ChunkedArray
+                      ) -> tuple[list[int], list[list[int]]]:
+    """Each row's exact key, and the exact keys its proper prefixes that end with an
+    assistant turn would have as rows: a row whose key is another's prefix key is that
+    conversation cut short (ShareGPT dumps store one chat at several lengths), which the
+    split keeps on the same side."""
+    values, offsets = list_offsets(messages)
+    turns = _turn_texts(values)[2].to_pylist()
+    roles = values.field("role").to_pylist()
+    keys, prefixes = [], []
+    for start, end in zip(offsets.tolist(), offsets[1:].tolist()):
+        keys.append(_key("\x1e".join(turns[start:end])))
+        prefixes.append([_key("\x1e".join(turns[start:cut])) for cut in range(start + 1, end)
+                         if roles[cut - 1] == "assistant"])
+    return keys, prefixes
+
+
+def batch_texts(messages: pa.ListArray | pa.ChunkedArray) -> BatchTexts:
+    """Exact, near and prompt texts of every conversation in ``messages``."""
+    values, offsets = list_offsets(messages)
+    offsets = offsets.astype(np.int32)
+    content, tools, exact_turn = _turn_texts(values)
     near_turn = _lower(pc.if_else(pc.is_valid(tools),
                                   pc.binary_join_element_wise(content, tools, " "), content))
     # A system prompt is most often one template shared by every row of a source: in the

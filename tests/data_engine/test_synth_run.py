@@ -93,6 +93,12 @@ def test_synth_and_judge_inside_data_run(ray_local, smollm2_dir, tmp_path):
     assert kept_rows and all(1.0 <= r["judge_score"] <= 5.0 and 0.0 < r["judge_mass"] <= 1.0
                              for r in kept_rows)
     assert manifest["counts"]["rejected"]["low_judge_score"] == 0
+    # An evolution sits in its seed's split (35 of 54 did not: a test prompt, rewritten, in
+    # train is the test prompt learnt).
+    split_of = {r["id"]: s for s in ("train", "validation", "test")
+                for r in read_jsonl(out / f"{s}.jsonl")}
+    evolved = [r for r in kept_rows if r.get("origin") == "evol" and r["parent_id"] in split_of]
+    assert evolved and all(split_of[r["id"]] == split_of[r["parent_id"]] for r in evolved)
     flagged = [r["judge_error"] for r in kept_rows if "judge_error" in r]
     assert manifest["judge"]["flagged"] >= len(flagged) == len(kept_rows)
     assert all(e.startswith("judge_low_mass: mass ") and e.endswith("< min_mass 1")
