@@ -33,8 +33,8 @@ class Shard:
 
     input_index: int
     path: str  # the file itself (for a save_to_disk folder: one of its Arrow files)
-    kind: str  # jsonl | parquet | arrow
-    start: int  # jsonl: byte offset; parquet: first row group; arrow: first row
+    kind: str  # jsonl | json (an array of rows) | parquet | arrow
+    start: int  # jsonl: byte offset; parquet: first row group; json, arrow: first row
     stop: int  # exclusive, same unit as start
     first_line: int  # 1-based line / row number of the shard's first row
     rows: int  # lines (JSONL, blank ones included) or rows in the shard
@@ -62,7 +62,8 @@ def plan_shards(inputs: list[InputConfig], shard_rows: int) -> tuple[list[Shard]
     files: list[InputFile] = []
     for index, item in enumerate(inputs):
         for path, kind in _files_of(item.path):
-            planner = {"jsonl": _plan_jsonl, "parquet": _plan_parquet, "arrow": _plan_arrow}[kind]
+            planner = {"jsonl": _plan_jsonl, "json": _plan_json, "parquet": _plan_parquet,
+                       "arrow": _plan_arrow}[kind]
             file_shards, digest = planner(index, path, shard_rows)
             for shard in file_shards:
                 shard.base = shards[-1].base + shards[-1].rows if shards else 0
@@ -85,6 +86,11 @@ def first_rows(item: InputConfig, lines: int) -> tuple[str, list[dict[str, Any]]
     """(the input's first file, the rows among its first ``lines`` lines or rows that parse
     as objects): enough to tell a file's shape without reading it."""
     path, kind = _files_of(item.path)[0]
+    if kind == "json":
+        try:
+            return path, [row for row in _json_array(path)[:lines] if isinstance(row, dict)]
+        except InputError:  # planning's to report
+            return path, []
     if kind == "jsonl":
         rows = []
         with open(path, "rb") as fh:
@@ -119,27 +125,59 @@ def _files_of(path: str) -> list[tuple[str, str]]:
     if not p.exists():
         raise InputError(path, "no such file or folder")
     if p.is_file():
-        name = p.name.lower()
-        if name.endswith((".jsonl", ".json", ".ndjson")):
-            return [(str(p), "jsonl")]
-        if name.endswith(".parquet"):
-            return [(str(p), "parquet")]
-        if name.endswith(".arrow"):
-            return [(str(p), "arrow")]
-        raise InputError(path, "unsupported file type (expected .jsonl, .json, .ndjson, "
-                         ".parquet or .arrow, or a folder of them)")
+        kind = _kind_of(p)
+        if kind is None:
+            raise InputError(path, "unsupported file type (expected .jsonl, .json, .ndjson, "
+                             ".parquet or .arrow, or a folder of them)"
+                             + _CONVERT.get(_data_suffix(p) or "", ""))
+        return [(str(p), kind)]
     if (p / "dataset_dict.json").exists():
         splits = json.loads((p / "dataset_dict.json").read_text())["splits"]
         return [f for split in splits for f in _save_to_disk_files(p / split)]
     if (p / "state.json").exists():
         return _save_to_disk_files(p)
-    files = [(str(f), "parquet" if f.suffix.lower() == ".parquet" else "jsonl")
-             for f in sorted(p.iterdir()) if f.is_file()
-             and f.suffix.lower() in (".parquet", ".jsonl", ".json", ".ndjson")]
+    entries = sorted(f for f in p.iterdir() if f.is_file())
+    unread = [f.name for f in entries if _kind_of(f) is None and _data_suffix(f)]
+    if unread:  # skipped in silence, they were rows missing from the outputs
+        shown = ", ".join(unread[:5]) + (f" and {len(unread) - 5} more" if len(unread) > 5
+                                         else "")
+        raise InputError(path, f"folder holds data files of a type not read: {shown}; "
+                         "convert them (.jsonl, .parquet) or give the files to read as "
+                         "inputs one by one" + _CONVERT.get(_data_suffix(p / unread[0]), ""))
+    files = [(str(f), kind) for f in entries if (kind := _kind_of(f)) is not None]
     if files:
         return files
     raise InputError(path, "folder is neither a datasets save_to_disk folder nor holds "
-                     "*.parquet or *.jsonl files")
+                     "*.parquet, *.jsonl or *.arrow files")
+
+
+# Files that hold rows in a form not read here: a folder holding one is refused, not read
+# in part.
+_DATA_SUFFIXES = (".gz", ".zst", ".bz2", ".xz", ".zip", ".csv", ".tsv", ".feather", ".avro")
+_CONVERT = {
+    ".gz": " (decompress first: gunzip -k FILE)",
+    ".zst": " (decompress first: zstd -d FILE)",
+    ".csv": " (a CSV: write it as Parquet, e.g. pandas.read_csv(F).to_parquet(G), and map "
+            "its columns with `columns:`)",
+}
+
+
+def _data_suffix(path: Path) -> str | None:
+    suffix = path.suffix.lower()
+    return suffix if suffix in _DATA_SUFFIXES else None
+
+
+def _kind_of(path: Path) -> str | None:
+    """How a file is read: jsonl, json (one JSON array of rows, as Alpaca's
+    `alpaca_data.json` is published), parquet or arrow; None for other files."""
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".ndjson"):
+        return "jsonl"
+    if suffix == ".json":
+        with open(path, "rb") as fh:
+            head = fh.read(4096).removeprefix(_BOM).lstrip()
+        return "json" if head.startswith(b"[") else "jsonl"
+    return {".parquet": "parquet", ".arrow": "arrow"}.get(suffix)
 
 
 def _save_to_disk_files(folder: Path) -> list[tuple[str, str]]:
@@ -167,6 +205,27 @@ def _plan_jsonl(index: int, path: str, shard_rows: int) -> tuple[list[Shard], st
         shards.append(Shard(index, path, "jsonl", int(starts[first]), int(line_ends[last]),
                             first + 1, last - first + 1))
     return shards, digest.hexdigest()
+
+
+def _plan_json(index: int, path: str, shard_rows: int) -> tuple[list[Shard], str]:
+    """A JSON array of rows: read whole (here to count its rows, and by each task that
+    reads a range of them), cut every ``shard_rows`` elements."""
+    rows = len(_json_array(path))
+    shards = [Shard(index, path, "json", s, min(s + shard_rows, rows), s + 1,
+                    min(s + shard_rows, rows) - s) for s in range(0, rows, shard_rows)]
+    return shards, file_sha256(path)
+
+
+def _json_array(path: str) -> list[Any]:
+    try:
+        with open(path, "rb") as fh:
+            value = json.loads(fh.read().removeprefix(_BOM).decode("utf-8"))
+    except (ValueError, OSError) as exc:  # UnicodeDecodeError is a ValueError
+        raise InputError(path, f"starts like a JSON array but is not one ({exc}); a file "
+                         "of one JSON object per line is read as JSON Lines") from None
+    if not isinstance(value, list):
+        raise InputError(path, "is JSON but not an array of rows")
+    return value
 
 
 def _plan_parquet(index: int, path: str, shard_rows: int) -> tuple[list[Shard], str]:
@@ -231,6 +290,15 @@ def iter_shard(shard: Shard) -> Iterator[tuple[int, dict[str, Any] | None, str]]
                 text, row = raw.decode("utf-8", errors="replace").rstrip("\r"), None
             except ValueError:
                 row = None
+            yield shard.first_line + offset, row if isinstance(row, dict) else None, text
+        return
+    if shard.kind == "json":
+        for offset, row in enumerate(_json_array(shard.path)[shard.start:shard.stop]):
+            text = json.dumps(row, ensure_ascii=False)
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:  # half a surrogate pair: no UTF-8 text holds it
+                text, row = json.dumps(row), None
             yield shard.first_line + offset, row if isinstance(row, dict) else None, text
         return
     if shard.kind == "parquet":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -278,6 +279,56 @@ def test_a_lone_surrogate_is_malformed_and_a_bom_is_not_text(tmp_path):
     assert rows[0]["messages"][0]["content"] == "How long is river 0?"
     assert rows[2]["messages"][1]["content"] == "whole \U0001F600 one."
     assert "\\ud83d" in rows[1]["_raw"]
+
+
+def test_a_json_array_file_is_read_as_rows(tmp_path):
+    """Alpaca's `alpaca_data.json` is one pretty-printed JSON array: each of its lines
+    became a malformed_json "row" and the run ended "train is empty"."""
+    from data_engine.readers.ingest import check_shapes
+
+    rows = [{"instruction": f"Add {i} and 1.", "input": "", "output": f"{i + 1}"}
+            for i in range(5)] + ["a bare string", {"instruction": "\ud83d", "output": "x"}]
+    path = tmp_path / "alpaca_data.json"
+    path.write_text(json.dumps(rows, indent=4), encoding="utf-8")
+    check_shapes([InputConfig(path=str(path))])  # the first rows have a shape
+    table, files = _ingest(tmp_path, [InputConfig(path=str(path))], shard_rows=3)
+    got = table.to_pylist()
+    assert files[0].kind == "json" and len(got) == 7
+    assert [(r["_line"], r["_reason"]) for r in got] == [
+        (1, None), (2, None), (3, None), (4, None), (5, None), (6, "malformed_json"),
+        (7, "malformed_json")]
+    assert turns(got[4]["messages"]) == [("user", "Add 4 and 1."), ("assistant", "5")]
+    assert got[0]["source"] == "alpaca_data" and got[5]["_raw"] == '"a bare string"'
+    (tmp_path / "broken.json").write_text('[{"instruction": "x", "output": "y"},')
+    with pytest.raises(InputError, match="starts like a JSON array but is not one"):
+        plan_shards([InputConfig(path=str(tmp_path / "broken.json"))], 10)
+
+
+def test_a_folder_holding_files_of_a_type_not_read_is_refused(tmp_path):
+    """A folder of shards read only its .jsonl files: 5 of 15 rows, no warning, while the
+    .jsonl.gz was skipped and the .arrow (read when given alone) too."""
+    import gzip
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    line = json.dumps({"messages": [{"role": "user", "content": "q"},
+                                    {"role": "assistant", "content": "a"}]}) + "\n"
+    (folder / "part-000.jsonl").write_text(line * 2)
+    with pa.OSFile(str(folder / "part-001.arrow"), "wb") as sink:
+        table = pa.Table.from_pylist([json.loads(line)] * 3)
+        with pa.ipc.new_stream(sink, table.schema) as writer:
+            writer.write_table(table)
+    (folder / "README.md").write_text("# not data")
+    shards, files = plan_shards([InputConfig(path=str(folder))], 10)
+    assert [(Path(f.path).name, f.kind) for f in files] == [("part-000.jsonl", "jsonl"),
+                                                            ("part-001.arrow", "arrow")]
+    assert sum(s.rows for s in shards) == 5
+    with gzip.open(folder / "part-002.jsonl.gz", "wt") as fh:
+        fh.write(line)
+    with pytest.raises(InputError) as err:
+        plan_shards([InputConfig(path=str(folder))], 10)
+    assert "data files of a type not read: part-002.jsonl.gz" in str(err.value)
+    assert "gunzip" in str(err.value)
 
 
 def test_parquet_file_and_folder(tmp_path):
