@@ -5,8 +5,10 @@ it. Checked on each assistant reply, on tokens that work without word boundaries
 word or number is one token, any other non-space character (kana, kanji, punctuation) is one.
 A reply is degenerate when
 - one character repeats more than `max_char_run` times in a row (digits, spaces, rule and
-  table characters `-=_*~#.…・─|:+` and closing `)]}>` are exempt: numbers, tables and code
-  legitimately repeat them),
+  table characters `-=_*~#.,…・─|:+`, closing `)]}>` and masking or rating marks
+  `○〇●◯◎□■△▲☆★×＊` are exempt: numbers, tables, code and redacted names legitimately
+  repeat them; phrases made only of these and digits are exempt from the phrase rule, so
+  `1,000,000,000` and `[0, 0, 0, 1]` are no loops),
 - a phrase of up to `max_phrase_tokens` tokens repeats more than `max_word_repeats` times
   back to back (`the the the`, `ですですです`), or
 - a reply of 200+ bytes compresses (zlib) more than `max_compression_ratio` times: long
@@ -32,8 +34,9 @@ from data_engine.filters.base import MessageView, Reasons, reasons_of
 from data_engine.normalizers.text import python_whitespace_table
 
 TOKEN = re.compile(r"[A-Za-z0-9]+|[^\sA-Za-z0-9]")
-# Digits, whitespace and the characters that tables, rules and code repeat legitimately.
-_EXEMPT_RUN = set("0123456789-=_*~#.…・─━|:+)]}> \t\n\u3000")
+# Digits, whitespace and the characters that numbers (`1,000,000`), tables, rules and code
+# repeat legitimately, and the marks that mask or rate (`被告人○○○○`, `★★★★★`).
+_EXEMPT_RUN = set("0123456789-=_*~#.,…・─━|:+)]}> \t\n\u3000○〇●◯◎□■△▲☆★×＊")
 _MIN_BYTES_FOR_RATIO = 200
 _HASH_BASE = np.uint64(0x9E3779B97F4A7C15)  # odd: powers never collapse to 0 mod 2**64
 _ALNUM_TAG = np.uint64(1 << 63)  # keeps word hashes apart from single-character tokens

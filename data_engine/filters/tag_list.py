@@ -7,7 +7,11 @@ one short line and either
 - strong separators (`｜`, `|`) cut it into `min_strong_segments`+ short segments, or
 - weak separators (`、 ・ / , ，`) cut it into `min_weak_segments`+ short segments,
 where every segment is a keyword: at most `max_segment_chars` long and without sentence
-punctuation. `京都・大阪・神戸を巡る旅` has three segments and stays a title.
+punctuation. `京都・大阪・神戸を巡る旅` has three segments and stays a title; a list of
+numbers (`1, 1, 2, 3, 5, 8, 13`) is an answer, and a slash between digits (`1/2 + 1/4`) is
+no separator. A correct answer that is a list of names (`Jupiter, Saturn, Uranus,
+Neptune` to "Name the gas giants") reads as a tag list too: where a source's task asks for
+lists, disable the filter (`clean.disable: [tag_list]`).
 
 ``is_tag_list`` runs only on replies that pass its cheap necessary conditions, tested over
 the batch with Arrow (see ``_may_be_tag_list``).
@@ -27,7 +31,11 @@ from data_engine.normalizers.text import python_whitespace, re2_literal
 
 _HASHTAG = re.compile(r"[#＃][^\s#＃]+")
 _STRONG = re.compile(r"\s*[｜|]\s*")
-_WEAK = re.compile(r"\s*[、・/／,，]\s*")
+# A slash between digits is a fraction or a date (`1/2`, `12/24`), not a separator.
+_WEAK = re.compile(r"\s*(?:[、・／,，]|(?<!\d)/|/(?!\d))\s*")
+# A segment of digits and the signs around numbers: a list of only such segments is a
+# number sequence (`1, 1, 2, 3, 5, 8`), an answer, never a tag list.
+_NUMERIC = re.compile(r"[\d\s.,:%+\-−=×*/()]+")
 _SENTENCE = re.compile(r"[。．！？!?]|[.:;]\s|[.]$")
 # Every character a hashtag or a separator of _STRONG/_WEAK starts with.
 _MARKS = "#＃｜|、・/／,，"
@@ -44,7 +52,8 @@ def is_tag_list(text: str, config: TagListConfig) -> bool:
     for pattern, needed in ((_STRONG, config.min_strong_segments),
                             (_WEAK, config.min_weak_segments)):
         segments = [s for s in pattern.split(text) if s]
-        if len(segments) >= needed and all(_is_keyword(s, config) for s in segments):
+        if len(segments) >= needed and all(_is_keyword(s, config) for s in segments) \
+                and not all(_NUMERIC.fullmatch(s) for s in segments):
             return True
     return False
 

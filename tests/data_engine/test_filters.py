@@ -252,6 +252,10 @@ def test_tag_list_drops(text):
     "小明有 3 个苹果，又买了 5 个，一共有 8 个苹果。",
     "Use #include <stdio.h> to print.",
     "1. 京都\n2. 大阪\n3. 神戸\n4. 奈良",
+    "1, 1, 2, 3, 5, 8, 13, 21",  # a number sequence is an answer
+    "1/2 + 1/4 = 3/4",  # a slash between digits is no separator
+    "2024/12/07",
+    "3.5%, 4.1%, 2.0%, -1.2%",
 ])
 def test_tag_list_keeps_text(text):
     assert not is_tag_list(text, TAGS)
@@ -271,6 +275,7 @@ REP = RepetitionConfig()
     "好的好的好的好的",
     "I think so. " * 30,
     "答案是" + "八" * 9,
+    "a, a, a, a, a",
 ])
 def test_degenerate_repetition_drops(text):
     assert is_degenerate(text, REP)
@@ -284,6 +289,11 @@ def test_degenerate_repetition_drops(text):
     "3 加 5 等于 8，所以小明一共有 8 个苹果。",
     "He said that that was fine.",
     "def f(x):\n    return g(h(x))\n# ------------------------------------",
+    "One billion is 1,000,000,000.",  # `,000` three times is a number, not a loop
+    "np.zeros(4) returns array([0., 0., 0., 0.]).",
+    "Set it to [0, 0, 0, 1].",
+    "被告人○○○○○は、罪を認めた。",  # a redacted name
+    "評価：★★★★★",
 ])
 def test_degenerate_repetition_keeps_text(text):
     assert not is_degenerate(text, REP)
