@@ -152,33 +152,47 @@ def expected_score(logprobs: Mapping[str, float], scale: int) -> ScoreDist | Non
                      sum(int(k) * p for k, p in probs.items()), min(mass, 1.0))
 
 
-_OUT_OF = r"(\d+)\s*(?:/|out of)\s*{scale}\b"
+# A whole number, or one with decimals ("3.5"), never the digits after a decimal point: "1.5/5"
+# once read as 5.
+_NUMBER = r"(?<![\d.])(\d+(?:\.\d+)?)"
+_OUT_OF = _NUMBER + r"\s*(?:/|out of)\s*{scale}\b"
 _RANGE = r"\b1\s*(?:to|-|\u2013|through)\s*{scale}\b"  # "from 1 to 5" restates the scale
-_KEYWORD = re.compile(r"\b(?:score|rating|rate|grade|gives? it)\b\D{0,20}?\b(\d+)\b",
-                      re.IGNORECASE)
-# A reply that is the number: followed by its end, punctuation or a word, not by "+2" or ".5".
-_LEADING = re.compile(r"^\W*?(\d+)(?=\s*$|[!,;:)*\n]|\.(?!\d)|\s+[^\W\d])")
+_KEYWORD = re.compile(r"\b(?:score|rating|rate|grade|gives? it)\b\D{0,20}?" + _NUMBER
+                      + r"(?!\.?\d)", re.IGNORECASE)
+# A reply that is the number: followed by its end, punctuation or a word, not by "+2".
+_LEADING = re.compile(r"^\W*?" + _NUMBER + r"(?=\s*$|[!,;:)*\n]|\.(?!\d)|\s+[^\W\d])")
 
 
-def parse_score(text: str, scale: int) -> int | None:
+def parse_score(text: str, scale: int) -> float | None:
     """The score a free-text verdict gives on 1..scale: "N/scale" or "N out of scale", a
-    number after score/rating, or a reply that starts with the number; None otherwise. A
-    reply that answers the question instead ("2+2 is 4.") is not read as a score."""
+    number after score/rating, or a reply that starts with the number (decimals kept:
+    "3.5 out of 5" is 3.5); None otherwise. A reply that answers the question instead
+    ("2+2 is 4.") is not read as a score."""
     text = re.sub(_RANGE.format(scale=scale), " ", text, flags=re.IGNORECASE)
     for pattern in (re.compile(_OUT_OF.format(scale=scale), re.IGNORECASE), _KEYWORD, _LEADING):
         for match in pattern.finditer(text):
-            value = int(match.group(1))
+            value = float(match.group(1))
             if 1 <= value <= scale:
                 return value
     return None
 
 
 _VERDICT = re.compile(r"\b(?:(A|B)|(tie|equal(?:ly)?|same|neither|both))\b", re.IGNORECASE)
+# A letter named the better one, wherever it stands: "Both are correct, but B is more
+# complete" is B, not a tie.
+_NAMED = re.compile(r"\b(?:(A|B)\s+(?i:is|was|seems|looks)\s+(?i:clearly\s+|slightly\s+|much\s+)?"
+                    r"(?i:better|stronger|superior|preferable|more\b)"
+                    r"|(?i:prefer|choose|pick|winner(?:\s+is)?|verdict)\s*[:=]?\s*"
+                    r"(?i:answer\s+)?(A|B)\b)")
 
 
 def parse_verdict(text: str) -> str | None:
-    """"A", "B" or "tie" from a free-text pairwise verdict: the first A/B (as a standalone
-    capital letter: a lower-case "a" is an article) or tie word; None if none."""
+    """"A", "B" or "tie" from a free-text pairwise verdict: a letter named better ("B is
+    more complete", "Winner: A"), else the first A/B (as a standalone capital letter: a
+    lower-case "a" is an article) or tie word; None if none."""
+    named = _NAMED.search(text)
+    if named:
+        return named.group(1) or named.group(2)
     for match in _VERDICT.finditer(text):
         if match.group(1) and match.group(1).isupper():
             return match.group(1)

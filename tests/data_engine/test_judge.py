@@ -129,6 +129,16 @@ def test_parse_score_and_verdict_read_the_verdict_not_the_answer():
     assert parse_score("7", 5) is None and parse_score("10", 10) == 10
     assert parse_verdict("B") == "B" and parse_verdict("Answer A is better") == "A"
     assert parse_verdict("It's a tie.") == "tie" and parse_verdict("a cat") is None
+    # The digits after a decimal point are not the score ("1.5/5" was read as 5, a kept row).
+    assert parse_score("1.5/5", 5) == 1.5 and parse_score("I rate it 1.5 / 5", 5) == 1.5
+    assert parse_score("Score: 3.5 out of 5", 5) == 3.5 and parse_score("Score: 3.5", 5) == 3.5
+    assert parse_score("3.5", 5) == 3.5 and parse_score("Score: 4.", 5) == 4
+    assert parse_score("5.5/5", 5) is None
+    # A letter named better wins over a tie word before it.
+    assert parse_verdict("Both answers are correct, but B is more complete.") == "B"
+    assert parse_verdict("Neither is perfect; A is better.") == "A"
+    assert parse_verdict("Verdict: B") == "B" and parse_verdict("I prefer answer A.") == "A"
+    assert parse_verdict("Both are equally good.") == "tie"
 
 
 def test_parsed_fallback_without_logprobs(smollm2_engine):
