@@ -76,8 +76,10 @@ def json_valid(text: str) -> bool:
 def judge_reply(row: EvalRow, gen: Generation, repetition: RepetitionConfig) -> dict[str, Any]:
     """One reply's usability fields, as samples.jsonl records them."""
     text = gen.text or ""
+    # A reply the server parsed into calls (`message.tool_calls`) may leave no text: it
+    # answered, with its calls.
     flags = {"error": gen.error is not None, "no_stop": gen.error is None
-             and gen.finish_reason != "stop", "empty": not text.strip(),
+             and gen.finish_reason != "stop", "empty": not text.strip() and not gen.tool_calls,
              "degenerate": bool(text.strip()) and is_degenerate(text, repetition)}
     failure = next((name for name in FAILURES if flags[name]), None)
     return {"output": text, "finish_reason": gen.finish_reason, "tokens": gen.tokens,

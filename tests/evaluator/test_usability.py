@@ -31,6 +31,8 @@ def _row(reply: str | None = "東京の桜が満開に", tags=()):
     (Generation("", "error", 0, "timeout: no reply"), "error"),
     # a reply that both loops and runs out of budget is named by its first failure
     (Generation("」" * 64, "length", 64), "no_stop"),
+    # a call the server parsed out of the text (transformers serve does): an answer, not empty
+    (Generation("", "stop", 9, tool_calls=[("get_time", '{"city": "Oslo"}')]), None),
 ])
 def test_reply_failures_are_named_in_order(gen, failure):
     reply = judge_reply(_row(), gen, REPETITION)
