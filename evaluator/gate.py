@@ -246,6 +246,14 @@ def _not_judged(block: dict[str, Any]) -> str:
     return f"; {calls} rows ending with a tool call are not judged" if calls else ""
 
 
+# Below these the win-rate check fails whatever the interval says. A judge that agrees with
+# itself across the two orders on under half the pairs answers by position (a 135M judge
+# named the first answer every time: consistency 0.0, 9 ties, interval [0.5, 0.5]); and a
+# percentile bootstrap of a handful of pairs is far narrower than the truth.
+MIN_JUDGE_CONSISTENCY = 0.5
+MIN_JUDGED_PAIRS = 20
+
+
 def _win_rate(metrics: dict[str, Any], threshold: float) -> dict[str, Any]:
     name, metric, op = "win_rate", "judge.pairwise.ci95[0]", ">="
     judge = metrics.get("judge")
@@ -262,8 +270,20 @@ def _win_rate(metrics: dict[str, Any], threshold: float) -> dict[str, Any]:
                       f"win rate unknown: no pair judged ({pairwise.get('errors', 0)} judge "
                       f"errors{_not_judged(pairwise)})")
     low, high = ci
-    status, rel = _verdict(low, op, threshold)
     wins, ties, losses = (pairwise.get(k, 0) for k in ("wins", "ties", "losses"))
+    pairs, consistency = wins + ties + losses, pairwise.get("consistency")
+    if consistency is not None and consistency < MIN_JUDGE_CONSISTENCY:
+        return _check(name, metric, op, threshold, low, "fail",
+                      f"the judge gave no evidence: its two orders agreed on "
+                      f"{consistency:.2f} of {pairs} pairs (< {MIN_JUDGE_CONSISTENCY:g}), so "
+                      f"its verdicts follow the answers' positions and its {ties} ties are "
+                      "no verdict; judge with a stronger model")
+    if pairs < MIN_JUDGED_PAIRS:
+        return _check(name, metric, op, threshold, low, "fail",
+                      f"{pairs} judged pairs are too few to bound the win rate (at least "
+                      f"{MIN_JUDGED_PAIRS}: the bootstrap interval of fewer is too narrow, "
+                      "[1.0, 1.0] for one win); evaluate more rows")
+    status, rel = _verdict(low, op, threshold)
     reason = (f"win-rate 95% CI lower bound {low:.3f} {rel} {threshold:g}: win rate "
               f"{_num(pairwise.get('win_rate'))} [{low:.3f}, {high:.3f}] over "
               f"{wins + ties + losses} pairs (wins {wins}, ties {ties}, losses {losses})"

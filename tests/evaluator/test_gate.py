@@ -189,6 +189,21 @@ def test_win_rate_lower_bound_below_the_minimum_fails_when_judged():
                              "[0.450, 0.600] over 40 pairs (wins 16, ties 10, losses 14)")
 
 
+@pytest.mark.parametrize("update, said", [
+    # a 135M judge named the first answer every time: 9 ties, interval [0.5, 0.5], passed
+    (dict(wins=0, ties=9, losses=0, pairs=9, consistency=0.0, win_rate=0.5, ci95=[0.5, 0.5]),
+     "the judge gave no evidence: its two orders agreed on 0.00 of 9 pairs (< 0.5)"),
+    # one win: interval [1.0, 1.0], passed
+    (dict(wins=1, ties=0, losses=0, pairs=1, consistency=1.0, win_rate=1.0, ci95=[1.0, 1.0]),
+     "1 judged pairs are too few to bound the win rate (at least 20"),
+])
+def test_a_win_rate_without_evidence_fails(update, said):
+    data = metrics()
+    data["judge"]["pairwise"].update(update)
+    win = check(evaluate_gate(data, GateConfig()), "win_rate")
+    assert win["status"] == "fail" and win["reason"].startswith(said), win["reason"]
+
+
 def test_without_a_judge_the_judged_checks_are_skipped():
     result = evaluate_gate(metrics(judge=None), GateConfig(judge_score_min=3.0))
     assert result["passed"] is True
