@@ -522,7 +522,12 @@ def _lineage_links(ctx: _Context, stored: _Rows, idx: np.ndarray, ids: list[str]
     apart in Jaccard, so no duplicate pair); a synthesized row and its parent (an
     evolution of a test prompt in train is the test prompt learnt); rows of one parent."""
     parts = list(map_tasks(lineage_part, [(f,) for f in stored.files()], ctx.read_args))
-    table = pa.concat_tables(parts) if parts else pa.table({})
+    return lineage_pairs(idx, ids, pa.concat_tables(parts) if parts else pa.table({}))
+
+
+def lineage_pairs(idx: np.ndarray, ids: list[str], table: pa.Table) -> np.ndarray:
+    """`_lineage_links` from the rows' `lineage_part` facts (``idx``: the split's rows, sorted;
+    ``ids``: theirs)."""
     if not table.num_rows:
         return np.zeros((0, 2), np.int64)
     where, found = _positions(idx, table.column("_idx").to_numpy())

