@@ -332,6 +332,21 @@ def test_train_loss_falls_metrics_report_and_resume(tiny_model, tmp_path):
     spec.export.gguf = ["f16"]
     assert finished_result(spec, run).global_step == 8
 
+    # The dataset rewritten under the run (a drained job resumed after its folder was
+    # replaced trained its last steps on other rows and ended SUCCEEDED): the finished
+    # training is not reused, and its checkpoints do not resume on other rows.
+    original = (data / "train.jsonl").read_bytes()
+    (data / "train.jsonl").write_bytes(original + original[:original.index(b"\n") + 1])
+    assert finished_result(_spec(tiny_model, data, max_steps=8, eval_every_steps=4), run) is None
+    with pytest.raises(TrainError) as err:
+        train(_spec(tiny_model, data, max_steps=8, eval_every_steps=4), run,
+              chat_template=CHATML, log=lambda m: None)
+    assert err.value.code == "dataset_changed" and err.value.field == "dataset"
+    assert "train.jsonl (sha256 " in err.value.message
+    (data / "train.jsonl").write_bytes(original)
+    assert finished_result(_spec(tiny_model, data, max_steps=8, eval_every_steps=4),
+                           run).global_step == 8
+
 
 @pytest.mark.parametrize("quantization, layers", [("nf4", 14), ("int8", 14), ("none", 0)])
 def test_each_quantization_trains_on_cpu(tiny_model, tmp_path, quantization, layers):

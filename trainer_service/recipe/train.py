@@ -376,6 +376,50 @@ def check_checkpoints_match(spec: TrainSpec, out_dir: Path) -> None:
     path.write_text(json.dumps(fields, indent=2, sort_keys=True), encoding="utf-8")
 
 
+CHECKPOINT_DATA = "data.json"  # in checkpoints/: the SHA-256 of the splits they were trained on
+
+
+def data_digests(dataset: str | Path) -> dict[str, str | None]:
+    """SHA-256 of the dataset's train and validation files (None for one that is absent)."""
+    import hashlib
+
+    digests: dict[str, str | None] = {}
+    for split in ("train", "validation"):
+        path = Path(dataset) / f"{split}.jsonl"
+        if not path.is_file():
+            digests[split] = None
+            continue
+        digest = hashlib.sha256()
+        with open(path, "rb") as fh:
+            while block := fh.read(1 << 24):
+                digest.update(block)
+        digests[split] = digest.hexdigest()
+    return digests
+
+
+def check_data_unchanged(spec: TrainSpec, out_dir: Path,
+                         digests: dict[str, str | None]) -> None:
+    """Checkpoints in ``out_dir`` resume only on the data they were trained on: a job
+    paused by a drain and resumed after its dataset folder was rewritten trained its last
+    29 of 40 steps on other rows, kept the old schedule, and ended SUCCEEDED. Raises
+    TrainError `dataset_changed`; records the digests when there are none yet."""
+    path = out_dir / CHECKPOINT_DATA
+    if path.is_file() and _latest_checkpoint(out_dir):
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        changed = [split for split in ("train", "validation")
+                   if saved.get(split) != digests.get(split)]
+        if changed:
+            shown = ", ".join(f"{split}.jsonl (sha256 {str(saved.get(split))[:12]} -> "
+                              f"{str(digests.get(split))[:12]})" for split in changed)
+            raise TrainError("dataset_changed", f"{spec.dataset} changed since {out_dir} "
+                             f"was checkpointed: {shown}; resuming would go on with another "
+                             "data's rows under the first one's step count and schedule",
+                             "dataset", fix="restore the dataset the run started on, or "
+                             "train the new data as a new run (its own --out, or a new job)")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(digests, indent=2, sort_keys=True), encoding="utf-8")
+
+
 def finished_result(spec: TrainSpec, run_dir: Path) -> TrainResult | None:
     """The result of a training that already finished in ``run_dir`` for this same spec
     (a rerun after an interruption in merge or verification skips straight to them)."""
@@ -386,6 +430,8 @@ def finished_result(spec: TrainSpec, run_dir: Path) -> TrainResult | None:
     adapter = Path(done.get("adapter_dir") or "")
     if done.get("spec_digest") != _digest(spec) or not (adapter / "adapter_config.json").is_file():
         return None
+    if "data_sha256" in done and done["data_sha256"] != data_digests(spec.dataset):
+        return None  # trained on other data: training runs, and finds it out
     return TrainResult(
         adapter_dir=adapter, best_checkpoint=done.get("best_checkpoint"),
         best_eval_loss=done.get("best_eval_loss"), global_step=done.get("global_step", 0),
@@ -428,8 +474,10 @@ def train(spec: TrainSpec, run_dir: str | Path,
     for w in warnings:
         if w not in announced:
             log(f"WARNING {w}")
+    digests = data_digests(spec.dataset)
     if not spec.dry_run:
         check_checkpoints_match(spec, run_dir / CHECKPOINTS_DIR)
+        check_data_unchanged(spec, run_dir / CHECKPOINTS_DIR, digests)
 
     tokenizer = AutoTokenizer.from_pretrained(spec.base_model)
     template = chat_template if isinstance(chat_template, ChatTemplate) else None
@@ -516,7 +564,8 @@ def train(spec: TrainSpec, run_dir: str | Path,
     result.report_path = write_report(run_dir, warnings, summary)
     (run_dir / TRAIN_RESULT).write_text(json.dumps(
         {**summary, "warnings": warnings, "adapter_dir": str(adapter_dir),
-         "resumed_from": resume, "final_metrics": final, "spec_digest": _digest(spec)},
+         "resumed_from": resume, "final_metrics": final, "spec_digest": _digest(spec),
+         "data_sha256": digests},
         indent=2, default=str), encoding="utf-8")
     log(f"adapter saved to {adapter_dir}")
     return result
