@@ -52,3 +52,9 @@ class Unavailable(ServiceError):
     """The server is draining and accepts no new jobs."""
 
     code = "UNAVAILABLE"
+
+
+class ResourceExhausted(ServiceError):
+    """Every slot for a kind of call is taken (open WatchJob streams)."""
+
+    code = "RESOURCE_EXHAUSTED"

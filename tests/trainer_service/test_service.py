@@ -129,6 +129,11 @@ def test_other_invalid_requests(client, roots):
     with pytest.raises(grpc.RpcError) as err:
         client.get("job-nope")
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    import base64
+    for token in ("not base64!", base64.urlsafe_b64encode(b"[[1], [2]]").decode()):
+        with pytest.raises(grpc.RpcError) as err:  # the second was UNKNOWN, from SQLite
+            client.stub.ListJobs(pb.ListJobsRequest(page_token=token), metadata=client.metadata)
+        assert _status(err.value) == (grpc.StatusCode.INVALID_ARGUMENT, ["page_token"])
 
 
 def test_paths_outside_the_data_roots_are_permission_denied(client, roots, tmp_path):
@@ -275,6 +280,47 @@ def test_cancel_queued_and_running_jobs(client, roots):
     job = client.get(running.id)
     assert job.state == pb.JOB_STATE_CANCELLED and job.metrics["global_step"] < 400
     assert client.cancel(running.id).state == pb.JOB_STATE_CANCELLED  # ended: unchanged
+
+
+def test_watchers_past_their_share_of_threads_are_refused_and_others_are_answered(
+        tmp_path, roots):
+    """Each open WatchJob stream holds an RPC thread: 128 watchers left none, so GetJob
+    and health checks timed out. Watchers get all but UNARY_THREADS of them."""
+    from trainer_service.server.servicer import UNARY_THREADS
+
+    server = _server(tmp_path, roots, rpc_threads=UNARY_THREADS + 3)
+    long = {"max_steps": 400, "eval_every_steps": 100, "logging_steps": 1}
+    try:
+        with TrainingClient(server.address, token=TOKEN) as client:
+            running = client.create(job_spec(roots[1], training=long))
+            queued = client.create(job_spec(roots[1], training=long))  # waits its turn
+            streams = [client.stub.WatchJob(pb.WatchJobRequest(job_id=queued.id),
+                                            metadata=client.metadata) for _ in range(3)]
+            firsts = [next(stream) for stream in streams]  # all three are open
+            assert {e.sequence for e in firsts} == {1}
+            with pytest.raises(grpc.RpcError) as err:
+                next(client.stub.WatchJob(pb.WatchJobRequest(job_id=queued.id),
+                                          metadata=client.metadata))
+            assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "3 WatchJob streams are open" in err.value.details()
+            assert client.get(queued.id).state == pb.JOB_STATE_QUEUED  # answered at once
+            with grpc.insecure_channel(server.address) as channel:
+                reply = health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(service=""), timeout=5)
+                assert reply.status == health_pb2.HealthCheckResponse.SERVING
+            with pytest.raises(grpc.RpcError) as err:
+                next(client.stub.WatchJob(pb.WatchJobRequest(job_id=queued.id,
+                                                             from_sequence=2**63 - 1),
+                                          metadata=client.metadata))
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            client.cancel(queued.id)
+            for stream in streams:  # the cancel ends them and frees their slots
+                assert states(list(stream))[-1] == pb.JOB_STATE_CANCELLED
+            assert states(list(client.watch(queued.id)))[-1] == pb.JOB_STATE_CANCELLED
+            client.cancel(running.id)
+            assert states(list(client.watch(running.id)))[-1] == pb.JOB_STATE_CANCELLED
+    finally:
+        server.stop(0)
 
 
 @pytest.mark.slow

@@ -152,6 +152,8 @@ class JobStore:
         if page_token:
             try:
                 t, last_id = json.loads(base64.urlsafe_b64decode(page_token.encode()))
+                if not isinstance(t, (int, float)) or not isinstance(last_id, str):
+                    raise TypeError("a token holds a time and a job id")
             except (ValueError, TypeError):
                 raise InvalidArgument([("page_token", "not a token this server issued")]) \
                     from None

@@ -24,7 +24,7 @@ from protos.tunesmith.training.v1 import training_pb2, training_pb2_grpc
 from trainer_service.jobs.scheduler import Scheduler
 from trainer_service.jobs.store import JobStore
 from trainer_service.server.auth import TokenAuthInterceptor
-from trainer_service.server.servicer import EventNotifier, TrainingServicer
+from trainer_service.server.servicer import UNARY_THREADS, EventNotifier, TrainingServicer
 
 SERVICE_NAME = training_pb2.DESCRIPTOR.services_by_name["TrainingService"].full_name
 log = logging.getLogger("tunesmith.trainer")
@@ -109,7 +109,8 @@ class TrainerServer:
         self.scheduler = Scheduler(self.store, self.executor, config.max_concurrent_jobs)
         self.notifier = EventNotifier(self.store)
         self.servicer = TrainingServicer(self.store, self.scheduler, config.data_roots,
-                                         self.notifier)
+                                         self.notifier,
+                                         max(1, config.rpc_threads - UNARY_THREADS))
         interceptors = [TokenAuthInterceptor(config.token)] if config.token else []
         # no SO_REUSEPORT: gRPC's default lets a second server bind a port in use, and the
         # kernel then splits clients between two job stores

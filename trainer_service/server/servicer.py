@@ -17,13 +17,18 @@ from grpc_status import rpc_status
 
 from protos.tunesmith.training.v1 import training_pb2 as pb
 from protos.tunesmith.training.v1 import training_pb2_grpc
-from trainer_service.errors import InvalidArgument, ServiceError, Unavailable
+from trainer_service.errors import InvalidArgument, ResourceExhausted, ServiceError, Unavailable
 from trainer_service.jobs.scheduler import Scheduler
 from trainer_service.jobs.store import TERMINAL, JobStore
 from trainer_service.jobs.validate import validate_spec
 
 MAX_PAGE_SIZE, DEFAULT_PAGE_SIZE = 1000, 50
 WATCH_WAIT_S = 1.0  # a watcher re-checks its client at least this often
+# RPC threads kept from WatchJob streams, each of which holds one while open: with every
+# thread watching, GetJob, CancelJob and health checks waited (128 watchers: all timed out)
+# and Kubernetes would restart the pod. Watchers past the rest get RESOURCE_EXHAUSTED.
+UNARY_THREADS = 16
+MAX_SEQUENCE = 2**62  # event sequence numbers are SQLite integers
 
 
 def status_of(exc: ServiceError) -> status_pb2.Status:
@@ -99,11 +104,13 @@ class EventNotifier:
 
 class TrainingServicer(training_pb2_grpc.TrainingServiceServicer):
     def __init__(self, store: JobStore, scheduler: Scheduler, data_roots: list[Path],
-                 notifier: EventNotifier):
+                 notifier: EventNotifier, max_watchers: int = 112):
         self.store, self.scheduler = store, scheduler
         self.data_roots = [Path(r) for r in data_roots]
         self.notifier = notifier
         self.draining = False
+        self.max_watchers = max_watchers
+        self._watch_slots = threading.BoundedSemaphore(max_watchers)
 
     @_rpc
     def CreateJob(self, request: pb.CreateJobRequest, context) -> pb.Job:
@@ -141,7 +148,19 @@ class TrainingServicer(training_pb2_grpc.TrainingServiceServicer):
     @_stream_rpc
     def WatchJob(self, request: pb.WatchJobRequest, context):
         job = self.store.get(request.job_id)
-        next_seq = max(1, request.from_sequence)
+        if not 0 <= request.from_sequence <= MAX_SEQUENCE:
+            raise InvalidArgument([("from_sequence", f"must be 0-{MAX_SEQUENCE}")])
+        if not self._watch_slots.acquire(blocking=False):
+            raise ResourceExhausted(f"{self.max_watchers} WatchJob streams are open, the "
+                                    "most this server keeps (each holds a thread); retry "
+                                    "later, or poll GetJob")
+        try:
+            yield from self._watch(job, request.from_sequence, context)
+        finally:
+            self._watch_slots.release()
+
+    def _watch(self, job: pb.Job, from_sequence: int, context):
+        next_seq = max(1, from_sequence)
         while context.is_active():
             events = self.store.events(job.id, next_seq)
             for event in events:
