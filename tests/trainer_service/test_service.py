@@ -209,8 +209,13 @@ def test_job_runs_to_succeeded_with_events_in_order(server, client, roots):
     assert done.end_time.seconds >= done.start_time.seconds >= done.create_time.seconds
     for name in ("adapter", "merged", "verify", "report", "metrics", "log"):
         assert name in done.artifacts, name
+    # The trainer keeps two (the newest and the best): deleted ones are not listed (31 were
+    # listed where 2 were on disk).
     listed = client.checkpoints(job.id)
-    assert [c.step for c in listed.checkpoints] == [1, 2, 3]
+    on_disk = sorted(int(p.name.split("-")[1]) for p in
+                     Path(done.artifacts["run_dir"], "checkpoints").glob("checkpoint-*"))
+    assert [c.step for c in listed.checkpoints] == on_disk and 3 in on_disk
+    assert len(on_disk) == 2
     assert listed.best_step == min(saved, key=lambda c: c.eval_loss).step
 
     tail = list(client.watch(job.id, from_sequence=5))  # a reconnecting client

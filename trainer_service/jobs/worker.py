@@ -71,6 +71,7 @@ class JobHooks(RunHooks):
     def __init__(self, sink: JobSink):
         self.sink = sink
         self.eval_loss: float | None = None
+        self.eval_step: int | None = None  # the step `eval_loss` was measured at
         self._last_step: tuple[float, int] | None = None  # (time, step) of the last train log
 
     def stage(self, name: str) -> None:
@@ -84,7 +85,7 @@ class JobHooks(RunHooks):
     def metrics(self, row: dict[str, Any]) -> None:
         step = int(row.get("step") or 0)
         if row.get("eval_loss") is not None:
-            self.eval_loss = float(row["eval_loss"])
+            self.eval_loss, self.eval_step = float(row["eval_loss"]), step
             self.sink.emit(pb.JobEvent(kind=pb.EVENT_KIND_EVAL_METRICS, eval=pb.EvalMetrics(
                 step=step, eval_loss=self.eval_loss)))
         if row.get("loss") is not None:
@@ -102,7 +103,7 @@ class JobHooks(RunHooks):
 
     def checkpoint(self, step: int, path: str) -> None:
         cp = pb.Checkpoint(step=step, path=path)
-        if self.eval_loss is not None:
+        if self.eval_loss is not None and self.eval_step == step:  # not an earlier step's
             cp.eval_loss = self.eval_loss
         self.sink.emit(pb.JobEvent(kind=pb.EVENT_KIND_CHECKPOINT_SAVED, checkpoint=cp))
 

@@ -179,7 +179,9 @@ class TrainingServicer(training_pb2_grpc.TrainingServiceServicer):
     @_rpc
     def ListCheckpoints(self, request: pb.ListCheckpointsRequest,
                         context) -> pb.ListCheckpointsResponse:
-        checkpoints = self.store.checkpoints(request.job_id)
+        # the trainer keeps the newest and the best (`save_total_limit`) and deletes the rest
+        checkpoints = [c for c in self.store.checkpoints(request.job_id)
+                       if Path(c.path).is_dir()]
         scored = [c for c in checkpoints if c.HasField("eval_loss")]
         best = min(scored, key=lambda c: (c.eval_loss, c.step)).step if scored else 0
         return pb.ListCheckpointsResponse(checkpoints=checkpoints, best_step=best)
