@@ -132,3 +132,50 @@ def test_stop_requests(tmp_path):
     again = store.requeue(paused.id, "restart")
     assert again.state == pb.JOB_STATE_QUEUED and store.stop_request(paused.id) is None
     assert store.claim_next().attempts == 2
+
+
+class _EndedProcess:
+    """A job handle (the executors' protocol) whose process has already exited."""
+
+    job_id = ""
+
+    def sync(self, store: JobStore) -> None:
+        pass
+
+    def exit_status(self) -> str:
+        return "exited with code 1"
+
+
+def test_a_crash_the_store_cannot_record_yet_is_recorded_on_a_later_tick(tmp_path,
+                                                                        monkeypatch):
+    """On a full disk, storing a crashed job's failure raised after its handle was dropped:
+    the job read RUNNING with no process until a restart, and `train watch` never ended."""
+    import sqlite3
+
+    from trainer_service.jobs.scheduler import Scheduler
+
+    store = JobStore.in_dir(tmp_path)
+    job, _ = store.create("r1", SPEC)
+    assert store.claim_next().id == job.id
+    scheduler = Scheduler(store, executor=None)
+    scheduler.draining = True  # only the running handles are looked at
+    handle = _EndedProcess()
+    handle.job_id = job.id
+    scheduler.running[job.id] = handle
+    real_fail = store.fail
+    calls = []
+
+    def full_disk_once(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == 1:
+            raise sqlite3.OperationalError("database or disk is full")
+        return real_fail(*args, **kwargs)
+
+    monkeypatch.setattr(store, "fail", full_disk_once)
+    with pytest.raises(sqlite3.OperationalError):
+        scheduler._tick()
+    assert job.id in scheduler.running and store.get(job.id).state == pb.JOB_STATE_VALIDATING
+    scheduler._tick()  # the disk has room again
+    failed = store.get(job.id)
+    assert failed.state == pb.JOB_STATE_FAILED and failed.error.code == "worker_crashed"
+    assert job.id not in scheduler.running

@@ -447,3 +447,14 @@ def test_a_second_server_is_refused_a_port_or_state_dir_in_use(server, tmp_path,
     with pytest.raises(ServerConfigError) as err:
         read_token(tmp_path / "no-token")
     assert err.value.field == "--token-file" and "No such file" in err.value.message
+
+
+def test_a_state_dir_that_cannot_be_used_is_a_config_error(tmp_path, roots):
+    """A read-only or broken state dir was an OSError traceback (exit 1), not `--state-dir`."""
+    from trainer_service.server.app import ServerConfigError
+
+    state = tmp_path / "state"
+    (state / "server.lock").mkdir(parents=True)  # where the lock file goes
+    with pytest.raises(ServerConfigError) as err:
+        create_server(ServerConfig(state_dir=state, data_roots=list(roots), port=0))
+    assert err.value.field == "--state-dir" and "Is a directory" in err.value.message

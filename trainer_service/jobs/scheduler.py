@@ -106,13 +106,15 @@ class Scheduler:
             if status is None:
                 continue
             handle.sync(self.store)  # events sent just before the end
-            with self._lock:
-                self.running.pop(handle.job_id, None)
             job = self.store.get(handle.job_id)
             if job.state not in TERMINAL and job.state != pb.JOB_STATE_QUEUED:  # QUEUED: drained
                 message = status if status != "ok" else "the job process ended without a result"
                 self.store.fail(job.id, "worker_crashed",
                                 f"{message}; see {job.artifacts.get('log', 'job.log')}")
+            # Only once its end is stored: when storing fails (a full disk), the next tick
+            # tries again, where a dropped handle left the job RUNNING with no process.
+            with self._lock:
+                self.running.pop(handle.job_id, None)
         if self.draining:
             return
         while True:

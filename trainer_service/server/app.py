@@ -13,6 +13,7 @@ import fcntl
 import logging
 import os
 import signal
+import sqlite3
 import threading
 from concurrent import futures
 from dataclasses import dataclass
@@ -96,8 +97,12 @@ class TrainerServer:
             state_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise ServerConfigError("--state-dir", f"{state_dir}: {exc.strerror or exc}") from None
-        self._lock_fd = _lock_state_dir(state_dir)
-        self.store = JobStore.in_dir(state_dir)
+        try:
+            self._lock_fd = _lock_state_dir(state_dir)
+            self.store = JobStore.in_dir(state_dir)
+        except (OSError, sqlite3.Error) as exc:  # a read-only or full filesystem
+            raise ServerConfigError("--state-dir", f"{state_dir}: "
+                                    f"{getattr(exc, 'strerror', None) or exc}") from None
         if config.executor == "ray":
             from trainer_service.jobs.executors import RayExecutor
 

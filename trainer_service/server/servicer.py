@@ -7,6 +7,7 @@ into gRPC statuses, with a google.rpc.BadRequest detail naming each offending fi
 from __future__ import annotations
 
 import functools
+import sqlite3
 import threading
 from pathlib import Path
 from typing import Callable
@@ -49,6 +50,12 @@ def _abort(context, exc: ServiceError) -> None:
     context.abort_with_status(rpc_status.to_status(status_of(exc)))
 
 
+def _store_failed(exc: sqlite3.Error) -> ServiceError:
+    """UNAVAILABLE for a job store that cannot be read or written (a full disk), which
+    was UNKNOWN with SQLite's text."""
+    return Unavailable(f"the server's job store failed ({exc}); retry later")
+
+
 def _rpc(method: Callable) -> Callable:
     """Unary method: a ServiceError ends the call with its status."""
     @functools.wraps(method)
@@ -57,6 +64,8 @@ def _rpc(method: Callable) -> Callable:
             return method(self, request, context)
         except ServiceError as exc:
             _abort(context, exc)
+        except sqlite3.Error as exc:
+            _abort(context, _store_failed(exc))
     return wrapper
 
 
@@ -68,6 +77,8 @@ def _stream_rpc(method: Callable) -> Callable:
             yield from method(self, request, context)
         except ServiceError as exc:
             _abort(context, exc)
+        except sqlite3.Error as exc:
+            _abort(context, _store_failed(exc))
     return wrapper
 
 
