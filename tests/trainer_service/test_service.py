@@ -143,7 +143,10 @@ def test_paths_outside_the_data_roots_are_permission_denied(client, roots, tmp_p
     (outside / "train.jsonl").write_text((root / "data" / "train.jsonl").read_text())
     (root / "sneaky").symlink_to(outside)
     (root / "template.jinja").symlink_to(outside / "train.jsonl")
+    (root / "filelink").mkdir()  # a folder inside whose split file is a link out
+    (root / "filelink" / "train.jsonl").symlink_to(outside / "train.jsonl")
     cases = [(job_spec(model, "../outside"), "dataset"),
+             (job_spec(model, "filelink"), "dataset"),
              (job_spec(model, "data/../../outside"), "dataset"),
              (job_spec(model, str(outside)), "dataset"),
              (job_spec(model, "sneaky"), "dataset"),

@@ -113,6 +113,9 @@ def validate_spec(spec: pb.JobSpec, data_roots: list[Path]) -> pb.JobSpec:
         if not (dataset / "train.jsonl").is_file():
             problems.append(("dataset", f"{spec.dataset!r} has no train.jsonl (a data engine "
                              "output folder is expected)"))
+        for split in ("train", "validation", "test"):  # a file may be a link leading out
+            if (dataset / f"{split}.jsonl").exists():
+                _confine("dataset", str(dataset / f"{split}.jsonl"), roots)
     if not spec.base_model:
         problems.append(("base_model", "must be set"))
     else:
