@@ -147,6 +147,8 @@ def _load_spec(path: Path, dataset: Optional[Path], base_model: Optional[str],
     try:
         spec = spec_from_mapping(data)
         to_train_spec(spec)  # the values too, as the server will: exit 2 before any call
+        if spec.resources.HasField("gpus") and spec.resources.gpus < 0:
+            raise InvalidArgument([("resources.gpus", "must be >= 0")])
         return spec
     except InvalidArgument as exc:
         for field, message in exc.problems:

@@ -137,6 +137,9 @@ def test_client_commands_and_their_exit_codes(setup):
         typo.write_text("base_model: default\ndataset: root/data\n")
         bad = _cli("submit", str(typo), *auth)
         assert bad.returncode == 2 and "base_model: 'default' is the embedded model" in bad.stderr
+        typo.write_text(f"base_model: {model}\ndataset: root/data\nresources: {{gpus: -1}}\n")
+        bad = _cli("submit", str(typo), *auth)  # was exit 3, the server's INVALID_ARGUMENT
+        assert bad.returncode == 2 and "resources.gpus: must be >= 0" in bad.stderr
 
         bad = _cli("list", "--server", server.address, "--token-file", str(tmp_path / "nope"))
         assert bad.returncode == 2 and "error: --token-file:" in bad.stderr, bad.stderr

@@ -140,6 +140,6 @@ def validate_spec(spec: pb.JobSpec, data_roots: list[Path]) -> pb.JobSpec:
         to_train_spec(out)
     except InvalidArgument as exc:
         problems += exc.problems
-    if problems:
-        raise InvalidArgument(problems)
+    if problems:  # the recipe's checks repeat some of these (`dataset: must be set`)
+        raise InvalidArgument(list(dict.fromkeys(problems)))
     return out

@@ -284,12 +284,12 @@ def _run(spec: TrainSpec, run_dir: Path, state: dict[str, Any],
             state["warnings"].append(warning)
             log(f"WARNING preflight: {warning}")
     _export_ready(spec, run_dir, log)
+    check_stop(hooks, "validating")  # a dry run cancelled while validating ends CANCELLED
     if spec.dry_run:
         state["status"] = "validated"
         _write(run_dir / "run.json", state)
         return state
 
-    check_stop(hooks, "validating")
     hooks.stage("training")
     result = train(spec, run_dir, trainable_token_indices=report.trainable_token_ids or None,
                    chat_template=template, log=log, hooks=hooks,
