@@ -97,6 +97,48 @@ def test_a_bad_pipeline_file_lists_every_problem(tmp_path):
         assert text in done.stderr
 
 
+def test_eval_and_serve_settings_are_checked_before_anything_runs(tmp_path):
+    """A typo in `eval.split` stopped the chain after data and training (exit 1), and the
+    fix made --resume refuse (`pipeline_changed`): a full retrain for a typo."""
+    from tunesmith.pipeline import PipelineConfig, digest, load_pipeline
+
+    (tmp_path / "data.yaml").write_text("inputs: [{path: rows.jsonl}]\n")
+    (tmp_path / "train.yaml").write_text("base_model: default\n")
+    (tmp_path / "pipeline.yaml").write_text(
+        "data: {config: data.yaml}\ntrain: {spec: train.yaml}\n"
+        "eval: {split: tset, limit: 0, backend: vlm, judge: nonsense, "
+        "gate: {usability_min: 2, ppl_max_ratoi: 1.1}}\n"
+        "serve: {backend: tranformers, max_tokens: 0}\n")
+    done = _run(tmp_path)
+    assert done.returncode == 2, done.stderr
+    for text in ("eval.split: 'tset' is not one of train, validation, test",
+                 "eval.limit: 0 is below 1", "eval.backend: 'vlm' is not one of",
+                 "eval.judge: 'nonsense' is not KIND:MODEL", "eval.gate.usability_min:",
+                 "eval.gate.ppl_max_ratoi: unknown key", "serve.backend: 'tranformers'",
+                 "serve.max_tokens: 0 is below 1"):
+        assert text in done.stderr, (text, done.stderr)
+    assert not (tmp_path / "runs").exists()  # nothing ran
+
+    (tmp_path / "pipeline.yaml").write_text(
+        "data: {config: data.yaml}\ntrain: {spec: train.yaml}\neval: {gate: nope.yaml}\n")
+    done = _run(tmp_path)
+    assert done.returncode == 2 and "eval.gate: cannot read:" in done.stderr, done.stderr
+
+    # a baseline folder is relative to the pipeline file, as every other path
+    (tmp_path / "models" / "base").mkdir(parents=True)
+    (tmp_path / "pipeline.yaml").write_text(
+        "data: {config: data.yaml}\ntrain: {spec: train.yaml}\n"
+        "eval: {baseline: models/base, split: test}\n")
+    config = load_pipeline(tmp_path / "pipeline.yaml")
+    assert config.eval.baseline == str(tmp_path / "models" / "base")
+    # fixing eval (or serve) settings keeps what data and training made
+    before = digest(config)
+    config.eval.split, config.eval.gate, config.serve.max_tokens = "validation", {"x": 1}, 3
+    assert digest(config) == before
+    config.train.timeout_s = 60.0
+    assert digest(config) != before and isinstance(config, PipelineConfig)
+
+
 def test_the_bundled_demo_pipeline_is_valid():
     """`tunesmith demo` runs this file: its data config and training spec must load."""
     from importlib import resources

@@ -71,9 +71,53 @@ class EvalStage:
     backend: str = "auto"
 
     def check(self) -> list[str]:
+        """What `eval run` would refuse, found before data and training run (a typo in
+        `split` used to cost the whole chain, and a fix made --resume refuse). A gate file
+        is read by `load_pipeline`, which knows where relative paths start."""
+        from evaluator.data import SPLITS, EvalError
+        from evaluator.judged import parse_engine_spec
+        from evaluator.serving.manager import BACKENDS
+
+        problems = []
         if self.gate is not None and not isinstance(self.gate, (dict, str)):
-            return [f"gate: a mapping of thresholds or a gate file, got {self.gate!r}"]
-        return []
+            problems.append(f"gate: a mapping of thresholds or a gate file, got {self.gate!r}")
+        elif isinstance(self.gate, dict):
+            problems += [f"gate.{p}" for p in gate_problems(self.gate)]
+        if self.split not in SPLITS:
+            problems.append(f"split: {self.split!r} is not one of {', '.join(SPLITS)}")
+        for name in ("limit", "max_tokens"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                problems.append(f"{name}: {value} is below 1")
+        if self.backend not in BACKENDS:
+            problems.append(f"backend: {self.backend!r} is not one of {', '.join(BACKENDS)}")
+        if self.judge:
+            try:
+                parse_engine_spec(self.judge)
+            except EvalError as exc:
+                problems.append(f"judge: {exc.message}")
+        return problems
+
+
+def gate_problems(gate: dict[str, Any] | Path) -> list[str]:
+    """What `load_gate` finds wrong with inline thresholds or a gate file."""
+    import tempfile
+
+    import yaml
+
+    from evaluator.gate import GateError, load_gate
+
+    try:
+        if isinstance(gate, dict):
+            with tempfile.NamedTemporaryFile("w", suffix=".yaml", encoding="utf-8") as fh:
+                yaml.safe_dump(gate, fh)
+                fh.flush()
+                load_gate(Path(fh.name))
+        else:
+            load_gate(gate)
+    except GateError as exc:
+        return list(exc.problems)
+    return []
 
 
 @dataclass
@@ -85,6 +129,18 @@ class ServeStage:
     prompt: str = "Write a one-line title for an article about learning English by reading aloud."
     max_tokens: int = 64
     keep: bool = False  # stay up in the foreground after the request, until Ctrl+C
+
+    def check(self) -> list[str]:
+        from evaluator.serving.manager import BACKENDS
+
+        problems = []
+        if self.backend not in BACKENDS:
+            problems.append(f"backend: {self.backend!r} is not one of {', '.join(BACKENDS)}")
+        if self.max_tokens < 1:
+            problems.append(f"max_tokens: {self.max_tokens} is below 1")
+        if self.port is not None and not 0 <= self.port <= 65535:
+            problems.append(f"port: {self.port} is not a port (0-65535)")
+        return problems
 
 
 @dataclass
@@ -115,6 +171,12 @@ def load_pipeline(path: Path) -> PipelineConfig:
     try:
         config = from_dict(PipelineConfig, data, origin)
         config.base = base
+        if isinstance(config.eval.gate, str):  # a gate file, relative to this one
+            problems += [f"eval.gate: {p}" for p in gate_problems(config.path(config.eval.gate))]
+        if config.eval.baseline and config.eval.baseline != "none" \
+                and not config.eval.baseline.startswith(("http://", "https://")) \
+                and (base / Path(config.eval.baseline).expanduser()).exists():
+            config.eval.baseline = str(config.path(config.eval.baseline))  # as documented
     except ConfigError as exc:
         problems += exc.problems
     for name in ("data.config", "train.spec"):
@@ -131,9 +193,10 @@ def load_pipeline(path: Path) -> PipelineConfig:
 
 
 def digest(config: PipelineConfig) -> str:
-    """Changes when the pipeline file or a file it names changes."""
-    payload = asdict(config)
-    payload.pop("base")
+    """Changes when what the data and training stages read changes: their sections, and
+    the files they name. The eval and serve sections may change under --resume (a gate or
+    split fixed after the eval stage failed reruns the evaluation, not the training)."""
+    payload = {"data": asdict(config.data), "train": asdict(config.train)}
     h = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode())
     for value in (config.data.config, config.train.spec):
         h.update(config.path(value).read_bytes())
@@ -367,10 +430,20 @@ def eval_stage(chain: Chain, stage: dict[str, Any]) -> None:
                           baseline=settings.baseline, judge=settings.judge, gate=gate,
                           max_tokens=settings.max_tokens, limit=settings.limit,
                           backend=settings.backend)
+    from evaluator.serving import ServeError
+
     try:
         metrics = run_eval(options, log=lambda line: chain.log(f"[eval] {line}"))
-    except (EvalError, GateError) as exc:
-        raise PipelineError("eval", getattr(exc, "code", "bad_gate"), str(exc), "eval") from None
+    except EvalError as exc:
+        raise PipelineError("eval", exc.code, exc.message, f"eval.{exc.field}",
+                            "fix the eval section" if exc.bad_input else
+                            f"see {out}, and the server's log lines above") from None
+    except GateError as exc:
+        raise PipelineError("eval", "bad_gate", str(exc), "eval.gate") from None
+    except ServeError as exc:  # the model (or baseline) did not come up: was a traceback
+        raise PipelineError("eval", exc.code, exc.message, f"eval.{exc.field or 'backend'}",
+                            "check the merged model and the backend (`tunesmith serve "
+                            "MODEL_DIR` shows the server's own output)") from None
     stage["outputs"] = {"metrics": str(out / "metrics.json"), "samples": str(out / "samples.jsonl"),
                         "report": str(out / "report.html")}
     ppl, usability = metrics["perplexity"], metrics["usability"]
