@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from evaluator.data import EvalError, EvalRow, call_probes, read_rows
+from trainer_service.recipe.spec import HUB_ID
 
 PPL_VIA = ("server", "local")
 NO_BASELINE = "none"
@@ -68,6 +69,8 @@ def model_target(value: str, label: str, served_name: str | None = None
     path = Path(value).expanduser().resolve()
     if (path / "merged" / "config.json").is_file():
         path = path / "merged"
+    if not (path / "config.json").is_file() and not path.exists() and HUB_ID.match(value):
+        path = _cached_snapshot(value, label)  # a run trained on a hub id names its base so
     if not (path / "config.json").is_file():
         raise EvalError("model_not_found", f"{value} is neither a model folder (config.json), "
                         "a run folder (merged/) nor an http(s) URL", label)
@@ -77,6 +80,20 @@ def model_target(value: str, label: str, served_name: str | None = None
         base = (json.loads(run_json.read_text(encoding="utf-8")).get("spec") or {}).get(
             "base_model")
     return Target(label, path=path, served_name=served_name), base
+
+
+def _cached_snapshot(repo_id: str, label: str) -> Path:
+    """The local folder of a hub model in this machine's Hugging Face cache (training
+    downloaded it there); EvalError when it is not cached."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id, local_files_only=True))
+    except Exception:  # noqa: BLE001 - not cached, or the cache cannot be read
+        raise EvalError("model_not_found", f"{repo_id} is a hub id that is not in this "
+                        "machine's Hugging Face cache ($HF_HOME); download it (`hf download "
+                        f"{repo_id}`), or pass --{label} FOLDER (or --baseline none)",
+                        label) from None
 
 
 def served_models(base_url: str) -> list[dict[str, Any]]:

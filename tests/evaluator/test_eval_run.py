@@ -233,6 +233,26 @@ def test_the_baseline_defaults_to_the_runs_base_model(polite_model_dir, tmp_path
     assert (missing.value.code, missing.value.field) == ("model_not_found", "baseline")
 
 
+def test_a_hub_id_base_is_read_from_the_hugging_face_cache(polite_model_dir, tmp_path,
+                                                           monkeypatch):
+    """Runs trained on a hub id (how most users name Qwen and Llama bases) record it as
+    their base: the default baseline failed `model_not_found` for every one of them."""
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hub"
+    snapshot = cache / "models--acme--tiny-chat" / "snapshots" / ("a" * 40)
+    shutil.copytree(polite_model_dir, snapshot)
+    (cache / "models--acme--tiny-chat" / "refs").mkdir()
+    (cache / "models--acme--tiny-chat" / "refs" / "main").write_text("a" * 40)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    target, _ = model_target("acme/tiny-chat", "baseline")
+    assert target.path == snapshot
+    with pytest.raises(EvalError) as missing:
+        model_target("acme/not-downloaded", "baseline")
+    assert missing.value.code == "model_not_found"
+    assert "not in this machine's Hugging Face cache" in missing.value.message
+
+
 def test_bad_input_exits_2_before_serving_anything(data_dir, tmp_path, polite_model_dir):
     done = _cli("--model", str(polite_model_dir), "--data", str(data_dir), "--judge",
                 "nonsense", "--out", str(tmp_path / "e"))

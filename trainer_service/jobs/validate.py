@@ -8,7 +8,6 @@ symlinks pointing out).
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +17,9 @@ from data_engine.config_loader import from_dict
 from data_engine.errors import ConfigError
 from protos.tunesmith.training.v1 import training_pb2 as pb
 from trainer_service.errors import InvalidArgument, PermissionDenied
-from trainer_service.recipe.spec import TrainSpec
+from trainer_service.recipe.spec import HUB_ID, TrainSpec
 
 # A hub model id ("org/name"); used as such only when no folder of that name exists.
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 TEMPLATE_KEYWORDS = ("auto", "chatml")
 
 

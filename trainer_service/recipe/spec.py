@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,9 @@ from typing import Any
 from data_engine.config import _help
 from data_engine.config_loader import from_dict, read_yaml
 from evaluator.export import TYPES
+
+# A hub model id, `org/name`: what `base_model` is when it names no folder.
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 QUANTIZATIONS = ("nf4", "int8", "none")
 ATTENTIONS = ("auto", "varlen", "sdpa", "eager", "flash_attention_2")
