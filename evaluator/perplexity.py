@@ -54,6 +54,33 @@ def encode_rows(tokenizer, rows: Sequence[EvalRow]) -> list[Encoded]:
     return out
 
 
+def cut_to(encoded: Sequence[Encoded], max_len: int | None) -> tuple[list[Encoded], int]:
+    """Rows cut to their first ``max_len`` tokens (what the model's positions hold: one
+    longer row made the server refuse the whole batch and the evaluation end), and how
+    many were cut."""
+    if max_len is None:
+        return list(encoded), 0
+    out = [e if len(e.ids) <= max_len else
+           Encoded(e.row_id, e.source, e.ids[:max_len], e.mask[:max_len]) for e in encoded]
+    return out, sum(len(e.ids) > max_len for e in encoded)
+
+
+def context_length(folder: str | Path | None) -> int | None:
+    """The positions a model folder's config gives (`max_position_embeddings`, or its text
+    model's), or None when it does not say."""
+    import json
+
+    try:
+        config = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
+    except (TypeError, OSError, ValueError):
+        return None
+    for block in (config, config.get("text_config") or {}):
+        for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+            if isinstance(block.get(key), int) and block[key] > 1:
+                return block[key]
+    return None
+
+
 def _batches(items: Sequence[Any], size: int):
     for start in range(0, len(items), size):
         yield items[start:start + size]

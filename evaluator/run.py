@@ -54,6 +54,9 @@ class EvalOptions:
     backend: str = "auto"
     ppl_via: str = "server"
     concurrency: int = 8
+    # set by run_eval: the fewest positions of the local models, so both sides score the
+    # same tokens of rows cut to fit (None: not known, rows are sent whole)
+    context: int | None = None
 
 
 def is_url(value: str) -> bool:
@@ -148,13 +151,18 @@ def evaluate_side(target: Target, rows: list[EvalRow], options: EvalOptions,
             raise EvalError("tokenizer_unknown", f"{base_url} does not name a local model "
                             "folder; pass --tokenizer", "tokenizer")
         tokenizer = AutoTokenizer.from_pretrained(str(folder))
-        encoded = perplexity.encode_rows(tokenizer, rows)
+        # one position is the token the server generates after the echoed prompt
+        encoded, cut = perplexity.cut_to(perplexity.encode_rows(tokenizer, rows),
+                                         options.context - 1 if options.context else None)
+        if cut:
+            log(f"{target.label}: {cut} row(s) longer than the model's {options.context} "
+                "positions, scored on their first ones")
         started = time.monotonic()
         if options.ppl_via == "local":
             logprobs = perplexity.local_logprobs(perplexity.load_local(folder), encoded)
         else:
             logprobs = perplexity.server_logprobs(base_url, name, encoded)
-        ppl = perplexity.summarize(encoded, logprobs, options.ppl_via)
+        ppl = {**perplexity.summarize(encoded, logprobs, options.ppl_via), "cut_rows": cut}
         log(f"{target.label}: perplexity {ppl['ppl']:.3f} over {ppl['tokens']} assistant "
             f"tokens ({options.ppl_via}, {time.monotonic() - started:.1f} s)")
         budget = options.max_tokens or usability.budget_for(tokenizer, rows)
@@ -228,6 +236,10 @@ def run_eval(options: EvalOptions, log: Callable[[str], None] = print) -> dict[s
     log(f"eval: {len(rows)} {options.split} rows from {options.data}; baseline "
         f"{baseline_spec if baseline else 'none'}")
 
+    from evaluator.perplexity import context_length
+
+    known = [n for n in (context_length(t.path) for t in (model, baseline) if t and t.path) if n]
+    options.context = min(known) if known else None
     probes = call_probes(rows)
     sides = {"model": evaluate_side(model, rows, options, log, probes)}
     if baseline:

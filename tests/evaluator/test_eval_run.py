@@ -233,6 +233,27 @@ def test_the_baseline_defaults_to_the_runs_base_model(polite_model_dir, tmp_path
     assert (missing.value.code, missing.value.field) == ("model_not_found", "baseline")
 
 
+@pytest.mark.slow
+def test_rows_longer_than_the_models_positions_are_cut_not_fatal(polite_model_dir, tmp_path):
+    """One row of 2,933 tokens against a model of 1,024 positions made the server refuse the
+    batch: exit 1, no outputs, and a hint (`--ppl local`) that would score past the
+    model's context."""
+    model = tmp_path / "model"
+    shutil.copytree(polite_model_dir, model)
+    config = json.loads((model / "config.json").read_text())
+    config["max_position_embeddings"] = 96
+    (model / "config.json").write_text(json.dumps(config))
+    long = {"id": "long", "source": "faq_en", "tags": [], "messages": [
+        {"role": "user", "content": "Say hello."},
+        {"role": "assistant", "content": "Hello there. " * 60}]}
+    data = _data(tmp_path, ROWS[2:3] + [long])
+    metrics = run_eval(EvalOptions(data=data, out=tmp_path / "eval", model=str(model),
+                                   baseline="none", max_tokens=8), log=lambda line: None)
+    ppl = metrics["perplexity"]["model"]
+    assert ppl["cut_rows"] == 1 and ppl["rows"] == 2 and ppl["ppl"] > 0
+    assert metrics["usability"]["model"]["rows"] == 2
+
+
 def test_a_hub_id_base_is_read_from_the_hugging_face_cache(polite_model_dir, tmp_path,
                                                            monkeypatch):
     """Runs trained on a hub id (how most users name Qwen and Llama bases) record it as
