@@ -17,7 +17,7 @@ from data_engine.readers.formats import tool_definitions
 
 SPLITS = ("train", "validation", "test")
 # Codes of a server that failed a valid request; every other code means "fix the input".
-SERVER_FAILURES = frozenset({"server_logprobs_failed"})
+SERVER_FAILURES = frozenset({"server_logprobs_failed", "server_died"})
 
 
 class EvalError(Exception):

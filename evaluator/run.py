@@ -135,6 +135,17 @@ def served(target: Target, options: EvalOptions, log: Callable[[str], None]
         yield server.base_url, server.name, target.path
 
 
+def _check_server_answered(target: Target, base_url: str, gens: list[Any]) -> None:
+    """EvalError `server_died` when no reply reached the server: a server killed midway
+    (an OOM kill) scored usability 0 and, in a pipeline, failed the gate with "train
+    longer", blaming the model."""
+    errors = [g.error or "" for g in gens]
+    if errors and all(e.startswith("connection_error") for e in errors):
+        raise EvalError("server_died", f"{base_url} stopped answering: all {len(errors)} "
+                        f"generations failed to connect ({errors[0][:160]})",
+                        "base_url" if target.base_url else "model")
+
+
 def evaluate_side(target: Target, rows: list[EvalRow], options: EvalOptions,
                   log: Callable[[str], None], probes: list[EvalRow] | None = None
                   ) -> dict[str, Any]:
@@ -168,6 +179,7 @@ def evaluate_side(target: Target, rows: list[EvalRow], options: EvalOptions,
         budget = options.max_tokens or usability.budget_for(tokenizer, rows)
         started = time.monotonic()
         gens = usability.generate(base_url, name, rows, budget, options.concurrency)
+        _check_server_answered(target, base_url, gens)
         repetition = CleanConfig().repetition
         replies = [usability.judge_reply(row, gen, repetition) for row, gen in zip(rows, gens)]
         summary = usability.summarize(replies, budget)

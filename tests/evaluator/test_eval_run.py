@@ -315,3 +315,19 @@ def test_options_that_would_fail_late_fail_first(data_dir, tmp_path, polite_mode
         run_eval(EvalOptions(**options), log=lambda _: None)
     assert (err.value.field, err.value.code) == (field, code) and err.value.bad_input
     assert not (tmp_path / "e").exists()
+
+
+def test_a_server_that_stopped_answering_is_an_error_not_a_score():
+    """A served model killed midway scored usability 0 (40 `error` replies) and, in a
+    pipeline, failed the gate with "train longer", blaming the model."""
+    from data_engine.engines.base import Generation
+    from evaluator.run import Target, _check_server_answered
+
+    dead = [Generation("", "error", 0, "connection_error: Connection refused")] * 3
+    with pytest.raises(EvalError) as err:
+        _check_server_answered(Target("model", path="/m"), "http://127.0.0.1:9/v1", dead)
+    assert (err.value.code, err.value.field) == ("server_died", "model")
+    assert not err.value.bad_input
+    # one reply got through: the others' errors are the model's to answer for
+    _check_server_answered(Target("model", path="/m"), "http://127.0.0.1:9/v1",
+                           dead + [Generation("hi", "stop", 1)])
