@@ -626,10 +626,11 @@ def export_gguf(run_dir: Path, types: Sequence[str] = DEFAULT_TYPES,
     converter = ensure_converter(log)
     out = Path(out_dir).resolve() if out_dir else run_dir / "gguf"
     out.mkdir(parents=True, exist_ok=True)
-    for form in forms:  # an export replaces its files: none of an earlier one is left behind
-        (out / f"model-{form}.gguf").unlink(missing_ok=True)
-        (out / (f"quantize-{form}.log" if form != REFERENCE else "convert.log")).unlink(
-            missing_ok=True)
+    # An export replaces the folder's forms: none of an earlier one is left behind, of the
+    # types asked for now or not (an unchecked q4_k_m of earlier weights sat beside an
+    # export.json that no longer listed it).
+    for stale in [*out.glob("model-*.gguf"), *out.glob("quantize-*.log"), out / "convert.log"]:
+        stale.unlink(missing_ok=True)
     state: dict[str, Any] = {"status": "running", "run_dir": str(run_dir),
                              "merged": str(merged), "out_dir": str(out), "types": forms,
                              "stages": [],

@@ -317,7 +317,8 @@ def write_outputs(out: Path, metrics: dict[str, Any], samples: list[dict[str, An
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n",
                                       encoding="utf-8")
     for name, records in (("samples.jsonl", samples), ("calls.jsonl", calls)):
-        if records is None:
+        if records is None:  # none this time: an earlier run's file would read as this one's
+            (out / name).unlink(missing_ok=True)
             continue
         with (out / name).open("w", encoding="utf-8") as f:
             for record in records:

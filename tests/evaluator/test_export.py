@@ -93,6 +93,20 @@ def test_a_refused_export_leaves_the_earlier_one_whole(tiny_run, tiny_export, mo
     assert json.loads((out / "export.json").read_text(encoding="utf-8"))["status"] == "succeeded"
 
 
+def test_a_new_export_leaves_no_form_of_an_earlier_one(tiny_run, tiny_export, tmp_path):
+    """Re-exported with `--types f16`, the folder kept the first export's q8_0 beside an
+    export.json that listed only f16: an unchecked file of older weights."""
+    import shutil
+
+    out = tmp_path / "gguf"
+    shutil.copytree(tiny_run / "gguf", out)
+    assert (out / "model-q8_0.gguf").is_file() and (out / "quantize-q8_0.log").is_file()
+    export_gguf(tiny_run, types=("f16",), out_dir=out, log=lambda _: None)
+    assert sorted(p.name for p in out.glob("model-*.gguf")) == ["model-f16.gguf"]
+    assert not list(out.glob("quantize-*.log"))
+    assert json.loads((out / "export.json").read_text(encoding="utf-8"))["types"] == ["f16"]
+
+
 def test_a_gguf_whose_eos_is_not_the_end_of_turn_fails_loudly(tiny_run, chat_tokenizer,
                                                                 converter, tmp_path):
     """The founding bug: the merged model stops on <|im_end|> (generation_config.json) but
