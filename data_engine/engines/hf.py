@@ -26,6 +26,23 @@ from data_engine.engines.base import (Conversation, EngineError, Generation, Sam
 MIN_SHARED_PREFIX = 32
 
 
+# A reasoning block a template opens in the generation prompt whatever it is asked
+# (DeepSeek-R1's `<think>\n`), and what closes it empty, as Qwen3 writes a reply with thinking
+# off: the model answers right away.
+THINK_OPEN, THINK_CLOSE = "<think>\n", "\n</think>\n\n"
+
+
+def fold_system(conversation: Conversation) -> Conversation:
+    """The system turn's text put before the first user turn's, for templates with no
+    system role (Gemma 2, Mistral v0.3)."""
+    system, rest = conversation[0], [dict(m) for m in conversation[1:]]
+    first = next((m for m in rest if m["role"] == "user"), None)
+    if first is None:
+        return [{"role": "user", "content": system["content"]}, *rest]
+    first["content"] = f"{system['content']}\n\n{first['content']}"
+    return rest
+
+
 def shared_prefix(ids: list[list[int]]) -> int:
     """Tokens every sequence starts with, leaving each at least one token of its own."""
     if len(ids) < 2:
@@ -94,8 +111,40 @@ class TransformersEngine:
             self.eos_ids.add(self.tokenizer.eos_token_id)
 
     def render(self, conversation: Conversation) -> str:
-        return self.tokenizer.apply_chat_template(conversation, add_generation_prompt=True,
-                                                  tokenize=False)
+        """The conversation as the model's template writes it, up to the reply: with
+        thinking off (`enable_thinking=False`, Qwen3's switch; a judge's score token must come
+        first, not a reasoning block's first token, and a rewrite is not its reasoning), a
+        reasoning block the template opens anyway (DeepSeek-R1's, Qwen3.5's) closed empty,
+        and a system turn folded into the first user turn for templates that refuse one
+        (Gemma 2's, which raised on the judge's system prompt)."""
+        from jinja2 import TemplateError
+
+        try:
+            text = self.tokenizer.apply_chat_template(conversation, add_generation_prompt=True,
+                                                      tokenize=False, enable_thinking=False)
+        except TemplateError as exc:
+            if not (conversation and conversation[0]["role"] == "system"
+                    and "system" in str(exc).lower()):
+                raise
+            text = self.render(fold_system(conversation))
+        if text.endswith(THINK_OPEN):  # the template forces a reasoning block open
+            text += THINK_CLOSE
+        return text
+
+    def _render_all(self, conversations: list[Conversation]
+                    ) -> tuple[list[int], list[str], dict[int, str]]:
+        """(indices, texts) of the conversations the template renders, and the error of
+        each it refuses: a row's failure, not the call's."""
+        from jinja2 import TemplateError
+
+        idx, texts, errors = [], [], {}
+        for i, conversation in enumerate(conversations):
+            try:
+                texts.append(self.render(conversation))
+                idx.append(i)
+            except TemplateError as exc:
+                errors[i] = f"template_error: {exc}"
+        return idx, texts, errors
 
     def _batches(self, conversations: list[Conversation], texts: list[str] | None = None):
         """(indices, encoded inputs) per batch; similar lengths batched together. ``texts``:
@@ -160,7 +209,11 @@ class TransformersEngine:
             kwargs.update(stop_strings=list(params.stop), tokenizer=self.tokenizer)
         if params.seed is not None:
             torch.manual_seed(params.seed)
-        for idx, enc in self._batches(conversations):
+        rendered, texts, errors = self._render_all(conversations)
+        for i, error in errors.items():
+            out[i] = Generation("", "error", 0, error)
+        for batch, enc in self._batches([conversations[i] for i in rendered], texts):
+            idx = [rendered[k] for k in batch]
             try:
                 with torch.inference_mode():
                     seqs = self.lm.generate(**enc, **kwargs)
@@ -173,6 +226,8 @@ class TransformersEngine:
                     out[i] = self._finish(tokens, params)
             if self.on_replies is not None:
                 self.on_replies(len(idx))
+        if errors and self.on_replies is not None:
+            self.on_replies(len(errors))
         return out  # type: ignore[return-value]
 
     def _finish(self, tokens: list[int], params: SamplingParams) -> Generation:
@@ -202,13 +257,16 @@ class TransformersEngine:
                               f"tokens for {self.model}'s tokenizer; use a 1-5 scale",
                               "judge.scale")
         out: list[TokenScores | None] = [None] * len(conversations)
-        texts = [self.render(c) for c in conversations]
+        rendered, texts, errors = self._render_all(conversations)
+        for i, error in errors.items():
+            out[i] = TokenScores(error=error)
         ids = (self.tokenizer(texts, add_special_tokens=False)["input_ids"]
                if self.share_prefix and len(texts) > 1 else [])
         prefix = shared_prefix(ids)
         batches = (self._suffix_batches(ids, prefix) if prefix >= MIN_SHARED_PREFIX
                    else self._last_logits(texts))
-        for idx, forward in batches:
+        for batch, forward in batches:
+            idx = [rendered[k] for k in batch]
             try:
                 with torch.inference_mode():
                     logits = forward()

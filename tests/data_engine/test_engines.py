@@ -511,6 +511,52 @@ def test_hf_scores_through_a_shared_prefix_equal_the_plain_forward(smollm2_engin
     assert shared_prefix([[1, 2, 3]]) == 0
 
 
+# Gemma 2's template refuses a system turn; DeepSeek-R1's opens a reasoning block in every
+# generation prompt (both abridged to what matters here, ChatML tokens kept for SmolLM2).
+NO_SYSTEM_TEMPLATE = (
+    "{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
+    "{% endif %}{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}"
+    "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+FORCED_THINK_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n<think>\n{% endif %}")
+QWEN3_SWITCH_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n"
+    "{% if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n"
+    "{% endif %}{% endif %}")
+
+
+def test_hf_engine_renders_for_judging_templates_with_no_system_role_or_forced_thinking(
+        smollm2_engine):
+    """Gemma 2's template raised on the judge's system turn (a traceback, no output), and
+    with a reasoning template the score was read at the first token of the reasoning."""
+    from jinja2 import TemplateError
+
+    engine, own = smollm2_engine, smollm2_engine.tokenizer.chat_template
+    conv = [{"role": "system", "content": "You grade answers."},
+            {"role": "user", "content": "Q: 2+2?\nA: 4\nScore 1-5:"}]
+    try:
+        engine.tokenizer.chat_template = NO_SYSTEM_TEMPLATE
+        assert engine.render(conv) == ("<|im_start|>user\nYou grade answers.\n\nQ: 2+2?\nA: 4\n"
+                                       "Score 1-5:<|im_end|>\n<|im_start|>assistant\n")
+        scores = engine.next_token_scores([conv, user("Hi")], SCALE)
+        assert all(s.error is None and set(s.logprobs) == set(SCALE) for s in scores)
+        engine.tokenizer.chat_template = FORCED_THINK_TEMPLATE
+        assert engine.render(conv[1:]).endswith("assistant\n<think>\n\n</think>\n\n")
+        engine.tokenizer.chat_template = QWEN3_SWITCH_TEMPLATE  # thinking off, as asked
+        assert engine.render(conv[1:]).endswith("assistant\n<think>\n\n</think>\n\n")
+        # a template that fails otherwise fails that row, not the call
+        engine.tokenizer.chat_template = "{{ raise_exception('broken template') }}"
+        with pytest.raises(TemplateError):
+            engine.render(conv)
+        out = engine.generate([conv], SamplingParams(temperature=0.0, max_tokens=2))
+        assert out[0].error.startswith("template_error: broken template")
+        assert engine.next_token_scores([conv], SCALE)[0].error.startswith("template_error")
+    finally:
+        engine.tokenizer.chat_template = own
+
+
 # --- vllm engine -----------------------------------------------------------------------------
 
 def test_vllm_module_imports_without_vllm_and_fails_with_an_actionable_error():
