@@ -204,6 +204,15 @@ def load_corpus(paths: list[str], text_column: str = "text", id_column: str | No
             seen.add(str(doc_id))
             corpus.ids.append(str(doc_id))
             corpus.texts.append(text)
+    if not corpus.texts:  # 0 rows made and exit 0 looked like a model that wrote nothing
+        raise InputError(", ".join(paths), f"no document has text in the column "
+                         f"{text_column!r} ({corpus.skipped} rows without it); name the "
+                         "corpus's text column with `craft.text_column`", "craft.corpus")
+    if corpus.skipped:
+        message = (f"craft: {corpus.skipped} corpus rows have no text in {text_column!r} "
+                   "(or no id) and are skipped")
+        log.warning(message)
+        warnings.warn(message, stacklevel=2)
     return corpus
 
 

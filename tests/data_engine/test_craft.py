@@ -181,6 +181,13 @@ def test_load_corpus_jsonl_and_parquet(tmp_path, corpus):
     pq.write_table(pa.table({"body": ["z"], "key": ["k1"]}), tmp_path / "q.parquet")
     with pytest.raises(InputError, match="'k1' appears twice"):
         load_corpus([str(tmp_path)], text_column="body", id_column="key")
+    # JSONL with the text under another name gave 0 rows and exit 0, saying nothing
+    (tmp_path / "content.jsonl").write_text('{"content": "one"}\n{"content": "two"}\n')
+    with pytest.raises(InputError, match="no document has text in the column 'text' "
+                                         "\\(2 rows without it\\)"):
+        load_corpus([str(tmp_path / "content.jsonl")])
+    with pytest.warns(UserWarning, match="2 corpus rows have no text"):
+        load_corpus([str(jsonl)])
 
 
 def test_config_reports_every_problem():
