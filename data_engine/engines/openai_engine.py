@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import os
 import random
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Callable, Sequence, TypeVar
@@ -110,6 +111,9 @@ class OpenAIEngine:
                                     timeout=timeout_s, max_retries=0)
         self.pool = ThreadPoolExecutor(max_workers=max_concurrency,
                                        thread_name_prefix="openai-engine")
+        # Set on an interrupt (Ctrl+C): no retry starts, and waiting rows are dropped, where
+        # each worker went on retrying, (1 + max_retries) x timeout_s of silence.
+        self._stopping = threading.Event()
 
     @classmethod
     def from_config(cls, config: "EngineConfig") -> "OpenAIEngine":
@@ -132,13 +136,15 @@ class OpenAIEngine:
 
         attempt = 0
         while True:
+            if self._stopping.is_set():
+                raise RequestFailed("cancelled", "the run was interrupted", attempt)
             try:
                 return call()
             except openai.OpenAIError as exc:
                 code, retry = classify(exc)
-                if not retry or attempt >= self.max_retries:
+                if not retry or attempt >= self.max_retries or self._stopping.is_set():
                     raise RequestFailed(code, str(exc), attempt + 1) from exc
-            time.sleep(self._backoff(attempt))
+            self._stopping.wait(self._backoff(attempt))
             attempt += 1
 
     def _chat(self, conversation: Conversation, **kwargs: Any) -> Any:
@@ -155,7 +161,18 @@ class OpenAIEngine:
             except Exception as exc:  # noqa: BLE001 - the interface promises a row per input
                 return on_error(f"internal_error: {type(exc).__name__}: {exc}")
 
-        return list(self.pool.map(guarded, items))
+        try:
+            return list(self.pool.map(guarded, items))
+        except BaseException:  # Ctrl+C while waiting: stop the workers, do not wait them out
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        """Ends the engine's work at once: queued rows are dropped, no retry starts, and
+        requests in flight are cut by closing the client's connections."""
+        self._stopping.set()
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.client.close()
 
     def generate(self, conversations: list[Conversation], params: SamplingParams,
                  tools: Sequence[list[dict[str, Any]] | None] | None = None
@@ -235,7 +252,7 @@ class OpenAIEngine:
         return TokenScores(label_logprobs(top, labels), complete=False)
 
     def close(self) -> None:
-        self.pool.shutdown(wait=True)
+        self.pool.shutdown(wait=not self._stopping.is_set(), cancel_futures=True)
         self.client.close()
 
 

@@ -148,6 +148,27 @@ def test_slow_server_times_out_after_retries():
     assert elapsed < 3.0  # abandoned at timeout_s; waiting the server out takes >= 4 s
 
 
+def test_an_interrupt_stops_the_workers_instead_of_waiting_out_their_retries():
+    """Ctrl+C against a server that never answered took (1 + max_retries) x timeout_s of
+    silence (32 s at 8 s x 4): each worker kept retrying, and close() waited for them."""
+    import os
+    import signal
+
+    with ScriptedServer(lambda n, body: (503, error_body("down"), 0.3)) as server:
+        engine = engine_for(server.url, max_concurrency=2, max_retries=50,
+                            backoff_base_s=0.5, backoff_max_s=0.5)
+        threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT)).start()  # Ctrl+C
+        started = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            engine.generate([user(str(i)) for i in range(8)], GREEDY)
+        engine.close()
+        seen = server.requests
+        time.sleep(1.5)  # no worker starts another request
+        assert server.requests == seen
+    assert time.monotonic() - started < 4.0  # 50 retries of 8 rows would take minutes
+    assert seen <= 2 * 3  # two workers, about a second of 0.8 s attempts
+
+
 def test_two_failures_then_success_returns_the_row():
     script = lambda n, body: (503, error_body("warming up"), 0.0) if n < 2 \
         else (200, completion("fine"), 0.0)
