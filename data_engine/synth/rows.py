@@ -72,9 +72,21 @@ def cleaned_table(rows: list[dict[str, Any]], config: Any, label: str = "synth")
 def shown_row(row: dict[str, Any]) -> dict[str, Any]:
     """A row as people read it: the working fields dropped, the elimination's detail kept."""
     out = {k: v for k, v in row.items() if not k.startswith("_")}
+    if isinstance(out.get("messages"), list):  # tool calls as objects, as `data run` writes
+        out["messages"] = [_with_calls_decoded(m) for m in out["messages"]]
     if row.get("_detail"):
         out["detail"] = row["_detail"]
     return out
+
+
+def _with_calls_decoded(message: dict[str, Any]) -> dict[str, Any]:
+    calls = message.get("tool_calls")
+    if not isinstance(calls, str):
+        return message
+    try:
+        return {**message, "tool_calls": json.loads(calls)}
+    except ValueError:
+        return message
 
 
 def apply_clean(rows: list[dict[str, Any]], config: Any) -> list[dict[str, Any]]:

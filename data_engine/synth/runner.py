@@ -75,20 +75,33 @@ def read_rows(path: Path, fmt: str = "auto") -> tuple[list[dict[str, Any]], Coun
                                 for m in row["messages"]]}
             if row["tools"] is not None:
                 out["tools"] = json.loads(row["tools"])
-            out.update(_provenance(row["_raw"]))
+            if row.get("group") is not None:
+                out["group"] = row["group"]
+            out.update(_carried(row["_raw"]))
             rows.append(out)
     return rows, skipped
 
 
-def _provenance(raw: str | None) -> dict[str, Any]:
-    """`origin`, `parent_id`, `generator` of a row that a synth command wrote."""
+# Top-level keys a row's shape is read from: rewritten as `messages`, not carried.
+_SHAPE_KEYS = {"messages", "conversations", "instruction", "input", "output", "history",
+               "system", "prompt", "completion", "id", "source", "tags", "tools", "group"}
+
+
+def _carried(raw: str | None) -> dict[str, Any]:
+    """What a written row keeps of its input line beyond the row schema: `origin`,
+    `parent_id`, `generator` (a row a synth command wrote) and the user's own fields
+    (`category`, ...), which `tunesmith judge` dropped."""
     try:
         original = json.loads(raw) if raw else {}
     except ValueError:
         return {}
     if not isinstance(original, dict):
         return {}
-    return {k: original[k] for k in PROVENANCE if original.get(k) is not None}
+    kept = {k: original[k] for k in PROVENANCE if original.get(k) is not None}
+    kept.update({k: v for k, v in original.items()
+                 if k not in _SHAPE_KEYS and k not in PROVENANCE and not k.startswith("_")
+                 and not k.startswith("judge_")})  # a judge's verdict is written anew
+    return kept
 
 
 def judge_rows(rows: list[dict[str, Any]], config: DataConfig,

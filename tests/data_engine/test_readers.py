@@ -234,6 +234,27 @@ def test_rows_read_for_synthesis_and_judging_keep_their_tools(tmp_path):
     assert [r.get("tools") for r in rows] == [tools, None] and not skipped
 
 
+def test_rows_judged_or_synthesized_are_written_back_with_what_they_held(tmp_path):
+    """`tunesmith judge` dropped `group` and the user's own fields, and wrote tool calls as
+    JSON text where `data run` writes objects."""
+    from data_engine.synth.runner import public_row, read_rows
+
+    calls = [{"id": "c1", "type": "function",
+              "function": {"name": "f", "arguments": "{\"x\": 1}"}}]
+    row = {"id": "t", "group": "g7", "category": "billing", "judge_score": 2.0,
+           "messages": [{"role": "user", "content": "q"},
+                        {"role": "assistant", "content": "", "tool_calls": calls},
+                        {"role": "tool", "content": "r", "tool_call_id": "c1"},
+                        {"role": "assistant", "content": "a"}]}
+    path = tmp_path / "rows.jsonl"
+    path.write_text(json.dumps(row) + "\n")
+    [read], _ = read_rows(path)
+    written = public_row({**read, "judge_score": 4.5})
+    assert written["group"] == "g7" and written["category"] == "billing"
+    assert written["judge_score"] == 4.5  # the new verdict, not the old one
+    assert written["messages"][1]["tool_calls"] == calls
+
+
 def test_jsonl_malformed_unknown_blank_and_line_numbers(tmp_path):
     path = tmp_path / "mixed.jsonl"
     lines = [json.dumps({"id": "a", "prompt": "p", "completion": "c"}), "{broken", "",
