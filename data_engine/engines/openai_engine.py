@@ -140,8 +140,11 @@ class OpenAIEngine:
                 raise RequestFailed("cancelled", "the run was interrupted", attempt)
             try:
                 return call()
-            except openai.OpenAIError as exc:
-                code, retry = classify(exc)
+            except (openai.OpenAIError, ValueError) as exc:
+                # ValueError: a 200 whose body is cut short (the server died writing it) is
+                # no JSON; as transient as a dropped connection
+                code, retry = classify(exc) if isinstance(exc, openai.OpenAIError) else \
+                    ("bad_response", True)
                 if not retry or attempt >= self.max_retries or self._stopping.is_set():
                     raise RequestFailed(code, str(exc), attempt + 1) from exc
             self._stopping.wait(self._backoff(attempt))

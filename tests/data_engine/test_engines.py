@@ -71,7 +71,7 @@ class ScriptedServer:
                 try:
                     status, reply, delay = server.script(n, body)
                     time.sleep(delay)
-                    data = json.dumps(reply).encode()
+                    data = reply.encode() if isinstance(reply, str) else json.dumps(reply).encode()
                     self.send_response(status)
                     self.send_header("Content-Type", "application/json")
                     self.send_header("Content-Length", str(len(data)))
@@ -167,6 +167,19 @@ def test_an_interrupt_stops_the_workers_instead_of_waiting_out_their_retries():
         assert server.requests == seen
     assert time.monotonic() - started < 4.0  # 50 retries of 8 rows would take minutes
     assert seen <= 2 * 3  # two workers, about a second of 0.8 s attempts
+
+
+def test_a_reply_cut_short_is_retried_as_a_bad_response():
+    """A 200 whose JSON body was cut short (a server dying mid-write) was
+    `internal_error: JSONDecodeError`, never retried."""
+    cut = json.dumps(completion("fine"))[:40]
+    script = lambda n, body: (200, cut, 0.0) if n < 1 else (200, completion("fine"), 0.0)
+    with ScriptedServer(script) as server:
+        out = engine_for(server.url, max_retries=2).generate([user("a")], GREEDY)
+    assert server.requests == 2 and (out[0].text, out[0].error) == ("fine", None)
+    with ScriptedServer(lambda n, body: (200, cut, 0.0)) as server:
+        out = engine_for(server.url, max_retries=1).generate([user("a")], GREEDY)
+    assert server.requests == 2 and out[0].error.startswith("bad_response: ")
 
 
 def test_two_failures_then_success_returns_the_row():
