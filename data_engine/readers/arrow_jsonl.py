@@ -34,8 +34,8 @@ def read_shard(data: bytes, first_line: int, path: str, source: str, group_colum
     """The ingest table of a JSONL shard's bytes, or None when the shard needs the per-row
     path (see the module docstring)."""
     starts, ends, lines = _lines(data, first_line)
-    if not len(starts):
-        return None
+    if not len(starts) or b"<tool_call>" in data or b"<tool_response>" in data:
+        return None  # calls written into the text: the per-row path reads them as calls
     try:
         raw = _slices(data, starts, ends)  # invalid UTF-8 fails here (the per-row path
         #                                     would replace it)

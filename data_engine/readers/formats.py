@@ -6,8 +6,10 @@ stage calls them per row and turns `UnknownFormat` into a rejected row.
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
+import re
 from typing import Any
 
 Message = dict[str, str | None]
@@ -64,9 +66,10 @@ def to_messages(row: dict[str, Any], fmt: str, columns: dict[str, str] | None = 
     if missing:
         raise UnknownFormat(f"format {fmt!r} needs {', '.join(missing)}")
     if fmt == "messages":
-        return [_openai_message(m) for m in _as_list(row.get("messages"), "messages")]
+        return _read_text_calls([_openai_message(m)
+                                 for m in _as_list(row.get("messages"), "messages")])
     if fmt == "sharegpt":
-        return _sharegpt(row)
+        return _read_text_calls(_sharegpt(row))
     if fmt == "alpaca":
         return _alpaca(row)
     if fmt == "prompt_completion":
@@ -173,6 +176,90 @@ def _calls_text(value: Any) -> str | None:
     if isinstance(value, dict):
         value = [value]
     return json.dumps(value, ensure_ascii=False) if value else None
+
+
+# Calls and tool results written into the text as Hermes's function-calling format writes
+# them (NousResearch/hermes-function-calling-v1, glaive conversions): `<tool_call>` blocks
+# holding {"name", "arguments"}, often as a Python dict (`{'arguments': {...}, 'name': 'f'}`),
+# and `<tool_response>` blocks. Trained as text, the Python form teaches calls that no
+# parser (vLLM's hermes one, the evaluator's) reads; read as calls, the chat template writes
+# them in the model's own form.
+_TEXT_CALL = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.DOTALL)
+_TEXT_RESULT = re.compile(r"<tool_response>\s*(.*?)\s*</tool_response>", re.DOTALL)
+
+
+def _literal(text: str) -> Any:
+    """JSON text, or a Python literal (single quotes, True/None); None for neither."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        pass
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        return None
+
+
+def text_calls(content: str) -> tuple[str, str | None]:
+    """An assistant turn's text with its `<tool_call>` blocks read as calls: (the text left,
+    the calls' JSON text); the text unchanged and None when it has none, or when any block
+    is not a call (a name and arguments), which stays text for the filters to judge."""
+    if "<tool_call>" not in content:
+        return content, None
+    calls = []
+    for block in _TEXT_CALL.findall(content):
+        value = _literal(block)
+        if not (isinstance(value, dict) and isinstance(value.get("name"), str)):
+            return content, None
+        arguments = value.get("arguments", value.get("parameters", {}))
+        if isinstance(arguments, str):
+            arguments = _literal(arguments) if arguments.strip() else {}
+        if not isinstance(arguments, dict):
+            return content, None
+        calls.append({"type": "function", "function": {
+            "name": value["name"], "arguments": json.dumps(arguments, ensure_ascii=False)}})
+    if not calls:
+        return content, None
+    rest = _TEXT_CALL.sub("", content).strip()
+    if "<tool_call>" in rest or "</tool_call>" in rest:  # an unclosed block: leave it all
+        return content, None
+    return rest, json.dumps(calls, ensure_ascii=False)
+
+
+def text_results(content: str) -> list[tuple[str, str | None]] | None:
+    """A tool turn's `<tool_response>` blocks as (content, function name) each, the name
+    where the block is {"name", "content"}; None when the turn holds no such block."""
+    blocks = _TEXT_RESULT.findall(content)
+    if not blocks or _TEXT_RESULT.sub("", content).strip():
+        return None
+    out = []
+    for block in blocks:
+        value = _literal(block)
+        if isinstance(value, dict) and isinstance(value.get("name"), str) and "content" in value:
+            inner = value["content"]
+            out.append((inner if isinstance(inner, str)
+                        else json.dumps(inner, ensure_ascii=False), value["name"]))
+        else:
+            out.append((block, None))
+    return out
+
+
+def _read_text_calls(messages: list[Message]) -> list[Message]:
+    """Hermes-style calls and results in the text read as calls and tool turns."""
+    out: list[Message] = []
+    for m in messages:
+        if m["role"] == "assistant" and m.get("tool_calls") is None and m.get("content"):
+            content, calls = text_calls(m["content"])
+            if calls is not None:
+                m = {**m, "content": content, "tool_calls": calls}
+        elif m["role"] == "tool" and m.get("content") and m.get("name") is None:
+            results = text_results(m["content"])
+            if results is not None:
+                out += [{**m, "content": text, **({"name": name} if name else {})}
+                        for text, name in results]
+                continue
+        out.append(m)
+    return out
 
 
 def _openai_message(m: Any) -> Message:

@@ -255,6 +255,55 @@ def test_rows_judged_or_synthesized_are_written_back_with_what_they_held(tmp_pat
     assert written["messages"][1]["tool_calls"] == calls
 
 
+HERMES_ROW = {"conversations": [  # as NousResearch/hermes-function-calling-v1 writes them
+    {"from": "system", "value": "You are a function calling AI model. <tools>\n[{'type': "
+     "'function', 'function': {'name': 'get_stock_price'}}]\n</tools>"},
+    {"from": "human", "value": "Price of TSLA and AAPL?"},
+    {"from": "gpt", "value": "<tool_call>\n{'arguments': {'symbol': 'TSLA'}, 'name': "
+     "'get_stock_price'}\n</tool_call>\n<tool_call>\n{\"name\": \"get_stock_price\", "
+     "\"arguments\": {\"symbol\": \"AAPL\"}}\n</tool_call>"},
+    {"from": "tool", "value": "<tool_response>\n{\"name\": \"get_stock_price\", \"content\": "
+     "{\"price\": 250}}\n</tool_response>\n<tool_response>\n{'name': 'get_stock_price', "
+     "'content': {'price': 190}}\n</tool_response>"},
+    {"from": "gpt", "value": "TSLA is 250 and AAPL is 190."}]}
+
+
+def test_calls_written_into_the_text_hermes_style_are_read_as_calls(tmp_path):
+    """Hermes-format rows write calls as Python dicts in `<tool_call>` text: trained as
+    text, a model learns calls no parser reads (vLLM's hermes parser json-loads them). Read
+    as calls, every family's template writes them in its own form, as JSON."""
+    messages = to_messages(HERMES_ROW, "auto")
+    assert [m["role"] for m in messages] == ["system", "user", "assistant", "tool", "tool",
+                                             "assistant"]
+    calls = json.loads(messages[2]["tool_calls"])
+    assert messages[2]["content"] == ""
+    assert [(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in calls] == [
+        ("get_stock_price", {"symbol": "TSLA"}), ("get_stock_price", {"symbol": "AAPL"})]
+    assert [(m["content"], m["name"]) for m in messages[3:5]] == [
+        ('{"price": 250}', "get_stock_price"), ('{"price": 190}', "get_stock_price")]
+    # the same in the messages format, through ingest (its Arrow path leaves such shards)
+    path = tmp_path / "calls.jsonl"
+    chat = [{"role": "user", "content": "Weather?"},
+            {"role": "assistant", "content": "Checking.\n<tool_call>\n{'name': 'weather', "
+             "'arguments': {'city': 'Oslo', 'metric': True}}\n</tool_call>"},
+            {"role": "tool", "content": "<tool_response>\nrain\n</tool_response>"},
+            {"role": "assistant", "content": "Rain."}]
+    text_only = [{"role": "user", "content": "How do I mark a call?"},
+                 {"role": "assistant", "content": "Wrap it in <tool_call> and </tool_call>."},
+                 {"role": "assistant", "content": "<tool_call>{broken</tool_call>"}]
+    path.write_text(json.dumps({"messages": chat}) + "\n" + json.dumps({"messages": text_only})
+                    + "\n")
+    rows = _ingest(tmp_path, [InputConfig(path=str(path))])[0].to_pylist()
+    got = rows[0]["messages"]
+    assert got[1]["content"] == "Checking."
+    assert json.loads(json.loads(got[1]["tool_calls"])[0]["function"]["arguments"]) == {
+        "city": "Oslo", "metric": True}
+    assert (got[2]["content"], got[2]["name"]) == ("rain", None)
+    # text about the tags, and a block that is no call, stay text for the filters to judge
+    assert [m["content"] for m in rows[1]["messages"]] == [m["content"] for m in text_only]
+    assert all(m["tool_calls"] is None for m in rows[1]["messages"])
+
+
 def test_jsonl_malformed_unknown_blank_and_line_numbers(tmp_path):
     path = tmp_path / "mixed.jsonl"
     lines = [json.dumps({"id": "a", "prompt": "p", "completion": "c"}), "{broken", "",
