@@ -100,6 +100,12 @@ def load_gate(path: Path | None) -> GateConfig:
         raise GateError([f"cannot read: {e.strerror or e}"], origin) from e
     except yaml.YAMLError as e:
         raise GateError([f"not valid YAML: {e}"], origin) from e
+    return gate_from(data, origin)
+
+
+def gate_from(data: Any, origin: str = "gate") -> GateConfig:
+    """The gate from thresholds already read (a gate file's document, or a pipeline's
+    inline `eval.gate`); None is the defaults. GateError lists every problem."""
     if data is None:
         return GateConfig()
     if not isinstance(data, dict):

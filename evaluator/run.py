@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from evaluator.data import EvalError, EvalRow, call_probes, read_rows
-from trainer_service.recipe.spec import HUB_ID
 
 PPL_VIA = ("server", "local")
 NO_BASELINE = "none"
@@ -72,6 +71,8 @@ def model_target(value: str, label: str, served_name: str | None = None
     path = Path(value).expanduser().resolve()
     if (path / "merged" / "config.json").is_file():
         path = path / "merged"
+    from trainer_service.recipe.spec import HUB_ID  # here: the module costs 0.3 s to import
+
     if not (path / "config.json").is_file() and not path.exists() and HUB_ID.match(value):
         path = _cached_snapshot(value, label)  # a run trained on a hub id names its base so
     if not (path / "config.json").is_file():

@@ -100,21 +100,11 @@ class EvalStage:
 
 
 def gate_problems(gate: dict[str, Any] | Path) -> list[str]:
-    """What `load_gate` finds wrong with inline thresholds or a gate file."""
-    import tempfile
-
-    import yaml
-
-    from evaluator.gate import GateError, load_gate
+    """What the evaluator finds wrong with inline thresholds or a gate file."""
+    from evaluator.gate import GateError, gate_from, load_gate
 
     try:
-        if isinstance(gate, dict):
-            with tempfile.NamedTemporaryFile("w", suffix=".yaml", encoding="utf-8") as fh:
-                yaml.safe_dump(gate, fh)
-                fh.flush()
-                load_gate(Path(fh.name))
-        else:
-            load_gate(gate)
+        gate_from(gate) if isinstance(gate, dict) else load_gate(gate)
     except GateError as exc:
         return list(exc.problems)
     return []
