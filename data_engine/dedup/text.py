@@ -7,8 +7,8 @@ arguments' JSON key order and spacing settled, so one conversation logged twice 
 conversation. The tool turns' `tool_call_id` and a row's `tools` (the definitions it
 offers) are not compared: two rows with the same turns are duplicates, whatever tools they
 offer. Near: the contents only (system turns left out: a prompt shared by a source's rows
-would make them all look alike), lower-cased, one line per turn; MinHash runs over its character n-grams, which works for
-Japanese and Chinese without word boundaries. Prompt: the user turns of the near text, what
+would make them all look alike), lower-cased, one line per turn; MinHash runs over its
+character n-grams, which works for Japanese and Chinese without word boundaries. Prompt: the user turns of the near text, what
 decontamination against an eval set compares by default.
 
 Computed with Arrow kernels over a whole batch's messages at once (`batch_texts`); the
