@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 import uuid
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import grpc
 
@@ -62,10 +62,11 @@ class TrainingClient:
         return self.stub.ListCheckpoints(pb.ListCheckpointsRequest(job_id=job_id),
                                          metadata=self.metadata, timeout=self.timeout_s)
 
-    def watch(self, job_id: str, from_sequence: int = 1,
-              reconnect_s: float = 60.0) -> Iterator[pb.JobEvent]:
+    def watch(self, job_id: str, from_sequence: int = 1, reconnect_s: float = 60.0,
+              on_retry: Callable[[str], None] | None = None) -> Iterator[pb.JobEvent]:
         """The job's events until its final state; survives a server restart by
-        reconnecting (for up to ``reconnect_s``) from the next sequence number."""
+        reconnecting (for up to ``reconnect_s``) from the next sequence number.
+        ``on_retry`` hears once per outage why, and for how long, it retries."""
         next_seq = max(1, from_sequence)
         down_since: float | None = None
         while True:
@@ -85,6 +86,9 @@ class TrainingClient:
             except grpc.RpcError as exc:
                 if exc.code() not in RETRYABLE:
                     raise
+                if down_since is None and on_retry is not None:
+                    on_retry(f"{exc.code().name}: {exc.details()}; reconnecting for up to "
+                             f"{reconnect_s:.0f} s")
                 down_since = down_since or time.monotonic()
                 if time.monotonic() - down_since > reconnect_s:
                     raise

@@ -180,8 +180,11 @@ def _watch(client, job_id: str, from_sequence: int, show_logs: bool) -> int:
                   TextColumn("{task.fields[numbers]}"), console=console) as bar:
         task = bar.add_task(job_id, total=None, numbers="")
         numbers: dict[str, float] = {}
+        def retrying(why: str) -> None:  # a restarting server, or none there: said at once
+            bar.console.print(f"server unavailable ({why})", style="yellow", highlight=False)
+
         with _rpc_errors():
-            for event in client.watch(job_id, from_sequence):
+            for event in client.watch(job_id, from_sequence, on_retry=retrying):
                 kind = event.kind
                 if kind == pb.EVENT_KIND_STATE_CHANGE:
                     change = event.state_change

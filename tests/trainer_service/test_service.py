@@ -461,3 +461,18 @@ def test_a_state_dir_that_cannot_be_used_is_a_config_error(tmp_path, roots):
     with pytest.raises(ServerConfigError) as err:
         create_server(ServerConfig(state_dir=state, data_roots=list(roots), port=0))
     assert err.value.field == "--state-dir" and "Is a directory" in err.value.message
+
+
+def test_watching_where_no_server_answers_says_so_at_once():
+    """`train watch` against a port with no server retried in silence for 60 s."""
+    import socket
+
+    with socket.socket() as hole:  # bound, never listening: connections are refused
+        hole.bind(("127.0.0.1", 0))
+        heard = []
+        with TrainingClient(f"127.0.0.1:{hole.getsockname()[1]}", token=TOKEN) as client:
+            with pytest.raises(grpc.RpcError) as err:
+                list(client.watch("job-x", reconnect_s=1.0, on_retry=heard.append))
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert len(heard) == 1 and heard[0].startswith("UNAVAILABLE: ")
+    assert heard[0].endswith("reconnecting for up to 1 s")
