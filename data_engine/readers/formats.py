@@ -262,6 +262,15 @@ def _read_text_calls(messages: list[Message]) -> list[Message]:
     return out
 
 
+def decoded_calls(text: str) -> Any:
+    """A turn's tool calls as written out (`_calls_text`'s inverse): JSON objects, or the
+    text as it is when it is not JSON (a call a filter will name)."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
 def _openai_message(m: Any) -> Message:
     if not isinstance(m, dict) or "role" not in m:
         raise UnknownFormat("messages: each turn needs a role")

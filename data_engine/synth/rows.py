@@ -13,6 +13,7 @@ import json
 from typing import Any
 
 from data_engine.engines.base import Engine
+from data_engine.readers.formats import decoded_calls
 
 ORIGINS = ("seed", "evol", "craft", "self_instruct")
 
@@ -73,20 +74,12 @@ def shown_row(row: dict[str, Any]) -> dict[str, Any]:
     """A row as people read it: the working fields dropped, the elimination's detail kept."""
     out = {k: v for k, v in row.items() if not k.startswith("_")}
     if isinstance(out.get("messages"), list):  # tool calls as objects, as `data run` writes
-        out["messages"] = [_with_calls_decoded(m) for m in out["messages"]]
+        out["messages"] = [{**m, "tool_calls": decoded_calls(m["tool_calls"])}
+                           if isinstance(m.get("tool_calls"), str) else m
+                           for m in out["messages"]]
     if row.get("_detail"):
         out["detail"] = row["_detail"]
     return out
-
-
-def _with_calls_decoded(message: dict[str, Any]) -> dict[str, Any]:
-    calls = message.get("tool_calls")
-    if not isinstance(calls, str):
-        return message
-    try:
-        return {**message, "tool_calls": json.loads(calls)}
-    except ValueError:
-        return message
 
 
 def apply_clean(rows: list[dict[str, Any]], config: Any) -> list[dict[str, Any]]:

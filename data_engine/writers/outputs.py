@@ -28,6 +28,7 @@ from data_engine.columns import any_per_row, list_offsets, one_array, string_buf
 from data_engine.dedup.stage import REASONS as DEDUP_REASONS
 from data_engine.filters import REASONS as CLEAN_REASONS
 from data_engine.pipeline.mix import REASON as MIX_REASON
+from data_engine.readers.formats import decoded_calls
 from data_engine.schema import (JUDGE_FIELDS, NUM_TOKENS, PROVENANCE_FIELDS, ROW_SCHEMA,
                                 SPLITS)
 from data_engine.synth.craft import CRAFT_REASONS
@@ -62,10 +63,7 @@ def chat_row(row: dict[str, Any]) -> dict[str, Any]:
         if m.get("reasoning_content") is not None:
             out["reasoning_content"] = m["reasoning_content"]
         if m.get("tool_calls"):
-            try:
-                out["tool_calls"] = json.loads(m["tool_calls"])
-            except ValueError:
-                out["tool_calls"] = m["tool_calls"]
+            out["tool_calls"] = decoded_calls(m["tool_calls"])
         for name in ("tool_call_id", "name"):
             if m.get(name) is not None:
                 out[name] = m[name]

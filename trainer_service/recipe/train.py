@@ -381,20 +381,11 @@ CHECKPOINT_DATA = "data.json"  # in checkpoints/: the SHA-256 of the splits they
 
 def data_digests(dataset: str | Path) -> dict[str, str | None]:
     """SHA-256 of the dataset's train and validation files (None for one that is absent)."""
-    import hashlib
+    from data_engine.readers.shards import file_sha256
 
-    digests: dict[str, str | None] = {}
-    for split in ("train", "validation"):
-        path = Path(dataset) / f"{split}.jsonl"
-        if not path.is_file():
-            digests[split] = None
-            continue
-        digest = hashlib.sha256()
-        with open(path, "rb") as fh:
-            while block := fh.read(1 << 24):
-                digest.update(block)
-        digests[split] = digest.hexdigest()
-    return digests
+    paths = {split: Path(dataset) / f"{split}.jsonl" for split in ("train", "validation")}
+    return {split: file_sha256(path) if path.is_file() else None
+            for split, path in paths.items()}
 
 
 def check_data_unchanged(spec: TrainSpec, out_dir: Path,
