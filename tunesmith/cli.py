@@ -246,18 +246,21 @@ def _synth(name: str, config_path: Optional[Path], engine: Optional[str], model:
 
 def _progress_lines(every_s: float = 10.0):
     """``say(line, final=False)``: `progress: LINE` on stderr, at most one every ``every_s``
-    but always a final one (judging or generating thousands of rows on a CPU takes a while;
-    an engine's threads may call it at once)."""
+    but always a final one, unless that line is already the last one shown (judging or
+    generating thousands of rows on a CPU takes a while; an engine's threads may call it at
+    once)."""
     import threading
     import time
 
     lock = threading.Lock()
-    last = [time.monotonic()]
+    last = [time.monotonic(), None]  # when the last line went out, and what it said
 
     def say(line: str, final: bool = False) -> None:
         with lock:
+            if final and line == last[1]:
+                return  # the final counts are already on screen
             if final or time.monotonic() - last[0] >= every_s:
-                last[0] = time.monotonic()
+                last[0], last[1] = time.monotonic(), line
                 typer.echo(f"progress: {line}", err=True)
 
     return say

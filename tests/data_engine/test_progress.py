@@ -35,3 +35,15 @@ def test_a_reused_stage_shows_the_figures_it_stored():
     again.reuse("clean", stored)
     assert again.stats["clean"].rejected == 1 and again.stats["clean"].reused
     assert "clean: up to date" in out.getvalue()
+
+
+def test_the_final_progress_line_is_not_repeated(capsys):
+    from tunesmith.cli import _progress_lines
+
+    say = _progress_lines(every_s=0.0)  # every line is due
+    say("self-instruct 4/4 replies (call 1)")
+    say("self-instruct 4/4 replies (call 1)", final=True)  # already shown
+    say("self-instruct 6/6 replies (call 2)", final=True)  # new counts: shown
+    lines = [l for l in capsys.readouterr().err.splitlines() if l.startswith("progress:")]
+    assert lines == ["progress: self-instruct 4/4 replies (call 1)",
+                     "progress: self-instruct 6/6 replies (call 2)"]
