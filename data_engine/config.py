@@ -454,6 +454,14 @@ def load_config(path: str | Path | None, extra_inputs: list[str] = (),
             problems.append("synth.craft.fewshots: must name a JSONL of task examples")
         elif not Path(craft.fewshots).is_file():
             problems.append(f"synth.craft.fewshots: {craft.fewshots}: no such file")
+        else:  # read now: a bad few-shot file would otherwise fail after clean and dedup
+            from data_engine.synth.craft import fewshot_pairs, load_fewshots
+
+            try:
+                fewshot_pairs(load_fewshots(craft.fewshots))
+            except ConfigError as exc:
+                problems += [f"synth.craft.fewshots: {craft.fewshots}: {p}"
+                             for p in exc.problems]
         if problems:
             raise ConfigError(problems, origin)
     known = {item.path for item in config.inputs}

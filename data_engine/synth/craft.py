@@ -421,16 +421,27 @@ def _norm(text: str) -> str:
     return " ".join(text.split()).lower()
 
 
+def precheck(fewshots: list[dict[str, Any]], corpus_paths: list[str], config: CraftConfig,
+             clean: CleanConfig) -> list[FewShot]:
+    """What CRAFT can tell before a model loads: its settings, the few-shots (as pairs) and
+    that each corpus path exists. Raises ConfigError or InputError."""
+    problems = config.check() + clean.check()
+    if problems:
+        raise ConfigError(problems, "craft")
+    pairs = fewshot_pairs(fewshots)
+    for raw in corpus_paths:
+        if not Path(raw).exists():
+            raise InputError(raw, "no such file or folder", "craft.corpus")
+    return pairs
+
+
 def craft(fewshots: list[dict[str, Any]], corpus_paths: list[str], engine: Engine,
           config: CraftConfig, clean: CleanConfig, seed: int) -> list[dict[str, Any]]:
     """CRAFT end to end: one row per retrieved document, kept or with its `_reason`.
 
     ``fewshots`` are rows with `messages` (`load_fewshots`); the caller resolves
     `config.fewshots` and `config.corpus` into them and ``corpus_paths``."""
-    problems = config.check() + clean.check()
-    if problems:
-        raise ConfigError(problems, "craft")
-    pairs = fewshot_pairs(fewshots)
+    pairs = precheck(fewshots, corpus_paths, config, clean)
     corpus = load_corpus(corpus_paths, config.text_column, config.id_column)
     docs = retrieve(pairs, corpus, config)
     if not docs:

@@ -203,6 +203,10 @@ def run_generator(name: str, config: DataConfig, engine_factory: Callable[[], An
     if name not in GENERATORS:
         raise ConfigError([f"generator: {name!r} is not one of {', '.join(GENERATORS)}"])
     settings = block(config, name)
+    if name == "craft":  # bad few-shots or a missing corpus fail before the model loads
+        from data_engine.synth.craft import precheck
+
+        precheck(fewshots or [], corpus or [], settings, config.clean)
     built = engine_factory()
     engine = Counted(built, progress)
     try:

@@ -201,6 +201,33 @@ def test_config_reports_every_problem():
         from_dict(CraftConfig, {"per_exmple_k": 3})
 
 
+def test_bad_fewshots_fail_before_a_model_loads(tmp_path):
+    from data_engine.config import DataConfig, load_config
+    from data_engine.synth.runner import run_generator
+
+    three = load_fewshots(FEWSHOTS)[:3]
+
+    def no_model():
+        raise AssertionError("the model was loaded before the few-shots were checked")
+
+    config = DataConfig()
+    config.synth.craft = CraftConfig(corpus=[str(CORPUS)])
+    with pytest.raises(ConfigError, match="3 given, CRAFT needs at least 8"):
+        run_generator("craft", config, no_model, fewshots=three, corpus=[str(CORPUS)])
+    with pytest.raises(InputError, match="no such file"):
+        run_generator("craft", config, no_model, fewshots=load_fewshots(FEWSHOTS),
+                      corpus=[str(tmp_path / "missing.jsonl")])
+    # `data run` reads the file when it loads its config, before ingest, clean and dedup
+    shots = tmp_path / "shots.jsonl"
+    shots.write_text("".join(json.dumps(r) + "\n" for r in three), encoding="utf-8")
+    run = tmp_path / "run.yaml"
+    run.write_text(f"inputs: [{{path: {CORPUS}}}]\n"
+                   f"synth: {{craft: {{fewshots: {shots}, corpus: [{CORPUS}]}}}}\n")
+    with pytest.raises(ConfigError, match=r"synth.craft.fewshots: .*shots.jsonl: fewshots: 3 "
+                                          "given"):
+        load_config(run)
+
+
 # ---------------------------------------------------------------- augmentation
 
 
