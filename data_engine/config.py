@@ -335,6 +335,15 @@ class EngineConfig:
                        "float32 | bfloat16 | float16.", "auto")
     replicas: int = _help("vllm: engine actors, one GPU each.", 1)
     max_model_len: int = _help("vllm: context length to reserve KV cache for.", 4096)
+    chat_template_kwargs: dict[str, Any] = _help(
+        "Arguments for the model's chat template: transformers passes them to "
+        "apply_chat_template, vllm to Ray's chat-template stage, openai sends them as the "
+        "request's `chat_template_kwargs` (vLLM, SGLang, llama.cpp and transformers serve read "
+        "it; a server that rejects the field gets requests without it, with one warning). The "
+        "default turns Qwen3's thinking off, so a judge's score token comes first rather than "
+        "a reasoning block's; templates without the switch ignore it. transformers and vllm "
+        "keep thinking off unless these say `enable_thinking: true`.",
+        factory=lambda: {"enable_thinking": False})
 
     def check(self) -> list[str]:
         problems = []

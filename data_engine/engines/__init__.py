@@ -26,7 +26,8 @@ def build_engine(config: "EngineConfig") -> "Engine":
         from data_engine.engines.hf import TransformersEngine
 
         return TransformersEngine(resolve_model(config.model), device=config.device,
-                                  dtype=config.dtype, batch_size=config.batch_size)
+                                  dtype=config.dtype, batch_size=config.batch_size,
+                                  template_kwargs=config.chat_template_kwargs)
     if config.kind == "openai":
         from data_engine.engines.openai_engine import OpenAIEngine
 

@@ -74,11 +74,14 @@ class TransformersEngine:
     on_replies: Callable[[int], None] | None = None  # told each batch's replies (`Counted`)
 
     def __init__(self, model: str, device: str = "auto", dtype: str = "auto",
-                 batch_size: int = 16, share_prefix: bool = True):
+                 batch_size: int = 16, share_prefix: bool = True,
+                 template_kwargs: dict[str, Any] | None = None):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.model = model
+        # `engine.chat_template_kwargs`; thinking stays off unless they turn it on
+        self.template_kwargs = {"enable_thinking": False, **(template_kwargs or {})}
         self.batch_size = batch_size
         self.share_prefix = share_prefix
         self.device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" \
@@ -112,8 +115,9 @@ class TransformersEngine:
 
     def render(self, conversation: Conversation) -> str:
         """The conversation as the model's template writes it, up to the reply: with
-        thinking off (`enable_thinking=False`, Qwen3's switch; a judge's score token must come
-        first, not a reasoning block's first token, and a rewrite is not its reasoning), a
+        the template arguments (`engine.chat_template_kwargs`; by default thinking off,
+        `enable_thinking=False`, Qwen3's switch: a judge's score token must come first, not a
+        reasoning block's first token, and a rewrite is not its reasoning), a
         reasoning block the template opens anyway (DeepSeek-R1's, Qwen3.5's) closed empty,
         and a system turn folded into the first user turn for templates that refuse one
         (Gemma 2's, which raised on the judge's system prompt)."""
@@ -121,7 +125,7 @@ class TransformersEngine:
 
         try:
             text = self.tokenizer.apply_chat_template(conversation, add_generation_prompt=True,
-                                                      tokenize=False, enable_thinking=False)
+                                                      tokenize=False, **self.template_kwargs)
         except TemplateError as exc:
             if not (conversation and conversation[0]["role"] == "system"
                     and "system" in str(exc).lower()):

@@ -9,6 +9,7 @@ never dropped and one row's failure never raises.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import random
@@ -23,6 +24,7 @@ from data_engine.engines.base import (Conversation, EngineError, Generation, Sam
 if TYPE_CHECKING:
     from data_engine.config import EngineConfig
 
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 I = TypeVar("I")
 
@@ -96,10 +98,15 @@ class OpenAIEngine:
 
     def __init__(self, model: str, base_url: str, api_key: str | None = None,
                  max_concurrency: int = 8, timeout_s: float = 60.0, max_retries: int = 3,
-                 backoff_base_s: float = 0.5, backoff_max_s: float = 30.0):
+                 backoff_base_s: float = 0.5, backoff_max_s: float = 30.0,
+                 template_kwargs: dict[str, Any] | None = None):
         import openai
 
         self.model = model
+        # Sent as `chat_template_kwargs` (a vLLM extension most local servers share) until a
+        # server rejects the field; None: not sent.
+        self.template_kwargs = dict(template_kwargs) if template_kwargs else None
+        self._lock = threading.Lock()
         self.base_url = base_url
         self.max_retries = max_retries
         self.backoff_base_s = backoff_base_s
@@ -122,7 +129,7 @@ class OpenAIEngine:
                               "engine.base_url")
         return cls(config.model, config.base_url, api_key=os.environ.get(config.api_key_env),
                    max_concurrency=config.max_concurrency, timeout_s=config.timeout_s,
-                   max_retries=config.max_retries)
+                   max_retries=config.max_retries, template_kwargs=config.chat_template_kwargs)
 
     def _backoff(self, attempt: int) -> float:
         """Equal jitter: half the exponential delay fixed, half random, so clients that
@@ -151,8 +158,27 @@ class OpenAIEngine:
             attempt += 1
 
     def _chat(self, conversation: Conversation, **kwargs: Any) -> Any:
-        return self._with_retries(lambda: self.client.chat.completions.create(
-            model=self.model, messages=conversation, **kwargs))
+        def call() -> Any:
+            sent = self.template_kwargs
+            extra = {"chat_template_kwargs": sent} if sent else None
+            return self.client.chat.completions.create(
+                model=self.model, messages=conversation, extra_body=extra, **kwargs)
+
+        try:
+            return self._with_retries(call)
+        except RequestFailed as failed:
+            if not (failed.code == "bad_request" and self.template_kwargs
+                    and "chat_template_kwargs" in failed.message):
+                raise
+        # A server that takes only OpenAI's own fields (a hosted API) refuses the extension:
+        # the rest of the run goes without it.
+        with self._lock:
+            if self.template_kwargs:
+                log.warning("openai engine: %s rejects `chat_template_kwargs`; requests go "
+                            "without it (engine.chat_template_kwargs: {} says so up front)",
+                            self.base_url)
+                self.template_kwargs = None
+        return self._with_retries(call)
 
     def _map(self, fn: Callable[[I], T], items: list[I], on_error: Callable[[str], T]
              ) -> list[T]:

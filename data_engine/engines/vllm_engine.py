@@ -76,7 +76,8 @@ class VLLMEngine:
     supports_logprobs = True
 
     def __init__(self, model: str, batch_size: int = 16, replicas: int = 1,
-                 max_model_len: int = 4096, engine_kwargs: dict[str, Any] | None = None):
+                 max_model_len: int = 4096, engine_kwargs: dict[str, Any] | None = None,
+                 template_kwargs: dict[str, Any] | None = None):
         require_vllm()
         try:
             from ray.data.llm import build_processor, vLLMEngineProcessorConfig
@@ -97,7 +98,9 @@ class VLLMEngine:
             # re-decode the stop string's tokens back into the text.
             detokenize_stage=False,
         )
-        self.processor = build_processor(config, postprocess=output_row)
+        # `engine.chat_template_kwargs`, for Ray's chat-template stage
+        self.processor = build_processor(config, postprocess=output_row, builder_kwargs={
+            "chat_template_kwargs": {"enable_thinking": False, **(template_kwargs or {})}})
 
     @classmethod
     def from_config(cls, config: "EngineConfig") -> "VLLMEngine":
@@ -105,7 +108,8 @@ class VLLMEngine:
 
         require_vllm()  # before resolve_model, which may convert the default model
         return cls(resolve_model(config.model), batch_size=config.batch_size,
-                   replicas=config.replicas, max_model_len=config.max_model_len)
+                   replicas=config.replicas, max_model_len=config.max_model_len,
+                   template_kwargs=config.chat_template_kwargs)
 
     def _run(self, conversations: list[Conversation], sampling: dict[str, Any]
              ) -> list[dict[str, Any] | None]:

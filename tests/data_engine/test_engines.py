@@ -281,6 +281,37 @@ def test_server_rejecting_logprobs_turns_scoring_off():
     assert server.requests == seen == 1  # known unsupported: no more requests spent on it
 
 
+def test_chat_template_kwargs_are_sent_until_a_server_rejects_the_field(caplog):
+    """Most local servers read `chat_template_kwargs` (thinking off by default); a hosted API
+    that takes only OpenAI's fields answers 400, and the run goes on without them."""
+    ok = lambda n, body: (200, completion("ok"), 0.0)
+    with ScriptedServer(ok) as server:
+        engine = engine_for(server.url, template_kwargs={"enable_thinking": False})
+        engine.generate([user("a"), user("b")], GREEDY)
+        engine.close()
+        plain = engine_for(server.url)  # none given: none sent
+        plain.generate([user("c")], GREEDY)
+        plain.close()
+    assert [b.get("chat_template_kwargs") for b in server.bodies] == \
+        [{"enable_thinking": False}] * 2 + [None]
+
+    def strict(n, body):
+        if "chat_template_kwargs" in body:
+            return 400, error_body("Unrecognized request argument supplied: "
+                                   "chat_template_kwargs"), 0.0
+        return 200, completion("ok"), 0.0
+
+    with ScriptedServer(strict) as server, caplog.at_level("WARNING"):
+        engine = engine_for(server.url, template_kwargs={"enable_thinking": False},
+                            max_concurrency=1)
+        first = engine.generate([user("a")], GREEDY)
+        rest = engine.generate([user("b"), user("c")], GREEDY)
+        engine.close()
+    assert [g.text for g in first + rest] == ["ok"] * 3
+    assert ["chat_template_kwargs" in b for b in server.bodies] == [True, False, False, False]
+    assert sum("rejects `chat_template_kwargs`" in r.getMessage() for r in caplog.records) == 1
+
+
 def test_pure_helpers():
     assert cut_at_stop("a, b. c", (".", ",")) == ("a", True)
     assert cut_at_stop("abc", ("x", "")) == ("abc", False)
@@ -394,6 +425,20 @@ def test_served_model_length_and_stop_strings(served_engine):
     assert cut[0].finish_reason == "stop"
 
 
+def _with_template(model_dir, template: str, tmp_path_factory) -> Path:
+    """A folder serving ``model_dir``'s weights (linked) with another chat template."""
+    from transformers import AutoTokenizer
+
+    folder = tmp_path_factory.mktemp("smollm2-template")
+    for item in Path(model_dir).iterdir():
+        if not item.name.startswith(("tokenizer", "special_tokens", "chat_template")):
+            (folder / item.name).symlink_to(item)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer.chat_template = template
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
 def test_tools_reach_the_served_prompt(smollm2_dir, tmp_path_factory):
     """A row's tools go with its request (tool_choice none: a text reply, and no tool parser
     needed on vLLM), so the server renders them into the prompt as training did: SmolLM2
@@ -403,17 +448,11 @@ def test_tools_reach_the_served_prompt(smollm2_dir, tmp_path_factory):
 
     from trainer_service.recipe.chat_format import resolve_template
 
-    folder = tmp_path_factory.mktemp("smollm2-tools")
-    for item in Path(smollm2_dir).iterdir():  # the weights linked, the tokenizer rewritten
-        if not item.name.startswith(("tokenizer", "special_tokens", "chat_template")):
-            (folder / item.name).symlink_to(item)
-    tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
-    tokenizer.chat_template = resolve_template(tokenizer, "auto").text
-    tokenizer.save_pretrained(folder)
+    template = resolve_template(AutoTokenizer.from_pretrained(smollm2_dir), "auto").text
     tools = [{"type": "function", "function": {
         "name": "get_weather", "description": "Today's weather in a city.",
         "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]
-    served = _serve(folder, tmp_path_factory)
+    served = _serve(_with_template(smollm2_dir, template, tmp_path_factory), tmp_path_factory)
     url, model = next(served)
     try:
         engine = OpenAIEngine(model, url, max_retries=1, **FAST)
@@ -424,6 +463,29 @@ def test_tools_reach_the_served_prompt(smollm2_dir, tmp_path_factory):
         served.close()
     assert plain.ok and offered.ok, (plain, offered)
     assert offered.prompt_tokens > plain.prompt_tokens + 40  # the tools block
+
+
+def test_template_kwargs_reach_the_served_template(smollm2_dir, tmp_path_factory):
+    """`engine.chat_template_kwargs` (by default thinking off) reach `transformers serve`'s
+    template: a Qwen3-style switch closes the reasoning block, so a judge's score token is
+    the reply's first. Without them the prompt ends where the model would start thinking."""
+    served = _serve(_with_template(smollm2_dir, QWEN3_SWITCH_TEMPLATE, tmp_path_factory),
+                    tmp_path_factory)
+    url, model = next(served)
+    try:
+        off = build_engine(EngineConfig(kind="openai", model=model, base_url=url,
+                                        max_retries=1))
+        plain = OpenAIEngine(model, url, max_retries=1, **FAST)  # what the evaluator sends
+        params = SamplingParams(temperature=0.0, max_tokens=1)
+        closed, opened = off.generate([PROMPTS[0]], params)[0], \
+            plain.generate([PROMPTS[0]], params)[0]
+        off.close()
+        plain.close()
+    finally:
+        served.close()
+    assert closed.ok and opened.ok, (closed, opened)
+    assert off.template_kwargs == {"enable_thinking": False}  # accepted, so still sent
+    assert closed.prompt_tokens > opened.prompt_tokens  # "<think>\n\n</think>\n\n"
 
 
 def test_served_model_wrong_name_is_a_bad_request_not_retried(served_smollm2):
@@ -580,6 +642,8 @@ def test_hf_engine_renders_for_judging_templates_with_no_system_role_or_forced_t
         assert engine.render(conv[1:]).endswith("assistant\n<think>\n\n</think>\n\n")
         engine.tokenizer.chat_template = QWEN3_SWITCH_TEMPLATE  # thinking off, as asked
         assert engine.render(conv[1:]).endswith("assistant\n<think>\n\n</think>\n\n")
+        engine.template_kwargs = {"enable_thinking": True}  # engine.chat_template_kwargs
+        assert engine.render(conv[1:]).endswith("assistant\n")
         # a template that fails otherwise fails that row, not the call
         engine.tokenizer.chat_template = "{{ raise_exception('broken template') }}"
         with pytest.raises(TemplateError):
@@ -589,6 +653,7 @@ def test_hf_engine_renders_for_judging_templates_with_no_system_role_or_forced_t
         assert engine.next_token_scores([conv], SCALE)[0].error.startswith("template_error")
     finally:
         engine.tokenizer.chat_template = own
+        engine.template_kwargs = {"enable_thinking": False}
 
 
 # --- vllm engine -----------------------------------------------------------------------------
