@@ -95,6 +95,9 @@ class RepetitionConfig:
     max_char_run: int = _help(
         "Longest allowed run of one character (digits, spaces and rule characters like -=_*~#. "
         "are exempt). 4 flags `」」」」」` while keeping `……` and `！！！`.", 4)
+    max_expressive_run: int = _help(
+        "Longest allowed run of a laughter, music or elongation mark (ｗ 哈 ㅋ ♪ 〜 ー っ): "
+        "`ｗｗｗｗｗ` and `すごーーーーい` are writing; a model's loop runs on.", 12)
     max_word_repeats: int = _help(
         "Most times a word or short phrase may repeat back to back (`the the the` is 3).", 2)
     max_phrase_tokens: int = _help(
@@ -108,6 +111,8 @@ class RepetitionConfig:
         problems = []
         if self.max_char_run < 1:
             problems.append("max_char_run: must be >= 1")
+        if self.max_expressive_run < self.max_char_run:
+            problems.append("max_expressive_run: must be >= max_char_run")
         if self.max_word_repeats < 1:
             problems.append("max_word_repeats: must be >= 1")
         if self.max_phrase_tokens < 1:
@@ -124,11 +129,16 @@ class TagListConfig:
         "A keyword is at most this long; longer segments read as text.", 12)
     min_strong_segments: int = _help("Segments split by ｜ or | that make a tag list.", 3)
     min_weak_segments: int = _help("Segments split by 、 ・ / , ， that make a tag list "
-                                   "(4, so `京都・大阪・神戸を巡る旅` stays a title).", 4)
+                                   "(4: `Jupiter, Saturn, Uranus` is an answer); also "
+                                   "CJK keywords split by spaces or one a line.", 4)
+    min_cjk_segments: int = _help(
+        "CJK keywords split by 、 ・ , ， that make a tag list (3: `東京、経済、株価`; "
+        "`京都・大阪・神戸を巡る旅` stays a title, its last segment has a particle).", 3)
 
     def check(self) -> list[str]:
         problems = []
-        for name in ("max_chars", "max_segment_chars", "min_strong_segments", "min_weak_segments"):
+        for name in ("max_chars", "max_segment_chars", "min_strong_segments", "min_weak_segments",
+                     "min_cjk_segments"):
             if getattr(self, name) < 1:
                 problems.append(f"{name}: must be >= 1")
         return problems

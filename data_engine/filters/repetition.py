@@ -8,9 +8,17 @@ A reply is degenerate when
   table characters `-=_*~#.,…・─|:+`, closing `)]}>` and masking or rating marks
   `○〇●◯◎□■△▲☆★×＊` are exempt: numbers, tables, code and redacted names legitimately
   repeat them; phrases made only of these and digits are exempt from the phrase rule, so
-  `1,000,000,000` and `[0, 0, 0, 1]` are no loops),
+  `1,000,000,000` and `[0, 0, 0, 1]` are no loops). Laughter, music and elongation marks
+  (`ｗ 哈 ㅋ ♪ 〜 ー っ`) may run to `max_expressive_run`: `ｗｗｗｗｗ`, `哈哈哈哈哈`,
+  `すごーーーーい` are writing, not loops (`！` keeps the plain limit: `タイトル！！！！！！`
+  is where a title turns into a loop);
 - a phrase of up to `max_phrase_tokens` tokens repeats more than `max_word_repeats` times
-  back to back (`the the the`, `ですですです`), or
+  back to back (`the the the`, `ですですですです`); a phrase of two kana, kanji or hangul,
+  or two and a punctuation mark (`はい`, `まだ`, `ドン`, `なぜ？`), may repeat once more, as
+  onomatopoeia and emphasis do (`はいはいはい`, `ドンドンドン`), while a longer one
+  (`まとめまとめまとめ`) may not;
+- the reply is three or more punctuation marks and nothing else (`」」」」`, `...`): no
+  content at all; or
 - a reply of 200+ bytes compresses (zlib) more than `max_compression_ratio` times: long
   loops of any period. Natural text compresses 1.5-3x, code up to ~4x, loops 10x and more.
 
@@ -24,6 +32,7 @@ from __future__ import annotations
 
 import operator
 import re
+import unicodedata
 import zlib
 from functools import lru_cache
 
@@ -37,6 +46,16 @@ TOKEN = re.compile(r"[A-Za-z0-9]+|[^\sA-Za-z0-9]")
 # Digits, whitespace and the characters that numbers (`1,000,000`), tables, rules and code
 # repeat legitimately, and the marks that mask or rate (`被告人○○○○`, `★★★★★`).
 _EXEMPT_RUN = set("0123456789-=_*~#.,…・─━|:+)]}> \t\n\u3000○〇●◯◎□■△▲☆★×＊")
+# Characters writers repeat for laughter, emphasis and elongation (`ｗ` is `w` once widths
+# are folded): runs up to `max_expressive_run`.
+_EXPRESSIVE = set("wW哈呵嘿嘻笑ㅋㅎㅠㅜ♪♫♡♥〜～ーっッ")
+# Kana, kanji and hangul: a phrase of two of them (and a punctuation mark) may repeat one
+# time more (`はいはいはい`, `なぜ？なぜ？なぜ？`).
+_CJK_LETTER = re.compile("[\u3041-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+                         "\uac00-\ud7af々〆]")
+# Longest text the punctuation-only rule looks at: longer all-punctuation text loops, and
+# the run, phrase and compression rules catch it.
+_MAX_PUNCTUATION_ONLY = 64
 _MIN_BYTES_FOR_RATIO = 200
 _HASH_BASE = np.uint64(0x9E3779B97F4A7C15)  # odd: powers never collapse to 0 mod 2**64
 _ALNUM_TAG = np.uint64(1 << 63)  # keeps word hashes apart from single-character tokens
@@ -44,14 +63,26 @@ _SEPARATOR_TAG = np.uint64(1 << 62)  # and both apart from the ids between texts
 
 
 @lru_cache(maxsize=8)
-def _run_longer_than(limit: int) -> re.Pattern:
-    exempt = re.escape("".join(sorted(_EXEMPT_RUN)))
-    return re.compile(f"([^{exempt}])\\1{{{limit},}}")
+def _run_longer_than(limit: int, expressive_limit: int) -> re.Pattern:
+    exempt = re.escape("".join(sorted(_EXEMPT_RUN | _EXPRESSIVE)))
+    expressive = re.escape("".join(sorted(_EXPRESSIVE)))
+    return re.compile(f"([^{exempt}])\\1{{{limit},}}|([{expressive}])\\2{{{expressive_limit},}}")
 
 
-def has_char_run(text: str, limit: int) -> bool:
-    """True when one non-exempt character repeats more than ``limit`` times in a row."""
-    return _run_longer_than(limit).search(text) is not None
+def has_char_run(text: str, limit: int, expressive_limit: int | None = None) -> bool:
+    """True when one non-exempt character repeats more than ``limit`` times in a row (an
+    expressive one more than ``expressive_limit``, by default three times ``limit``)."""
+    expressive_limit = 3 * limit if expressive_limit is None else expressive_limit
+    return _run_longer_than(limit, expressive_limit).search(text) is not None
+
+
+def only_punctuation(text: str) -> bool:
+    """True when ``text`` is three or more punctuation marks (and whitespace), nothing
+    else: `」」」」`, `...`, `！？！`."""
+    if len(text) > _MAX_PUNCTUATION_ONLY:
+        return False
+    marks = [c for c in text if not c.isspace()]
+    return len(marks) >= 3 and all(unicodedata.category(c)[0] == "P" for c in marks)
 
 
 def repeated_phrase(tokens: list[str], max_len: int, max_repeats: int) -> bool:
@@ -70,10 +101,19 @@ def repeated_phrase(tokens: list[str], max_len: int, max_repeats: int) -> bool:
         run = b"\x01" * (size * max_repeats)
         start = same.find(run)
         while start >= 0:
-            if _counts_as_phrase(tokens[start:start + size]):
+            phrase = tokens[start:start + size]
+            if _counts_as_phrase(phrase) and (
+                    not _short_cjk(phrase)
+                    or same.startswith(b"\x01" * size, start + size * max_repeats)):
                 return True
             start = same.find(run, start + 1)
     return False
+
+
+def _short_cjk(phrase: list[str]) -> bool:
+    if len(phrase) == 3 and len(phrase[2]) == 1 and unicodedata.category(phrase[2])[0] == "P":
+        phrase = phrase[:2]
+    return len(phrase) == 2 and all(_CJK_LETTER.fullmatch(t) for t in phrase)
 
 
 def _counts_as_phrase(phrase: list[str]) -> bool:
@@ -83,8 +123,9 @@ def _counts_as_phrase(phrase: list[str]) -> bool:
 
 
 def is_degenerate(text: str, config: RepetitionConfig) -> bool:
-    """True when ``text`` loops by any of the module's three rules."""
-    if has_char_run(text, config.max_char_run):
+    """True when ``text`` loops by any of the module's rules."""
+    if has_char_run(text, config.max_char_run, config.max_expressive_run) \
+            or only_punctuation(text.strip()):
         return True
     tokens = TOKEN.findall(text.lower())
     if repeated_phrase(tokens, config.max_phrase_tokens, config.max_word_repeats):
@@ -96,7 +137,10 @@ def is_degenerate(text: str, config: RepetitionConfig) -> bool:
 
 def degenerate_flags(texts: list[str], config: RepetitionConfig) -> np.ndarray:
     """``is_degenerate`` of each text, computed for the batch at once (same answers)."""
-    flags = _char_run_flags(texts, config.max_char_run)
+    flags = _char_run_flags(texts, config.max_char_run, config.max_expressive_run)
+    for i in np.flatnonzero(~flags).tolist():
+        if len(texts[i]) <= _MAX_PUNCTUATION_ONLY + 8:  # the few texts short enough
+            flags[i] = only_punctuation(texts[i].strip())
     candidates = _phrase_candidates([t.lower() for t in texts], config.max_phrase_tokens,
                                     config.max_word_repeats) & ~flags
     for i in np.flatnonzero(candidates):
@@ -119,21 +163,27 @@ def _codes(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
     return codes, starts
 
 
-def _char_run_flags(texts: list[str], limit: int) -> np.ndarray:
-    """``has_char_run(text, limit)`` of each text, exactly: the pattern matches where a
-    non-exempt character starts a run of more than ``limit`` equal characters. No run
-    crosses from one text into the next: the "\\n" between them is exempt."""
-    if limit < 1:
-        return np.array([has_char_run(t, limit) for t in texts], dtype=bool)
+def _char_run_flags(texts: list[str], limit: int, expressive_limit: int) -> np.ndarray:
+    """``has_char_run(text, limit, expressive_limit)`` of each text, exactly: the pattern
+    matches where a non-exempt character starts a run of more than ``limit`` equal
+    characters (an expressive one, more than ``expressive_limit``). No run crosses from one
+    text into the next: the "\\n" between them is exempt."""
+    if limit < 1 or expressive_limit < limit:
+        return np.array([has_char_run(t, limit, expressive_limit) for t in texts], dtype=bool)
     flags = np.zeros(len(texts), dtype=bool)
     codes, starts = _codes(texts)
     same = (codes[1:] == codes[:-1]).tobytes()  # same[i]: codes[i + 1] == codes[i]
     run = b"\x01" * limit
     exempt = set(map(ord, _EXEMPT_RUN))
+    expressive = set(map(ord, _EXPRESSIVE))
     pos = same.find(run)  # codes[pos:pos + limit + 1] are one character
     while pos >= 0:
-        if int(codes[pos]) in exempt:
+        end = -1
+        if int(codes[pos]) in exempt or int(codes[pos]) in expressive:
             end = same.find(b"\x00", pos)  # this run's last character
+            length = (end if end >= 0 else len(same)) - pos + 1
+        if int(codes[pos]) in exempt or (int(codes[pos]) in expressive
+                                         and length <= expressive_limit):
             pos = same.find(run, end) if end >= 0 else -1
             continue
         text = int(np.searchsorted(starts, pos, side="right")) - 1

@@ -2,16 +2,25 @@
 
 28% of a real title-generation dataset were rows like `自己紹介｜子育て｜ワーママ｜30代`;
 the model learned to emit separators and never a title. A reply is a tag list when it is
-one short line and either
-- two or more hashtags make up most of it (`#旅行 #京都 #紅葉`), or
-- strong separators (`｜`, `|`) cut it into `min_strong_segments`+ short segments, or
-- weak separators (`、 ・ / , ，`) cut it into `min_weak_segments`+ short segments,
-where every segment is a keyword: at most `max_segment_chars` long and without sentence
-punctuation. `京都・大阪・神戸を巡る旅` has three segments and stays a title; a list of
-numbers (`1, 1, 2, 3, 5, 8, 13`) is an answer, and a slash between digits (`1/2 + 1/4`) is
-no separator. A correct answer that is a list of names (`Jupiter, Saturn, Uranus,
-Neptune` to "Name the gas giants") reads as a tag list too: where a source's task asks for
-lists, disable the filter (`clean.disable: [tag_list]`).
+short (`max_chars`) and
+- two or more hashtags make up most of it (`#旅行 #京都 #紅葉`, on one line or several), or
+- strong separators (`｜`, `|`) cut it into `min_strong_segments`+ keywords, or
+- weak separators (`、 ・ / , ，`) cut it into `min_weak_segments`+ keywords, or
+- it is written in CJK, and `、 ・ , ，` cut it into `min_cjk_segments`+ keywords
+  (`東京、経済、株価`), or spaces (`東京　経済　株価　日経平均`) or line breaks (one keyword a
+  line) into `min_weak_segments`+, or
+- it is `min_strong_segments`+ bracketed keywords (`【東京】【経済】【株価】`), or
+- a label says so (`タグ：`, `Keywords:`) and two or more keywords follow it.
+A pair of quotes around the whole reply (`「東京、経済、株価」`) and one closing `。` are
+looked through. A keyword is at most `max_segment_chars` long, without sentence punctuation,
+and without a particle that starts a predicate (`福岡で実証実験開始`, `ホンダが増益`,
+`神戸を巡る旅`; a noun phrase with `の`, `花のある暮らし`, is a keyword):
+`東京・大阪・名古屋・福岡で実証実験開始` and `京都・大阪・神戸を巡る旅` stay titles. A list
+of numbers (`1, 1, 2, 3, 5, 8, 13`) is an answer, a slash between digits (`1/2 + 1/4`) is no
+separator, and a numbered list (`1. 京都` a line) is no keyword list. A correct answer that
+is a list of names (`Jupiter, Saturn, Uranus, Neptune` to "Name the gas giants") reads as a
+tag list too: where a source's task asks for lists, disable the filter
+(`clean.disable: [tag_list]`).
 
 ``is_tag_list`` runs only on replies that pass its cheap necessary conditions, tested over
 the batch with Arrow (see ``_may_be_tag_list``).
@@ -27,52 +36,113 @@ import pyarrow.compute as pc
 
 from data_engine.config import CleanConfig, TagListConfig
 from data_engine.filters.base import MessageView, Reasons, per_reply, to_numpy_bool
-from data_engine.normalizers.text import python_whitespace, re2_literal
+from data_engine.normalizers.text import python_whitespace, re2_class_pattern, re2_literal
 
 _HASHTAG = re.compile(r"[#＃][^\s#＃]+")
 _STRONG = re.compile(r"\s*[｜|]\s*")
 # A slash between digits is a fraction or a date (`1/2`, `12/24`), not a separator.
 _WEAK = re.compile(r"\s*(?:[、・／,，]|(?<!\d)/|/(?!\d))\s*")
+_CJK_WEAK = re.compile(r"\s*[、・,，]\s*")
+_SPACES = re.compile(r"\s+")
 # A segment of digits and the signs around numbers: a list of only such segments is a
 # number sequence (`1, 1, 2, 3, 5, 8`), an answer, never a tag list.
 _NUMERIC = re.compile(r"[\d\s.,:%+\-−=×*/()]+")
 _SENTENCE = re.compile(r"[。．！？!?]|[.:;]\s|[.]$")
-# Every character a hashtag or a separator of _STRONG/_WEAK starts with.
-_MARKS = "#＃｜|、・/／,，"
+# Kana, kanji and hangul (with the long-vowel and repeat marks): what a CJK keyword is
+# written in, besides Latin letters and digits (`AI`, `30代`).
+_CJK = "\u3041-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af々〆"
+_CJK_CHAR = re.compile(f"[{_CJK}]")
+_CJK_WORD = re.compile(f"[{_CJK}A-Za-z0-9]+")
+# A particle between a word and more words (`福岡で実証`, `ホンダが増益`, `動きを解説`): a
+# phrase with a predicate, not a keyword. The word before it is kanji, katakana or Latin, so
+# kana inside a word (`ひとり暮らし`, `ながら`) is no particle; `を` is a particle wherever it
+# stands. `の` joins nouns into a noun phrase, which tags are (`花のある暮らし`).
+_PARTICLE = re.compile(f"[\u30a1-\u30ff\u3400-\u4dbf\u4e00-\u9fff々ーA-Za-z0-9]"
+                       f"[がにではへもと][{_CJK}]|.を[{_CJK}]")
+# Every keyword bracketed: `【東京】【経済】【株価】`, `[経済][株価][円安]`.
+_BRACKETED = re.compile(r"\s*[【\[［〔〈《]([^】\]］〕〉》]+)[】\]］〕〉》]")
+_LABEL = re.compile(r"^(?:キーワード|タグ|ハッシュタグ|key ?words?|tags?|hashtags?)\s*[:：]\s*",
+                    re.IGNORECASE)
+# C preprocessor lines are code, not hashtags (`#define A 1`).
+_DIRECTIVES = {"include", "define", "undef", "if", "ifdef", "ifndef", "else", "elif", "endif",
+               "pragma", "error"}
+_QUOTES = {"「": "」", "『": "』", '"': '"', "“": "”", "'": "'"}
+# Every character a hashtag or a separator of _STRONG/_WEAK/_BRACKETED starts with.
+_MARKS = "#＃｜|、・/／,，【[［〔〈《"
+
+
+def _unwrapped(text: str) -> tuple[str, bool]:
+    """``text`` without a tag label (and whether it had one), quotes around the whole of
+    it, and one closing `。`."""
+    label = _LABEL.match(text)
+    if label:
+        text = text[label.end():].strip()
+    if len(text) > 2 and _QUOTES.get(text[0]) == text[-1] and text[-1] not in text[1:-1]:
+        text = text[1:-1].strip()
+    if text.endswith("。"):
+        text = text[:-1].rstrip()
+    return text, label is not None
 
 
 def is_tag_list(text: str, config: TagListConfig) -> bool:
     """True when ``text`` reads as a keyword list (see the module docstring)."""
     text = text.strip()
-    if not text or "\n" in text or len(text) > config.max_chars:
+    if not text or len(text) > config.max_chars:
         return False
-    tags = _HASHTAG.findall(text)
-    if len(tags) >= 2 and sum(map(len, tags)) >= 0.6 * len(text.replace(" ", "")):
+    text, labelled = _unwrapped(text)
+    tags = [t for t in _HASHTAG.findall(text) if t[1:].lower() not in _DIRECTIVES]
+    if len(tags) >= 2 and sum(map(len, tags)) >= 0.6 * len(_SPACES.sub("", text)):
         return True
-    for pattern, needed in ((_STRONG, config.min_strong_segments),
-                            (_WEAK, config.min_weak_segments)):
+    if "\n" in text:  # one keyword a line, written in CJK
+        lines = [line.strip() for line in text.split("\n") if line.strip()]
+        return len(lines) >= config.min_weak_segments and _cjk_keywords(lines, config)
+    brackets = _BRACKETED.findall(text)
+    if len(brackets) >= config.min_strong_segments \
+            and not _BRACKETED.sub("", text).strip() \
+            and all(_is_keyword(s.strip(), config) for s in brackets):
+        return True
+    for pattern, needed, cjk in ((_STRONG, config.min_strong_segments, False),
+                                 (_WEAK, config.min_weak_segments, False),
+                                 (_CJK_WEAK, config.min_cjk_segments, True),
+                                 (_SPACES, config.min_weak_segments, True)):
         segments = [s for s in pattern.split(text) if s]
+        if labelled:
+            needed = min(needed, 2)
         if len(segments) >= needed and all(_is_keyword(s, config) for s in segments) \
-                and not all(_NUMERIC.fullmatch(s) for s in segments):
+                and not all(_NUMERIC.fullmatch(s) for s in segments) \
+                and (not cjk or _cjk_keywords(segments, config)):
             return True
     return False
 
 
 def _is_keyword(segment: str, config: TagListConfig) -> bool:
-    return len(segment) <= config.max_segment_chars and not _SENTENCE.search(segment)
+    return len(segment) <= config.max_segment_chars and not _SENTENCE.search(segment) \
+        and not _PARTICLE.search(segment)
+
+
+def _cjk_keywords(segments: list[str], config: TagListConfig) -> bool:
+    """Every segment a keyword of CJK characters (Latin letters and digits allowed), and
+    some written in CJK."""
+    return all(_CJK_WORD.fullmatch(s) and _is_keyword(s, config) for s in segments) \
+        and any(_CJK_CHAR.search(s) for s in segments)
 
 
 def _may_be_tag_list(texts: pa.Array, config: TagListConfig) -> np.ndarray:
     """Per text: ``is_tag_list`` may be true. Necessary conditions: the stripped text is
-    non-empty, one line and at most `max_chars` long; and, unless a single segment can be
-    enough, it holds a hashtag mark or a separator (without one, ``pattern.split`` leaves one
-    segment and ``_HASHTAG`` finds nothing)."""
+    non-empty and at most `max_chars` long; and, unless a single segment can be enough, it
+    holds a hashtag mark, a separator or bracket, a line break, or whitespace and a CJK
+    character (without any, every split leaves one segment and ``_HASHTAG`` finds
+    nothing)."""
     text = pc.utf8_trim(texts, python_whitespace())  # str.strip()
     length = pc.utf8_length(text)
     ok = to_numpy_bool(pc.and_(pc.greater(length, 0), pc.less_equal(length, config.max_chars)))
-    ok &= ~to_numpy_bool(pc.match_substring_regex(text, "\\n"))
-    if min(config.min_strong_segments, config.min_weak_segments) >= 2:
-        ok &= to_numpy_bool(pc.match_substring_regex(text, f"[{re2_literal(_MARKS)}]"))
+    if min(config.min_strong_segments, config.min_weak_segments,
+           config.min_cjk_segments) >= 2:
+        marks = to_numpy_bool(pc.match_substring_regex(text, f"[{re2_literal(_MARKS)}\\n]"))
+        space = f"[{re2_literal(python_whitespace())}]"  # RE2's \\s is ASCII only
+        spaced = to_numpy_bool(pc.match_substring_regex(text, space)) & to_numpy_bool(
+            pc.match_substring_regex(text, re2_class_pattern(f"[{_CJK}]")))
+        ok &= marks | spaced
     return ok
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pyarrow as pa
 import pytest
 
 from data_engine.config import CleanConfig, LengthConfig, RepetitionConfig, TagListConfig
@@ -239,6 +240,20 @@ TAGS = TagListConfig()
     "python, pandas, numpy, matplotlib",
     "数学、加法、减法、应用题",
     "#AI #machinelearning",
+    # the shapes Japanese title data writes them in
+    "東京、経済、株価",
+    "「東京、経済、株価」",
+    "経済・株価・円安",
+    "東京　経済　株価　日経平均",
+    "【東京】【経済】【株価】【円安】",
+    "［経済］［株価］［円安］",
+    "キーワード: 半導体, AI, 投資, 東京",
+    "タグ：東京、経済、株価、円安",
+    "#東京\n#経済\n#株価",
+    "東京\n経済\n株価\n円安",
+    "東京、経済、株価、円安。",
+    "Keywords: AI, robotics",
+    "ガーデニング・花のある暮らし・多肉植物",  # a noun phrase with の is a keyword
 ])
 def test_tag_list_drops(text):
     assert is_tag_list(text, TAGS)
@@ -256,9 +271,28 @@ def test_tag_list_drops(text):
     "1/2 + 1/4 = 3/4",  # a slash between digits is no separator
     "2024/12/07",
     "3.5%, 4.1%, 2.0%, -1.2%",
+    # headlines: the last segment holds a particle and a predicate
+    "東京・大阪・名古屋・福岡で実証実験開始",
+    "ソニー、任天堂、トヨタ、ホンダが増益",
+    "株価・為替・金利・原油の動きを解説",
+    "大谷翔平　50本塁打　達成",  # three spaced parts: a headline's style
+    "古池や\n蛙飛び込む\n水の音",
+    "「走る・泳ぐ・漕ぐ」トライアスロン入門",
+    "#define A 1\n#define B 2",  # preprocessor lines are code
+    "Red, green, blue",
 ])
 def test_tag_list_keeps_text(text):
     assert not is_tag_list(text, TAGS)
+
+
+def test_tag_list_prefilter_never_hides_a_tag_list():
+    from data_engine.filters.tag_list import _may_be_tag_list
+
+    texts = ["東京　経済　株価　日経平均", "東京\n経済\n株価\n円安", "【東京】【経済】【株価】",
+             "AI 2 X東京X 3 4", "plain text", "", "  "]
+    may = _may_be_tag_list(pa.array(texts), TAGS).tolist()
+    assert all(may[i] for i, t in enumerate(texts) if is_tag_list(t, TAGS))
+    assert may[4:] == [False, False, False]
 
 
 # degenerate_repetition ---------------------------------------------------------------------
@@ -276,6 +310,13 @@ REP = RepetitionConfig()
     "I think so. " * 30,
     "答案是" + "八" * 9,
     "a, a, a, a, a",
+    "」」」」",  # the failed model's reply, in full: punctuation and nothing else
+    "...",
+    "w" * 13,  # a laughter mark past max_expressive_run
+    "速報！！！！！！",  # `！` keeps the plain limit
+    "はいはいはいはい",  # a two-character CJK phrase may repeat three times, not four
+    "節約のコツまとめまとめまとめ",  # a longer one twice
+    "いいね！いいね！いいね！",
 ])
 def test_degenerate_repetition_drops(text):
     assert is_degenerate(text, REP)
@@ -294,6 +335,16 @@ def test_degenerate_repetition_drops(text):
     "Set it to [0, 0, 0, 1].",
     "被告人○○○○○は、罪を認めた。",  # a redacted name
     "評価：★★★★★",
+    # writing in Japanese, Chinese and Korean: laughter, emphasis, onomatopoeia
+    "wwwww\u3000爆笑必至の動物動画",
+    "哈哈哈哈哈，笑死我了",
+    "ㅋㅋㅋㅋㅋ 웃긴 영상 모음",
+    "〜〜〜〜〜夏休みスペシャル〜〜〜〜〜",
+    "♪♪♪♪♪ 今週のヒット曲",
+    "はいはいはい、分かりました",
+    "まだまだまだ続く猛暑",
+    "なぜ？なぜ？なぜ？を繰り返すトヨタ式改善",
+    "?!",
 ])
 def test_degenerate_repetition_keeps_text(text):
     assert not is_degenerate(text, REP)
@@ -314,7 +365,7 @@ def test_degenerate_flags_equal_is_degenerate_on_random_texts():
 
     rng = random.Random(11)
     words = ["the", "The", "THE", "cat", "a1", "ですです", "」", "八", "…", "-", " ", "\n", "。",
-             "ab", "Ab", "x" * 30, "12"]
+             "ab", "Ab", "x" * 30, "12", "はい", "！", "w" * 5, "哈哈哈", "?", "ー" * 4]
     texts = []
     for _ in range(3000):
         phrase = [rng.choice(words) for _ in range(rng.randint(1, 4))]
