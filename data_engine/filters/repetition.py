@@ -13,10 +13,10 @@ A reply is degenerate when
   `すごーーーーい` are writing, not loops (`！` keeps the plain limit: `タイトル！！！！！！`
   is where a title turns into a loop);
 - a phrase of up to `max_phrase_tokens` tokens repeats more than `max_word_repeats` times
-  back to back (`the the the`, `ですですですです`); a phrase of two kana, kanji or hangul,
-  or two and a punctuation mark (`はい`, `まだ`, `ドン`, `なぜ？`), may repeat once more, as
-  onomatopoeia and emphasis do (`はいはいはい`, `ドンドンドン`), while a longer one
-  (`まとめまとめまとめ`) may not;
+  back to back (`the the the`, `ですですです`). Emphasis said three times (`はいはいはい`,
+  `まだまだまだ`) is dropped too: lexically it is a model's loop (`タイトルですですです`), and
+  a loop taught costs more than a few such rows; conversational data may want
+  `max_word_repeats: 3`;
 - the reply is three or more punctuation marks and nothing else (`」」」」`, `...`): no
   content at all; or
 - a reply of 200+ bytes compresses (zlib) more than `max_compression_ratio` times: long
@@ -49,10 +49,6 @@ _EXEMPT_RUN = set("0123456789-=_*~#.,…・─━|:+)]}> \t\n\u3000○〇●◯�
 # Characters writers repeat for laughter, emphasis and elongation (`ｗ` is `w` once widths
 # are folded): runs up to `max_expressive_run`.
 _EXPRESSIVE = set("wW哈呵嘿嘻笑ㅋㅎㅠㅜ♪♫♡♥〜～ーっッ")
-# Kana, kanji and hangul: a phrase of two of them (and a punctuation mark) may repeat one
-# time more (`はいはいはい`, `なぜ？なぜ？なぜ？`).
-_CJK_LETTER = re.compile("[\u3041-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
-                         "\uac00-\ud7af々〆]")
 # Longest text the punctuation-only rule looks at: longer all-punctuation text loops, and
 # the run, phrase and compression rules catch it.
 _MAX_PUNCTUATION_ONLY = 64
@@ -101,19 +97,10 @@ def repeated_phrase(tokens: list[str], max_len: int, max_repeats: int) -> bool:
         run = b"\x01" * (size * max_repeats)
         start = same.find(run)
         while start >= 0:
-            phrase = tokens[start:start + size]
-            if _counts_as_phrase(phrase) and (
-                    not _short_cjk(phrase)
-                    or same.startswith(b"\x01" * size, start + size * max_repeats)):
+            if _counts_as_phrase(tokens[start:start + size]):
                 return True
             start = same.find(run, start + 1)
     return False
-
-
-def _short_cjk(phrase: list[str]) -> bool:
-    if len(phrase) == 3 and len(phrase[2]) == 1 and unicodedata.category(phrase[2])[0] == "P":
-        phrase = phrase[:2]
-    return len(phrase) == 2 and all(_CJK_LETTER.fullmatch(t) for t in phrase)
 
 
 def _counts_as_phrase(phrase: list[str]) -> bool:
