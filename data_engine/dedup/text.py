@@ -38,6 +38,12 @@ _SPACES = r"[\s\p{Z}]+"
 # Where replacing _SPACES with one space changes a string: two of them in a row, or one that
 # is not U+0020 (RE2's \s is [\t\n\f\r ]; [^ \P{Z}] is a separator other than the space).
 _ODD_SPACES = r"[\s\p{Z}]{2}|[\t\n\f\r]|[^ \P{Z}]"
+# CJK punctuation, kana, kanji and hangul (RE2 classes). In the near text a space beside one
+# of them is dropped (it carries no meaning between CJK words: `。　` and `。` are one text),
+# and the full stop and comma are folded onto the ones NFKC gives for `．，`, the forms
+# official documents use.
+_CJK = r"[\x{3000}-\x{30ff}\x{3400}-\x{4dbf}\x{4e00}-\x{9fff}\x{f900}-\x{faff}\x{ac00}-\x{d7af}]"
+_CJK_MARKS = {"。": ".", "、": ","}
 # `_nfkc_may_change` checks code points below this one by one and takes all from it on.
 _PLANE_2 = 0x20000
 # Every UTF-8 byte from 0xC0 but the lead bytes of the CJK and Hangul blocks U+3000-U+9FFF
@@ -106,6 +112,23 @@ def _canonical(values: pa.Array) -> pa.Array:
     text = _where(text, to_numpy_bool(pc.match_substring_regex(text, _ODD_SPACES)),
                   lambda some: pc.replace_substring_regex(some, _SPACES, " "))
     return pc.utf8_trim(text, " ")
+
+
+def _cjk_folded(values: pa.Array) -> pa.Array:
+    """The near text's forms of CJK text: no space beside a CJK character, `。、` as `.,`
+    (run on the strings with a CJK character; the others are left as they are)."""
+    if not len(values):
+        return values
+    cjk = to_numpy_bool(pc.match_substring_regex(values, _CJK))
+
+    def fold(some: pa.Array) -> pa.Array:
+        some = pc.replace_substring_regex(some, f" ({_CJK})", "\\1")
+        some = pc.replace_substring_regex(some, f"({_CJK}) ", "\\1")
+        for mark, folded in _CJK_MARKS.items():
+            some = pc.replace_substring(some, mark, folded)
+        return some
+
+    return _where(values, cjk, fold)
 
 
 def _lower(values: pa.Array) -> pa.Array:
@@ -237,8 +260,8 @@ def batch_texts(messages: pa.ListArray | pa.ChunkedArray) -> BatchTexts:
     values, offsets = list_offsets(messages)
     offsets = offsets.astype(np.int32)
     content, tools, exact_turn = _turn_texts(values)
-    near_turn = _lower(pc.if_else(pc.is_valid(tools),
-                                  pc.binary_join_element_wise(content, tools, " "), content))
+    near_turn = _cjk_folded(_lower(pc.if_else(
+        pc.is_valid(tools), pc.binary_join_element_wise(content, tools, " "), content)))
     # A system prompt is most often one template shared by every row of a source: in the
     # near text it would outweigh the turns that differ (a shared 1.4 kB prompt put 100
     # unrelated question/answer rows at Jaccard 0.9), so it is left out, as from the prompt

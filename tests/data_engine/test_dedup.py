@@ -210,6 +210,24 @@ def test_a_shared_system_prompt_does_not_make_rows_near_duplicates():
     assert near_text(rows[0]) == near_text(rows[0][1:])
 
 
+def test_cjk_punctuation_and_spacing_variants_are_one_near_text():
+    """`。、` against the official `．，`, and a space (U+3000) beside CJK text, left the
+    same article at Jaccard 0.61-0.82 and split it across train and test."""
+    article = ("日本銀行は、政策金利を0.5%に引き上げると発表した。円相場は一時、1ドル=140円台まで"
+               "上昇した。市場では、追加の利上げを見込む声も出ている。")
+    plain = [msg("user", article), msg("assistant", "日銀、追加利上げを決定")]
+    official = [msg("user", article.replace("、", "，").replace("。", "．")),
+                msg("assistant", "日銀，追加利上げを決定")]
+    spaced = [msg("user", article.replace("。", "。\u3000")),
+              msg("assistant", "日銀、追加利上げを決定")]
+    assert near_text(official) == near_text(spaced) == near_text(plain)
+    assert exact_text(official) != exact_text(plain)  # the exact text keeps the marks
+    # English keeps its spaces; a space beside CJK text goes even next to Latin words
+    assert near_text([msg("user", "Tokyo  tower 東京 タワー")]) == "tokyo tower東京タワー"
+    _, verdict = dedup_rows([plain, official, spaced], ["a", "b", "c"])
+    assert verdict["b"][0] == verdict["c"][0] == "near_duplicate"
+
+
 # --- exact normalisation and the keep rule (unit level) ---------------------------------------
 
 
