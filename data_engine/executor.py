@@ -96,7 +96,11 @@ def ray_session(config: RayConfig, run_dir: Path) -> Iterator[RaySession]:
         try:
             ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
         except (ConnectionError, ValueError) as exc:
-            raise ClusterError(address, str(exc)) from None
+            hint = "" if os.environ.get("RAY_AUTH_MODE") else (
+                "; if the cluster uses token auth (Ray 2.60 turns it on for a new head), set "
+                "RAY_AUTH_MODE=token here as on the head, with its token in RAY_AUTH_TOKEN or "
+                "~/.ray/auth_token")
+            raise ClusterError(address, f"{exc}{hint}") from None
     else:
         os.environ.pop("RAY_ADDRESS", None)  # an embedded head, never a remote cluster
         wanted = (run_dir / ".ray").resolve()

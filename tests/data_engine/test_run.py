@@ -275,10 +275,17 @@ def test_cli_against_a_ray_cluster(tmp_path):
         (tmp_path / "in.jsonl").write_text("\n".join(
             json.dumps({"prompt": f"Question {i}?", "completion": f"Answer number {i}."})
             for i in range(40)) + "\n{bad\n")
-        proc = subprocess.run(
-            [sys.executable, "-m", "tunesmith", "data", "run", "--input", "in.jsonl", "--out", "out",
-             "--ray-address", f"127.0.0.1:{port}", "--no-progress"],
-            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        command = [sys.executable, "-m", "tunesmith", "data", "run", "--input", "in.jsonl",
+                   "--out", "out", "--ray-address", f"127.0.0.1:{port}", "--no-progress"]
+        # A driver without RAY_AUTH_MODE is refused by the token-auth head: the error says
+        # which variable to set (Ray's own says only "Failed to connect").
+        no_auth = {k: v for k, v in env.items() if k != "RAY_AUTH_MODE"}
+        refused = subprocess.run(command, cwd=tmp_path, env=no_auth, capture_output=True,
+                                 text=True, timeout=300)
+        assert refused.returncode == 3, refused.stderr[-3000:]
+        assert "set RAY_AUTH_MODE=token here as on the head" in refused.stderr
+        proc = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True,
+                              timeout=300)
         assert proc.returncode == 0, proc.stderr[-3000:]
         manifest = check_contract(tmp_path / "out")
         assert manifest["ray"]["address"] == f"127.0.0.1:{port}"
