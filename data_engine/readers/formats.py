@@ -37,7 +37,12 @@ class UnknownFormat(ValueError):
 
 
 def detect_format(row: dict[str, Any], columns: dict[str, str] | None = None) -> str:
-    """Names the shape of ``row``: messages, sharegpt, alpaca, prompt_completion or columns."""
+    """Names the shape of ``row``: messages, sharegpt, alpaca, prompt_completion or columns.
+    A ``columns`` mapping whose user and assistant columns the row has comes first: it is
+    the user's word on the shape (an Alpaca row mapped `system: instruction` was read as
+    Alpaca, the mapping ignored)."""
+    if columns and all(columns.get(k) in row for k in ("user", "assistant")):
+        return "columns"
     if isinstance(row.get("messages"), list):
         return "messages"
     if isinstance(row.get("conversations"), list):

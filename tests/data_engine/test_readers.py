@@ -183,6 +183,14 @@ def test_column_mapping():
     messages = to_messages(row, "auto", columns)
     assert turns(messages) == [("user", "Capital of Japan?"), ("assistant", "Tokyo is the capital.")]
     assert row_id(row, messages, columns) == "7"
+    # A mapping wins over a shape the row also has: an Alpaca row whose fixed instruction
+    # the user maps to the system turn (so near dedup leaves it out) is read by the mapping.
+    alpaca = {"instruction": "Write a title.", "input": "tokyo, stocks", "output": "Nikkei up"}
+    as_system = {"system": "instruction", "user": "input", "assistant": "output"}
+    assert detect_format(alpaca, as_system) == "columns"
+    assert turns(to_messages(alpaca, "auto", as_system)) == [
+        ("system", "Write a title."), ("user", "tokyo, stocks"), ("assistant", "Nikkei up")]
+    assert detect_format(alpaca, columns) == "alpaca"  # a mapping the row does not fit
 
 
 @pytest.mark.parametrize("row", [{"text": "x"}, {"question": "q", "answer": "a"},
