@@ -232,3 +232,9 @@ def test_relative_base_model_starts_at_the_spec_folder(tmp_path, monkeypatch):
                           ("default", "default")]:
         path.write_text(f"base_model: {written}\ndataset: d\n")
         assert load_spec(path).base_model == str(read), written
+    # the dataset and a template file too, without `..` left in (the service refuses any
+    # path that holds one, though this one ends inside its data root)
+    path.write_text("base_model: m\ndataset: ../data\nchat_template: ../t/chat.jinja\n")
+    spec = load_spec(path)
+    assert (spec.dataset, spec.chat_template) == (str(tmp_path / "data"),
+                                                  str(tmp_path / "t" / "chat.jinja"))

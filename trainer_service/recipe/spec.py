@@ -282,7 +282,7 @@ def resolve_relative(data: dict[str, Any], base: Path) -> None:
         value = data.get(key)
         if isinstance(value, str) and value and value not in keywords \
                 and not Path(value).is_absolute():
-            data[key] = str(base / value)
+            data[key] = os.path.normpath(base / value)  # `../data` from a configs/ folder
     model = data.get("base_model")
     if isinstance(model, str) and model and model != "default" and not Path(model).is_absolute() \
             and (model.startswith(".") or (base / model).is_dir()):
