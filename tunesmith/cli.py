@@ -224,9 +224,11 @@ def _synth(name: str, config_path: Optional[Path], engine: Optional[str], model:
     from data_engine.engines import build_engine
     from data_engine.engines.base import EngineError
     from data_engine.errors import DataEngineError
-    from data_engine.synth.runner import load_synth_config, run_generator, write_rows
+    from data_engine.synth.runner import (load_synth_config, output_paths, run_generator,
+                                          write_rows)
 
     try:
+        output_paths(out, rejected)  # a folder given as --out fails now, not after the model
         config = load_synth_config(config_path, {"kind": engine, "model": model,
                                                  "base_url": base_url})
         progress = _SynthProgress(name)
@@ -375,10 +377,12 @@ def judge(
     from data_engine.engines import build_engine
     from data_engine.engines.base import EngineError
     from data_engine.errors import DataEngineError
-    from data_engine.synth.runner import judge_rows, load_synth_config, write_rows
+    from data_engine.synth.runner import (judge_rows, load_synth_config, output_paths,
+                                          write_rows)
 
     rows = _read(input, "rows")
     try:
+        output_paths(out, rejected)  # a folder given as --out fails now, not after the model
         cfg = load_synth_config(config, {"kind": engine, "model": model, "base_url": base_url})
         judged = judge_rows(rows, cfg, lambda: build_engine(cfg.engine), threshold,
                             "all" if all_rows else None, progress=_judge_progress())

@@ -139,12 +139,16 @@ def eval_compare(
     from evaluator.compare import compare_forms
     from evaluator.data import EvalError, read_rows
 
+    if out is not None and out.is_dir():  # checked before minutes of scoring, not after
+        typer.secho(f"error: --out: {out} is a folder; name the JSON file to write", err=True,
+                    fg="red")
+        raise typer.Exit(2)
     try:
         result = compare_forms(a, b, read_rows(data, split, limit), base)
     except EvalError as exc:
         raise _bad_input(exc) from None
     text = json.dumps(result, indent=2)
+    typer.echo(text)  # on screen even if the file cannot be written
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text + "\n", encoding="utf-8")
-    typer.echo(text)

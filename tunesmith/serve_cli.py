@@ -55,7 +55,7 @@ def serve(
         "--log-file", help="The server's stdout and stderr; default: a temporary file.")
                         ] = None,
     startup_timeout: Annotated[float, typer.Option(
-        "--startup-timeout", help="Seconds to wait for the server to answer.")] = 600.0,
+        "--startup-timeout", min=1.0, help="Seconds to wait for the server to answer.")] = 600.0,
 ) -> None:
     """Serve a model behind an OpenAI-compatible API until SIGTERM or Ctrl+C; arguments
     after `--` go to the backend (`vllm serve` or evaluator.serving.hf_app)."""

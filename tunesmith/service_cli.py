@@ -56,7 +56,8 @@ def trainer_serve(
     reflection: Annotated[bool, typer.Option(
         "--reflection/--no-reflection", help="Enable gRPC server reflection.")] = False,
     drain_timeout: Annotated[float, typer.Option(
-        "--drain-timeout", help="Seconds SIGTERM waits for running jobs to checkpoint.")
+        "--drain-timeout", min=0.0,
+        help="Seconds SIGTERM waits for running jobs to checkpoint.")
                              ] = 25.0,
 ) -> None:
     """Serve TrainingService until SIGTERM, then drain (running jobs checkpoint and resume on

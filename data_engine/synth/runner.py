@@ -166,10 +166,29 @@ class Written:
     reasons: Counter = field(default_factory=Counter)
 
 
-def write_rows(rows: list[dict[str, Any]], out: Path, rejected: Path | None = None) -> Written:
-    """Kept rows to ``out``, rows with a reason to ``rejected``; both JSONL, atomically."""
+def output_paths(out: Path, rejected: Path | None = None) -> tuple[Path, Path]:
+    """The kept and rejected JSONL paths (``rejected`` defaults to `<stem>.rejected.jsonl`
+    beside ``out``), checked before any model loads: neither a folder, not one file, and
+    under a folder that is one or can be made. Raises OutputPlaceError."""
+    from data_engine.errors import OutputPlaceError
+
     out = Path(out)
     rejected = Path(rejected) if rejected else out.with_name(f"{out.stem}.rejected.jsonl")
+    for path, flag in ((out, "--out"), (rejected, "--rejected")):
+        if path.is_dir():
+            raise OutputPlaceError(str(path), "is a folder; name the JSONL file to write",
+                                   flag)
+        parent = next((p for p in path.resolve().parents if p.exists()), None)
+        if parent is not None and not parent.is_dir():
+            raise OutputPlaceError(str(path), f"{parent} is a file, not a folder", flag)
+    if out.resolve() == rejected.resolve():
+        raise OutputPlaceError(str(out), "--out and --rejected name the same file", "--rejected")
+    return out, rejected
+
+
+def write_rows(rows: list[dict[str, Any]], out: Path, rejected: Path | None = None) -> Written:
+    """Kept rows to ``out``, rows with a reason to ``rejected``; both JSONL, atomically."""
+    out, rejected = output_paths(out, rejected)
     out.parent.mkdir(parents=True, exist_ok=True)
     rejected.parent.mkdir(parents=True, exist_ok=True)
     written = Written(out, rejected)

@@ -59,6 +59,23 @@ def test_synth_evol_writes_kept_and_eliminated_rows(smollm2_dir, tmp_path):
     assert replies == asked and (replies, calls) in ((2, 1), (3, 2), (4, 2))
 
 
+def test_an_out_that_is_a_folder_fails_before_the_engine_runs(tmp_path):
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(json.dumps({"messages": [{"role": "user", "content": "Hi"},
+                                             {"role": "assistant", "content": "Hello."}]}) + "\n")
+    (tmp_path / "results").mkdir()
+    dead = ["--engine", "openai", "--base-url", "http://127.0.0.1:9/v1", "--model", "m"]
+    for command in (["judge", "--all"], ["synth", "evol"]):
+        done = tunesmith(*command, "--input", str(rows), "--out", "results", *dead,
+                         cwd=tmp_path)
+        assert done.returncode == 2, done.stderr
+        assert "--out: results: is a folder; name the JSONL file to write" in done.stderr
+    same = tunesmith("judge", "--all", "--input", str(rows), "--out", "a.jsonl", "--rejected",
+                     "a.jsonl", *dead, cwd=tmp_path)
+    assert same.returncode == 2 and "--out and --rejected name the same file" in same.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results", "rows.jsonl"]
+
+
 def test_seeds_with_tools_are_left_out_and_all_of_them_is_an_error(tmp_path):
     tools = [{"type": "function", "function": {"name": "get_weather"}}]
     seeds = tmp_path / "seeds.jsonl"

@@ -142,3 +142,14 @@ def test_vllm_command_is_what_tunesmith_serve_builds(source, argv):
     # Flags the project's builder sets, then any extra arguments a deployment adds.
     assert argv[:len(expected)] == expected, f"{source}: {argv} does not start with {expected}"
     assert argv[2] == "/models/merged"
+
+
+
+@pytest.mark.parametrize("argv", [["serve", "m", "--startup-timeout", "-5"],
+                                  ["trainer", "serve", "--drain-timeout", "-1"]])
+def test_negative_timeouts_are_usage_errors(argv):
+    """`--startup-timeout -5` failed at once with "did not answer within -5 s" (exit 1)."""
+    result = subprocess.run([str(common.TUNESMITH), *argv], capture_output=True, text=True,
+                            timeout=60, cwd=common.ROOT)
+    assert result.returncode == 2, result.stderr[-1000:]
+    assert "greater than or equal" in result.stderr

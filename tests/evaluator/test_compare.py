@@ -97,3 +97,9 @@ def test_compare_command_writes_json(tiny_model_dir, adapter_and_merged, tmp_pat
                           str(merged), "--data", str(data)], capture_output=True, text=True,
                          timeout=300)
     assert bad.returncode == 2 and "form_not_found" in bad.stderr
+    # `eval run --out` takes a folder, `eval compare --out` a file: a folder fails before
+    # the scoring, not after it with a traceback
+    folder = subprocess.run([sys.executable, "-m", "tunesmith", "eval", "compare", str(adapter),
+                             str(merged), "--data", str(data), "--out", str(tmp_path)],
+                            capture_output=True, text=True, timeout=300)
+    assert folder.returncode == 2 and "is a folder; name the JSON file" in folder.stderr
