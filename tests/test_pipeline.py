@@ -97,6 +97,20 @@ def test_a_bad_pipeline_file_lists_every_problem(tmp_path):
         assert text in done.stderr
 
 
+def test_a_bad_train_spec_fails_before_the_data_stage(tmp_path):
+    """`lora: {r: 0}` stopped the chain after the data stage (93 s in the demo), and the
+    fix then made --resume refuse: the data stage ran again for a typo in the spec."""
+    (tmp_path / "data.yaml").write_text("inputs: [{path: rows.jsonl}]\n")
+    (tmp_path / "train.yaml").write_text("base_model: default\nlora: {r: 0}\nepoch: 2\n")
+    (tmp_path / "pipeline.yaml").write_text("data: {config: data.yaml}\n"
+                                            "train: {spec: train.yaml}\n")
+    done = _run(tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert "bad_pipeline_file" in done.stderr and "lora.r: must be >= 1" in done.stderr
+    assert "epoch: unknown key" in done.stderr
+    assert not (tmp_path / "runs").exists()  # nothing ran
+
+
 def test_eval_and_serve_settings_are_checked_before_anything_runs(tmp_path):
     """A typo in `eval.split` stopped the chain after data and training (exit 1), and the
     fix made --resume refuse (`pipeline_changed`): a full retrain for a typo."""
@@ -137,6 +151,35 @@ def test_eval_and_serve_settings_are_checked_before_anything_runs(tmp_path):
     assert digest(config) == before
     config.train.timeout_s = 60.0
     assert digest(config) != before and isinstance(config, PipelineConfig)
+
+
+def test_resume_refuses_when_a_data_file_changed(tmp_path):
+    """Rows fixed after a failed gate: every stage said "done in an earlier run, kept" and
+    the chain passed on a model trained on the old rows."""
+    from tunesmith.pipeline import PIPELINE_JSON, Chain, PipelineError, digest, digests, \
+        load_pipeline
+
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text('{"prompt": "a?", "completion": "b."}\n')
+    (tmp_path / "data.yaml").write_text("inputs: [{path: rows.jsonl}]\n")
+    (tmp_path / "train.yaml").write_text("base_model: default\n")
+    (tmp_path / "pipeline.yaml").write_text("data: {config: data.yaml}\n"
+                                            "train: {spec: train.yaml}\n")
+    config = load_pipeline(tmp_path / "pipeline.yaml")
+    before = digests(config)
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    (workdir / PIPELINE_JSON).write_text(json.dumps({
+        "digest": digest(config, before), "digests": before,
+        "stages": {"data": {"status": "succeeded"}}}))
+    Chain(config, tmp_path / "pipeline.yaml", workdir, True, print)  # unchanged: resumes
+    rows.write_text('{"prompt": "a?", "completion": "a better b."}\n')
+    after = digests(config)
+    assert [k for k in after if after[k] != before[k]] == ["data files"]
+    with pytest.raises(PipelineError) as refused:
+        Chain(config, tmp_path / "pipeline.yaml", workdir, True, print)
+    assert refused.value.code == "pipeline_changed"
+    assert refused.value.message == "changed since the stopped run: data files"
 
 
 def test_the_bundled_demo_pipeline_is_valid():

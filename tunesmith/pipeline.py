@@ -158,6 +158,7 @@ def load_pipeline(path: Path) -> PipelineConfig:
     except ConfigError as exc:
         raise PipelineError("pipeline", "bad_pipeline_file", str(exc), "pipeline") from None
     problems: list[str] = []
+    config = None
     try:
         config = from_dict(PipelineConfig, data, origin)
         config.base = base
@@ -176,21 +177,55 @@ def load_pipeline(path: Path) -> PipelineConfig:
             problems.append(f"{name}: required")
         elif not (base / Path(value).expanduser()).is_file():
             problems.append(f"{name}: {base / Path(value).expanduser()} is not a file")
+    if config is not None and not any(p.startswith("train.spec:") for p in problems):
+        try:  # the spec's own problems now, not after the data stage's minutes
+            train_spec(config, str(config.path(config.workdir) / "data"), check_only=True)
+        except PipelineError as exc:
+            problems.append(f"train.spec: {exc.message}")
     if problems:
         raise PipelineError("pipeline", "bad_pipeline_file", "; ".join(problems), "pipeline",
                             f"fix {path}")
     return config
 
 
-def digest(config: PipelineConfig) -> str:
-    """Changes when what the data and training stages read changes: their sections, and
-    the files they name. The eval and serve sections may change under --resume (a gate or
-    split fixed after the eval stage failed reruns the evaluation, not the training)."""
-    payload = {"data": asdict(config.data), "train": asdict(config.train)}
-    h = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode())
-    for value in (config.data.config, config.train.spec):
-        h.update(config.path(value).read_bytes())
-    return h.hexdigest()[:16]
+def digests(config: PipelineConfig) -> dict[str, str]:
+    """What the data and training stages read, each part hashed: their sections, the data
+    config and training spec files, and the data files the config names (inputs, reference
+    sets, CRAFT few-shots and corpus: a file fixed after a failed gate is data the chain
+    has not seen). The eval and serve sections may change under --resume (a gate or split
+    fixed after the eval stage failed reruns the evaluation, not the training)."""
+    def sha(data: bytes) -> str:
+        return hashlib.sha256(data).hexdigest()[:16]
+
+    sections = {"data": asdict(config.data), "train": asdict(config.train)}
+    return {"pipeline sections": sha(json.dumps(sections, sort_keys=True, default=str).encode()),
+            "data config": sha(config.path(config.data.config).read_bytes()),
+            "training spec": sha(config.path(config.train.spec).read_bytes()),
+            "data files": sha(json.dumps(_data_files(config)).encode())}
+
+
+def _data_files(config: PipelineConfig) -> list[Any]:
+    """(path, SHA-256) of each data file the data config names; what cannot be read is
+    named with its error (the data stage reports it)."""
+    from data_engine.config import InputConfig, load_config
+    from data_engine.errors import DataEngineError
+    from data_engine.readers.shards import input_digests
+
+    try:
+        data = load_config(config.path(config.data.config))
+        items = data.inputs + data.dedup.reference.inputs
+        craft = data.synth.craft
+        if craft is not None:
+            items = items + [InputConfig(path=p) for p in [craft.fewshots, *craft.corpus] if p]
+        return [list(pair) for pair in input_digests(items)]
+    except (DataEngineError, OSError) as exc:
+        return [f"{type(exc).__name__}: {exc}"]
+
+
+def digest(config: PipelineConfig, parts: dict[str, str] | None = None) -> str:
+    """One hash of `digests` (``parts``, when already made): changes when any part does."""
+    parts = digests(config) if parts is None else parts
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
 class Chain:
@@ -202,14 +237,19 @@ class Chain:
         self.path = workdir / PIPELINE_JSON
         previous = (json.loads(self.path.read_text(encoding="utf-8"))
                     if resume and self.path.is_file() else None)
-        key = digest(config)
+        parts = digests(config)
+        key = digest(config, parts)
         if previous and previous.get("digest") != key:
-            raise PipelineError("pipeline", "pipeline_changed", "the pipeline file or a file it "
-                                "names changed since the stopped run", "pipeline",
-                                "run without --resume to start over")
+            before = previous.get("digests") or {}
+            changed = [name for name, value in parts.items() if before.get(name) != value] \
+                if before else []
+            raise PipelineError("pipeline", "pipeline_changed", (
+                f"changed since the stopped run: {', '.join(changed)}" if changed else
+                "the pipeline file or a file it names changed since the stopped run"),
+                "pipeline", "run without --resume to start over")
         self.state = previous or {
             "pipeline": str(pipeline_file), "workdir": str(workdir), "digest": key,
-            "run_id": secrets.token_hex(4),
+            "digests": parts, "run_id": secrets.token_hex(4),
             "stages": {name: {"status": "pending"} for name in STAGES}}
         self.state["status"] = "running"
 
@@ -287,8 +327,11 @@ def data_stage(chain: Chain, stage: dict[str, Any]) -> None:
                                 "share in the data config's split section")
 
 
-def train_spec(config: PipelineConfig, dataset: str) -> tuple[Any, list[Path]]:
-    """The job spec (dataset set to the data stage's output) and the folders it reads."""
+def train_spec(config: PipelineConfig, dataset: str, check_only: bool = False
+               ) -> tuple[Any, list[Path]]:
+    """The job spec (dataset set to the data stage's output) and the folders it reads.
+    ``check_only``: for the checks when the pipeline file loads, before the data stage
+    (`base_model: default` is not converted then)."""
     from data_engine.config_loader import from_dict, read_yaml
     from data_engine.errors import ConfigError
     from trainer_service.errors import InvalidArgument
@@ -301,7 +344,7 @@ def train_spec(config: PipelineConfig, dataset: str) -> tuple[Any, list[Path]]:
     except ConfigError as exc:
         raise PipelineError("train", "bad_train_spec", str(exc), "train.spec") from None
     data["dataset"] = dataset
-    if data.get("base_model") in (None, "", "default"):
+    if data.get("base_model") in (None, "", "default") and not check_only:
         from data_engine.engines import resolve_model
 
         data["base_model"] = resolve_model("default")

@@ -254,6 +254,12 @@ def _plan_arrow(index: int, path: str, shard_rows: int) -> tuple[list[Shard], st
     return shards, file_sha256(path)
 
 
+def input_digests(inputs: list[InputConfig]) -> list[tuple[str, str]]:
+    """(path, SHA-256) of every file the inputs name, in input order, without planning
+    shards: what tells a caller that the data changed."""
+    return [(path, file_sha256(path)) for item in inputs for path, _ in _files_of(item.path)]
+
+
 def file_sha256(path: str | Path) -> str:
     """SHA-256 of a file's bytes, read in blocks."""
     digest = hashlib.sha256()
