@@ -83,6 +83,16 @@ def test_recipe_trains_merges_and_verifies(smollm2_dir, tmp_path):
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines if x.get("eval_loss") is not None] == [1, 2, 3]
 
+    # The finished run's record survives runs refused in its folder: a dry run (it wrote
+    # `validated` over `succeeded`) and another spec (refused, after rewriting run.json as
+    # failed with the refused spec, which the evaluator then read for the base model)
+    record = {name: (run / name).read_bytes() for name in ("run.json", "preflight.json")}
+    for extra in ("dry_run: true\n", "lora: {r: 8}\n"):
+        refused = train_run(str(spec(tmp_path / "again.yaml", smollm2_dir, data, extra)),
+                            "--out", "run", cwd=tmp_path)
+        assert refused.returncode == 4 and "run_dir_in_use" in refused.stderr, refused.stderr
+        assert {name: (run / name).read_bytes() for name in record} == record
+
 
 @pytest.mark.slow
 def test_dry_run_and_missing_validation_stop_before_training(smollm2_dir, tmp_path):

@@ -156,6 +156,7 @@ def run_recipe(spec: TrainSpec, run_dir: Path, log: Callable[[str], None] = prin
     (after writing run.json) when a check fails, and RecipeStopped when ``hooks`` ask it to
     stop (a rerun into the same folder resumes from the last checkpoint)."""
     run_dir = Path(run_dir).resolve()
+    _check_run_dir(spec, run_dir)  # before run.json or preflight.json is touched
     run_dir.mkdir(parents=True, exist_ok=True)
     state: dict[str, Any] = {"status": "running", "spec": _spec_dict(spec),
                              "artifacts": {}, "warnings": []}
@@ -173,6 +174,31 @@ def run_recipe(spec: TrainSpec, run_dir: Path, log: Callable[[str], None] = prin
             "fix": "not a spec or data problem the checks know; the traceback is in the log"})
         _write(run_dir / "run.json", state)
         raise
+
+
+def _check_run_dir(spec: TrainSpec, run_dir: Path) -> None:
+    """Refuses a run that would overwrite another's record: a dry run into a folder whose
+    run succeeded (its run.json became `validated`, best checkpoint and artifacts gone),
+    and checkpoints of another spec or data (refused before, but only after run.json was
+    rewritten as failed with the refused spec, which the evaluator then read)."""
+    from trainer_service.recipe.train import (CHECKPOINTS_DIR, check_checkpoints_match,
+                                              check_data_unchanged, data_digests)
+
+    record = run_dir / "run.json"
+    if spec.dry_run and record.is_file():
+        try:
+            status = json.loads(record.read_text(encoding="utf-8")).get("status")
+        except ValueError:
+            status = None
+        if status == "succeeded":
+            raise RecipeError("run_dir_in_use", f"{run_dir} holds a finished run; a dry run "
+                              "there would replace its run.json and preflight.json", "out",
+                              fix="give the dry run its own --out folder")
+    checkpoints = run_dir / CHECKPOINTS_DIR
+    if checkpoints.is_dir():
+        check_checkpoints_match(spec, checkpoints, record=False)
+        if Path(spec.dataset).is_dir():
+            check_data_unchanged(spec, checkpoints, data_digests(spec.dataset), record=False)
 
 
 def _export_error(exc: Any, run_dir: Path, after_verify: bool) -> RecipeError:

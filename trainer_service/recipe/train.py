@@ -356,11 +356,12 @@ def _digest(spec: TrainSpec) -> str:
                                      default=str).encode()).hexdigest()
 
 
-def check_checkpoints_match(spec: TrainSpec, out_dir: Path) -> None:
+def check_checkpoints_match(spec: TrainSpec, out_dir: Path, record: bool = True) -> None:
     """Checkpoints in ``out_dir`` resume only the run whose spec made them: resuming them under
     another spec would keep their step count, optimizer and schedule (a new learning rate
     ignored, a run already at its last step training nothing), or fail on a new LoRA rank.
-    Raises TrainError naming what differs; records the spec when there is none yet."""
+    Raises TrainError naming what differs; records the spec when there is none yet (unless
+    ``record`` is False: a check before anything is written)."""
     path = out_dir / CHECKPOINT_SPEC
     fields = json.loads(json.dumps(_training_fields(spec), default=str))
     if path.is_file():
@@ -372,8 +373,9 @@ def check_checkpoints_match(spec: TrainSpec, out_dir: Path) -> None:
                              f"another spec: {shown}{' ...' if len(changed) > 4 else ''}",
                              "out", fix="give this run its own --out folder, or delete "
                              f"{out_dir} to start this one over")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(fields, indent=2, sort_keys=True), encoding="utf-8")
+    if record:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(fields, indent=2, sort_keys=True), encoding="utf-8")
 
 
 CHECKPOINT_DATA = "data.json"  # in checkpoints/: the SHA-256 of the splits they were trained on
@@ -389,7 +391,7 @@ def data_digests(dataset: str | Path) -> dict[str, str | None]:
 
 
 def check_data_unchanged(spec: TrainSpec, out_dir: Path,
-                         digests: dict[str, str | None]) -> None:
+                         digests: dict[str, str | None], record: bool = True) -> None:
     """Checkpoints in ``out_dir`` resume only on the data they were trained on: a job
     paused by a drain and resumed after its dataset folder was rewritten trained its last
     29 of 40 steps on other rows, kept the old schedule, and ended SUCCEEDED. Raises
@@ -407,8 +409,9 @@ def check_data_unchanged(spec: TrainSpec, out_dir: Path,
                              "data's rows under the first one's step count and schedule",
                              "dataset", fix="restore the dataset the run started on, or "
                              "train the new data as a new run (its own --out, or a new job)")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(digests, indent=2, sort_keys=True), encoding="utf-8")
+    if record:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(digests, indent=2, sort_keys=True), encoding="utf-8")
 
 
 def finished_result(spec: TrainSpec, run_dir: Path) -> TrainResult | None:
