@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import json
-import shutil
 
 import pytest
 
@@ -101,6 +100,26 @@ def test_overfitting_window_survives_a_resume():
     alarm.on_log(None, state, control, logs={"loss": 1.1})
     alarm.on_evaluate(None, state, control, metrics={"eval_loss": 1.85})
     assert control.should_training_stop and "rose for 3 evaluations" in alarm.warnings[0]
+
+
+def test_the_closing_evaluation_raises_no_alarm():
+    """Eval loss fell at every evaluation (0.4945, 0.2025, 0.1533); the closing summary
+    evaluation of the reloaded best checkpoint read 0.1536, and the alarm took it for one
+    more evaluation: "overfitting ... no better than its best"."""
+    from types import SimpleNamespace
+
+    from trainer_service.recipe.metrics import OverfittingCallback
+
+    alarm = OverfittingCallback(patience=3, train_loss_floor=0.3, log=lambda _: None)
+    control = SimpleNamespace(should_training_stop=False)
+    alarm.on_train_begin(None, SimpleNamespace(log_history=[]), control)
+    for step, train_loss, eval_loss in [(2, 1.0355, 0.4945), (4, 0.2711, 0.2025),
+                                        (6, 0.0940, 0.1533), (6, 0.0940, 0.1536)]:
+        alarm.on_log(None, SimpleNamespace(global_step=step), control, logs={"loss": train_loss})
+        alarm.on_evaluate(None, SimpleNamespace(global_step=step), control,
+                          metrics={"eval_loss": eval_loss})
+    assert alarm.warnings == [] and not control.should_training_stop
+    assert [p.step for p in alarm.history] == [2, 4, 6]
 
 
 @pytest.mark.parametrize("items, batch, accum, epochs, max_steps", [
@@ -302,9 +321,10 @@ def test_train_loss_falls_metrics_report_and_resume(tiny_model, tmp_path):
     assert finished_result(_spec(tiny_model, data, max_steps=6, eval_every_steps=4),
                            run) is None
 
-    # Interrupt after step 4: drop the last checkpoint and the finished marker; the rerun
-    # continues from step 4.
-    shutil.rmtree(run / "checkpoints" / "checkpoint-8")
+    # Killed while saving step 8: its folder is there without trainer_state.json (written
+    # last), and no finished marker. The rerun skips the cut-short folder (every rerun
+    # failed on it with FileNotFoundError) and continues from step 4.
+    (run / "checkpoints" / "checkpoint-8" / "trainer_state.json").unlink()
     (run / "train_result.json").unlink()
     resumed = train(_spec(tiny_model, data, max_steps=8, eval_every_steps=4), run,
                     chat_template=CHATML, log=lambda m: None)

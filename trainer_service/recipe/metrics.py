@@ -141,6 +141,8 @@ class OverfittingCallback(TrainerCallback):
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         if not metrics or "eval_loss" not in metrics or self._train_loss is None:
             return
+        if self.history and self.history[-1].step == state.global_step:
+            return  # evaluated again at the same step (a closing summary): no new evidence
         self.history.append(EvalPoint(state.global_step, self._train_loss,
                                       float(metrics["eval_loss"])))
         reason = overfitting_alarm(self.history, self.patience, self.floor)

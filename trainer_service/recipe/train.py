@@ -8,6 +8,7 @@ base, wrap it with LoRA, train with eval/early stopping/overfitting alarm, save 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -327,10 +328,25 @@ def sft_trainer_class(token_rows: bool) -> type:
     return TokenRowsSFTTrainer
 
 
-def _latest_checkpoint(output_dir: Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
+def _checkpoints(output_dir: Path) -> list[Path]:
+    """The `checkpoint-N` folders in ``output_dir``, newest (highest N) first."""
+    if not output_dir.is_dir():
+        return []
+    found = [p for p in output_dir.iterdir()
+             if p.is_dir() and re.fullmatch(r"checkpoint-\d+", p.name)]
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]), reverse=True)
 
-    return get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+
+def _incomplete(checkpoint: Path) -> bool:
+    """A save cut short (a kill, an OOM, a full disk): transformers writes
+    `trainer_state.json` last, without a temporary folder."""
+    return not (checkpoint / "trainer_state.json").is_file()
+
+
+def _latest_checkpoint(output_dir: Path) -> str | None:
+    """The newest complete checkpoint (transformers' `get_last_checkpoint` takes the newest
+    folder, and resuming a cut-short one failed every rerun with FileNotFoundError)."""
+    return next((str(p) for p in _checkpoints(output_dir) if not _incomplete(p)), None)
 
 
 def _training_fields(spec: TrainSpec) -> dict[str, Any]:
@@ -521,6 +537,13 @@ def train(spec: TrainSpec, run_dir: str | Path,
         return TrainResult(None, None, None, 0, warnings=warnings)
 
     resume = _latest_checkpoint(out_dir)
+    for broken in _checkpoints(out_dir):
+        if resume and broken.name == Path(resume).name:
+            break
+        if _incomplete(broken):
+            log(f"WARNING {broken} is incomplete (no trainer_state.json: its save was cut "
+                "short); " + (f"resuming from {Path(resume).name}" if resume else
+                              "training from the start") + ", and it is saved again")
     if resume:
         log(f"resuming from {resume}")
     trainer.train(resume_from_checkpoint=resume)
@@ -532,14 +555,18 @@ def train(spec: TrainSpec, run_dir: str | Path,
     stopped_early = state.global_step < max_steps
 
     final: dict[str, float] = {}
-    trainer.remove_callback(metrics_cb)  # the closing evaluation is a summary, not a log step
+    warnings += [w for w in alarm_cb.warnings if w not in warnings]
+    # The closing evaluation is a summary, not a log step, and no evaluation in training:
+    # the alarm read it as one more (the best checkpoint reloaded scores 1-2% off its
+    # in-training loss) and warned of overfitting on a run that improved at every eval.
+    for callback in (metrics_cb, alarm_cb, EarlyStoppingCallback):
+        trainer.remove_callback(callback)
     if val_ds is not None:
         final = {k: float(v) for k, v in trainer.evaluate().items()
                  if isinstance(v, (int, float))}
     train_losses = [h["loss"] for h in state.log_history if "loss" in h]
     if train_losses:
         final["last_train_loss"] = float(train_losses[-1])
-    warnings += [w for w in alarm_cb.warnings if w not in warnings]
 
     adapter_dir = run_dir / ADAPTER_DIR
     trainer.model.save_pretrained(str(adapter_dir))
