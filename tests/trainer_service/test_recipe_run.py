@@ -184,6 +184,11 @@ def test_dry_run_counts_the_steps_of_the_founding_mistake(polite_qwen3_dir, tmp_
     ("a block as LoRA layer", "lora_targets_unknown", "lora.target_modules"),
     ("flash-attn missing", "attention_unavailable", "training.attention"),
     ("most stop tokens cut", "truncated_stop_tokens", "training.max_seq_len"),
+    # validation rows are scored every evaluation and test rows prompt the sanity check:
+    # these crashed after preflight (or after training and merge), or were scored as given
+    ("a stop token in a validation reply", "row_holds_stop_token", "chat_template"),
+    ("a validation turn without a role", "row_invalid", "chat_template"),
+    ("unreadable tool calls in a test row", "row_invalid", "dataset"),
 ])
 def test_a_dry_run_finds_what_would_fail_later(polite_qwen3_dir, tmp_path, case, code, field):
     """Each of these used to pass a dry run and fail (or, truncation, train a model that runs
@@ -209,6 +214,16 @@ def test_a_dry_run_finds_what_would_fail_later(polite_qwen3_dir, tmp_path, case,
         spec.lora.target_modules = ["mlp"]
     elif case == "flash-attn missing":
         spec.training = replace(TrainingSpec(), attention="flash_attention_2")
+    elif "validation" in case or "test row" in case:
+        split = "test" if "test row" in case else "validation"
+        rows = [json.loads(line) for line in (data / f"{split}.jsonl").read_text().splitlines()]
+        if case.startswith("a stop token"):
+            rows[1]["messages"][1]["content"] += "<|im_end|>"
+        elif case.endswith("without a role"):
+            del rows[1]["messages"][0]["role"]
+        else:
+            rows[1]["messages"][1]["tool_calls"] = "{not json"
+        (data / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     else:
         spec.training = replace(TrainingSpec(), max_seq_len=12)
     with pytest.raises(RecipeError) as err:

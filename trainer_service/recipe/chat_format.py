@@ -975,6 +975,9 @@ def _readable(messages: Any) -> list[dict[str, Any]]:
                                   "{type, function: {name, arguments}}") from err
 
 
+readable_messages = _readable  # for rows read outside encode_row (the sanity prompts)
+
+
 def _rejects_row(template: ChatTemplate, err: Exception) -> ChatFormatError:
     """`template_rejects_row` for what rendering the row raised."""
     from jinja2 import TemplateError

@@ -426,6 +426,18 @@ def run_preflight(tokenizer, model_config_or_model, train_rows, validation_rows,
             pieces = [encoded.text[cuts[i]:cuts[i + 1]] for i in range(len(cuts) - 1)]
             sample = "".join(f"[[{p}]]" if i % 2 else p for i, p in enumerate(pieces))
             sample += encoded.text[cuts[-1]:]
+    # Validation rows are scored every evaluation: a row training would refuse (unreadable
+    # tool calls, a stop token in its text, a turn without a role) failed only after
+    # preflight, with a traceback, or was scored as it came.
+    for index, row in enumerate(validation_rows or []):
+        messages, tools, row_id = _messages(row)
+        where = f"{row_id or index} (validation)"
+        try:
+            encoded = encode_row(tokenizer, template, messages, loss_on, tools)
+        except ChatFormatError as err:
+            raise PreflightError(err.code, f"row {where}: {err.message}", err.field,
+                                 err.fix or "fix the row or the template") from err
+        _check_row(tokenizer, encoded, stop_ids, where)
     if calls and template.call_end:
         call_id = tokenizer.convert_tokens_to_ids(template.call_end)
         if call_id not in gen_ids:

@@ -13,7 +13,8 @@ import json
 from pathlib import Path
 from typing import Any, Callable
 
-from trainer_service.recipe.chat_format import (align_stop_tokens, normalize_messages,
+from trainer_service.recipe.chat_format import (ChatFormatError, align_stop_tokens,
+                                                normalize_messages, readable_messages,
                                                 resolve_template, row_parts)
 from trainer_service.recipe.errors import PreflightError, RecipeError, VerifyError
 from trainer_service.recipe.hooks import RecipeStopped, RunHooks, check_stop
@@ -107,9 +108,16 @@ def _prompts(dataset: Path) -> tuple[list[Any], str | None]:
     if not rows:
         rows, warning = read_split(dataset, "train"), SEEN_PROMPTS
     prompts: list[Any] = []
-    for row in rows:
+    for number, row in enumerate(rows, 1):
         messages, tools = row_parts(row)
-        messages = normalize_messages(messages)  # earlier tool calls and results are kept
+        try:  # earlier tool calls and results are kept
+            messages = readable_messages(messages)
+        except ChatFormatError as err:
+            split = "train" if warning else "test" if read_split(dataset, "test") else \
+                "validation"
+            name = row.get("id") if isinstance(row, dict) and row.get("id") else number
+            raise PreflightError(err.code, f"{split} row {name}: {err.message}", "dataset",
+                                 err.fix) from err
         turns = [i for i, m in enumerate(messages) if m["role"] == "assistant" and i]
         # the row's first tool call (rows end with a text reply: their calls sit inside),
         # and its last assistant turn
@@ -309,6 +317,7 @@ def _run(spec: TrainSpec, run_dir: Path, state: dict[str, Any],
         if warning not in state["warnings"]:
             state["warnings"].append(warning)
             log(f"WARNING preflight: {warning}")
+    _prompts(dataset)  # the sanity prompts' rows, read now: not after training and merge
     _export_ready(spec, run_dir, log)
     check_stop(hooks, "validating")  # a dry run cancelled while validating ends CANCELLED
     if spec.dry_run:
