@@ -360,3 +360,17 @@ def test_sanity_pads_with_a_tokenizer_that_has_no_pad_token(smollm2_dir):
     report = sanity_generate(smollm2_dir, PROMPTS[:3], tok, EOT, max_new_tokens=24)
     assert len(report.samples) == 3 and report.stop_rate == 1.0
     assert tok.pad_token is None
+
+
+def test_a_loop_is_blamed_on_training_only_when_the_base_stops():
+    """The base stopped on 0 of 4 prompts and ran on as the trained model did, only too
+    briefly to trip the detector; the message said "training taught the loop"."""
+    from trainer_service.recipe.postflight import SanityReport, Sample, _against_base
+
+    report = SanityReport(samples=[], base_samples=[Sample("p", "o", 64, False, False)] * 4,
+                          base_stop_rate=0.0, base_degenerate=0, max_new_tokens=64)
+    said = _against_base(report, "degenerate")
+    assert "does not stop on these prompts either (0/4 within 64 tokens)" in said
+    assert "taught the loop" not in said
+    report.base_stop_rate = 1.0
+    assert "training taught the loop" in _against_base(report, "degenerate")

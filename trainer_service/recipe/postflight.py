@@ -488,6 +488,12 @@ def _against_base(report: SanityReport, code: str) -> str:
         if report.base_degenerate:
             return (f". The base model loops on {report.base_degenerate}/{n} of the same "
                     "prompts too: this base model cannot do these prompts")
+        if report.base_stop_rate + 1e-9 < report.min_stop_rate:
+            # it runs on just the same, only too briefly for the detector to call it a loop
+            return (f". The base model does not stop on these prompts either ({stopped}/{n} "
+                    f"within {report.max_new_tokens} tokens): the model has not learned to "
+                    "stop yet rather than learned a loop; more steps, a larger or "
+                    "better-matched base model, and preflight.json's end-of-turn checks")
         return (f". The base model loops on none of the same prompts ({stopped}/{n} stop): "
                 "training taught the loop; look for looping rows in the data and lower the "
                 "learning rate or the epochs")
