@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from data_engine.errors import ConfigError
@@ -238,3 +240,5 @@ def test_relative_base_model_starts_at_the_spec_folder(tmp_path, monkeypatch):
     spec = load_spec(path)
     assert (spec.dataset, spec.chat_template) == (str(tmp_path / "data"),
                                                   str(tmp_path / "t" / "chat.jinja"))
+    path.write_text("base_model: m\ndataset: ~/data\n")  # was <spec folder>/~/data
+    assert load_spec(path).dataset == os.path.expanduser("~/data")

@@ -280,6 +280,8 @@ def resolve_relative(data: dict[str, Any], base: Path) -> None:
     `load_spec`)."""
     for key, keywords in (("dataset", ()), ("chat_template", ("auto", "chatml"))):
         value = data.get(key)
+        if isinstance(value, str) and value.startswith("~"):
+            data[key] = value = os.path.expanduser(value)
         if isinstance(value, str) and value and value not in keywords \
                 and not Path(value).is_absolute():
             data[key] = os.path.normpath(base / value)  # `../data` from a configs/ folder
