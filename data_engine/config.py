@@ -135,6 +135,10 @@ class TagListConfig:
         "Kanji and katakana keywords split by 、 ・ , ， that make a tag list (3: "
         "`東京、経済、株価`; a segment with kana, `はい、そうです、よろしく`, is no such "
         "keyword, and `京都・大阪・神戸を巡る旅` stays a title).", 3)
+    allow_when_asked: bool = _help(
+        "A list replying to a user turn that asks for a list, tags or keywords (`List ...`, "
+        "`Name the four ...`, `hashtags`, `タグ`, `キーワード`, `挙げて`, `列出`) is kept: it is "
+        "the answer, not a defect.", True)
 
     def check(self) -> list[str]:
         problems = []

@@ -109,6 +109,17 @@ class MessageView:
         """Indices into the per-message lists for ``row``."""
         return range(self.offsets[row], self.offsets[row + 1])
 
+    def user_turn_before(self, where: np.ndarray) -> list[str | None]:
+        """Per message index in ``where``: the text of the turn right before it in its row
+        when that is a user turn, else None."""
+        where = np.asarray(where, dtype=np.int64)
+        starts = self.offsets[np.searchsorted(self.offsets, where, side="right") - 1]
+        before = np.maximum(where - 1, 0)
+        roles = self.column("role").take(pa.array(before)).to_pylist()
+        texts = self.content_array.take(pa.array(before)).to_pylist()
+        return [text if i > start and role == "user" else None
+                for i, start, role, text in zip(where.tolist(), starts.tolist(), roles, texts)]
+
     def replies(self, row: int) -> list[str]:
         """The row's assistant replies (tool-call turns without text excluded)."""
         return [self.contents[i] for i in self.span(row)
@@ -138,16 +149,21 @@ def reasons_of(hit: np.ndarray, reason: str) -> Reasons:
 
 def per_reply(view: MessageView, reason: str, bad: Callable[[str], bool],
               prefilter: Callable[[pa.Array], np.ndarray] | None = None,
-              alive: np.ndarray | None = None) -> Reasons:
+              alive: np.ndarray | None = None,
+              excused: Callable[[np.ndarray], np.ndarray] | None = None) -> Reasons:
     """Drops a row with ``reason`` when any of its assistant replies is ``bad``.
 
     ``prefilter`` maps the replies (Arrow strings) to a mask of those ``bad`` may call bad;
-    it must hold for every bad reply (a necessary condition). Rows outside ``alive`` are not
-    checked.
+    it must hold for every bad reply (a necessary condition). ``excused`` maps the bad
+    replies' message indices to a mask of those their conversation asked for (a list asked
+    for is no tag-list defect). Rows outside ``alive`` are not checked.
     """
     checked = np.flatnonzero(view.reply_mask & view.message_mask(alive))
     if prefilter is not None and len(checked):
         checked = checked[prefilter(view.content_array.take(checked))]
     flags = np.zeros(len(view.reply_mask), dtype=bool)
     flags[checked] = [bad(text) for text in view.texts(checked)]
+    if excused is not None and flags.any():
+        bad_at = np.flatnonzero(flags)
+        flags[bad_at[excused(bad_at)]] = False
     return reasons_of(view.any_per_row(flags), reason)

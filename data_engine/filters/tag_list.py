@@ -21,9 +21,11 @@ and without a particle that starts a predicate (`福岡で実証実験開始`, `
 `東京・大阪・名古屋・福岡で実証実験開始` and `京都・大阪・神戸を巡る旅` stay titles. A list
 of numbers (`1, 1, 2, 3, 5, 8, 13`) is an answer, a slash between digits (`1/2 + 1/4`) is no
 separator, and a numbered list (`1. 京都` a line) is no keyword list. A correct answer that
-is a list of names (`Jupiter, Saturn, Uranus, Neptune` to "Name the gas giants") reads as a
-tag list too: where a source's task asks for lists, disable the filter
-(`clean.disable: [tag_list]`).
+is a list of names (`Jupiter, Saturn, Uranus, Neptune`) reads as a tag list too, unless the
+user turn before it asks for a list, tags or keywords (`Name the four gas giants`, `List
+...`, `Suggest hashtags`, `タグを付けて`, `キーワードを挙げて`, `列出`, `키워드`): a reply
+that does what was asked is no defect (`allow_when_asked`). Where a source's task asks for
+lists in other words, disable the filter (`clean.disable: [tag_list]`).
 
 ``is_tag_list`` runs only on replies that pass its cheap necessary conditions, tested over
 the batch with Arrow (see ``_may_be_tag_list``).
@@ -71,6 +73,12 @@ _LABEL = re.compile(r"^(?:キーワード|タグ|ハッシュタグ|key ?words?|
 # C preprocessor lines are code, not hashtags (`#define A 1`).
 _DIRECTIVES = {"include", "define", "undef", "if", "ifdef", "ifndef", "else", "elif", "endif",
                "pragma", "error"}
+# A user turn that asks for a list, tags or keywords: the reply it gets may be one.
+_ASKS_FOR_A_LIST = re.compile(
+    r"\b(?:list|enumerate|tags?|hashtags?|key ?words?|key ?phrases?)\b"
+    r"|\bname (?:the|all|some|a few|\d+|two|three|four|five|six|seven|eight|nine|ten)\b"
+    r"|タグ|ハッシュタグ|キーワード|列挙|挙げ|一覧|リスト|列出|列举|关键词|关键字|标签"
+    r"|나열|키워드|태그", re.IGNORECASE)
 _QUOTES = {"「": "」", "『": "』", '"': '"', "“": "”", "'": "'"}
 # Every character a hashtag or a separator of _STRONG/_WEAK/_BRACKETED starts with.
 _MARKS = "#＃｜|、・/／,，【[［〔〈《"
@@ -144,7 +152,16 @@ def _may_be_tag_list(texts: pa.Array, config: TagListConfig) -> np.ndarray:
     return ok
 
 
+def asked_for_a_list(prompt: str | None) -> bool:
+    """True when a user turn asks for a list, tags or keywords."""
+    return bool(prompt) and _ASKS_FOR_A_LIST.search(prompt) is not None
+
+
 def tag_list(view: MessageView, config: CleanConfig, alive: np.ndarray | None = None) -> Reasons:
+    def excused(where: np.ndarray) -> np.ndarray:
+        return np.array([asked_for_a_list(p) for p in view.user_turn_before(where)],
+                        dtype=bool)
+
     return per_reply(view, "tag_list", lambda text: is_tag_list(text, config.tag_list),
                      prefilter=lambda texts: _may_be_tag_list(texts, config.tag_list),
-                     alive=alive)
+                     alive=alive, excused=excused if config.tag_list.allow_when_asked else None)

@@ -291,6 +291,26 @@ def test_tag_list_keeps_text(text):
     assert not is_tag_list(text, TAGS)
 
 
+def test_a_list_the_user_asked_for_is_no_tag_list():
+    """`Jupiter, Saturn, Uranus, Neptune` answers "Name the four gas giants"; the same
+    shape answering "Write a title" is the defect the filter is for."""
+    from data_engine.filters.tag_list import tag_list
+
+    rows = [chat("Name the four gas giants.", "Jupiter, Saturn, Uranus, Neptune"),
+            chat("この記事にハッシュタグを付けてください。", "#旅行 #京都 #紅葉"),
+            chat("次の記事のタイトルを一つ提案してください。", "東京、経済、株価"),
+            chat("Write a title for this article.", "Jupiter, Saturn, Uranus, Neptune"),
+            # asked in an earlier turn, not in the one this reply answers
+            chat("List the gas giants.", "Jupiter, Saturn, Uranus, Neptune")
+            + [msg("user", "Now a title for the article?"),
+               msg("assistant", "planets, space, NASA, science")]]
+    assert tag_list(view_of(rows), CleanConfig()) == [None, None, "tag_list", "tag_list",
+                                                      "tag_list"]
+    strict = CleanConfig()
+    strict.tag_list.allow_when_asked = False
+    assert tag_list(view_of(rows), strict) == ["tag_list"] * 5
+
+
 def test_tag_list_prefilter_never_hides_a_tag_list():
     from data_engine.filters.tag_list import _may_be_tag_list
 

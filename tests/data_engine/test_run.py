@@ -81,7 +81,7 @@ def test_run_on_local_ray_mixed_layouts(ray_local, tmp_path):
                                              {"role": "assistant", "content": "ワーママの朝時間術"}]},
                    ensure_ascii=False),
         "{oops",
-        json.dumps({"messages": [{"role": "user", "content": "Tags?"},
+        json.dumps({"messages": [{"role": "user", "content": "A title?"},
                                  {"role": "assistant", "content": "#a #b #c"}]}),
         json.dumps({"id": "tools", "messages": PARALLEL_CALLS, "tools": WEATHER_TOOL}),
         json.dumps({"id": "j1", "messages": [{"role": "user", "content": "Another title?"},
