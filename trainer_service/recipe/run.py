@@ -103,18 +103,18 @@ def _prompts(dataset: Path) -> tuple[list[Any], str | None]:
     """Held-out conversations up to their last assistant turn, and up to their first tool
     call (its `calls` set, for the call check): test rows, else validation, else (a dataset
     of train rows only, allow_no_validation) train rows, with a warning."""
-    rows = read_split(dataset, "test") or read_split(dataset, "validation")
-    warning = None
+    split, warning = "test", None
+    rows = read_split(dataset, split)
     if not rows:
-        rows, warning = read_split(dataset, "train"), SEEN_PROMPTS
+        split, rows = "validation", read_split(dataset, "validation")
+    if not rows:
+        split, rows, warning = "train", read_split(dataset, "train"), SEEN_PROMPTS
     prompts: list[Any] = []
     for number, row in enumerate(rows, 1):
         messages, tools = row_parts(row)
         try:  # earlier tool calls and results are kept
             messages = readable_messages(messages)
         except ChatFormatError as err:
-            split = "train" if warning else "test" if read_split(dataset, "test") else \
-                "validation"
             name = row.get("id") if isinstance(row, dict) and row.get("id") else number
             raise PreflightError(err.code, f"{split} row {name}: {err.message}", "dataset",
                                  err.fix) from err
@@ -317,7 +317,8 @@ def _run(spec: TrainSpec, run_dir: Path, state: dict[str, Any],
         if warning not in state["warnings"]:
             state["warnings"].append(warning)
             log(f"WARNING preflight: {warning}")
-    _prompts(dataset)  # the sanity prompts' rows, read now: not after training and merge
+    # the sanity prompts, read now (a bad row fails here, not after training and merge)
+    prompts, prompt_warning = _prompts(dataset)
     _export_ready(spec, run_dir, log)
     check_stop(hooks, "validating")  # a dry run cancelled while validating ends CANCELLED
     if spec.dry_run:
@@ -357,10 +358,9 @@ def _run(spec: TrainSpec, run_dir: Path, state: dict[str, Any],
                                         read_split(dataset, "validation")
                                         or train_rows, tokenizer).to_json()
         budget = budget_for(report.reply_tokens["p95"])  # the rendered turns, as trained
-        prompts, warning = _prompts(dataset)
-        if warning:
-            state["warnings"].append(warning)
-            log(f"WARNING {warning}")
+        if prompt_warning:
+            state["warnings"].append(prompt_warning)
+            log(f"WARNING {prompt_warning}")
         sanity = sanity_generate(merged, prompts, tokenizer, template.end_of_turn,
                                  max_new_tokens=budget, base_model=spec.base_model,
                                  call_end=template.call_end)
