@@ -4,7 +4,8 @@
 the model learned to emit separators and never a title. A reply is a tag list when it is
 short (`max_chars`) and
 - two or more hashtags make up most of it (`#旅行 #京都 #紅葉`, on one line or several;
-  only hashtags are read across lines: Chinese verse is lines of a few kanji), or
+  only hashtags are read across lines: Chinese verse is lines of a few kanji), or it is
+  one hashtag and nothing else (`#ニュース`; not a number, `#1`, nor a colour, `#FFF`), or
 - strong separators (`｜`, `|`) cut it into `min_strong_segments`+ keywords, or
 - weak separators (`、 ・ / , ，`) cut it into `min_weak_segments`+ keywords, or
 - `、 ・ , ，` cut it into `min_cjk_segments`+ keywords written in kanji and katakana
@@ -44,6 +45,10 @@ from data_engine.filters.base import MessageView, Reasons, per_reply, to_numpy_b
 from data_engine.normalizers.text import python_whitespace, re2_class_pattern, re2_literal
 
 _HASHTAG = re.compile(r"[#＃][^\s#＃]+")
+# A hashtag standing alone: word characters with a letter among them (not a number, `#1`,
+# nor a shebang, `#!/bin/sh`), and no hex colour (`#FFF`, `#1a2b3c`).
+_LONE_HASHTAG = re.compile(r"[#＃](?=\w*[^\W\d_])\w+")
+_HEX_COLOUR = re.compile(r"#(?:[0-9A-Fa-f]{3,4}|[0-9A-Fa-f]{6}|[0-9A-Fa-f]{8})")
 _STRONG = re.compile(r"\s*[｜|]\s*")
 # A slash between digits is a fraction or a date (`1/2`, `12/24`), not a separator.
 _WEAK = re.compile(r"\s*(?:[、・／,，]|(?<!\d)/|/(?!\d))\s*")
@@ -105,6 +110,8 @@ def is_tag_list(text: str, config: TagListConfig) -> bool:
     text, labelled = _unwrapped(text)
     tags = [t for t in _HASHTAG.findall(text) if t[1:].lower() not in _DIRECTIVES]
     if len(tags) >= 2 and sum(map(len, tags)) >= 0.6 * len(_SPACES.sub("", text)):
+        return True
+    if tags == [text] and _LONE_HASHTAG.fullmatch(text) and not _HEX_COLOUR.fullmatch(text):
         return True
     if "\n" in text:
         return False

@@ -253,6 +253,9 @@ TAGS = TagListConfig()
     "東京、経済、株価、円安。",
     "Keywords: AI, robotics",
     "ガーデニング・花のある暮らし・多肉植物・家庭菜園",  # a noun phrase with の is a keyword
+    "#ニュース",  # one hashtag is a tag list of one
+    "「#子育て」",
+    "＃AI",
 ])
 def test_tag_list_drops(text):
     assert is_tag_list(text, TAGS)
@@ -278,6 +281,8 @@ def test_tag_list_drops(text):
     "古池や\n蛙飛び込む\n水の音",
     "「走る・泳ぐ・漕ぐ」トライアスロン入門",
     "#define A 1\n#define B 2",  # preprocessor lines are code
+    "#1", "＃２", "#FFF", "#1a2b3c", "#!/bin/sh", "#pragma",  # numbers, colours, code
+    "#ニュース 速報です",
     "Red, green, blue",
     # sentences cut by commas or spaces: kana, hangul, one-character and number segments
     "はい、そうです、よろしく",
