@@ -49,6 +49,11 @@ def trainer_serve(
         "--executor", help="local: a process per job; ray: a Ray task per job.")] = "local",
     ray_address: Annotated[Optional[str], typer.Option(
         "--ray-address", help="Ray cluster for --executor ray; default: a local Ray.")] = None,
+    ray_pending_timeout: Annotated[float, typer.Option(
+        "--ray-pending-timeout", min=0.001,
+        help="Seconds a job's Ray task may wait for a node with its GPUs before the job "
+             "fails (resources_unavailable); an autoscaler may take minutes to add one.")
+                                   ] = 600.0,
     max_concurrent_jobs: Annotated[int, typer.Option("--max-concurrent-jobs")] = 1,
     metrics_port: Annotated[Optional[int], typer.Option(
         "--metrics-port", min=0, max=65535, help="Serve Prometheus /metrics on this port.")
@@ -72,6 +77,7 @@ def trainer_serve(
             state_dir=state_dir.resolve(), data_roots=[r.resolve() for r in data_root],
             host=host, port=port, token=read_token(token_file), tls_cert=tls_cert,
             tls_key=tls_key, executor=executor, ray_address=ray_address,
+            ray_pending_timeout_s=ray_pending_timeout,
             max_concurrent_jobs=max_concurrent_jobs, metrics_port=metrics_port,
             reflection=reflection, drain_timeout_s=drain_timeout)
         serve(config, ready=lambda line: typer.echo(line, err=True))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import multiprocessing
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -172,10 +173,75 @@ def test_a_crash_the_store_cannot_record_yet_is_recorded_on_a_later_tick(tmp_pat
         return real_fail(*args, **kwargs)
 
     monkeypatch.setattr(store, "fail", full_disk_once)
-    with pytest.raises(sqlite3.OperationalError):
-        scheduler._tick()
+    scheduler._tick()
     assert job.id in scheduler.running and store.get(job.id).state == pb.JOB_STATE_VALIDATING
     scheduler._tick()  # the disk has room again
     failed = store.get(job.id)
     assert failed.state == pb.JOB_STATE_FAILED and failed.error.code == "worker_crashed"
+    assert failed.error.message.startswith("exited with code 1")
     assert job.id not in scheduler.running
+
+
+class _Unreachable:
+    """A running job whose process the server cannot reach: every sync fails."""
+
+    def __init__(self, job_id: str):
+        self.job_id, self.killed = job_id, False
+
+    def sync(self, store: JobStore) -> None:
+        raise ConnectionError("the channel does not answer")
+
+    def exit_status(self) -> None:
+        return None
+
+    def kill(self) -> None:
+        self.killed = True
+
+
+class _Starts:
+    name, state_dir = "test", Path("/nonexistent")
+
+    def __init__(self):
+        self.started: list[str] = []
+
+    def start(self, job):
+        self.started.append(job.id)
+        return _Running(job.id)
+
+
+class _Running:
+    def __init__(self, job_id: str):
+        self.job_id = job_id
+
+    def sync(self, store: JobStore) -> None:
+        pass
+
+    def exit_status(self) -> None:
+        return None
+
+
+def test_one_unreachable_job_neither_stalls_the_queue_nor_runs_forever(tmp_path):
+    """A job whose checks raise (a Ray channel actor that died used to abort every tick:
+    no other job ever started) is tried again on later ticks, then stopped and failed,
+    while the queue moves."""
+    from trainer_service.jobs.scheduler import MAX_TICK_FAILURES, Scheduler
+
+    store = JobStore.in_dir(tmp_path)
+    stuck, _ = store.create("r1", SPEC)
+    waiting, _ = store.create("r2", SPEC)
+    assert store.claim_next().id == stuck.id
+    executor = _Starts()
+    scheduler = Scheduler(store, executor=executor, max_concurrent=2)
+    handle = _Unreachable(stuck.id)
+    scheduler.running[stuck.id] = handle
+    scheduler._tick()
+    assert executor.started == [waiting.id]  # the queue moved past the stuck job
+    for _ in range(MAX_TICK_FAILURES - 2):
+        scheduler._tick()
+    assert not handle.killed and store.get(stuck.id).state == pb.JOB_STATE_VALIDATING
+    scheduler._tick()
+    failed = store.get(stuck.id)
+    assert handle.killed and failed.state == pb.JOB_STATE_FAILED
+    assert failed.error.code == "worker_crashed"
+    assert "lost touch" in failed.error.message and "does not answer" in failed.error.message
+    assert stuck.id not in scheduler.running

@@ -373,6 +373,68 @@ def test_ray_executor_sends_the_same_events(tmp_path, roots, ray_local):
         server.stop(0)
 
 
+@pytest.mark.slow
+def test_ray_job_whose_channel_actor_dies_fails_and_frees_its_slot(tmp_path, roots, ray_local):
+    """The channel actor killed (an OOM kill, a lost node) used to make every scheduler tick
+    fail: the job read RUNNING forever and no other job started."""
+    import ray
+
+    server = _server(tmp_path, roots, executor="ray")
+    try:
+        with TrainingClient(server.address, token=TOKEN) as client:
+            job = client.create(job_spec(roots[1], training={"max_steps": 400,
+                                                             "logging_steps": 1}))
+            wait_for(client, job.id, pb.EVENT_KIND_STEP_METRICS)
+            ray.kill(server.scheduler.running[job.id].channel)
+            assert states(list(client.watch(job.id)))[-1] == pb.JOB_STATE_FAILED
+            failed = client.get(job.id)
+            assert failed.error.code == "worker_crashed"
+            assert "event channel" in failed.error.message
+            dry = client.create(job_spec(roots[1], dry_run=True))
+            assert states(list(client.watch(dry.id)))[-1] == pb.JOB_STATE_SUCCEEDED
+    finally:
+        server.stop(0)
+
+
+def test_ray_job_no_node_can_take_fails_and_a_cancel_or_drain_reaches_it(tmp_path, roots,
+                                                                         ray_local):
+    """`resources.gpus` no node has: the task waited for ever (CancelJob answered but changed
+    nothing, and the queue behind it never moved). Now the job is told why it waits, fails
+    after --ray-pending-timeout naming the field, and a cancel or drain takes it at once."""
+    gpus = pb.Resources(gpus=1)  # the test's Ray has no GPU
+    server = _server(tmp_path, roots, executor="ray", ray_pending_timeout_s=4)
+    try:
+        with TrainingClient(server.address, token=TOKEN) as client:
+            waits = client.create(job_spec(roots[1], dry_run=True, resources=gpus))
+            events = list(client.watch(waits.id))
+            assert states(events)[-1] == pb.JOB_STATE_FAILED
+            assert any("no live Ray node has 1 GPU (the largest has 0)" in e.message
+                       for e in events if e.kind == pb.EVENT_KIND_WARNING)
+            failed = client.get(waits.id)
+            assert (failed.error.code, failed.error.field) == ("resources_unavailable",
+                                                               "resources.gpus")
+            dry = client.create(job_spec(roots[1], dry_run=True))
+            events = list(client.watch(dry.id))
+            assert states(events)[-1] == pb.JOB_STATE_SUCCEEDED
+            assert any("no GPU now, so the job trains on CPU" in e.message for e in events
+                       if e.kind == pb.EVENT_KIND_WARNING)  # said, where it was silent
+    finally:
+        server.stop(0)
+    server = _server(tmp_path, roots, executor="ray", ray_pending_timeout_s=600)
+    try:
+        with TrainingClient(server.address, token=TOKEN) as client:
+            cancelled = client.create(job_spec(roots[1], dry_run=True, resources=gpus))
+            wait_for(client, cancelled.id, pb.EVENT_KIND_WARNING)
+            client.cancel(cancelled.id)
+            assert states(list(client.watch(cancelled.id)))[-1] == pb.JOB_STATE_CANCELLED
+            drained = client.create(job_spec(roots[1], dry_run=True, resources=gpus))
+            wait_for(client, drained.id, pb.EVENT_KIND_WARNING)
+            assert server.drain(timeout_s=20) == []
+            assert client.get(drained.id).state == pb.JOB_STATE_QUEUED
+    finally:
+        server.stop(0)
+
+
 def test_tls_with_a_token(tmp_path, roots):
     """--tls-cert/--tls-key: a client trusting the certificate gets through; a plaintext one
     does not."""

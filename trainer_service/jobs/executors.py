@@ -7,11 +7,14 @@ task sends them through a small channel actor that the server drains into the st
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
 import sys
+import time
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -20,6 +23,24 @@ from trainer_service.jobs.store import JobStore
 from trainer_service.jobs.worker import EXIT_ALREADY_RUNNING, job_lock, run_dir_of
 
 JOB_LOG = "job.log"
+# How long the server waits for one drain of a Ray job's channel before trying again.
+CHANNEL_TIMEOUT_S = 10.0
+# How long a Ray job's task may wait for a node with its resources before it fails (an
+# autoscaled cluster may take minutes to add a GPU node).
+RAY_PENDING_TIMEOUT_S = 600.0
+log = logging.getLogger("tunesmith.trainer")
+
+
+@dataclass(frozen=True)
+class Ended:
+    """How a job ended that the server, not the job's process, had to end: a failure with
+    its code and offending field, or ``requeue`` (stopped before it began; a pending cancel
+    makes the requeue a cancel)."""
+
+    code: str = ""
+    message: str = ""
+    field: str = ""
+    requeue: bool = False
 
 
 class JobHandle(Protocol):
@@ -28,8 +49,9 @@ class JobHandle(Protocol):
     def sync(self, store: JobStore) -> None:
         """Moves pending events into the store and forwards stop requests."""
 
-    def exit_status(self) -> str | None:
-        """None while running; then "ok" or why the process ended abnormally."""
+    def exit_status(self) -> str | Ended | None:
+        """None while running; then "ok", why the process ended abnormally, or how the
+        server ended it (``Ended``)."""
 
     def kill(self) -> None: ...
 
@@ -99,26 +121,92 @@ class LocalExecutor:
 
 
 class RayHandle:
-    def __init__(self, job_id: str, ref: Any, channel: Any):
+    """A job's Ray task and its channel actor.
+
+    The server ends the job itself when the task cannot: when the channel actor dies (its
+    events can no longer reach the store: the task is cancelled and the job fails
+    ``worker_crashed``), when no node takes the task within ``pending_timeout_s`` (it asked
+    for resources the cluster does not have: ``resources_unavailable``, field
+    ``resources.gpus``), and when a cancel or drain comes before the task started (nothing
+    there polls for it: the task is cancelled and the job cancelled or queued again)."""
+
+    def __init__(self, job_id: str, ref: Any, channel: Any, gpus: float = 0,
+                 pending_timeout_s: float = RAY_PENDING_TIMEOUT_S,
+                 cpu_by_default: bool = False):
         self.job_id, self.ref, self.channel = job_id, ref, channel
+        self.gpus, self.pending_timeout_s = gpus, pending_timeout_s
+        self.cpu_by_default = cpu_by_default  # no gpus asked for, and the cluster had none
+        self.launched = time.monotonic()
+        self.started = False
+        self.ended: Ended | None = None
         self._stop_sent: str | None = None
+        self._warned = False
 
     def sync(self, store: JobStore) -> None:
         import ray
+        from ray.exceptions import GetTimeoutError, RayActorError
 
-        for kind, payload in ray.get(self.channel.drain.remote()):
-            if kind == "event":
+        if self.ended is not None:
+            return
+        try:
+            items = ray.get(self.channel.drain.remote(), timeout=CHANNEL_TIMEOUT_S)
+        except GetTimeoutError:
+            log.warning("%s: its event channel did not answer in %.0f s; trying again",
+                        self.job_id, CHANNEL_TIMEOUT_S)
+            return
+        except RayActorError as exc:
+            self._end(Ended("worker_crashed", "the job's event channel (a Ray actor) died, so "
+                            "its events could no longer be recorded; the task was stopped: "
+                            f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"))
+            return
+        for kind, payload in items:
+            if kind == "started":
+                self.started = True
+            elif kind == "event":
                 store.append(self.job_id, pb.JobEvent.FromString(payload))
             else:
                 store.update(self.job_id, **payload)
+        if not self._warned:
+            self._warned = True
+            if self.cpu_by_default:
+                self._warn(store, "the Ray cluster has no GPU now, so the job trains on CPU; "
+                           "set resources.gpus: 1 to wait for a GPU node instead")
+            elif not self.started and (largest := _largest_node_gpus()) < self.gpus:
+                self._warn(store, f"no live Ray node has {self.gpus:g} GPU (the largest has "
+                           f"{largest:g}); waiting up to {self.pending_timeout_s:.0f} s for "
+                           "one (an autoscaler may add it)")
         stop = store.stop_request(self.job_id)
+        if not self.started:
+            if stop:
+                self._end(Ended(message=f"stopped ({stop}) before its Ray task started",
+                                requeue=True))
+            elif time.monotonic() - self.launched > self.pending_timeout_s:
+                self._end(Ended(
+                    "resources_unavailable",
+                    f"no Ray node took the job's task (1 CPU, {self.gpus:g} GPU) in "
+                    f"{self.pending_timeout_s:.0f} s; the largest live node has "
+                    f"{_largest_node_gpus():g} GPU: ask for fewer resources.gpus or add a "
+                    "node that has them", "resources.gpus"))
+            return
         if stop and stop != self._stop_sent:
             self.channel.request_stop.remote(stop)
             self._stop_sent = stop
 
-    def exit_status(self) -> str | None:
+    def _warn(self, store: JobStore, message: str) -> None:
+        store.append(self.job_id, pb.JobEvent(kind=pb.EVENT_KIND_WARNING, message=message))
+
+    def _end(self, ended: Ended) -> None:
         import ray
 
+        self.ended = ended
+        ray.cancel(self.ref, force=True)
+        ray.kill(self.channel)
+
+    def exit_status(self) -> str | Ended | None:
+        import ray
+
+        if self.ended is not None:
+            return self.ended
         ready, _ = ray.wait([self.ref], timeout=0)
         if not ready:
             return None
@@ -132,6 +220,14 @@ class RayHandle:
         import ray
 
         ray.cancel(self.ref, force=True)
+
+
+def _largest_node_gpus() -> float:
+    """The most GPUs one live node of the cluster has."""
+    import ray
+
+    return max((node["Resources"].get("GPU", 0) for node in ray.nodes() if node["Alive"]),
+               default=0)
 
 
 def _channel_class():
@@ -185,6 +281,7 @@ def run_in_ray_task(job_bytes: bytes, run_dir: str, channel: Any) -> int:
 
     import contextlib
 
+    channel.put.remote("started", None)
     Path(run_dir).mkdir(parents=True, exist_ok=True)
     with open(Path(run_dir) / JOB_LOG, "a", encoding="utf-8") as log, \
             contextlib.redirect_stdout(log):
@@ -194,17 +291,20 @@ def run_in_ray_task(job_bytes: bytes, run_dir: str, channel: Any) -> int:
 class RayExecutor:
     """Each job is a Ray task asking for the spec's GPUs (default: 1 when the cluster has
     any). The run folder is the server's state dir, so on a multi-node cluster it must be
-    on a filesystem every node mounts at the same path."""
+    on a filesystem every node mounts at the same path. A task no node takes within
+    ``pending_timeout_s`` fails its job (``resources_unavailable``)."""
 
     name = "ray"
 
-    def __init__(self, state_dir: Path, address: str | None = None):
+    def __init__(self, state_dir: Path, address: str | None = None,
+                 pending_timeout_s: float = RAY_PENDING_TIMEOUT_S):
         import ray
 
         from data_engine.config import RayConfig
         from data_engine.executor import ray_session
 
         self.state_dir = Path(state_dir)
+        self.pending_timeout_s = pending_timeout_s
         # The data engine's session: joins ADDRESS, or starts a loopback head whose temp
         # dir lives in the state dir; shut down by close().
         self._session = ExitStack()
@@ -216,14 +316,16 @@ class RayExecutor:
     def start(self, job: pb.Job) -> RayHandle:
         import ray
 
-        gpus = job.spec.resources.gpus if job.spec.resources.HasField("gpus") else \
+        asked = job.spec.resources.HasField("gpus")
+        gpus = job.spec.resources.gpus if asked else \
             (1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0)
         channel = self._channel.remote()
         run_dir = run_dir_of(self.state_dir, job.id)
         ref = self._task.options(num_gpus=gpus, num_cpus=1, max_retries=0,
                                  name=f"tunesmith-{job.id}").remote(
             job.SerializeToString(), str(run_dir), channel)
-        return RayHandle(job.id, ref, channel)
+        return RayHandle(job.id, ref, channel, gpus, self.pending_timeout_s,
+                         cpu_by_default=not asked and gpus == 0)
 
     def orphan_alive(self, job_id: str) -> bool:
         return False  # Ray ends a dead driver's tasks with it

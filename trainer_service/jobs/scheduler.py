@@ -16,10 +16,14 @@ import time
 from typing import Any
 
 from protos.tunesmith.training.v1 import training_pb2 as pb
+from trainer_service.jobs.executors import Ended
 from trainer_service.jobs.store import TERMINAL, JobStore, state_name
 
 log = logging.getLogger("tunesmith.trainer")
 ORPHAN_WAIT_S = 30.0
+# Failed checks of one running job in a row (a tick each, ~0.2 s apart, longer when a check
+# waits on a timeout) before the job is given up.
+MAX_TICK_FAILURES = 25
 
 
 class Scheduler:
@@ -31,6 +35,7 @@ class Scheduler:
         self.max_concurrent = max(1, max_concurrent)
         self.poll_s = poll_s
         self.running: dict[str, Any] = {}
+        self._failures: dict[str, int] = {}  # job id -> failed checks in a row
         self.draining = False
         self._wake = threading.Event()
         self._closed = threading.Event()
@@ -101,20 +106,10 @@ class Scheduler:
         with self._lock:
             handles = list(self.running.values())
         for handle in handles:
-            handle.sync(self.store)
-            status = handle.exit_status()
-            if status is None:
-                continue
-            handle.sync(self.store)  # events sent just before the end
-            job = self.store.get(handle.job_id)
-            if job.state not in TERMINAL and job.state != pb.JOB_STATE_QUEUED:  # QUEUED: drained
-                message = status if status != "ok" else "the job process ended without a result"
-                self.store.fail(job.id, "worker_crashed",
-                                f"{message}; see {job.artifacts.get('log', 'job.log')}")
-            # Only once its end is stored: when storing fails (a full disk), the next tick
-            # tries again, where a dropped handle left the job RUNNING with no process.
-            with self._lock:
-                self.running.pop(handle.job_id, None)
+            try:
+                self._check(handle)
+            except Exception as exc:  # noqa: BLE001 - one job's trouble must not stall the rest
+                self._trouble(handle, exc)
         if self.draining:
             return
         while True:
@@ -125,6 +120,58 @@ class Scheduler:
             if job is None:
                 return
             self._launch(job)
+
+    def _check(self, handle: Any) -> None:
+        """Syncs a running job's events; once its process is gone, stores how it ended."""
+        handle.sync(self.store)
+        status = handle.exit_status()
+        if status is None:
+            self._failures.pop(handle.job_id, None)
+            return
+        handle.sync(self.store)  # events sent just before the end
+        job = self.store.get(handle.job_id)
+        if job.state not in TERMINAL and job.state != pb.JOB_STATE_QUEUED:  # QUEUED: drained
+            if isinstance(status, Ended) and status.requeue:
+                self.store.requeue(job.id, status.message)
+            elif isinstance(status, Ended):
+                self.store.fail(job.id, status.code, status.message, status.field)
+            else:
+                message = status if status != "ok" else "the job process ended without a result"
+                self.store.fail(job.id, "worker_crashed",
+                                f"{message}; see {job.artifacts.get('log', 'job.log')}")
+        # Only once its end is stored: when storing fails (a full disk), the next tick
+        # tries again, where a dropped handle left the job RUNNING with no process.
+        with self._lock:
+            self.running.pop(handle.job_id, None)
+        self._failures.pop(handle.job_id, None)
+
+    def _trouble(self, handle: Any, exc: Exception) -> None:
+        """A tick that failed for one job: tried again on the next tick. After
+        ``MAX_TICK_FAILURES`` in a row with its process still running, the process is
+        stopped and the job failed; a process that has ended only waits for its end to be
+        stored (on a full disk, until there is room)."""
+        count = self._failures.get(handle.job_id, 0) + 1
+        self._failures[handle.job_id] = count
+        log.error("%s: checking the job failed (%d in a row): %s: %s", handle.job_id, count,
+                  type(exc).__name__, exc)
+        if count < MAX_TICK_FAILURES:
+            return
+        try:
+            if handle.exit_status() is not None:
+                return
+        except Exception:  # noqa: BLE001 - as good as running: stop it below
+            pass
+        try:
+            handle.kill()
+            self.store.fail(handle.job_id, "worker_crashed",
+                            f"the server lost touch with the job's process ({count} checks "
+                            f"failed; the last: {type(exc).__name__}: {exc}); it was stopped")
+        except Exception:  # noqa: BLE001 - e.g. a full disk: the next tick tries again
+            log.exception("%s: failing the job failed", handle.job_id)
+            return
+        with self._lock:
+            self.running.pop(handle.job_id, None)
+        self._failures.pop(handle.job_id, None)
 
     def _launch(self, job) -> None:
         from trainer_service.jobs.executors import JOB_LOG

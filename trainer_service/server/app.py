@@ -50,6 +50,7 @@ class ServerConfig:
     tls_key: Path | None = None
     executor: str = "local"  # local | ray
     ray_address: str | None = None
+    ray_pending_timeout_s: float = 600.0  # a Ray job's task waiting for a node this long fails
     max_concurrent_jobs: int = 1
     metrics_port: int | None = None
     reflection: bool = False
@@ -66,6 +67,8 @@ class ServerConfig:
             raise ServerConfigError("--executor", f"{self.executor!r} is not local or ray")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ServerConfigError("--tls-cert", "give --tls-cert and --tls-key together")
+        if not self.ray_pending_timeout_s > 0:
+            raise ServerConfigError("--ray-pending-timeout", "must be > 0 seconds")
         if self.max_concurrent_jobs < 1:
             raise ServerConfigError("--max-concurrent-jobs", "must be >= 1")
         for flag, port in (("--port", self.port), ("--metrics-port", self.metrics_port)):
@@ -106,7 +109,8 @@ class TrainerServer:
         if config.executor == "ray":
             from trainer_service.jobs.executors import RayExecutor
 
-            self.executor = RayExecutor(state_dir, config.ray_address)
+            self.executor = RayExecutor(state_dir, config.ray_address,
+                                        config.ray_pending_timeout_s)
         else:
             from trainer_service.jobs.executors import LocalExecutor
 
