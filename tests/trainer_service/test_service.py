@@ -97,6 +97,7 @@ def test_reflection_lists_the_services(server):
     ({"lora": pb.LoraSpec(r=0)}, "lora.r"),
     ({"training": {"learning_rate": 2.0}}, "training.learning_rate"),
     ({"training": {"lr_scheduler": "wavy"}}, "training.lr_scheduler"),
+    ({"training": {"seed": -1}}, "training.seed"),
     ({"quantization": "fp3"}, "quantization"),
     ({"loss_on": "everything"}, "loss_on"),
     ({"dataset_path": "empty"}, "dataset"),

@@ -242,3 +242,14 @@ def test_relative_base_model_starts_at_the_spec_folder(tmp_path, monkeypatch):
                                                   str(tmp_path / "t" / "chat.jinja"))
     path.write_text("base_model: m\ndataset: ~/data\n")  # was <spec folder>/~/data
     assert load_spec(path).dataset == os.path.expanduser("~/data")
+
+
+@pytest.mark.parametrize("seed", [-1, 2 ** 32])
+def test_a_seed_outside_what_numpy_takes_is_refused_by_the_spec(seed):
+    """A negative seed passed every check and failed the job at training time as `internal`
+    (transformers: "Seed must be between 0 and 2**32 - 1"), with no field named."""
+    with pytest.raises(ConfigError) as err:
+        load_spec(None, {"base_model": "m", "dataset": "d", "training": {"seed": seed}})
+    assert err.value.problems == ["training.seed: must be in [0, 2**32)"]
+    assert load_spec(None, {"base_model": "m", "dataset": "d",
+                            "training": {"seed": 2 ** 32 - 1}}).training.seed == 2 ** 32 - 1

@@ -137,6 +137,8 @@ class TrainingSpec:
             problems.append("max_steps: must be >= 1 or null")
         if self.overfit_train_loss < 0:
             problems.append("overfit_train_loss: must be >= 0")
+        if not 0 <= self.seed < 2 ** 32:  # numpy's and transformers' range
+            problems.append("seed: must be in [0, 2**32)")
         if self.attention not in ATTENTIONS:
             problems.append(f"attention: {self.attention!r} is not one of {', '.join(ATTENTIONS)}")
         return problems
