@@ -735,7 +735,7 @@ def _manifest(config: DataConfig, writer: DatasetWriter, files: list, tracker: S
         "leak_check": split.meta["leak_check"],
         **{name: {k: v for k, v in part.meta.items() if k not in strip}
            for name, part in model_stages.items()},
-        "warnings": list(split.meta.get("warnings", [])),
+        "warnings": list(mixed.meta.get("warnings", [])) + list(split.meta.get("warnings", [])),
         "seconds": round(seconds, 3),
         "ray": {"address": ray_address},
         "outputs": {"train": "train.jsonl", "validation": "validation.jsonl",

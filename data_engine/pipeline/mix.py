@@ -63,7 +63,30 @@ def mix(sources: list[str], config: MixConfig, seed: int) -> MixResult:
     else:
         rows, copy = _resample(order_in, weights, config.total or n, rng)
     surplus = np.setdiff1d(np.arange(n), rows)
-    return MixResult(rows, copy, surplus, _facts(config, names, available, codes, rows, copy))
+    facts = _facts(config, names, available, codes, rows, copy)
+    facts["warnings"] = _warnings(config, names, available, weights, facts)
+    return MixResult(rows, copy, surplus, facts)
+
+
+def _warnings(config: MixConfig, names: list[str], available: np.ndarray,
+              weights: np.ndarray, facts: dict[str, Any]) -> list[str]:
+    """What the mix left out that a user may not expect: a source's every row because the
+    weights do not name it, and (interleave) the part of `total` it could not fill."""
+    out = []
+    if config.weights:
+        for name, rows, weight in zip(names, available.tolist(), weights.tolist()):
+            if weight == 0 and name not in config.weights:
+                out.append(f"mix: source {name!r} ({rows:,} rows) is not in mix.weights, so "
+                           f"none of its rows are kept; give it a weight to keep them")
+    if config.strategy == "interleave" and config.total and facts["total"] < config.total:
+        ran_out = [name for name, info in facts["sources"].items()
+                   if info["after"] == info["before"] and info["before"]
+                   and config.weights.get(name, 0 if config.weights else 1)]
+        out.append(f"mix: interleave stopped at {facts['total']:,} of the {config.total:,} rows "
+                   f"of mix.total, when {' and '.join(map(repr, ran_out)) or 'a source'} ran "
+                   "out (interleave repeats no row and stops at the first source to run out; "
+                   "strategy resample fills the total)")
+    return out
 
 
 def _interleave(order_in: list[np.ndarray], weights: np.ndarray, total: int | None,
@@ -117,6 +140,7 @@ def _facts(config: MixConfig, names: list[str], available: np.ndarray, codes: np
     return {
         "strategy": config.strategy,
         "weights": dict(config.weights),
+        "total_asked": config.total,
         "total": int(after.sum()),
         "sources": {name: {"before": int(available[i]), "after": int(after[i]),
                            "repeats": int(repeats[i]), "share": round(float(after[i]) / total, 4)}

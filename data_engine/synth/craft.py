@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import re
 import warnings
@@ -184,23 +185,34 @@ class Corpus:
 def load_corpus(paths: list[str], text_column: str = "text", id_column: str | None = None
                 ) -> Corpus:
     """Reads JSONL and Parquet corpora. A malformed line or a row without text is skipped
-    (counted); a missing column in a Parquet file or a repeated id is an error."""
-    corpus, seen = Corpus(), set()
+    (counted); a missing column in a Parquet file or a repeated id is an error. Without an
+    id column a document's id is `FILE:ROW`, FILE the file's name, or where two corpus files
+    share a name (`c1/docs.jsonl`, `c2/docs.jsonl`; shards `part-0.parquet` in two folders)
+    its path from the folder they have in common."""
+    files: list[tuple[str, Path, bool]] = []  # (path as given, file, parquet)
     for raw in paths:
         p = Path(raw)
-        if p.is_dir() or p.suffix == ".parquet":
-            rows = _parquet_rows(p, text_column, id_column)
+        if p.is_dir():
+            found = sorted(p.glob("*.parquet"))
+            if not found:
+                raise InputError(raw, "no *.parquet files", "craft.corpus")
+            files += [(raw, f, True) for f in found]
         elif p.is_file():
-            rows = _jsonl_rows(p, text_column, id_column)
+            files.append((raw, p, p.suffix == ".parquet"))
         else:
             raise InputError(raw, "no such file or folder", "craft.corpus")
+    labels = _file_labels([f for _, f, _ in files])
+    corpus, seen = Corpus(), set()
+    for (raw, f, parquet), label in zip(files, labels, strict=True):
+        rows = (_parquet_rows if parquet else _jsonl_rows)(f, label, text_column, id_column)
         for doc_id, text in rows:
             if not (isinstance(text, str) and text.strip()) or doc_id is None:
                 corpus.skipped += 1
                 continue
             if str(doc_id) in seen:
                 raise InputError(raw, f"document id {doc_id!r} appears twice; ids must be "
-                                 "unique", "craft.id_column")
+                                 "unique" + ("" if id_column else " (is a file listed twice?)"),
+                                 "craft.id_column")
             seen.add(str(doc_id))
             corpus.ids.append(str(doc_id))
             corpus.texts.append(text)
@@ -216,7 +228,18 @@ def load_corpus(paths: list[str], text_column: str = "text", id_column: str | No
     return corpus
 
 
-def _jsonl_rows(path: Path, text_column: str, id_column: str | None):
+def _file_labels(files: list[Path]) -> list[str]:
+    """What default ids name each file by: its name, or, when two files share a name, its
+    path from the folder all the files have in common."""
+    names = [f.name for f in files]
+    if len(set(names)) == len(names):
+        return names
+    full = [f.resolve() for f in files]
+    common = Path(os.path.commonpath([f.parent for f in full]))
+    return [f.relative_to(common).as_posix() for f in full]
+
+
+def _jsonl_rows(path: Path, label: str, text_column: str, id_column: str | None):
     with path.open(encoding="utf-8") as fh:
         for number, line in enumerate(fh, 1):
             if not line.strip():
@@ -228,28 +251,24 @@ def _jsonl_rows(path: Path, text_column: str, id_column: str | None):
             if not isinstance(row, dict):
                 yield None, None
                 continue
-            yield (row.get(id_column) if id_column else f"{path.name}:{number}",
+            yield (row.get(id_column) if id_column else f"{label}:{number}",
                    row.get(text_column))
 
 
-def _parquet_rows(path: Path, text_column: str, id_column: str | None):
+def _parquet_rows(path: Path, label: str, text_column: str, id_column: str | None):
     import pyarrow.parquet as pq
 
-    files = sorted(path.glob("*.parquet")) if path.is_dir() else [path]
-    if not files:
-        raise InputError(str(path), "no *.parquet files", "craft.corpus")
     wanted = [text_column] + ([id_column] if id_column else [])
-    for f in files:
-        names = pq.ParquetFile(f).schema_arrow.names
-        missing = [c for c in wanted if c not in names]
-        if missing:
-            raise InputError(str(f), f"no column {', '.join(missing)} (has {', '.join(names)})",
-                             "craft.corpus")
-        table = pq.read_table(f, columns=wanted)
-        texts = table.column(text_column).to_pylist()
-        ids = table.column(id_column).to_pylist() if id_column else \
-            [f"{f.name}:{i}" for i in range(1, len(texts) + 1)]
-        yield from zip(ids, texts)
+    names = pq.ParquetFile(path).schema_arrow.names
+    missing = [c for c in wanted if c not in names]
+    if missing:
+        raise InputError(str(path), f"no column {', '.join(missing)} (has {', '.join(names)})",
+                         "craft.corpus")
+    table = pq.read_table(path, columns=wanted)
+    texts = table.column(text_column).to_pylist()
+    ids = table.column(id_column).to_pylist() if id_column else \
+        [f"{label}:{i}" for i in range(1, len(texts) + 1)]
+    yield from zip(ids, texts)
 
 
 # ---------------------------------------------------------------- retrieval
@@ -348,37 +367,47 @@ _HEADER = re.compile(rf"^[ \t]*(?:(?:#{{1,6}}[ \t]*|\*\*){_KEYWORD}[ \t]*(?:\*\*
                      re.IGNORECASE | re.MULTILINE)
 
 
-def _headers(text: str) -> list[tuple[str, int, int]]:
-    """(kind, start, end) of every header line, kind one of instruction/input/response/end."""
+def _headers(text: str) -> list[tuple[str, int, int, bool]]:
+    """(kind, start, end, marked) of every header line: kind one of instruction/input/
+    response/end; marked when it has markdown (`###`, `**`), where a bare one is `Word:`."""
     out = []
     for m in _HEADER.finditer(text):
         kind = (m.group(1) or m.group(2)).lower()
         out.append(("instruction" if kind.startswith("instruction") else kind, m.start(),
-                    m.end()))
+                    m.end(), m.group(1) is not None))
     return out
 
 
 def parse_sample(text: str) -> tuple[str, str]:
     """(instruction, response) from a reply. Headers may carry markdown (`###`, `**`) and a
-    colon, and text may follow on the header's line; an Alpaca-style `### Input` section is
-    appended to the instruction; the response ends at the next header. Anything after the
-    first sample is ignored. Raises BadFormat saying what is missing."""
+    colon, and text may follow on the header's line. The response header is the first
+    marked one after the instruction and before any second `### Instruction` (a bare
+    `Response:` only when none is marked). A
+    marked `### Input` section is appended to the instruction; a bare `Input:` line is
+    text of it, kept as written. The response runs to the next marked header (`### End`,
+    a second sample's `### Instruction`), or after a bare `Response:` also to a bare
+    `Instruction:`: a line of the answer such as `Input: [1, 2, 3]` or `End:` ends
+    nothing. Anything after the first sample is ignored. Raises BadFormat saying what is
+    missing."""
     headers = _headers(text)
     first = next((i for i, h in enumerate(headers) if h[0] == "instruction"), None)
     if first is None:
         raise BadFormat("no ### Instruction line")
-    response = next((i for i in range(first + 1, len(headers))
-                     if headers[i][0] == "response"), None)
-    if response is None:
+    # a second sample's marked `### Instruction` ends the search
+    limit = next((i for i in range(first + 1, len(headers))
+                  if headers[i][3] and headers[i][0] == "instruction"), len(headers))
+    answers = [i for i in range(first + 1, limit) if headers[i][0] == "response"]
+    if not answers:
         raise BadFormat("no ### Response line after the instruction")
-    parts = []
-    for i in range(first, response):  # the instruction and any Input section
-        if i == first or headers[i][0] == "input":
-            part = text[headers[i][2]:headers[i + 1][1]].strip()
-            if part:
-                parts.append(part)
-    instruction = "\n\n".join(parts)
-    end = headers[response + 1][1] if response + 1 < len(headers) else len(text)
+    response = next((i for i in answers if headers[i][3]), answers[0])
+    marked = headers[response][3]
+    # the instruction, and any marked Input sections; bare headers in between are its text
+    cuts = [i for i in range(first + 1, response) if headers[i][3] and headers[i][0] == "input"]
+    bounds = [first] + cuts + [response]
+    parts = [text[headers[a][2]:headers[b][1]].strip() for a, b in zip(bounds, bounds[1:])]
+    instruction = "\n\n".join(p for p in parts if p)
+    end = next((h[1] for h in headers[response + 1:]
+                if h[3] or (not marked and h[0] == "instruction")), len(text))
     reply = text[headers[response][2]:end].strip()
     if not instruction:
         raise BadFormat("empty instruction")

@@ -190,6 +190,22 @@ def test_load_corpus_jsonl_and_parquet(tmp_path, corpus):
         load_corpus([str(jsonl)])
 
 
+def test_corpus_files_that_share_a_name_get_distinct_default_ids(tmp_path):
+    """`c1/docs.jsonl` and `c2/docs.jsonl` (or two folders of `part-0.parquet` shards)
+    failed with "document id 'docs.jsonl:1' appears twice", no id column being set."""
+    for name in ("c1", "c2"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "docs.jsonl").write_text(f'{{"text": "{name} one"}}\n')
+        pq.write_table(pa.table({"text": [f"{name} shard"]}),
+                       tmp_path / name / "part-0.parquet")
+    both = load_corpus([str(tmp_path / "c1" / "docs.jsonl"), str(tmp_path / "c2" / "docs.jsonl")])
+    assert both.ids == ["c1/docs.jsonl:1", "c2/docs.jsonl:1"]
+    shards = load_corpus([str(tmp_path / "c1"), str(tmp_path / "c2")])
+    assert shards.ids == ["c1/part-0.parquet:1", "c2/part-0.parquet:1"]
+    with pytest.raises(InputError, match="appears twice.*listed twice"):
+        load_corpus([str(tmp_path / "c1" / "docs.jsonl")] * 2)
+
+
 def test_config_reports_every_problem():
     bad = CraftConfig(per_example_k=0, mean_k=-1, top_p=0.0, shots_in_prompt=40)
     problems = "\n".join(bad.check())
@@ -241,6 +257,22 @@ def test_bad_fewshots_fail_before_a_model_loads(tmp_path):
      ("Why rest dough?", "Gluten relaxes.\nResponse times vary.")),
     ("## Instructions:\nTranslate to French.\n### Input\ncheese\n### Response:\nfromage",
      ("Translate to French.\n\ncheese", "fromage")),
+    # lines of the answer that look like bare headers end nothing (they used to cut it)
+    ("### Instruction\nWrite total(xs).\n### Response\ndef total(xs):\n    return sum(xs)"
+     "\n\nExample:\nInput: [1, 2, 3]\nOutput: 6\nResponse: 6\nEnd: done\n### End",
+     ("Write total(xs).", "def total(xs):\n    return sum(xs)\n\nExample:\nInput: [1, 2, 3]"
+      "\nOutput: 6\nResponse: 6\nEnd: done")),
+    # a bare Input: line is the instruction's text, kept as written
+    ("### Instruction\nLabel the review positive or negative.\nInput: The battery died.\n"
+     "### Response\nnegative",
+     ("Label the review positive or negative.\nInput: The battery died.", "negative")),
+    # a bare Response: inside a marked instruction is text; the marked one answers
+    ("### Instruction\nReply to: 'Response: due Friday'\nResponse: keep it short\n"
+     "### Response\nNoted.", ("Reply to: 'Response: due Friday'\nResponse: keep it short",
+                               "Noted.")),
+    # bare headers throughout: a second bare Instruction: ends the first sample
+    ("Instruction: Name a herb.\nResponse: Basil.\nInstruction: Another\nResponse: Dill",
+     ("Name a herb.", "Basil.")),
 ])
 def test_parse_sample_accepts_the_format_and_common_variants(text, expected):
     assert parse_sample(text) == expected

@@ -61,6 +61,25 @@ def test_interleave_with_total_stops_there():
     picked = Counter(sources[i] for i in result.rows.tolist())
     assert abs(picked["a"] - 300) < 40
     assert len(result.surplus) == 1400
+    assert result.facts["warnings"] == [] and result.facts["total_asked"] == 600
+
+
+def test_mix_warns_of_a_source_left_out_of_the_weights_and_of_a_short_interleave():
+    """Both used to leave rows out with no word: a source the weights do not name (CRAFT's
+    rows, whose source is `craft`) went wholly to mix_surplus, and interleave stopped at 51
+    of the 400 rows of `total` with the manifest's total reading 51."""
+    sources = sources_of({"seeds": 100, "big": 1000, "craft": 30})
+    result = mix(sources, MixConfig(strategy="interleave", weights={"seeds": 1, "big": 1},
+                                    total=600), seed=2)
+    assert len(result.rows) < 300 and result.facts["total_asked"] == 600
+    left_out, short = result.facts["warnings"]
+    assert left_out == ("mix: source 'craft' (30 rows) is not in mix.weights, so none of its "
+                        "rows are kept; give it a weight to keep them")
+    assert short.startswith(f"mix: interleave stopped at {len(result.rows)} of the 600 rows "
+                            "of mix.total, when 'seeds' ran out")
+    zero = mix(sources, MixConfig(strategy="resample", weights={"seeds": 1, "big": 1,
+                                                                "craft": 0}), seed=2)
+    assert zero.facts["warnings"] == []  # a weight of 0 says it on purpose
 
 
 def test_resample_gives_exact_counts_with_numbered_repeats():
