@@ -57,7 +57,10 @@ PLACEHOLDER = "{prompt}"
 
 # Words of the rewriting prompts themselves; an evolved prompt containing one copied them.
 COPY_PHRASES = ("#given prompt#", "#rewritten prompt#", "#created prompt#", "given prompt",
-                "rewritten prompt", "created prompt", "prompt rewriter", "prompt creator")
+                "rewritten prompt", "created prompt", "prompt rewriter", "prompt creator",
+                # the model's commentary on its own rewrite, left after the prompt
+                "rewritten version", "revised version", "revised prompt", "original prompt",
+                "task's instruction")
 # Apologies and "as an AI" mark a refusal wherever they stand in a short answer; inability
 # phrases only at its opening sentence ("負の数の平方根は計算できません" is an answer).
 _APOLOGY = ("i'm sorry", "i am sorry", "sorry, but", "i apologize", "i apologise", "as an ai",
@@ -70,8 +73,19 @@ _STOP_WORDS = frozenset("a an the and or but of to in on at for with by is are w
                         "this that these those i you he she we they me my your its so as".split())
 _WORD = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uf900-\ufaff\uac00-\ud7af]|[^\W_]+")
 _SENTENCE_END = re.compile(r"[.!?。！？\n]")
-_LABEL = re.compile(r"^\s*[#*_]*\s*(rewritten|created|new|evolved)\s+prompt\s*[#*_]*\s*[:：]?"
-                    r"\s*[*_]*\s*", re.IGNORECASE)  # `#Rewritten Prompt#:`, `**New prompt:**`
+# `#Rewritten Prompt#:`, `**New prompt:**`, `New prompt:`: a colon or closing markup makes it
+# a label, so a prompt that starts "New prompt injection techniques..." keeps its words.
+_LABEL = re.compile(r"^\s*[#*_]*\s*(?:rewritten|created|new|evolved)\s+prompt\s*"
+                    r"(?:[#*_]+\s*[:：]?|[:：])\s*[*_]*\s*", re.IGNORECASE)
+# What instruct models open a reply with: `Sure!`, `Certainly.`, and a line introducing what
+# follows (`Here is a new task:`, `Here's the rewritten prompt:`).
+_ASSENT = re.compile(r"^\s*(?:sure|certainly|of course|absolutely)\s*[!,.]\s*",
+                     re.IGNORECASE)
+_INTRO = re.compile(r"^\s*(?:here(?:'s|\u2019s| is| are)|below is)\b[^\n:]{0,80}?\b"
+                    r"(?:prompts?|tasks?|instructions?|questions?|versions?|rewrites?|examples?)"
+                    r"\b[^\n:]{0,40}:\s*", re.IGNORECASE)
+_QUOTE_PAIRS = {'"': '"', "'": "'", "\u201c": "\u201d", "\u2018": "\u2019", "「": "」",
+                "『": "』"}
 
 
 @dataclass
@@ -291,9 +305,21 @@ def extract_prompt(text: str) -> str:
     """The rewritten prompt from a reply: a leading echo of the template's own output label
     (`#Rewritten Prompt#:`) is formatting, not content, and is removed with wrapping quotes;
     the label anywhere else is copying and left for `copied_instructions` to find."""
-    text = _LABEL.sub("", text.strip(), count=1).strip()
-    if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
-        text = text[1:-1].strip()
+    return unquote(_LABEL.sub("", strip_opener(text), count=1).strip())
+
+
+def strip_opener(text: str) -> str:
+    """``text`` without the assent (`Sure!`) and introducing line (`Here is a new task:`) an
+    instruct model opens its reply with; unchanged when nothing would be left."""
+    out = _INTRO.sub("", _ASSENT.sub("", text.strip(), count=1), count=1).strip()
+    return out or text.strip()
+
+
+def unquote(text: str) -> str:
+    """``text`` without one pair of quotes around the whole of it (straight, curly, 「」)."""
+    if len(text) >= 2 and _QUOTE_PAIRS.get(text[0]) == text[-1] \
+            and text[-1] not in text[1:-1]:
+        return text[1:-1].strip()
     return text
 
 

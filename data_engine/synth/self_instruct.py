@@ -37,8 +37,8 @@ from data_engine.errors import ConfigError
 from data_engine.filters.repetition import is_degenerate
 from data_engine.synth.evol import (AnswerChecks, Sampling, answer_problem, clean_survivors,
                                     copied_instructions, derived_seed, last_user_turn,
-                                    load_template, reason_code, refusal, unique_ids,
-                                    uses_tools)
+                                    load_template, reason_code, refusal, strip_opener,
+                                    unique_ids, unquote, uses_tools)
 from data_engine.synth.rows import generator_name, make_row
 
 SELF_INSTRUCT_REASONS = (
@@ -147,11 +147,8 @@ def unusable(task: str, config: SelfInstructConfig) -> str | None:
 def extract_task(text: str) -> str:
     """The new task from a reply: a leading `Task 9:` label and any further numbered tasks
     the engine went on to list are removed."""
-    text = _LABEL.sub("", text.strip(), count=1)
-    text = _NEXT_TASK.split(text, maxsplit=1)[0].strip()
-    if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
-        text = text[1:-1].strip()
-    return text
+    text = _LABEL.sub("", strip_opener(text), count=1)
+    return unquote(_NEXT_TASK.split(text, maxsplit=1)[0].strip())
 
 
 def task_problem(gen: Generation, task: str, instructions: str, config: SelfInstructConfig,

@@ -97,6 +97,37 @@ def test_extract_prompt_removes_a_leading_label_and_quotes_only():
     assert extract_prompt(kept) == kept
 
 
+@pytest.mark.parametrize("reply, prompt", [
+    # a prompt that starts like a label keeps its words (they used to be cut)
+    ("New prompt injection techniques keep appearing. How can a chatbot resist them?",
+     "New prompt injection techniques keep appearing. How can a chatbot resist them?"),
+    ("Evolved prompt designs often beat hand-written ones. Why?",
+     "Evolved prompt designs often beat hand-written ones. Why?"),
+    ("#New Prompt# Which French city hosts the oldest university?",
+     "Which French city hosts the oldest university?"),
+    # what instruct models open with is no part of the prompt
+    ("Here's a new prompt:\n\nWhich French city hosts the oldest university?",
+     "Which French city hosts the oldest university?"),
+    ("Sure! Here is the rewritten prompt: “Write a limerick about tax day.”",
+     "Write a limerick about tax day."),
+    ("Certainly. Write a limerick about tax day.", "Write a limerick about tax day."),
+    ("「東京の観光名所を三つ挙げてください。」", "東京の観光名所を三つ挙げてください。"),
+    # text that only looks like an opener stays
+    ("Here is a list of numbers: 3, 5, 7. Sort them.",
+     "Here is a list of numbers: 3, 5, 7. Sort them."),
+    ("Sure-fire ways to save money: list five.", "Sure-fire ways to save money: list five."),
+    ('"Hi," she said. "Bye."', '"Hi," she said. "Bye."'),
+])
+def test_extract_prompt_reads_the_prompt_out_of_an_instruct_models_reply(reply, prompt):
+    assert extract_prompt(reply) == prompt
+
+
+def test_a_rewrite_that_ends_in_commentary_is_copied_instructions():
+    evolved = ("Explain photosynthesis to a ten-year-old using a kitchen analogy.\n\nThis "
+               "rewritten version adds depth by asking for an analogy.")
+    assert copied_instructions(evolved, SHORT, INSTRUCTIONS, 6) == "contains 'rewritten version'"
+
+
 # evol_refusal, evol_too_short, evol_degenerate_answer, evol_unfinished, engine_error -------
 
 @pytest.mark.parametrize("answer", [
@@ -293,6 +324,9 @@ def test_extract_task():
     assert extract_task("Task 9: Name two moons.\nTask 10: Explain tides.") == "Name two moons."
     assert extract_task('"Translate hello into French."') == "Translate hello into French."
     assert extract_task("**New task:** Name two moons.") == "Name two moons."
+    assert extract_task("Here is a new task:\n\nWrite a limerick about tides.\nTask 10: x") \
+        == "Write a limerick about tides."
+    assert extract_task("Sure! Write a limerick about tides.") == "Write a limerick about tides."
 
 
 # end to end on the embedded model ----------------------------------------------------------
