@@ -91,6 +91,25 @@ def test_local_batches_equal_single_rows(tiny_model_dir, chat_tokenizer):
         assert b[1:] == pytest.approx(s[1:], abs=1e-4)
 
 
+def test_local_scores_a_bf16_checkpoint_in_float32_on_cpu(tiny_model_dir, chat_tokenizer,
+                                                          tmp_path):
+    """A merged folder is saved in bf16; `--ppl local` scored it in bf16, 0.2-0.4% off the
+    server (float32 on CPU) and different with each batch size."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    bf16 = tmp_path / "bf16"
+    AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.bfloat16) \
+        .save_pretrained(bf16)
+    model = load_local(bf16)
+    assert model.dtype == torch.float32
+    encoded = encode_rows(chat_tokenizer, ROWS)
+    batched = local_logprobs(model, encoded, batch_rows=4)
+    single = local_logprobs(model, encoded, batch_rows=1)
+    for b, s in zip(batched, single):
+        assert b[1:] == pytest.approx(s[1:], abs=1e-4)
+
+
 def test_a_server_error_is_one_short_line():
     """llama.cpp's server answers echo + logprobs with a 500 whose body is a ~1 KB pydantic
     report; the error shows its start on one line."""
