@@ -182,7 +182,8 @@ def evaluate_side(target: Target, rows: list[EvalRow], options: EvalOptions,
         gens = usability.generate(base_url, name, rows, budget, options.concurrency)
         _check_server_answered(target, base_url, gens)
         repetition = CleanConfig().repetition
-        replies = [usability.judge_reply(row, gen, repetition) for row, gen in zip(rows, gens)]
+        replies = [usability.judge_reply(row, gen, repetition, budget)
+                   for row, gen in zip(rows, gens)]
         summary = usability.summarize(replies, budget)
         log(f"{target.label}: {summary['usable']}/{summary['rows']} replies usable "
             f"(budget {budget} tokens, {time.monotonic() - started:.1f} s)")
@@ -190,7 +191,7 @@ def evaluate_side(target: Target, rows: list[EvalRow], options: EvalOptions,
         if probes:
             started = time.monotonic()
             gens = usability.generate(base_url, name, probes, budget, options.concurrency)
-            call_replies = [usability.judge_reply(probe, gen, repetition)
+            call_replies = [usability.judge_reply(probe, gen, repetition, budget)
                             for probe, gen in zip(probes, gens)]
         calls = toolcalls.summarize(probes, call_replies, rows, replies,
                                     call_format(tokenizer, tokenizer.chat_template))

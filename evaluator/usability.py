@@ -5,7 +5,9 @@ loop (the data engine's degenerate-repetition detector)? Plus JSON validity for 
 
 A reply "stopped" when the server's finish_reason is `stop`: it ended on one of the model's
 end-of-sequence ids (the merged model's generation config lists the end-of-turn token
-first) rather than at `max_tokens`. The budget defaults to the recipe's sanity budget,
+first) rather than at `max_tokens`, within the budget. The server is asked for one token
+more than the budget: vLLM and `transformers serve` test the length before the stop token,
+so a reply whose end-of-turn token was the budget's last token read `length`. The budget defaults to the recipe's sanity budget,
 1.5x the 95th percentile of the reference replies' token lengths (64..1,024): a model that
 learned when to stop ends within its data's lengths.
 """
@@ -55,8 +57,9 @@ def generate(base_url: str, model_name: str, rows: Sequence[EvalRow], max_tokens
     engine = OpenAIEngine(model_name, base_url, api_key=api_key, max_concurrency=concurrency,
                           timeout_s=timeout_s, max_retries=2)
     try:
+        # one more: a stop token at the budget's last position must read `stop` (see above)
         return engine.generate([r.prompt for r in rows],
-                               SamplingParams(temperature=0.0, max_tokens=max_tokens),
+                               SamplingParams(temperature=0.0, max_tokens=max_tokens + 1),
                                tools=[r.tools for r in rows])
     finally:
         engine.close()
@@ -73,17 +76,21 @@ def json_valid(text: str) -> bool:
     return True
 
 
-def judge_reply(row: EvalRow, gen: Generation, repetition: RepetitionConfig) -> dict[str, Any]:
-    """One reply's usability fields, as samples.jsonl records them."""
+def judge_reply(row: EvalRow, gen: Generation, repetition: RepetitionConfig,
+                budget: int | None = None) -> dict[str, Any]:
+    """One reply's usability fields, as samples.jsonl records them. With ``budget``, a reply
+    stopped only when its stop token came within it (`generate` asks for one more)."""
     text = gen.text or ""
+    stopped = gen.error is None and gen.finish_reason == "stop" \
+        and (budget is None or (gen.tokens or 0) <= budget)
     # A reply the server parsed into calls (`message.tool_calls`) may leave no text: it
     # answered, with its calls.
-    flags = {"error": gen.error is not None, "no_stop": gen.error is None
-             and gen.finish_reason != "stop", "empty": not text.strip() and not gen.tool_calls,
+    flags = {"error": gen.error is not None, "no_stop": gen.error is None and not stopped,
+             "empty": not text.strip() and not gen.tool_calls,
              "degenerate": bool(text.strip()) and is_degenerate(text, repetition)}
     failure = next((name for name in FAILURES if flags[name]), None)
     return {"output": text, "finish_reason": gen.finish_reason, "tokens": gen.tokens,
-            "stopped": gen.error is None and gen.finish_reason == "stop",
+            "stopped": stopped,
             "empty": flags["empty"], "degenerate": flags["degenerate"],
             "usable": failure is None, "failure": failure, "error": gen.error,
             "json_valid": json_valid(text) if JSON_TAG in row.tags else None,

@@ -164,17 +164,27 @@ def test_eval_with_baseline_and_judge(polite_model_dir, looping_model_dir, smoll
 
 
 @pytest.mark.slow
-def test_eval_against_a_running_server(polite_model_dir, data_dir, tmp_path):
+def test_eval_against_a_running_server(polite_model_dir, data_dir, tmp_path, chat_tokenizer):
     from evaluator.serving import serve_model
 
+    # "Hello there" and <|im_end|>: a budget of exactly that many tokens holds the reply
+    exact = len(chat_tokenizer.encode("Hello there", add_special_tokens=False)) + 1
     with serve_model(polite_model_dir, backend="transformers", served_name="titles") as server:
         metrics = run_eval(EvalOptions(data=data_dir, out=tmp_path / "eval",
                                        model=server.base_url, max_tokens=16))
+        # the stop token as the budget's last token read `length` (no_stop) before
+        fits = run_eval(EvalOptions(data=data_dir, out=tmp_path / "fits",
+                                    model=server.base_url, max_tokens=exact))
+        short = run_eval(EvalOptions(data=data_dir, out=tmp_path / "short",
+                                     model=server.base_url, max_tokens=exact - 1))
         with pytest.raises(EvalError) as wrong:
             run_eval(EvalOptions(data=data_dir, out=tmp_path / "x", model=server.base_url,
                                  served_name="other"))
     assert metrics["model"]["name"] == "titles" and metrics["baseline"] is None
     assert metrics["usability"]["model"]["rate"] == 1.0
+    assert fits["usability"]["model"]["rate"] == 1.0
+    assert short["usability"]["model"]["rate"] == 0.0
+    assert short["usability"]["model"]["failures"]["no_stop"] == short["usability"]["model"]["rows"]
     # no row offers tools or calls one: nothing measured, no calls.jsonl
     assert metrics["tool_calls"] is None and not (tmp_path / "eval" / "calls.jsonl").exists()
     assert wrong.value.code == "model_not_served"
