@@ -163,6 +163,9 @@ def evaluate_side(target: Target, rows: list[EvalRow], options: EvalOptions,
             raise EvalError("tokenizer_unknown", f"{base_url} does not name a local model "
                             "folder; pass --tokenizer", "tokenizer")
         tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        warnings = _template_warnings(target, tokenizer, rows)
+        for warning in warnings:
+            log(f"warning: {warning}")
         # one position is the token the server generates after the echoed prompt
         encoded, cut = perplexity.cut_to(perplexity.encode_rows(tokenizer, rows),
                                          options.context - 1 if options.context else None)
@@ -201,10 +204,33 @@ def evaluate_side(target: Target, rows: list[EvalRow], options: EvalOptions,
         elif probes:
             log(f"{target.label}: {calls['exact']}/{calls['calls']} tool calls made as the data "
                 f"makes them ({time.monotonic() - started:.1f} s)")
-    return {"ppl": ppl, "replies": replies, "usability": summary,
+    return {"ppl": ppl, "replies": replies, "usability": summary, "warnings": warnings,
             "json": usability.summarize_json(replies),
             "tool_calls": calls, "call_replies": call_replies,
             "reference": usability.add_reference_scores(rows, replies)}
+
+
+def _template_warnings(target: Target, tokenizer, rows: list[EvalRow]) -> list[str]:
+    """Where the served model's own chat template drops the rows' `tools`: its replies and
+    call probes answer without them, while perplexity scores the rows in the training
+    template, with them (a base model's template, e.g. SmolLM2's, ignores `tools`)."""
+    tooled = [r for r in rows if r.tools]
+    if not tooled or not getattr(tokenizer, "chat_template", None):
+        return []
+    row = tooled[0]
+    try:
+        with_tools = tokenizer.apply_chat_template(row.prompt, tools=row.tools, tokenize=False,
+                                                   add_generation_prompt=True)
+        without = tokenizer.apply_chat_template(row.prompt, tokenize=False,
+                                                add_generation_prompt=True)
+    except Exception:  # noqa: BLE001 - a template that cannot render them says so by failing
+        return []
+    if with_tools != without:
+        return []
+    return [f"{target.label}: its chat template ignores `tools`, so its replies to the "
+            f"{len(tooled)} row(s) that offer tools, and its tool-call probes, were asked "
+            "without them (its perplexity scores them with them, in the training template): "
+            "compare its tool numbers with the other side's with care"]
 
 
 def _pair(model: Any, baseline: Any) -> dict[str, Any] | None:
@@ -289,6 +315,7 @@ def run_eval(options: EvalOptions, log: Callable[[str], None] = print) -> dict[s
         "reference": _pair(ours["reference"], theirs["reference"] if theirs else None),
         "judge": judged,
         "gate": None,
+        "warnings": ours["warnings"] + (theirs["warnings"] if theirs else []),
     }
     metrics["gate"] = evaluate_gate(metrics, gate)
     samples = [_sample(row, ours["replies"][i], theirs["replies"][i] if theirs else None,

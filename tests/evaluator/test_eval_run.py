@@ -158,9 +158,37 @@ def test_eval_with_baseline_and_judge(polite_model_dir, looping_model_dir, smoll
     gate = {c["name"]: c for c in metrics["gate"]["checks"]}
     assert gate["usability"]["status"] == "pass"
     assert any("serving" in line for line in lines)
+    # both scripted models carry SmolLM2's own template, which drops `tools`
+    assert [w.split(":")[0] for w in metrics["warnings"]] == ["model", "baseline"]
     page = (out / "report.html").read_text(encoding="utf-8")
     assert len(page) > 10_000  # plots inline
     assert "tool-call turns of the data" in page
+
+
+def test_a_served_template_that_ignores_tools_is_named(chat_tokenizer):
+    """A base model's own template (SmolLM2's) drops `tools`: its replies to tool rows are
+    asked without them while its perplexity scores them in the training template, with
+    them. Said, where it went unnoticed; a template that renders tools says nothing."""
+    import copy
+
+    from evaluator.data import EvalRow
+    from evaluator.run import Target, _template_warnings
+    from trainer_service.recipe.chat_format import resolve_template
+
+    row = EvalRow(id="t", source="tools", tags=[], messages=[], tools=TIME_TOOLS,
+                  prompt=[{"role": "user", "content": "What time is it?"}])
+    plain = EvalRow(id="p", source="faq", tags=[], messages=[],
+                    prompt=[{"role": "user", "content": "Hi"}])
+    base = Target(label="baseline", path=None)
+    assert _template_warnings(base, chat_tokenizer, [plain, row]) == [
+        "baseline: its chat template ignores `tools`, so its replies to the 1 row(s) that "
+        "offer tools, and its tool-call probes, were asked without them (its perplexity "
+        "scores them with them, in the training template): compare its tool numbers with "
+        "the other side's with care"]
+    assert _template_warnings(base, chat_tokenizer, [plain]) == []
+    trained = copy.deepcopy(chat_tokenizer)
+    trained.chat_template = resolve_template(trained, "chatml").text
+    assert _template_warnings(base, trained, [plain, row]) == []
 
 
 @pytest.mark.slow
