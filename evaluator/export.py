@@ -28,7 +28,11 @@ that drifts, naming the form, the number, the tolerance and what to try:
      which also quantizes activations.)
 2. `model-f16.gguf` -> `model-<type>.gguf` with llama.cpp's quantizer
    (`llama_model_quantize`, in a subprocess). Checked against the F16 GGUF, both scored by
-   llama.cpp: PPL ratio, mean KL(F16 || quantized), same-top-token rate.
+   llama.cpp: PPL ratio, mean KL(F16 || quantized), same-top-token rate; and tensor by
+   tensor: each quantized tensor, dequantized (gguf-py), is the F16 file's within its type's
+   rounding (`TENSOR_ERROR`). The end-to-end bound of a 4-bit type must leave room for
+   4-bit noise, which one broken tensor fits inside (a zeroed attention output of one
+   layer in 30 scored PPL ratio 1.14, KL 0.13: a pass); its relative error is 1.0.
 
 The converter comes from the registry: llama-cpp-python's sdist vendors the whole llama.cpp
 tree of the version it compiles, including `convert_hf_to_gguf.py`, its `conversion/`
@@ -133,6 +137,20 @@ F16_VS_BF16 = Tolerance(max_ppl_ratio=1.01, max_mean_kl=0.005, min_same_top=0.92
 
 # What to try when a quantized form drifts: the next larger type.
 LARGER = {"q4_k_m": "q6_k", "q6_k": "q8_0"}
+
+# The relative RMSE, |dequantized - F16| / |F16|, a quantized file's tensor may have against
+# the F16 file's, by the tensor's ggml type. Measured on SmolLM2-135M's F16 export (sampled
+# rows of every tensor; q8_0, q6_k and q4_k_m files): Q8_0 0.0055 median / 0.0065 max,
+# Q6_K 0.018 / 0.018, Q5_0 (the k-quants' fallback for 576-wide rows) 0.044 / 0.051, Q4_K
+# 0.019 / 0.020; tensors left in F32 (norms) equal to the bit. Bounds are 3-5x the worst
+# measurement; a broken tensor is far past them (zeroed: 1.0, scaled by 0.5: 0.5, a norm
+# scaled by 1.02: 0.02 against 0.001).
+TENSOR_ERROR: dict[str, float] = {
+    "F32": 1e-3, "F16": 1e-3, "BF16": 1e-2,  # unquantized: F16 rounding of F32 is 5e-4
+    "Q8_0": 0.03, "Q6_K": 0.08, "Q5_0": 0.15, "Q5_1": 0.15, "Q5_K": 0.15,
+    "Q4_0": 0.25, "Q4_1": 0.25, "Q4_K": 0.25}
+TENSOR_ERROR_OTHER = 0.4  # types the export does not make (3- and 2-bit)
+TENSOR_ROWS = 64  # rows sampled per tensor: a broken tensor is broken in every row
 
 # Strings whose ids must be identical in both tokenizers: scripts, emoji, ChatML control
 # tokens inside text, code and whitespace runs, digits; the founding failure's 」 included.
@@ -424,6 +442,45 @@ def _scored(model, encoded, batch_rows: int) -> list[tuple[Any, Any]]:
 
 def _check(name: str, ok: bool, **numbers: Any) -> dict[str, Any]:
     return {"name": name, "ok": bool(ok), **numbers}
+
+
+def tensor_check(reference: Path, quantized: Path, rows: int = TENSOR_ROWS) -> dict[str, Any]:
+    """Every tensor of ``quantized`` against the same tensor of ``reference`` (the F16 file):
+    ``rows`` evenly spaced rows of each, dequantized with gguf-py, relative RMSE within
+    ``TENSOR_ERROR`` of its type. A missing tensor or another shape fails too."""
+    import numpy as np
+    from gguf import GGUFReader
+    from gguf.quants import dequantize
+
+    def sample(tensor, at):
+        data = tensor.data if tensor.data.ndim == 1 else tensor.data[at]
+        return dequantize(data, tensor.tensor_type).astype(np.float32).ravel()
+
+    source = {t.name: t for t in GGUFReader(str(reference)).tensors}
+    failed, worst, checked = [], None, 0
+    for tensor in GGUFReader(str(quantized)).tensors:
+        kind = tensor.tensor_type.name
+        limit = TENSOR_ERROR.get(kind, TENSOR_ERROR_OTHER)
+        ref = source.get(tensor.name)
+        if ref is None or list(ref.shape) != list(tensor.shape):
+            failed.append({"tensor": tensor.name, "type": kind, "error": None, "max": limit,
+                           "problem": "not in the F16 file" if ref is None else
+                           f"shape {list(tensor.shape)}, F16 {list(ref.shape)}"})
+            continue
+        at = None
+        if tensor.data.ndim > 1:
+            n = tensor.data.shape[0]
+            at = np.unique(np.linspace(0, n - 1, min(rows, n)).astype(np.int64))
+        got, want = sample(tensor, at), sample(ref, at)
+        error = float(np.linalg.norm(got - want) / max(float(np.linalg.norm(want)), 1e-30))
+        checked += 1
+        entry = {"tensor": tensor.name, "type": kind, "error": round(error, 6), "max": limit}
+        if worst is None or error / limit > worst["error"] / worst["max"]:
+            worst = entry
+        if not error <= limit:  # NaN fails
+            failed.append(entry)
+    return _check("tensors", not failed, tensors=checked, failed=len(failed),
+                  failures=failed[:10], worst=worst)
 
 
 def drift_checks(stats: dict[str, Any], tolerance: Tolerance) -> list[dict[str, Any]]:
@@ -743,7 +800,7 @@ def _export(merged: Path, out: Path, forms: list[str], limits: dict[str, Toleran
         stage["score_seconds"] = round(time.monotonic() - start, 2)
         stage["scores"] = _rounded(stats)
         stage["tolerance"] = asdict(limits[qtype])
-        stage["checks"] = drift_checks(stats, limits[qtype])
+        stage["checks"] = drift_checks(stats, limits[qtype]) + [tensor_check(f16, target)]
         _finish(stage, qtype, "the F16 GGUF", limits[qtype], stats, out, state, log)
 
 
@@ -792,13 +849,20 @@ def _finish(stage: dict[str, Any], form: str, against: str, tolerance: Tolerance
     stage["ok"] = not failed
     _write(out / "export.json", state)
     for check in stage["checks"]:
+        shown = check.get("value")
+        if check["name"] == "tensors":
+            worst = check["worst"] or {}
+            shown = (f"{check['failed']} past their type's bound" if check["failed"] else
+                     f"{check['tensors']} within bounds; closest {worst.get('tensor')} "
+                     f"{worst.get('error')} of {worst.get('max')}")
         log(f"export: {form} vs {against}: {check['name']} "
-            f"{'ok' if check['ok'] else 'FAILED'}" + (f" ({check['value']})"
-                                                      if "value" in check else ""))
+            f"{'ok' if check['ok'] else 'FAILED'}" + (f" ({shown})" if shown is not None
+                                                      else ""))
     if failed:
         first = failed[0]
         code = {"eos": "eos_mismatch", "tokenization": "tokenization_mismatch",
-                "chat_prompt": "chat_template_mismatch"}.get(first["name"], f"{form}_drift")
+                "chat_prompt": "chat_template_mismatch",
+                "tensors": "tensor_mismatch"}.get(first["name"], f"{form}_drift")
         raise ExportError(code, _explain(form, against, failed, tolerance, stats, stage, out),
                           "eos_token" if first["name"] == "eos" else
                           "tokenizer" if first["name"] in ("tokenization", "chat_prompt")
@@ -840,6 +904,17 @@ def _explain(form: str, against: str, failed: list[dict[str, Any]], tolerance: T
                 f"tokenizer's ({check.get('reason') or check.get('mismatched')} of "
                 f"{check.get('prompts', '?')} prompts differ); servers would send the model "
                 "a format it was not trained on.")
+        elif name == "tensors":
+            shown = ", ".join(
+                f"{f['tensor']} ({f['type']}: " + (f"relative error {f['error']:.3g} > "
+                                                   f"{f['max']}" if f["error"] is not None
+                                                   else f["problem"]) + ")"
+                for f in check["failures"][:3])
+            lines.append(
+                f"{check['failed']} tensor(s) of {file} are not the F16 file's within their "
+                f"type's rounding: {shown}. A quantized tensor this far from its source is "
+                "broken, not rounded (a zeroed or rescaled tensor): quantize again from an "
+                "intact F16 file; if it repeats, suspect the quantizer.")
         elif name == "ppl_ratio":
             lines.append(
                 f"{form} drifted from {against}: PPL ratio {check['value']:.4f} (PPL "

@@ -72,6 +72,56 @@ def test_tiny_export_writes_each_form_and_its_checks(tiny_run, tiny_export):
     assert q8["scores"]["mean_kl"] < TINY_Q8["q8_0"].max_mean_kl
     assert saved["tolerances"]["q8_0"]["max_mean_kl"] == TINY_Q8["q8_0"].max_mean_kl
     assert q8["bytes"] < f16["bytes"]
+    tensors = {c["name"]: c for c in q8["checks"]}["tensors"]
+    assert tensors["ok"] and tensors["failed"] == 0 and tensors["tensors"] > 10
+    assert tensors["worst"]["error"] < tensors["worst"]["max"] / 2
+
+
+def _broken(path: Path, name: str, scale: float) -> None:
+    """Rescales one tensor of a GGUF file in place (its stored values, or for Q8_0 the
+    block scales: every value of the tensor scales with them)."""
+    import numpy as np
+    from gguf import GGUFReader
+
+    reader = GGUFReader(str(path), "r+")
+    tensor = next(t for t in reader.tensors if t.name == name)
+    if tensor.tensor_type.name == "Q8_0":  # blocks of a float16 scale and 32 int8 values
+        blocks = tensor.data.reshape(-1, 34)
+        scales = blocks[:, :2].copy().view(np.float16) * np.float16(scale)
+        blocks[:, :2] = scales.view(np.uint8)
+    else:
+        tensor.data[...] *= scale
+    del reader
+
+
+@pytest.mark.parametrize("name, scale", [("blk.1.attn_output.weight", 0.0),
+                                         ("blk.0.attn_norm.weight", 1.02)])
+def test_a_quantized_file_with_one_broken_tensor_fails_the_tensor_check(
+        tiny_run, tiny_export, converter, tmp_path, monkeypatch, name, scale):
+    """End to end, one broken tensor fits inside a quantized type's room for noise (on
+    SmolLM2, a zeroed attention output of one layer in 30 passed q4_k_m's bounds); tensor
+    by tensor it is far past its type's rounding."""
+    from evaluator import export
+
+    real = export.quantize
+
+    def quantize_then_break(source, out_file, qtype, log_path, threads=None):
+        done = real(source, out_file, qtype, log_path, threads)
+        _broken(out_file, name, scale)
+        return done
+
+    monkeypatch.setattr(export, "quantize", quantize_then_break)
+    loose = {"q8_0": Tolerance(max_ppl_ratio=10.0, max_mean_kl=10.0, min_same_top=0.0)}
+    with pytest.raises(ExportError) as exc:
+        export_gguf(tiny_run, types=("f16", "q8_0"), out_dir=tmp_path / "out",
+                    tolerances=loose, log=lambda _: None)
+    assert (exc.value.code, exc.value.field) == ("tensor_mismatch", "types")
+    assert f"1 tensor(s) of model-q8_0.gguf are not the F16 file's" in exc.value.message
+    assert name in exc.value.message
+    q8 = json.loads((tmp_path / "out" / "export.json").read_text(encoding="utf-8"))["stages"][1]
+    checks = {c["name"]: c for c in q8["checks"]}
+    assert all(checks[n]["ok"] for n in ("ppl_ratio", "mean_kl", "same_top_rate"))
+    assert checks["tensors"]["failures"][0]["tensor"] == name
 
 
 def test_a_refused_export_leaves_the_earlier_one_whole(tiny_run, tiny_export, monkeypatch):
@@ -290,6 +340,8 @@ def test_smollm2_f16_and_q4_k_m_pass_with_room_to_spare(smollm2_export):
     assert abs(f16["scores"]["ppl_ratio"] - 1) < 0.002
     assert q4["scores"]["mean_kl"] < TOLERANCES["q4_k_m"].max_mean_kl
     assert q4["bytes"] < 0.45 * f16["bytes"]
+    tensors = {c["name"]: c for c in q4["checks"]}["tensors"]
+    assert tensors["ok"] and tensors["worst"]["error"] < tensors["worst"]["max"] / 2
 
 
 @pytest.mark.slow
