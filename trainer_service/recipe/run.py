@@ -354,9 +354,12 @@ def _run(spec: TrainSpec, run_dir: Path, state: dict[str, Any],
     hooks.stage("verifying")
     verify: dict[str, Any] = {}
     try:
-        verify["parity"] = check_parity(spec.base_model, result.adapter_dir, merged,
-                                        read_split(dataset, "validation")
-                                        or train_rows, tokenizer).to_json()
+        parity = check_parity(spec.base_model, result.adapter_dir, merged,
+                              read_split(dataset, "validation") or train_rows, tokenizer)
+        verify["parity"] = parity.to_json()
+        if parity.merge_warning:
+            state["warnings"].append(parity.merge_warning)
+            log(f"WARNING {parity.merge_warning}")
         budget = budget_for(report.reply_tokens["p95"])  # the rendered turns, as trained
         if prompt_warning:
             state["warnings"].append(prompt_warning)
