@@ -109,6 +109,9 @@ def _rejected_head(row: dict[str, Any]) -> dict[str, Any]:
            "source": {"file": row["_file"], "line": row["_line"]}}
     if row.get("_dup_of"):
         out["duplicate_of"] = row["_dup_of"]
+    for name in ("judge_score", "judge_mass"):  # why a low_judge_score row went
+        if row.get(name) is not None:
+            out[name] = row[name]
     return out
 
 
@@ -299,6 +302,8 @@ def _rejected_lines(rows: pa.Table) -> tuple[np.ndarray, pa.Array]:
     fast = (~to_numpy_bool(pc.equal(rows.column("_reason"), "malformed_json"))
             & to_numpy_bool(pc.starts_with(raw, "{")) & to_numpy_bool(pc.ends_with(raw, "}"))
             & ~control)
+    if "judge_score" in rows.column_names:  # scored rows say their score: `rejected_line`
+        fast &= to_numpy_bool(pc.is_null(rows.column("judge_score")))
     duplicate = ""  # no `_dup_of` column (rows no later stage saw): none
     if "_dup_of" in rows.column_names:
         duplicate = pc.if_else(

@@ -73,6 +73,8 @@ def test_synth_and_judge_inside_data_run(ray_local, smollm2_dir, tmp_path):
     assert judge["dropped"] == judge["scored"]
     low = [r for r in rejected if r["reason"] == "low_judge_score"]
     assert len(low) == judge["dropped"] and all(r["stage"] == "judge" for r in low)
+    # each says the score that dropped it (it used to be only in .stages/judge/)
+    assert all(1.0 <= r["judge_score"] < 5.0 and 0.0 < r["judge_mass"] <= 1.0 for r in low)
     assert counts["kept"] == 0
     # the report shows both stages: each generator's eliminations, the judge's scores
     assert sum(judge["score_histogram"].values()) == judge["scored"]
