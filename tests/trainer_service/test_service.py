@@ -515,6 +515,31 @@ def test_a_second_server_is_refused_a_port_or_state_dir_in_use(server, tmp_path,
     assert err.value.field == "--token-file" and "No such file" in err.value.message
 
 
+@pytest.mark.parametrize("host", ["::1", "[::1]"])
+def test_an_ipv6_host_serves_grpc_and_metrics(tmp_path, roots, host):
+    """`--host ::` (an IPv6-only cluster's pods) failed as "the port is in use", and
+    `--host [::]` bound gRPC but not the metrics server."""
+    server = _server(tmp_path, roots, host=host, metrics_port=0)
+    try:
+        assert server.address.startswith("[::1]:")
+        with TrainingClient(server.address, token=TOKEN) as client:
+            assert client.list().jobs == []
+        metrics = urllib.request.urlopen(f"http://[::1]:{server.metrics_port}/metrics",
+                                         timeout=10).read().decode()
+        assert "tunesmith_queue_length" in metrics
+    finally:
+        server.stop(0)
+
+
+def test_a_host_that_is_no_address_is_named(tmp_path, roots):
+    from trainer_service.server.app import ServerConfigError
+
+    with pytest.raises(ServerConfigError) as err:
+        create_server(ServerConfig(state_dir=tmp_path / "s", data_roots=list(roots), port=0,
+                                   host="no-such-host.invalid"))
+    assert err.value.field == "--host" and "no-such-host.invalid" in err.value.message
+
+
 def test_a_state_dir_that_cannot_be_used_is_a_config_error(tmp_path, roots):
     """A read-only or broken state dir was an OSError traceback (exit 1), not `--state-dir`."""
     from trainer_service.server.app import ServerConfigError

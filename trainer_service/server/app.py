@@ -13,6 +13,7 @@ import fcntl
 import logging
 import os
 import signal
+import socket
 import sqlite3
 import threading
 from concurrent import futures
@@ -71,9 +72,21 @@ class ServerConfig:
             raise ServerConfigError("--ray-pending-timeout", "must be > 0 seconds")
         if self.max_concurrent_jobs < 1:
             raise ServerConfigError("--max-concurrent-jobs", "must be >= 1")
+        try:
+            socket.getaddrinfo(self.host.strip("[]"), None)
+        except (socket.gaierror, UnicodeError):
+            raise ServerConfigError("--host", f"{self.host!r} is neither an address nor a name "
+                                    "this machine resolves") from None
         for flag, port in (("--port", self.port), ("--metrics-port", self.metrics_port)):
             if port is not None and not 0 <= port <= 65535:
                 raise ServerConfigError(flag, f"{port} is not a port (0-65535; 0 picks a free one)")
+
+
+def grpc_address(host: str, port: int) -> str:
+    """`HOST:PORT` as gRPC reads it: an IPv6 address in brackets (`[::]:50051`), given with
+    or without them."""
+    host = host.strip("[]")
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def read_token(path: Path | None) -> str | None:
@@ -134,7 +147,7 @@ class TrainerServer:
 
             services.append(reflection.SERVICE_NAME)
             reflection.enable_server_reflection(services, self.grpc)
-        address = f"{config.host}:{config.port}"
+        address = grpc_address(config.host, config.port)
         try:
             if config.tls_cert:
                 creds = grpc.ssl_server_credentials([(Path(config.tls_key).read_bytes(),
@@ -156,7 +169,7 @@ class TrainerServer:
 
     @property
     def address(self) -> str:
-        return f"{self.config.host}:{self.port}"
+        return grpc_address(self.config.host, self.port)
 
     def _release(self) -> None:
         """Gives back what a server that failed to start holds: its port, executor (a Ray
@@ -172,7 +185,7 @@ class TrainerServer:
 
             try:
                 self._metrics_http, self.metrics_port = start_metrics_server(
-                    self.store, self.config.host, self.config.metrics_port)
+                    self.store, self.config.host.strip("[]"), self.config.metrics_port)
             except OSError as exc:
                 self._release()
                 raise ServerConfigError("--metrics-port", f"cannot bind {self.config.host}:"
