@@ -67,6 +67,39 @@ def test_one_job_per_request_id_under_concurrency(tmp_path):
     assert err.value.field == "request_id"
 
 
+def test_a_retry_whose_spec_differs_only_by_empty_blocks_is_the_same_request(tmp_path):
+    """Clients of other protobuf libraries send an unset block as an empty message (`lora
+    {}`); the retry got ALREADY_EXISTS, its bytes differing."""
+    store = JobStore.in_dir(tmp_path)
+    job, _ = store.create("r", SPEC)
+    padded = pb.JobSpec(base_model="m", dataset="d")
+    padded.lora.SetInParent()
+    padded.resources.SetInParent()
+    assert padded.SerializeToString() != SPEC.SerializeToString()
+    assert store.create("r", padded) == (job, False)
+    changed = pb.JobSpec(base_model="m", dataset="d", lora=pb.LoraSpec(r=8))
+    with pytest.raises(AlreadyExists):
+        store.create("r", changed)
+
+
+def test_fields_this_server_does_not_know_are_named():
+    """A newer client's field was stored and ignored in silence; the YAML path refuses
+    unknown keys, and the wire now does too, naming where."""
+    from trainer_service.jobs.validate import unknown_fields
+
+    raw = pb.TrainingSpec(epochs=1).SerializeToString() + bytes([0x98, 0x06, 0x05])  # #99
+    spec = pb.JobSpec(base_model="m", dataset="d",
+                      training=pb.TrainingSpec.FromString(raw))
+    top = pb.JobSpec.FromString(spec.SerializeToString() + bytes([0xb8, 0x06, 0x01]))  # #103
+    assert unknown_fields(top) == [
+        ("spec", "field number 103 of tunesmith.training.v1.JobSpec unknown to this server (a "
+                 "newer client's field?): upgrade the server, or leave the field out"),
+        ("training", "field number 99 of tunesmith.training.v1.TrainingSpec unknown to this "
+                     "server (a newer client's field?): upgrade the server, or leave the "
+                     "field out")]
+    assert unknown_fields(SPEC) == []
+
+
 def test_final_states_are_sticky_and_events_fold_into_the_job(tmp_path):
     store = JobStore.in_dir(tmp_path)
     job, _ = store.create("r", SPEC)

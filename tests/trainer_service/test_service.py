@@ -115,6 +115,17 @@ def test_bad_values_are_invalid_argument_naming_the_field(client, roots, change,
     assert client.list().jobs == []  # nothing was queued
 
 
+def test_a_field_this_server_does_not_know_is_invalid_argument(client, roots):
+    spec = job_spec(roots[1])
+    newer = pb.JobSpec.FromString(spec.SerializeToString() + bytes([0xb8, 0x06, 0x01]))  # #103
+    with pytest.raises(grpc.RpcError) as err:
+        client.create(newer)
+    code, fields = _status(err.value)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and fields == ["spec"]
+    assert "field number 103" in err.value.details()
+    assert client.list().jobs == []
+
+
 def test_other_invalid_requests(client, roots):
     with pytest.raises(grpc.RpcError) as err:
         client.stub.CreateJob(pb.CreateJobRequest(spec=job_spec(roots[1])),

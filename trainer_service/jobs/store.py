@@ -17,8 +17,9 @@ import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
+from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from protos.tunesmith.training.v1 import training_pb2 as pb
@@ -64,6 +65,19 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     PRIMARY KEY (job_id, step)
 );
 """
+
+
+def canonical(spec: pb.JobSpec) -> str:
+    """The spec as its meaning: set fields, with empty messages (`lora {}`, which some
+    clients send for an unset block) left out; what a retried CreateJob is compared by."""
+    def prune(value: Any) -> Any:
+        if isinstance(value, dict):
+            pruned = {k: prune(v) for k, v in value.items()}
+            return {k: v for k, v in pruned.items() if v != {}}
+        return value
+
+    return json.dumps(prune(json_format.MessageToDict(spec, preserving_proto_field_name=True)),
+                      sort_keys=True)
 
 
 def timestamp(seconds: float) -> Timestamp:
@@ -123,7 +137,8 @@ class JobStore:
             row = c.execute("SELECT id, spec FROM jobs WHERE request_id = ?",
                             (request_id,)).fetchone()
             if row is not None:
-                if row[1] != blob:
+                if row[1] != blob and canonical(pb.JobSpec.FromString(row[1])) \
+                        != canonical(spec):
                     raise AlreadyExists(f"request_id {request_id!r} already created job {row[0]} "
                                         "with a different spec", "request_id")
                 job_id, created = row[0], False

@@ -53,6 +53,33 @@ def _unknown_keys(data: Any, descriptor: Any, prefix: str) -> list[tuple[str, st
     return problems
 
 
+def unknown_fields(message: Any, prefix: str = "") -> list[tuple[str, str]]:
+    """Fields of ``message`` (and the messages in it) that this server's proto lacks: what a
+    newer client sends. Python's protobuf keeps them unread; a YAML spec's unknown keys are
+    refused, and so are these."""
+    from google.protobuf import unknown_fields as unknown
+
+    problems = []
+    numbers = sorted({f.field_number for f in unknown.UnknownFieldSet(message)})
+    if numbers:
+        problems.append((prefix.rstrip(".") or "spec",
+                         f"field number{'s' * (len(numbers) > 1)} "
+                         f"{', '.join(map(str, numbers))} of {message.DESCRIPTOR.full_name} "
+                         "unknown to this server (a newer client's field?): upgrade the "
+                         "server, or leave the field out"))
+    for field, value in message.ListFields():
+        if field.message_type is None:
+            continue
+        if hasattr(value, "ListFields"):  # one message
+            items = [value]
+        else:  # repeated messages, or a map (its values: messages or scalars)
+            items = list(value.values()) if hasattr(value, "values") else list(value)
+        for item in items:
+            if hasattr(item, "ListFields"):
+                problems += unknown_fields(item, f"{prefix}{field.name}.")
+    return problems
+
+
 def spec_to_mapping(spec: pb.JobSpec) -> dict[str, Any]:
     """The spec's set fields as a YAML-style mapping, without the service-only `resources`."""
     data = json_format.MessageToDict(spec, preserving_proto_field_name=True)
@@ -102,7 +129,7 @@ def validate_spec(spec: pb.JobSpec, data_roots: list[Path]) -> pb.JobSpec:
     roots = [Path(r).resolve() for r in data_roots]
     out = pb.JobSpec()
     out.CopyFrom(spec)
-    problems: list[tuple[str, str]] = []
+    problems: list[tuple[str, str]] = unknown_fields(spec)
     if not spec.dataset:
         problems.append(("dataset", "must be set"))
     else:
