@@ -21,10 +21,14 @@ class TrainingClient:
     """Calls TrainingService at ``address`` with an optional bearer token and TLS root."""
 
     def __init__(self, address: str, token: str | None = None, tls_ca: Path | None = None,
-                 timeout_s: float = 30.0):
+                 timeout_s: float = 30.0, tls_server_name: str | None = None):
         if tls_ca is not None:
             creds = grpc.ssl_channel_credentials(Path(tls_ca).read_bytes())
-            self.channel = grpc.secure_channel(address, creds)
+            # the name the certificate is for, where the address is another (127.0.0.1 in a
+            # container's own health check)
+            options = [("grpc.ssl_target_name_override", tls_server_name)] \
+                if tls_server_name else []
+            self.channel = grpc.secure_channel(address, creds, options=options)
         else:
             self.channel = grpc.insecure_channel(address)
         self.stub = training_pb2_grpc.TrainingServiceStub(self.channel)
@@ -39,6 +43,15 @@ class TrainingClient:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+    def health(self, service: str = "") -> str:
+        """The grpc.health.v1 status name (SERVING, NOT_SERVING while draining); the check
+        needs no token."""
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        reply = health_pb2_grpc.HealthStub(self.channel).Check(
+            health_pb2.HealthCheckRequest(service=service), timeout=self.timeout_s)
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
 
     def create(self, spec: pb.JobSpec, request_id: str | None = None) -> pb.Job:
         request = pb.CreateJobRequest(spec=spec, request_id=request_id or str(uuid.uuid4()))

@@ -86,6 +86,31 @@ def trainer_serve(
         raise typer.Exit(EXIT_BAD_INPUT) from None
 
 
+@trainer_app.command("health")
+def trainer_health(
+    server: ServerOpt = DEFAULT_SERVER,
+    tls_ca: CaOpt = None,
+    tls_server_name: Annotated[Optional[str], typer.Option(
+        "--tls-server-name", help="The name the server's certificate is for, when --server "
+                                  "is another (127.0.0.1 inside its container).")] = None,
+    timeout: Annotated[float, typer.Option("--timeout", min=0.1, help="Seconds.")] = 5.0,
+) -> None:
+    """Exit 0 when the server answers SERVING (grpc.health.v1, no token), else 1: a probe
+    for Docker and Kubernetes that also speaks TLS, which Kubernetes' grpc probe does not."""
+    import grpc
+
+    from trainer_service.client import TrainingClient
+
+    with TrainingClient(server, tls_ca=tls_ca, timeout_s=timeout,
+                        tls_server_name=tls_server_name) as client:
+        try:
+            status = client.health()
+        except grpc.RpcError as exc:
+            status = exc.code().name
+    typer.echo(status)
+    raise typer.Exit(0 if status == "SERVING" else EXIT_JOB_FAILED)
+
+
 def _client(server: str, token_file: Optional[Path], tls_ca: Optional[Path]):
     from trainer_service.client import TrainingClient
 

@@ -181,12 +181,16 @@ def test_compose_services():
 
 
 def _healthcheck_script(service: str, port: int) -> list[str]:
+    """The compose check's command, run here against ``port``."""
     test = common.compose()["services"][service]["healthcheck"]["test"]
-    assert test[:3] == ["CMD", "python", "-c"]
-    script = test[3]
+    assert test[0] == "CMD"
     default = {"trainer": "127.0.0.1:50051", "vllm": "127.0.0.1:8000"}[service]
-    assert default in script
-    return [sys.executable, "-c", script.replace(default, f"127.0.0.1:{port}")]
+    if test[1] == "tunesmith":
+        assert test[-2:] == ["--server", default]
+        return [str(Path(sys.executable).parent / "tunesmith"), *test[2:-1],
+                f"127.0.0.1:{port}"]
+    assert test[1:3] == ["python", "-c"] and default in test[3]
+    return [sys.executable, "-c", test[3].replace(default, f"127.0.0.1:{port}")]
 
 
 def test_trainer_healthcheck_against_a_live_server(tmp_path):
@@ -201,9 +205,45 @@ def test_trainer_healthcheck_against_a_live_server(tmp_path):
     try:
         check = _healthcheck_script("trainer", server.port)
         result = subprocess.run(check, capture_output=True, text=True, timeout=30)
-        assert result.returncode == 0, result.stderr
+        assert result.returncode == 0 and result.stdout == "SERVING\n", result.stderr
         server.drain(timeout_s=1)
-        assert subprocess.run(check, capture_output=True, timeout=30).returncode == 1
+        drained = subprocess.run(check, capture_output=True, text=True, timeout=30)
+        assert (drained.returncode, drained.stdout) == (1, "NOT_SERVING\n")
+    finally:
+        server.stop(grace_s=0)
+    gone = subprocess.run(check, capture_output=True, text=True, timeout=30)
+    assert (gone.returncode, gone.stdout) == (1, "UNAVAILABLE\n")
+
+
+def test_trainer_health_speaks_tls(tmp_path):
+    """With TLS on, the plaintext check reported the container unhealthy, and Kubernetes'
+    grpc probe cannot speak TLS: `tunesmith trainer health --tls-ca` can, naming the
+    certificate's host where the address is 127.0.0.1."""
+    import shutil
+
+    from trainer_service.server.app import ServerConfig, create_server
+
+    openssl = shutil.which("openssl")
+    if openssl is None:  # pragma: no cover - openssl ships with every CI image we use
+        pytest.fail("openssl is needed to make a test certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=trainer.example", "-addext",
+                    "subjectAltName=DNS:trainer.example", "-keyout", str(key), "-out",
+                    str(cert)], check=True, capture_output=True)
+    data = tmp_path / "data"
+    data.mkdir()
+    server = create_server(ServerConfig(state_dir=tmp_path / "state", data_roots=[data],
+                                        port=0, token="s3cret", tls_cert=cert,
+                                        tls_key=key)).start()
+    try:
+        check = _healthcheck_script("trainer", server.port)
+        plain = subprocess.run(check, capture_output=True, text=True, timeout=30)
+        assert plain.returncode == 1
+        tls = subprocess.run(check + ["--tls-ca", str(cert), "--tls-server-name",
+                                      "trainer.example"], capture_output=True, text=True,
+                             timeout=30)
+        assert (tls.returncode, tls.stdout) == (0, "SERVING\n"), tls.stderr
     finally:
         server.stop(grace_s=0)
 
