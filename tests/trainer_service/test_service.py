@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import urllib.request
 import uuid
 from pathlib import Path
@@ -445,6 +446,31 @@ def test_ray_job_no_node_can_take_fails_and_a_cancel_or_drain_reaches_it(tmp_pat
             assert client.get(drained.id).state == pb.JOB_STATE_QUEUED
     finally:
         server.stop(0)
+
+
+def test_a_ray_task_waiting_for_a_busy_gpu_waits_on(tmp_path, ray_local, monkeypatch):
+    """The pending timeout fails a request no live node can hold, never one waiting for a
+    GPU another job holds (more concurrent jobs than GPUs queue in Ray)."""
+    import ray
+
+    from trainer_service.jobs import executors
+    from trainer_service.jobs.store import JobStore
+
+    store = JobStore.in_dir(tmp_path)
+    job, _ = store.create("r", pb.JobSpec(base_model="m", dataset="d"))
+    store.claim_next()
+    pending = ray.remote(num_gpus=1)(lambda: None).remote()  # the test's Ray has no GPU
+    handle = executors.RayHandle(job.id, pending, executors._channel_class().remote(), gpus=1,
+                                 pending_timeout_s=0.01)
+    time.sleep(0.05)
+    monkeypatch.setattr(executors, "_largest_node_gpus", lambda: 1)  # a node has one, busy
+    handle.sync(store)
+    assert handle.exit_status() is None and store.get(job.id).state == pb.JOB_STATE_VALIDATING
+    monkeypatch.setattr(executors, "_largest_node_gpus", lambda: 0)  # that node is gone
+    handle.sync(store)
+    ended = handle.exit_status()
+    assert (ended.code, ended.field) == ("resources_unavailable", "resources.gpus")
+    assert "the largest live node has 0 GPU" in ended.message
 
 
 def test_tls_with_a_token(tmp_path, roots):

@@ -125,9 +125,10 @@ class RayHandle:
 
     The server ends the job itself when the task cannot: when the channel actor dies (its
     events can no longer reach the store: the task is cancelled and the job fails
-    ``worker_crashed``), when no node takes the task within ``pending_timeout_s`` (it asked
-    for resources the cluster does not have: ``resources_unavailable``, field
-    ``resources.gpus``), and when a cancel or drain comes before the task started (nothing
+    ``worker_crashed``), when no node takes the task within ``pending_timeout_s`` and no
+    live node has its GPUs (it asked for more than the cluster has:
+    ``resources_unavailable``, field ``resources.gpus``; a task waiting for a busy GPU
+    waits on), and when a cancel or drain comes before the task started (nothing
     there polls for it: the task is cancelled and the job cancelled or queued again)."""
 
     def __init__(self, job_id: str, ref: Any, channel: Any, gpus: float = 0,
@@ -180,13 +181,15 @@ class RayHandle:
             if stop:
                 self._end(Ended(message=f"stopped ({stop}) before its Ray task started",
                                 requeue=True))
-            elif time.monotonic() - self.launched > self.pending_timeout_s:
+            elif time.monotonic() - self.launched > self.pending_timeout_s \
+                    and (largest := _largest_node_gpus()) < self.gpus:
+                # only a request no node can hold: a task waiting for a busy GPU waits on
                 self._end(Ended(
                     "resources_unavailable",
                     f"no Ray node took the job's task (1 CPU, {self.gpus:g} GPU) in "
-                    f"{self.pending_timeout_s:.0f} s; the largest live node has "
-                    f"{_largest_node_gpus():g} GPU: ask for fewer resources.gpus or add a "
-                    "node that has them", "resources.gpus"))
+                    f"{self.pending_timeout_s:.0f} s; the largest live node has {largest:g} "
+                    "GPU: ask for fewer resources.gpus or add a node that has them",
+                    "resources.gpus"))
             return
         if stop and stop != self._stop_sent:
             self.channel.request_stop.remote(stop)
