@@ -111,6 +111,12 @@ def main() -> int:
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--out", type=Path, default=Path("runs/bench-eval"))
     args = parser.parse_args()
+    if args.base_url and not args.tokenizer:
+        parser.error("--base-url needs --tokenizer: the served model's folder (it renders "
+                     "and counts the rows)")
+    for flag in ("rows", "batch_rows", "gen_rows", "max_tokens"):
+        if getattr(args, flag) < 1:
+            parser.error(f"--{flag.replace('_', '-')} must be >= 1")
 
     from transformers import AutoTokenizer
 

@@ -108,7 +108,11 @@ def run_step(step: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:
     elif rc != 0:
         record["error"] = f"exit {rc}"
     if step == "tests":
-        record["tests"] = _pytest_counts(log.read_text(encoding="utf-8", errors="replace"))
+        text = log.read_text(encoding="utf-8", errors="replace")
+        record["tests"] = _pytest_counts(text)
+        skipped = _skips(text)
+        if skipped and "error" not in record:  # a GPU check that did not run is no pass
+            record["error"] = f"{len(skipped)} skipped ({'; '.join(skipped[:3])})"
     elif rc == 0:
         record.update(_bench_numbers(out / step / "results.json"))
     return record
@@ -141,6 +145,12 @@ def _pytest_counts(text: str) -> str:
     """pytest's last summary line, e.g. '3 passed, 1 skipped in 80.1s'."""
     lines = [ln.strip("= ") for ln in text.splitlines() if ln.startswith("=") and " in " in ln]
     return lines[-1] if lines else "no summary line"
+
+
+def _skips(text: str) -> list[str]:
+    """The reasons of pytest's `-rs` lines (`SKIPPED [1] path:line: reason`)."""
+    return [line.split(": ", 1)[-1].strip() for line in text.splitlines()
+            if line.startswith("SKIPPED [")]
 
 
 def _bench_numbers(path: Path) -> dict[str, Any]:

@@ -65,7 +65,19 @@ if __name__ == "__main__":
 
 SIDES = ("recipe", "padded")
 GIB = 1 << 30
-PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L4": 121.0, "A10": 125.0}
+# Dense bf16 peaks from the datasheets, matched against the device name longest key first
+# ("L40S" before "L40" before "L4"); a card not listed prints no MFU unless --peak-tflops.
+PEAK_TFLOPS = {"H100 PCIe": 756.0, "H100 NVL": 835.0, "H100": 989.0, "H200": 989.0,
+               "A100": 312.0, "L40S": 362.0, "L40": 181.0, "L4": 121.0, "A10G": 70.0,
+               "A10": 125.0}
+
+
+def peak_tflops(device_name: str) -> float | None:
+    """The card's dense bf16 peak by the longest PEAK_TFLOPS key its name holds."""
+    for key in sorted(PEAK_TFLOPS, key=len, reverse=True):
+        if key in device_name:
+            return PEAK_TFLOPS[key]
+    return None
 # Qwen3-0.6B's and Qwen3-1.7B's published configs (the layers' shapes; the weights are random).
 QWEN3 = dict(vocab_size=151936, num_hidden_layers=28, num_attention_heads=16,
              num_key_value_heads=8, head_dim=128, max_position_embeddings=40960,
@@ -485,7 +497,7 @@ def main() -> None:
                             / results["sides"]["padded"]["tokens_per_s"])
         if cuda:
             name = torch.cuda.get_device_name(0)
-            peak = args.peak_tflops or next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
+            peak = args.peak_tflops or peak_tflops(name)
             if peak:
                 results["peak_tflops"] = peak
                 for s in SIDES:

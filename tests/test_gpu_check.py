@@ -101,6 +101,20 @@ def test_a_failing_step_is_an_error_and_its_tests_counted(gpu_check, monkeypatch
         f"tests      {record['wall_s']:>7.1f} s  exit 1: 1 failed, 2 passed in 3.10s"]
 
 
+def test_a_skipped_gpu_test_is_no_pass(gpu_check, monkeypatch, tmp_path):
+    """pytest exits 0 when every GPU test skips itself (no vLLM, no CUDA in the test's
+    process): the step said "ok"."""
+    code = ("print('SKIPPED [1] tests/evaluator/test_serving.py:419: vllm is not installed')\n"
+            "print('===== 3 passed, 1 skipped in 9.10s =====')\n")
+    monkeypatch.setattr(gpu_check, "step_command", lambda step, args, out:
+                        [sys.executable, "-c", code])
+    record = gpu_check.run_step("tests", argparse.Namespace(step_timeout=60.0), tmp_path)
+    assert record["error"] == "1 skipped (vllm is not installed)"
+    assert gpu_check.summarize([record]) == [
+        f"tests      {record['wall_s']:>7.1f} s  1 skipped (vllm is not installed): "
+        "3 passed, 1 skipped in 9.10s"]
+
+
 def test_summary_compares_the_benchmark_with_the_targets(gpu_check, tmp_path):
     def side(tokens_per_s, packing, mfu):
         return {"tokens_per_s": tokens_per_s, "packing_efficiency": packing, "mfu": mfu,
@@ -115,3 +129,17 @@ def test_summary_compares_the_benchmark_with_the_targets(gpu_check, tmp_path):
     assert "recipe 15,000 vs padded 10,000 tokens/s = 1.50x (misses 2x)" in line
     assert "packing 0.970 (meets 0.95)" in line
     assert "MFU 21.0% vs 14.0% (4N+6n: 14.0% vs 9.3%)" in line
+
+
+def test_the_mfu_peak_is_the_cards_own():
+    """Matched by substring in table order, an L40S read as an L4 (121 TFLOPS for 362) and an
+    A10G as an A10, which tripled or halved the MFU printed."""
+    spec = importlib.util.spec_from_file_location(
+        "train_throughput", Path(__file__).resolve().parents[1] / "benchmarks" /
+        "train_throughput.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert [bench.peak_tflops(n) for n in (
+        "NVIDIA L40S", "NVIDIA L40", "NVIDIA L4", "NVIDIA A10G", "NVIDIA A10",
+        "NVIDIA H100 80GB HBM3", "NVIDIA H100 PCIe", "NVIDIA H200", "Tesla T4")] == [
+        362.0, 181.0, 121.0, 70.0, 125.0, 989.0, 756.0, 989.0, None]
