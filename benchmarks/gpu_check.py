@@ -63,8 +63,10 @@ def step_command(step: str, args: argparse.Namespace, out: Path) -> list[str]:
     if step == "tests":
         return [sys.executable, "-m", "pytest", "-m", "gpu", "-rs", "-p", "no:cacheprovider",
                 *args.tests]
+    # an equal token budget a step on both sides: the 2x target is packing's and the
+    # attention's, not a larger batch's
     command = [sys.executable, str(BENCH), *STEPS[step], "--repeats", str(args.repeats),
-               "--workdir", str(out / step)]
+               "--padded-batch", "tokens", "--workdir", str(out / step)]
     if args.steps:
         command += ["--steps", str(args.steps)]
     if args.batch:

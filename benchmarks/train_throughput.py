@@ -20,7 +20,9 @@ TrainingArguments:
   on CUDA, SDPA per row on CPU; --attention sdpa shows the dense-mask alternative).
   --batch is packed blocks per step.
 - padded: transformers Trainer + `peft.get_peft_model` with the recipe's LoraConfig and
-  TrainingArguments (SFTConfig), sdpa attention, --batch rows per step in random order,
+  TrainingArguments (SFTConfig), sdpa attention, --padded-batch rows per step (default
+  --batch; `tokens`: as many rows as --batch blocks hold on average, an equal token budget)
+  in random order,
   padded to the longest row of the batch, labels -100 outside the assistant masks, no
   packing.
 
@@ -349,8 +351,9 @@ def print_report(results: dict[str, Any]) -> None:
     sides = results["sides"]
     print(f"\nmodel: {results['model']}  params {sides['recipe']['params'] / 1e6:.1f} M  "
           f"device: {sides['recipe']['device']}")
-    print(f"quantization {results['quantization']}, batch {results['batch']} "
-          f"(recipe: packed blocks, padded: rows), max_seq_len {results['max_seq_len']}, "
+    print(f"quantization {results['quantization']}, a step: recipe {results['batch']} packed "
+          f"block(s), padded {results.get('padded_batch', results['batch'])} row(s), "
+          f"max_seq_len {results['max_seq_len']}, "
           f"{results['steps']} timed steps (+1 warm-up) x {results['repeats']} run(s), "
           f"gradient checkpointing {'on' if results['gradient_checkpointing'] else 'off'}")
     print(f"data: {results['train_rows']} train rows, tokens per row min "
@@ -398,6 +401,12 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=None,
                         help="per-step batch: packed blocks (recipe) / rows (padded); "
                              "default 8 on GPU, 2 on CPU")
+    parser.add_argument("--padded-batch", default="same",
+                        help="rows per step of the padded side: same (= --batch, what the "
+                             "README's CPU table measured), tokens (as many rows as the "
+                             "recipe's blocks hold on average: an equal token budget a step, "
+                             "so the ratio is padding and attention, not batch size; what "
+                             "gpu_check runs), or a number")
     parser.add_argument("--max-seq-len", type=int, default=512)
     parser.add_argument("--quantization", choices=("nf4", "none"), default=None,
                         help="default nf4 on CUDA, none on CPU (bitsandbytes 4-bit on CPU is "
@@ -458,6 +467,17 @@ def main() -> None:
             json.loads(line)["messages"], chat_template=template, tokenize=True,
             return_dict=True)["input_ids"]))
             for line in (dataset / "train.jsonl").read_text(encoding="utf-8").splitlines())
+        mean_len = sum(lengths) / len(lengths)
+        if args.padded_batch == "same":
+            padded_batch = args.batch
+        elif args.padded_batch == "tokens":
+            padded_batch = max(1, round(args.batch * args.max_seq_len / mean_len))
+        elif args.padded_batch.isdigit() and int(args.padded_batch) >= 1:
+            padded_batch = int(args.padded_batch)
+        else:
+            parser.error(f"--padded-batch {args.padded_batch!r}: same, tokens or a number")
+        print(f"per step: recipe {args.batch} block(s) of {args.max_seq_len} tokens, padded "
+              f"{padded_batch} row(s) (rows average {mean_len:.0f} tokens)", flush=True)
         runs: dict[str, list[dict[str, Any]]] = {s: [] for s in SIDES}
         base = [sys.executable, str(Path(__file__).resolve()), "--dataset", str(dataset),
                 "--model", str(args.model), "--steps", str(args.steps),
@@ -474,8 +494,10 @@ def main() -> None:
                 out = workdir / f"{side}-{rep}.json"
                 log = workdir / f"{side}-{rep}.log"
                 start = time.perf_counter()
+                # the last --batch wins: the padded side's rows per step
+                own = ["--batch", str(padded_batch)] if side == "padded" else []
                 with log.open("w", encoding="utf-8") as f:
-                    rc = subprocess.run(base + ["--side", side, "--side-out", str(out)],
+                    rc = subprocess.run(base + own + ["--side", side, "--side-out", str(out)],
                                         stdout=f, stderr=subprocess.STDOUT, cwd=ROOT).returncode
                 if rc != 0:
                     tail = log.read_text(encoding="utf-8", errors="replace")[-3000:]
@@ -486,11 +508,13 @@ def main() -> None:
         results: dict[str, Any] = {
             "model": f"{args.arch} (random weights)" if args.arch else str(args.model),
             "quantization": args.quantization, "batch": args.batch,
+            "padded_batch": padded_batch,
             "max_seq_len": args.max_seq_len, "steps": args.steps, "repeats": args.repeats,
             "gradient_checkpointing": args.gradient_checkpointing, "train_rows": len(lengths),
             "row_tokens": {"min": lengths[0], "median": lengths[len(lengths) // 2],
                            "mean": sum(lengths) / len(lengths), "max": lengths[-1]},
-            "sides": {s: _combine(runs[s], args.batch, args.max_seq_len) for s in SIDES},
+            "sides": {s: _combine(runs[s], padded_batch if s == "padded" else args.batch,
+                                  args.max_seq_len) for s in SIDES},
             "raw_runs": runs,
         }
         results["ratio"] = (results["sides"]["recipe"]["tokens_per_s"]
