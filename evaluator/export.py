@@ -665,17 +665,32 @@ def export_gguf(run_dir: Path, types: Sequence[str] = DEFAULT_TYPES,
                 data_dir: Path | None = None, out_dir: Path | None = None,
                 rows: int = DEFAULT_ROWS, log: Callable[[str], None] = print,
                 tolerances: dict[str, Tolerance] | None = None,
-                threads: int | None = None) -> dict[str, Any]:
+                threads: int | None = None, require_verified: bool = True,
+                ) -> dict[str, Any]:
     """Converts RUN_DIR/merged to GGUF (`model-f16.gguf`, then each quantized type from
     it) into `out_dir` (default RUN_DIR/gguf), checks each form against the one before it,
     writes export.json there and returns its content. Raises ExportError (after writing
-    export.json) at the first form that fails a check; the files made so far are kept."""
+    export.json) at the first form that fails a check; the files made so far are kept.
+
+    A run whose run.json says it did not succeed (its merged model failed verification:
+    it does not stop, loops, or lost the adapter) is refused, `run_not_verified`, unless
+    ``require_verified`` is False (`--force`): each form is checked against the one before
+    it, so a broken merged model makes a Q4 file that passes every check, the founding
+    failure. The recipe's own export, which runs after its verification, passes False."""
     run_dir = Path(run_dir).resolve()
     merged = run_dir / "merged" if (run_dir / "merged").is_dir() else run_dir
     if not (merged / "config.json").is_file():
         raise ExportError("merged_not_found", f"{run_dir} has no merged/ model folder (a "
                           "finished `tunesmith train run` writes RUN_DIR/merged)", "run_dir",
                           bad_input=True)
+    verified = run_status(run_dir)
+    if require_verified and verified["status"] not in ("succeeded", None):
+        raise ExportError(
+            "run_not_verified", f"{run_dir}/run.json says the run {verified['status']}"
+            + (f" ({verified['code']}: {verified['message']})" if verified["code"] else "")
+            + ": its merged model did not pass verification, and a GGUF of it would pass "
+            "every export check, each form being checked against the one before it. Fix "
+            "the run, or export anyway with --force", "run_dir", bad_input=True)
     forms = check_types(types)
     limits = {**TOLERANCES, **(tolerances or {})}
     # the inputs first: a bad --data or a missing llama.cpp leaves an earlier export whole
@@ -689,6 +704,7 @@ def export_gguf(run_dir: Path, types: Sequence[str] = DEFAULT_TYPES,
     for stale in [*out.glob("model-*.gguf"), *out.glob("quantize-*.log"), out / "convert.log"]:
         stale.unlink(missing_ok=True)
     state: dict[str, Any] = {"status": "running", "run_dir": str(run_dir),
+                             "run_status": verified["status"],
                              "merged": str(merged), "out_dir": str(out), "types": forms,
                              "stages": [],
                              "tolerances": {t: asdict(limits[t]) for t in forms}}
@@ -802,6 +818,18 @@ def _export(merged: Path, out: Path, forms: list[str], limits: dict[str, Toleran
         stage["tolerance"] = asdict(limits[qtype])
         stage["checks"] = drift_checks(stats, limits[qtype]) + [tensor_check(f16, target)]
         _finish(stage, qtype, "the F16 GGUF", limits[qtype], stats, out, state, log)
+
+
+def run_status(run_dir: Path) -> dict[str, Any]:
+    """The run's status, error code and message from RUN_DIR/run.json (status None without
+    one: a merged folder made elsewhere)."""
+    try:
+        record = json.loads((Path(run_dir) / "run.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {"status": None, "code": None, "message": None}
+    error = record.get("error") or {}
+    return {"status": record.get("status"), "code": error.get("code"),
+            "message": error.get("message")}
 
 
 def hf_dtype(merged: Path) -> str:

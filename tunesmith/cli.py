@@ -178,14 +178,18 @@ def export_gguf_command(
         "--data", help="Rows for the parity checks (default: the run's dataset).")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="Default: RUN_DIR/gguf.")
                    ] = None,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Export a run whose run.json says it failed verification.")] = False,
 ) -> None:
     """Convert the merged model with llama.cpp's converter, quantize, and check each form
-    against the one before (tokenization, eos, PPL ratio, KL, top-token agreement)."""
+    against the one before (tokenization, eos, PPL ratio, KL, top-token agreement). A run
+    that failed verification is refused without --force."""
     from evaluator.export import ExportError, export_gguf
 
     try:
         result = export_gguf(run_dir, types=[t.strip() for t in types.split(",") if t.strip()],
-                             data_dir=data, out_dir=out, log=typer.echo)
+                             data_dir=data, out_dir=out, log=typer.echo,
+                             require_verified=not force)
     except ExportError as exc:
         typer.secho(f"error: {exc}", err=True, fg="red")
         raise typer.Exit(2 if exc.bad_input else exc.exit_code) from None

@@ -302,6 +302,34 @@ def test_bad_input_is_refused_before_anything_runs(tmp_path):
     assert exc.value.code == "merged_not_found"
 
 
+def test_a_run_that_failed_verification_is_not_exported_without_force(tiny_run, tmp_path,
+                                                                      chat_tokenizer):
+    """A run whose merged model never stops (run.json: failed, degenerate) became a
+    model-q4_k_m.gguf with every export check ok: each form is checked against the one
+    before it. The founding failure, shipped from a failed run."""
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    _merged(chat_tokenizer, run / "merged", seed=0)
+    (run / "run.json").write_text(json.dumps({"status": "failed", "error": {
+        "code": "degenerate", "message": "0 of 10 sanity outputs stopped"}}))
+    with pytest.raises(ExportError) as exc:
+        export_gguf(run, log=lambda _: None)
+    assert (exc.value.code, exc.value.field, exc.value.bad_input) == (
+        "run_not_verified", "run_dir", True)
+    assert "says the run failed (degenerate: 0 of 10 sanity outputs stopped)" in \
+        exc.value.message and "--force" in exc.value.message
+    assert not (run / "gguf").exists()
+    cli = [sys.executable, "-m", "tunesmith", "export", "gguf", str(run), "--types", "f16"]
+    refused = subprocess.run(cli, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "run_not_verified" in refused.stderr
+    forced = subprocess.run(cli + ["--force"], capture_output=True, text=True, timeout=600)
+    assert forced.returncode == 0, forced.stderr
+    saved = json.loads((run / "gguf" / "export.json").read_text(encoding="utf-8"))
+    assert (saved["status"], saved["run_status"]) == ("succeeded", "failed")
+
+
 def test_rows_come_from_the_runs_test_split_else_the_probes(tmp_path):
     data = tmp_path / "data"
     data.mkdir()

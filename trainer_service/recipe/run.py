@@ -243,7 +243,7 @@ def _export(spec: TrainSpec, run_dir: Path, state: dict[str, Any],
 
     try:
         result = export_gguf(run_dir, types=spec.export.gguf, data_dir=Path(spec.dataset),
-                             log=log)
+                             log=log, require_verified=False)  # verified just before
     except ExportError as exc:
         state["artifacts"]["gguf"] = str(run_dir / "gguf" / "export.json")
         raise _export_error(exc, run_dir, after_verify=True) from None
