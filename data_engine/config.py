@@ -136,9 +136,10 @@ class TagListConfig:
         "`東京、経済、株価`; a segment with kana, `はい、そうです、よろしく`, is no such "
         "keyword, and `京都・大阪・神戸を巡る旅` stays a title).", 3)
     allow_when_asked: bool = _help(
-        "A list replying to a user turn that asks for a list, tags or keywords (`List ...`, "
-        "`Name the four ...`, `hashtags`, `タグ`, `キーワード`, `挙げて`, `列出`) is kept: it is "
-        "the answer, not a defect.", True)
+        "A list replying to a user turn with a sentence that asks for a list, tags or "
+        "keywords (`List ...`, `Name the four ...`, `Suggest hashtags ...`, `タグを付けてくださ"
+        "い`, `キーワードを挙げて`, `列出`) is kept: it is the answer, not a defect. An article "
+        "that mentions a list (`やることリスト`) asks for nothing.", True)
 
     def check(self) -> list[str]:
         problems = []

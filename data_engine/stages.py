@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 
 MARKER = "_SUCCESS.json"
 # Bump when a stage's output format or logic changes, so old outputs are not reused.
-FORMAT_VERSION = 8  # 8: a lone hashtag reply is a tag list; 7: CJK spacing and 。、 folded in the near text; 6: near text without system turns, U+2028/U+2029 as line breaks; 5: `bad_tool_call`/`unknown_tool`, `tool_calls: []` read as none; 4: dedup compares tool calls without ids; 3: `tools`, call ids, ...
+FORMAT_VERSION = 9  # 9: only a sentence that asks excuses a list; 8: a lone hashtag reply is a tag list; 7: CJK spacing and 。、 folded in the near text; 6: near text without system turns, U+2028/U+2029 as line breaks; 5: `bad_tool_call`/`unknown_tool`, `tool_calls: []` read as none; 4: dedup compares tool calls without ids; 3: `tools`, call ids, ...
 
 
 def stage_key(name: str, config: Any, upstream: str | None) -> str:

@@ -22,10 +22,11 @@ and without a particle that starts a predicate (`福岡で実証実験開始`, `
 `東京・大阪・名古屋・福岡で実証実験開始` and `京都・大阪・神戸を巡る旅` stay titles. A list
 of numbers (`1, 1, 2, 3, 5, 8, 13`) is an answer, a slash between digits (`1/2 + 1/4`) is no
 separator, and a numbered list (`1. 京都` a line) is no keyword list. A correct answer that
-is a list of names (`Jupiter, Saturn, Uranus, Neptune`) reads as a tag list too, unless the
-user turn before it asks for a list, tags or keywords (`Name the four gas giants`, `List
-...`, `Suggest hashtags`, `タグを付けて`, `キーワードを挙げて`, `列出`, `키워드`): a reply
-that does what was asked is no defect (`allow_when_asked`). Where a source's task asks for
+is a list of names (`Jupiter, Saturn, Uranus, Neptune`) reads as a tag list too, unless a
+sentence of the user turn before it asks for a list, tags or keywords (`Name the four gas
+giants`, `List ...`, `Suggest hashtags`, `タグを付けて`, `キーワードを挙げて`, `列出`,
+`키워드 ... 주세요`): a reply that does what was asked is no defect (`allow_when_asked`); an
+article in the turn that only mentions a list (`やることリスト`) asks for nothing. Where a source's task asks for
 lists in other words, disable the filter (`clean.disable: [tag_list]`).
 
 ``is_tag_list`` runs only on replies that pass its cheap necessary conditions, tested over
@@ -78,12 +79,24 @@ _LABEL = re.compile(r"^(?:キーワード|タグ|ハッシュタグ|key ?words?|
 # C preprocessor lines are code, not hashtags (`#define A 1`).
 _DIRECTIVES = {"include", "define", "undef", "if", "ifdef", "ifndef", "else", "elif", "endif",
                "pragma", "error"}
-# A user turn that asks for a list, tags or keywords: the reply it gets may be one.
-_ASKS_FOR_A_LIST = re.compile(
-    r"\b(?:list|enumerate|tags?|hashtags?|key ?words?|key ?phrases?)\b"
-    r"|\bname (?:the|all|some|a few|\d+|two|three|four|five|six|seven|eight|nine|ten)\b"
-    r"|タグ|ハッシュタグ|キーワード|列挙|挙げ|一覧|リスト|列出|列举|关键词|关键字|标签"
-    r"|나열|키워드|태그", re.IGNORECASE)
+# A user turn that asks for a list, tags or keywords: the reply it gets may be one. Read a
+# sentence at a time, and only a request: an English sentence that opens with a verb asking
+# for one (`Name the four gas giants`, `List ...`, `Suggest hashtags ...`), or a CJK one that
+# names a list, tags or keywords and asks (`タグを付けてください`, `请列出`, `키워드를 ... 주세요`).
+# A user turn that holds an article is mostly statements: `やることリストを書く`, `例を挙げる
+# と`, `a reading list` in it excused a tag-list reply to "write a title".
+_REQUEST_EN = re.compile(
+    r"^\W*(?:please\s+|now\s+|can you\s+|could you\s+)?"
+    r"(?:list|enumerate|name (?:the|all|some|a few|\d+|two|three|four|five|six|seven|eight|"
+    r"nine|ten)|(?:give|suggest|provide|write|generate|create|add|extract|pick|choose|"
+    r"recommend)\b.{0,40}\b(?:list|tags?|hashtags?|key ?words?|key ?phrases?)|"
+    r"what are (?:the|some)\b.{0,40}\b(?:tags?|hashtags?|key ?words?))\b", re.IGNORECASE)
+_LIST_WORD_CJK = re.compile(r"タグ|ハッシュタグ|キーワード|リスト|一覧|列挙|挙げ|箇条書き"
+                            r"|列出|列举|关键词|关键字|标签|나열|키워드|태그|목록")
+_ASK_CJK = re.compile(r"ください|下さい|なさい|せよ|してほしい|して欲しい|教えて|挙げて|付けて|"
+                      r"つけて|出して|書いて|にして|请|請|吧|주세요|줘|하세요|하시오|해라")
+_LIST_VERB_ZH = re.compile(r"(?:列出|列举)(?!了)")  # Chinese asks without a 请: `列出三个关键词`
+_SENTENCES = re.compile(r"(?<=[。．！？!?\n])|(?<=\.)\s")
 _QUOTES = {"「": "」", "『": "』", '"': '"', "“": "”", "'": "'"}
 # Every character a hashtag or a separator of _STRONG/_WEAK/_BRACKETED starts with.
 _MARKS = "#＃｜|、・/／,，【[［〔〈《"
@@ -160,8 +173,16 @@ def _may_be_tag_list(texts: pa.Array, config: TagListConfig) -> np.ndarray:
 
 
 def asked_for_a_list(prompt: str | None) -> bool:
-    """True when a user turn asks for a list, tags or keywords."""
-    return bool(prompt) and _ASKS_FOR_A_LIST.search(prompt) is not None
+    """True when a sentence of a user turn asks for a list, tags or keywords (see
+    ``_REQUEST_EN``); an article that only mentions one does not."""
+    if not prompt:
+        return False
+    for sentence in _SENTENCES.split(prompt):
+        sentence = sentence.strip()
+        if _REQUEST_EN.search(sentence) or _LIST_VERB_ZH.search(sentence) \
+                or (_LIST_WORD_CJK.search(sentence) and _ASK_CJK.search(sentence)):
+            return True
+    return False
 
 
 def tag_list(view: MessageView, config: CleanConfig, alive: np.ndarray | None = None) -> Reasons:

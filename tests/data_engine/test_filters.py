@@ -316,6 +316,26 @@ def test_a_list_the_user_asked_for_is_no_tag_list():
     assert tag_list(view_of(rows), strict) == ["tag_list"] * 5
 
 
+def test_an_article_that_mentions_a_list_excuses_no_tag_list():
+    """The excuse read the whole user turn, article included: `やることリスト`, `例を挙げる`,
+    `一覧`, a luggage `タグを付け忘れて` or `a reading list` in the article kept a tag-list
+    reply to "write a title". Only a sentence that asks counts."""
+    from data_engine.filters.tag_list import asked_for_a_list, tag_list
+
+    ask = "次の記事の冒頭を読んで、タイトルを一つ考えてください。\n\n"
+    bodies = ["毎朝やることリストを書くようにしました。", "良さは、例を挙げるときりがありません。",
+              "区の公園の一覧を見て、週末ごとに回っています。",
+              "旅行かばんに名前のタグを付け忘れて、空港で困りました。",
+              "I keep a reading list in a small notebook."]
+    rows = [chat(ask + body, "自己紹介｜子育て｜ワーママ｜30代") for body in bodies]
+    assert tag_list(view_of(rows), CleanConfig()) == ["tag_list"] * len(bodies)
+    for request in ("Can you list the planets?", "Give me five keywords for SEO.",
+                    "記事を読んで。キーワードを5つ挙げて", "请列出三个关键词", "列出三个关键词。",
+                    "이 글의 키워드를 알려 주세요"):
+        assert asked_for_a_list(request), request
+    assert not asked_for_a_list("他列出了三个原因。")
+
+
 def test_tag_list_prefilter_never_hides_a_tag_list():
     from data_engine.filters.tag_list import _may_be_tag_list
 
