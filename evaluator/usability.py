@@ -7,9 +7,10 @@ A reply "stopped" when the server's finish_reason is `stop`: it ended on one of 
 end-of-sequence ids (the merged model's generation config lists the end-of-turn token
 first) rather than at `max_tokens`, within the budget. The server is asked for one token
 more than the budget: vLLM and `transformers serve` test the length before the stop token,
-so a reply whose end-of-turn token was the budget's last token read `length`. The budget defaults to the recipe's sanity budget,
-1.5x the 95th percentile of the reference replies' token lengths (64..1,024): a model that
-learned when to stop ends within its data's lengths.
+so a reply whose end-of-turn token was the budget's last token read `length`. The budget
+defaults to the recipe's sanity budget, 1.5x the 95th percentile of the reference replies'
+token lengths (64..1,024): a model that learned when to stop ends within its data's
+lengths.
 """
 
 from __future__ import annotations

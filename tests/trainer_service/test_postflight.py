@@ -257,6 +257,7 @@ def test_trainable_token_adapter_that_unlearns_the_stop_fails_no_stop(smollm2_di
     # the base stops on the same prompts: the message blames the training, not the task
     assert err.value.details["base_stop_rate"] >= 0.8
     assert "training broke stopping" in err.value.message
+    assert err.value.fix.startswith("training broke what the base did")  # it was empty
 
 
 def test_a_base_that_never_finishes_is_named_as_the_cause(tokenizer, tmp_path):
@@ -277,6 +278,8 @@ def test_a_base_that_never_finishes_is_named_as_the_cause(tokenizer, tmp_path):
     assert details["degenerate"] == 0 and details["base_degenerate"] == 0
     assert len(details["base_samples"]) == 3 and details["base_model"] == str(wordy)
     assert "does not finish these prompts either" in err.value.message
+    assert err.value.fix.startswith("the base does not finish these prompts either: train "
+                                    "more steps")
     # with room to finish, both stop, and the report keeps the base's figures beside its own
     report = sanity_generate(wordy, PROMPTS[:3], tokenizer, EOT, max_new_tokens=64,
                              base_model=wordy)
@@ -412,3 +415,19 @@ def test_a_loop_is_blamed_on_training_only_when_the_base_stops():
     assert "taught the loop" not in said
     report.base_stop_rate = 1.0
     assert "training taught the loop" in _against_base(report, "degenerate")
+
+
+def test_a_degenerate_failure_says_what_to_do():
+    """Its `fix` was empty; it follows what the base did on the same prompts."""
+    from trainer_service.recipe.postflight import SanityReport, Sample, _fix_for
+
+    report = SanityReport(samples=[], base_samples=[Sample("p", "o", 64, False, True)] * 4,
+                          base_stop_rate=0.0, base_degenerate=4, max_new_tokens=64)
+    assert _fix_for(report, "degenerate") == ("use a larger or better-matched base model for "
+                                              "these prompts")
+    report.base_degenerate, report.base_stop_rate = 0, 1.0
+    assert "lower the learning rate or the epochs" in _fix_for(report, "degenerate")
+    report.base_stop_rate = 0.0
+    assert "train more steps" in _fix_for(report, "degenerate")
+    report.base_stop_rate = None
+    assert "tunesmith data run" in _fix_for(report, "degenerate")

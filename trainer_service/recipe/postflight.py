@@ -489,13 +489,15 @@ def sanity_generate(model_dir: str | Path, prompts: Sequence, tokenizer, end_of_
         raise VerifyError("degenerate", f"{report.degenerate}/{len(report.samples)} output(s) "
                           f"loop, e.g. {first.output[:80]!r} (stop rate {report.stop_rate:.0%})"
                           + _against_base(report, "degenerate"),
-                          field="merged", details=report.to_json())
+                          field="merged", fix=_fix_for(report, "degenerate"),
+                          details=report.to_json())
     if report.stop_rate + 1e-9 < min_stop_rate:
         raise VerifyError("no_stop", f"only {report.stop_rate:.0%} of outputs end with "
                           f"{end_of_turn} within {max_new_tokens} tokens (need "
                           f"{min_stop_rate:.0%}): the end-of-turn token was not learned"
                           + _against_base(report, "no_stop"),
-                          field="end_of_turn", details=report.to_json())
+                          field="end_of_turn", fix=_fix_for(report, "no_stop"),
+                          details=report.to_json())
     return report
 
 
@@ -578,6 +580,26 @@ def _against_base(report: SanityReport, code: str) -> str:
     return (f". The base model stops on only {stopped}/{n} of the same prompts within "
             f"{report.max_new_tokens} tokens: this base model does not finish these prompts "
             "either; a larger or better-matched base model, more steps, or shorter replies")
+
+
+def _fix_for(report: SanityReport, code: str) -> str:
+    """What to do about a `degenerate` or `no_stop` failure, by what the base model did on
+    the same prompts (`_against_base` says what it did)."""
+    base_stops = report.base_stop_rate is not None \
+        and report.base_stop_rate + 1e-9 >= report.min_stop_rate
+    if report.base_stop_rate is None:
+        return ("look for looping or unfinished replies in the data (`tunesmith data run` "
+                "drops them), check preflight.json's end-of-turn checks, and lower the "
+                "learning rate or the epochs")
+    if code == "degenerate" and report.base_degenerate:
+        return "use a larger or better-matched base model for these prompts"
+    if base_stops:
+        return ("training broke what the base did: look for looping rows in the data "
+                "(`tunesmith data run` drops them as degenerate_repetition), check "
+                "preflight.json (the end-of-turn token in the loss mask), and lower the "
+                "learning rate or the epochs")
+    return ("the base does not finish these prompts either: train more steps, use a larger "
+            "or better-matched base model, or ask for shorter replies")
 
 
 def _prompt_turns(prompt) -> tuple[list[dict], list[dict] | None]:
