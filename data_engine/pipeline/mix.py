@@ -79,9 +79,9 @@ def _warnings(config: MixConfig, names: list[str], available: np.ndarray,
                 out.append(f"mix: source {name!r} ({rows:,} rows) is not in mix.weights, so "
                            f"none of its rows are kept; give it a weight to keep them")
     if config.strategy == "interleave" and config.total and facts["total"] < config.total:
-        ran_out = [name for name, info in facts["sources"].items()
-                   if info["after"] == info["before"] and info["before"]
-                   and config.weights.get(name, 0 if config.weights else 1)]
+        sources = facts["sources"]
+        ran_out = [name for name, weight in zip(names, weights.tolist())
+                   if weight and sources[name]["after"] == sources[name]["before"]]
         out.append(f"mix: interleave stopped at {facts['total']:,} of the {config.total:,} rows "
                    f"of mix.total, when {' and '.join(map(repr, ran_out)) or 'a source'} ran "
                    "out (interleave repeats no row and stops at the first source to run out; "
